@@ -1,0 +1,87 @@
+-- Pipelines, their workflows and steps, log lines and events (DESIGN §4).
+-- Secret values live only in sealed_secrets, encrypted by the service.
+
+CREATE TABLE pipelines (
+    id               BLOB PRIMARY KEY,
+    name             TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    reason           TEXT,
+    submission       TEXT NOT NULL,
+    sealed_secrets   BLOB,
+    labels           TEXT NOT NULL,
+    warnings         TEXT NOT NULL,
+    namespace        TEXT,
+    timeout_seconds  BIGINT,
+    idempotency_key  TEXT UNIQUE,
+    request_hash     TEXT,
+    retry_of         BLOB REFERENCES pipelines (id) ON DELETE SET NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    created_at       TEXT NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT,
+    updated_at       TEXT NOT NULL
+);
+CREATE INDEX pipelines_status_id ON pipelines (status, id);
+
+CREATE TABLE pipeline_labels (
+    pipeline_id BLOB NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    key         TEXT NOT NULL,
+    value       TEXT NOT NULL,
+    PRIMARY KEY (pipeline_id, key)
+);
+CREATE INDEX pipeline_labels_key_value ON pipeline_labels (key, value);
+
+CREATE TABLE workflows (
+    id               BLOB PRIMARY KEY,
+    pipeline_id      BLOB NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    position         INTEGER NOT NULL,
+    name             TEXT NOT NULL,
+    matrix           TEXT NOT NULL,
+    plan             TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    reason           TEXT,
+    lease_owner      TEXT,
+    lease_expires_at TEXT,
+    created_at       TEXT NOT NULL,
+    started_at       TEXT,
+    finished_at      TEXT
+);
+CREATE INDEX workflows_pipeline ON workflows (pipeline_id, position);
+-- The engine claims queued workflows and takes over expired leases through this index.
+CREATE INDEX workflows_claim ON workflows (status, lease_expires_at);
+
+CREATE TABLE steps (
+    id          BLOB PRIMARY KEY,
+    workflow_id BLOB NOT NULL REFERENCES workflows (id) ON DELETE CASCADE,
+    pipeline_id BLOB NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    position    INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT,
+    exit_code   INTEGER,
+    attempt     INTEGER NOT NULL DEFAULT 1,
+    started_at  TEXT,
+    finished_at TEXT,
+    UNIQUE (workflow_id, position)
+);
+CREATE INDEX steps_pipeline ON steps (pipeline_id);
+
+CREATE TABLE log_lines (
+    step_id BLOB NOT NULL REFERENCES steps (id) ON DELETE CASCADE,
+    number  BIGINT NOT NULL,
+    ts      TEXT NOT NULL,
+    text    TEXT NOT NULL,
+    PRIMARY KEY (step_id, number)
+);
+
+CREATE TABLE events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    pipeline_id BLOB NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    subject     TEXT NOT NULL,
+    subject_id  BLOB NOT NULL,
+    status      TEXT NOT NULL,
+    payload     TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE INDEX events_pipeline_seq ON events (pipeline_id, seq);

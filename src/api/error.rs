@@ -1,0 +1,211 @@
+//! The one API error type, mapped once to RFC 9457 `application/problem+json`.
+//!
+//! Every `type` is a stable URN (`urn:piculet:problem:<slug>`); clients branch on it, people
+//! read `detail`, which says what to change.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::pipeline::Diagnostic;
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not well-formed JSON (or not UTF-8).
+    #[error("{0}")]
+    MalformedBody(String),
+    /// 415: neither JSON nor YAML.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 413: larger than `PICULET_MAX_BODY_SIZE`.
+    #[error("the request body is larger than the limit of {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 422: the submission or its pipeline is invalid; every error at once.
+    #[error("{detail}")]
+    Validation {
+        detail: String,
+        errors: Vec<Diagnostic>,
+        warnings: Vec<Diagnostic>,
+    },
+    /// 422: an `Idempotency-Key` already used for a different request.
+    #[error(
+        "Idempotency-Key {0:?} was already used for a different request; use a new key for a new submission"
+    )]
+    IdempotencyKeyReused(String),
+    /// 400: a malformed header.
+    #[error("{0}")]
+    InvalidHeader(String),
+    /// 400: a path id that is not a UUID.
+    #[error("{0:?} is not a valid id; ids are UUIDs such as 0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10")]
+    InvalidId(String),
+    /// 400: a query parameter that cannot be understood.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// 401: missing or wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 503: a dependency (the database) does not answer.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: a fault of piculet's, logged; the client sees no internals.
+    #[error(transparent)]
+    Internal(#[from] StoreError),
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:piculet:problem:validation-failed",
+    "title": "The submission is invalid",
+    "status": 422,
+    "detail": "1 error in the submission; fix each and submit again",
+    "errors": [{"config": "build", "pointer": "/steps/0/comands", "line": 4, "column": 5,
+                "message": "unknown key \"comands\", did you mean \"commands\"?"}]
+}))]
+pub struct Problem {
+    /// Stable identifier of the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    /// What went wrong and what to change.
+    pub detail: String,
+    /// For validation problems: every error, with its place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<Diagnostic>>,
+    /// For validation problems: keys accepted but not honoured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<Diagnostic>>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::MalformedBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "malformed-body",
+                "The request body is malformed",
+            ),
+            ApiError::UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported Content-Type",
+            ),
+            ApiError::PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "The request body is too large",
+            ),
+            ApiError::Validation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "The submission is invalid",
+            ),
+            ApiError::IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different request",
+            ),
+            ApiError::InvalidHeader(_) => {
+                (StatusCode::BAD_REQUEST, "invalid-header", "Invalid header")
+            }
+            ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid-id", "Invalid id"),
+            ApiError::InvalidQuery(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid-query",
+                "Invalid query parameter",
+            ),
+            ApiError::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Authentication required",
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::MethodNotAllowed(_) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let detail = match self {
+            ApiError::Internal(_) => {
+                "piculet could not complete the request; the server log has the details, under this response's x-request-id".to_string()
+            }
+            other => other.to_string(),
+        };
+        let (errors, warnings) = match self {
+            ApiError::Validation {
+                errors, warnings, ..
+            } => (Some(errors.clone()), Some(warnings.clone())),
+            _ => (None, None),
+        };
+        Problem {
+            kind: format!("urn:piculet:problem:{slug}"),
+            title: title.to_string(),
+            status: status.as_u16(),
+            detail,
+            errors,
+            warnings,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            // Logged here, once, inside the request's span.
+            tracing::error!(error = %e, "request failed");
+        }
+        let problem = self.problem();
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"piculet\""),
+            );
+        }
+        response
+    }
+}
+
+/// A validation problem from a report of errors.
+pub fn validation(errors: Vec<Diagnostic>, warnings: Vec<Diagnostic>) -> ApiError {
+    let n = errors.len();
+    ApiError::Validation {
+        detail: format!(
+            "{n} error{} in the submission; fix each and submit again",
+            if n == 1 { "" } else { "s" }
+        ),
+        errors,
+        warnings,
+    }
+}

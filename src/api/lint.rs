@@ -1,0 +1,66 @@
+//! `POST /lint`: validate a submission or a pipeline file without running or storing it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::body::{RawBody, parse_submission};
+use super::error::{ApiError, Problem};
+use crate::pipeline::Diagnostic;
+use crate::submission::Submission;
+
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "valid": false,
+    "errors": [{"config": "pipeline", "pointer": "/steps/0", "line": 2, "column": 5,
+                "message": "step \"build\" has no image"}],
+    "warnings": [{"config": "pipeline", "pointer": "/concurrency", "line": 1, "column": 1,
+                  "message": "piculet does not limit concurrency per workflow name; \"concurrency\" is ignored"}]
+}))]
+pub struct LintResult {
+    /// True when there is no error; warnings do not count.
+    pub valid: bool,
+    pub errors: Vec<Diagnostic>,
+    /// Keys piculet accepts but cannot honour.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Validate a submission or a pipeline file.
+///
+/// Takes the same bodies as `POST /pipelines` and answers 200 with every error and warning;
+/// nothing is stored or run.
+#[utoipa::path(
+    post,
+    path = "/api/v1/lint",
+    tag = "pipelines",
+    operation_id = "lint_pipeline",
+    request_body(content(
+        (Submission = "application/json"),
+        (String = "application/yaml")
+    )),
+    responses(
+        (status = 200, description = "The errors and warnings found", body = LintResult),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A JSON submission of the wrong shape", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn lint(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Json<LintResult>, ApiError> {
+    let parsed = parse_submission(&headers, &body)?;
+    let report = parsed.submission.lint(&state.config.platform);
+    Ok(Json(LintResult {
+        valid: report.errors.is_empty(),
+        errors: report.errors,
+        warnings: report.warnings,
+    }))
+}

@@ -1,0 +1,138 @@
+//! The HTTP API under `/api/v1`: routing, authentication, request ids and tracing. Handlers
+//! are thin: they parse, call the domain and map errors once through [`error::ApiError`].
+
+mod body;
+pub mod error;
+mod health;
+mod lint;
+pub mod openapi;
+mod pipelines;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderName, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sha2::{Digest, Sha256};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use utoipa::OpenApi as _;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::Config;
+use crate::secrets::SecretBox;
+use crate::store::Store;
+use error::ApiError;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub secret_box: SecretBox,
+    tokens: Arc<BTreeSet<[u8; 32]>>,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: Arc<Config>, secret_box: SecretBox) -> Self {
+        // Tokens are compared by digest, so the comparison time says nothing about a token.
+        let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
+        AppState {
+            store,
+            config,
+            secret_box,
+            tokens: Arc::new(tokens),
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Checks the bearer token when tokens are configured. Without tokens the server only listens
+/// on loopback (see [`Config`]), and every local caller is trusted.
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        None => ApiError::Unauthorized(
+            "send Authorization: Bearer <token> with one of the tokens in PICULET_API_TOKENS",
+        )
+        .into_response(),
+        Some(token) if !state.tokens.contains(&digest(token.trim())) => {
+            ApiError::Unauthorized("the bearer token is not one of PICULET_API_TOKENS")
+                .into_response()
+        }
+        Some(_) => next.run(request).await,
+    }
+}
+
+async fn no_route() -> ApiError {
+    ApiError::NotFound("no such route; the API document is at /api/v1/openapi.json".into())
+}
+
+async fn no_method() -> ApiError {
+    ApiError::MethodNotAllowed("this route does not take that method; see /api/v1/docs".into())
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_size;
+    let protected = Router::new()
+        .route(
+            "/pipelines",
+            post(pipelines::create_pipeline).get(pipelines::list_pipelines),
+        )
+        .route("/pipelines/{id}", get(pipelines::get_pipeline))
+        .route("/pipelines/{id}/cancel", post(pipelines::cancel_pipeline))
+        .route("/lint", post(lint::lint))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    let open = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    let api = protected
+        .merge(open)
+        .method_not_allowed_fallback(no_method)
+        .with_state(state);
+
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(
+            SwaggerUi::new("/api/v1/docs").url("/api/v1/openapi.json", openapi::ApiDoc::openapi()),
+        )
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::Extension(body::BodyLimit(limit)))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let request_id = request
+                        .headers()
+                        .get(&REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = %request_id,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}

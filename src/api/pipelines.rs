@@ -1,0 +1,307 @@
+//! `/pipelines`: submit, list, get, cancel.
+
+use std::collections::BTreeSet;
+
+use axum::Json;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::body::{RawBody, parse_submission};
+use super::error::{ApiError, Problem, validation};
+use crate::model::{Pipeline, PipelineSummary, Status};
+use crate::store::{Created, ListFilter};
+use crate::submission::Submission;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+/// Parses a path id, refusing what is not a UUID with 400 rather than 404.
+pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(text).map_err(|_| ApiError::InvalidId(text.to_string()))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
+        _ => Err(ApiError::InvalidHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, e.g. a UUID".into(),
+        )),
+    }
+}
+
+/// Submit a pipeline.
+///
+/// The body is a JSON submission, or one pipeline file sent as `application/yaml`. The
+/// pipeline is validated and planned before anything is stored: a refused submission stores
+/// nothing. With an `Idempotency-Key` already used for the same body, the pipeline created the
+/// first time is returned (with `Idempotent-Replayed: true`); the same key with a different body
+/// is refused with 422 `idempotency-key-reused`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines",
+    tag = "pipelines",
+    operation_id = "create_pipeline",
+    request_body(content(
+        (Submission = "application/json"),
+        (String = "application/yaml", example = "steps:\n  - name: test\n    image: alpine\n    commands: [echo hello]\n")
+    )),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried submission return the pipeline created the first time")),
+    responses(
+        (status = 201, description = "Created", body = Pipeline,
+         headers(("Location" = String, description = "The pipeline's URL"))),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid submission, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_pipeline(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let parsed = parse_submission(&headers, &body)?;
+    let mut new = parsed
+        .submission
+        .prepare(&state.config.platform, &state.secret_box)
+        .map_err(|report| validation(report.errors, report.warnings))?;
+    new.idempotency = key.clone().map(|k| (k, parsed.request_hash.clone()));
+
+    let (pipeline, replayed) = match state.store.create_pipeline(&new).await? {
+        Created::New(p) => (p, false),
+        Created::Existing {
+            pipeline,
+            request_hash,
+        } => {
+            if request_hash.as_deref() != Some(parsed.request_hash.as_str()) {
+                return Err(ApiError::IdempotencyKeyReused(key.unwrap_or_default()));
+            }
+            (pipeline, true)
+        }
+    };
+    tracing::info!(pipeline_id = %pipeline.summary.id, replayed, "pipeline submitted");
+    let location = format!("/api/v1/pipelines/{}", pipeline.summary.id);
+    let mut response = (StatusCode::CREATED, Json(pipeline)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Query of `GET /pipelines`; documented here, parsed by hand so that `status` and `label`
+/// may repeat.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+struct ListQuery {
+    /// Only these statuses; comma-separated or repeated (`status=queued,running`).
+    status: Option<String>,
+    /// Only pipelines with this label, as `key=value`; repeat for several (all must match).
+    label: Option<String>,
+    /// The `next_cursor` of the previous page.
+    cursor: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PipelinePage {
+    /// Newest first.
+    pub items: Vec<PipelineSummary>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))?;
+    let mut filter = ListFilter {
+        statuses: BTreeSet::new(),
+        labels: Vec::new(),
+        before: None,
+        limit: DEFAULT_PAGE,
+    };
+    for (name, value) in pairs {
+        match name.as_str() {
+            "status" => {
+                for s in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let status = Status::parse(s).ok_or_else(|| {
+                        ApiError::InvalidQuery(format!(
+                            "status {s:?} is not one of {}",
+                            Status::ALL.map(Status::as_str).join(", ")
+                        ))
+                    })?;
+                    filter.statuses.insert(status);
+                }
+            }
+            "label" => match value.split_once('=') {
+                Some((k, v)) if !k.is_empty() => filter.labels.push((k.into(), v.into())),
+                _ => {
+                    return Err(ApiError::InvalidQuery(format!(
+                        "label {value:?} is not key=value"
+                    )));
+                }
+            },
+            "cursor" => {
+                filter.before = Some(Uuid::parse_str(&value).map_err(|_| {
+                    ApiError::InvalidQuery(format!(
+                        "cursor {value:?} is not one this API returned; pass next_cursor as it came"
+                    ))
+                })?)
+            }
+            "limit" => {
+                filter.limit = match value.parse::<u32>() {
+                    Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                    _ => {
+                        return Err(ApiError::InvalidQuery(format!(
+                            "limit {value:?} is not a number from 1 to {MAX_PAGE}"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "unknown query parameter {other:?}; use status, label, cursor or limit"
+                )));
+            }
+        }
+    }
+    Ok(filter)
+}
+
+/// List pipelines, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines",
+    tag = "pipelines",
+    operation_id = "list_pipelines",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of pipelines", body = PipelinePage),
+        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn list_pipelines(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<PipelinePage>, ApiError> {
+    let filter = list_filter(query.as_deref())?;
+    let items = state.store.list_pipelines(&filter).await?;
+    let next_cursor = (items.len() == filter.limit as usize)
+        .then(|| items.last().map(|p| p.id.to_string()))
+        .flatten();
+    Ok(Json(PipelinePage { items, next_cursor }))
+}
+
+/// Get a pipeline with its workflows and steps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/{id}",
+    tag = "pipelines",
+    operation_id = "get_pipeline",
+    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    responses(
+        (status = 200, description = "The pipeline", body = Pipeline),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Pipeline>, ApiError> {
+    let id = parse_id(&id)?;
+    state
+        .store
+        .get_pipeline(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| not_found(id))
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("there is no pipeline {id}"))
+}
+
+/// Cancel a pipeline.
+///
+/// A queued pipeline, and its queued workflows and steps, become `canceled` at once; a running
+/// one is stopped by the engine within the grace period. Idempotent: canceling a pipeline that
+/// has finished (canceled or otherwise) changes nothing and answers 200 with it as it is.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/cancel",
+    tag = "pipelines",
+    operation_id = "cancel_pipeline",
+    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    responses(
+        (status = 200, description = "The pipeline after the cancel", body = Pipeline),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn cancel_pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Pipeline>, ApiError> {
+    let id = parse_id(&id)?;
+    let pipeline = state
+        .store
+        .cancel_pipeline(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    tracing::info!(pipeline_id = %id, status = %pipeline.summary.status, "cancel requested");
+    Ok(Json(pipeline))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query() {
+        let f = list_filter(Some("status=queued,running&label=a%3Db&label=c=d&limit=10")).unwrap();
+        assert_eq!(f.statuses.len(), 2);
+        assert_eq!(
+            f.labels,
+            vec![("a".into(), "b".into()), ("c".into(), "d".into())]
+        );
+        assert_eq!(f.limit, 10);
+        for bad in [
+            "status=done",
+            "label=x",
+            "limit=0",
+            "limit=201",
+            "cursor=7",
+            "page=2",
+        ] {
+            assert!(
+                matches!(list_filter(Some(bad)), Err(ApiError::InvalidQuery(_))),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,499 @@
+//! Configuration: every setting piculet reads, from flags, `PICULET_*` environment variables
+//! and an optional TOML file, turned once into a typed [`Config`].
+//!
+//! Precedence is flag > environment > file > default. Every value is read as text and parsed
+//! here, so that a bad value stops start-up with one line naming the setting (its flag and its
+//! environment variable) and what is wrong with it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// A configuration error: names the setting and says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting}: {message}")]
+    Invalid { setting: String, message: String },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// The raw settings, as flags and environment variables. Every field is optional text: the
+/// TOML file may fill what flags and environment leave empty, and [`Config::from_settings`]
+/// parses and checks them all.
+#[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Address to serve on [default: 127.0.0.1:8080]
+    #[arg(long, env = "PICULET_LISTEN", global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// postgres://… or sqlite://… [default: a SQLite file in the data directory]
+    #[arg(long, env = "PICULET_DATABASE_URL", global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Directory for the embedded database, the secret key and workspaces [default: ./piculet-data]
+    #[arg(long, env = "PICULET_DATA_DIR", global = true, value_name = "DIR")]
+    pub data_dir: Option<String>,
+
+    /// Where steps run: local or kubernetes [default: local]
+    #[arg(long, env = "PICULET_BACKEND", global = true, value_name = "NAME")]
+    pub backend: Option<String>,
+
+    /// Comma-separated bearer tokens accepted by the API; with none, only loopback is served
+    #[arg(
+        long,
+        env = "PICULET_API_TOKENS",
+        global = true,
+        value_name = "TOKENS",
+        hide_env_values = true
+    )]
+    pub api_tokens: Option<String>,
+
+    /// Workflows this replica runs at once [default: 4]
+    #[arg(long, env = "PICULET_MAX_WORKFLOWS", global = true, value_name = "N")]
+    pub max_workflows: Option<String>,
+
+    /// Default platform of a workflow [default: linux/amd64]
+    #[arg(long, env = "PICULET_PLATFORM", global = true, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+
+    /// Largest request body accepted, in bytes or with a unit (512KiB, 4MiB) [default: 4MiB]
+    #[arg(
+        long,
+        env = "PICULET_MAX_BODY_SIZE",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub max_body_size: Option<String>,
+
+    /// Base64 of 32 bytes that encrypt stored secret values; every replica needs the same one
+    /// [default: generated once into DATA_DIR/secret.key]
+    #[arg(
+        long,
+        env = "PICULET_SECRET_KEY",
+        global = true,
+        value_name = "BASE64",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+
+    /// Log format: text or json [default: text]
+    #[arg(long, env = "PICULET_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Log filter, as tracing's EnvFilter reads it [default: info]
+    #[arg(long, env = "PICULET_LOG", global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+}
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Postgres(String),
+    Sqlite(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The typed configuration every part of piculet reads; built once at start-up.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database_url: DatabaseUrl,
+    pub data_dir: PathBuf,
+    pub backend: BackendKind,
+    pub api_tokens: BTreeSet<String>,
+    pub max_workflows: usize,
+    pub platform: String,
+    pub max_body_size: usize,
+    pub secret_key: Option<[u8; 32]>,
+    pub log_format: LogFormat,
+    pub log: String,
+}
+
+/// The name a setting is known by in messages: its flag and its environment variable.
+fn name(field: &str) -> String {
+    format!(
+        "--{} (PICULET_{})",
+        field.replace('_', "-"),
+        field.to_ascii_uppercase()
+    )
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: name(field),
+        message: message.into(),
+    }
+}
+
+impl Settings {
+    /// Fills every setting left empty by flags and environment from the TOML file at `path`.
+    pub fn with_file(self, path: &Path) -> Result<Settings, ConfigError> {
+        let file_error = |message: String| ConfigError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+        let from_file: Settings = toml::from_str(&text)
+            .map_err(|e| file_error(e.message().trim_end().replace('\n', " ")))?;
+        Ok(self.or(from_file))
+    }
+
+    /// Keeps every value set here and takes the rest from `fallback`.
+    fn or(self, fallback: Settings) -> Settings {
+        // Both sides serialize to a flat map of optional strings, so one loop merges every
+        // field, including the ones added later.
+        let mine = serde_json::to_value(self).unwrap_or_default();
+        let mut merged = serde_json::to_value(fallback).unwrap_or_default();
+        if let (Some(mine), Some(merged)) = (mine.as_object(), merged.as_object_mut()) {
+            for (key, value) in mine {
+                if !value.is_null() {
+                    merged.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        serde_json::from_value(merged).unwrap_or_default()
+    }
+}
+
+/// Parses a size such as `4MiB`, `512KiB`, `1000000` or `2MB` into bytes.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits.parse().map_err(|_| {
+        format!("{text:?} is not a size; write bytes or a number with KiB, MiB or GiB")
+    })?;
+    let factor: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}; use KiB, MiB or GiB"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+impl Config {
+    /// Parses and checks every setting; the first bad one is reported.
+    pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
+        let listen_text = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            invalid(
+                "listen",
+                format!("{listen_text:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8080"),
+            )
+        })?;
+
+        let data_dir = PathBuf::from(s.data_dir.as_deref().unwrap_or("./piculet-data"));
+
+        let database_url = match s.database_url.as_deref() {
+            None | Some("") => DatabaseUrl::Sqlite(format!(
+                "sqlite://{}",
+                data_dir.join("piculet.db").display()
+            )),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                DatabaseUrl::Postgres(url.to_string())
+            }
+            Some(url) if url.starts_with("sqlite:") => DatabaseUrl::Sqlite(url.to_string()),
+            Some(url) => {
+                return Err(invalid(
+                    "database_url",
+                    format!(
+                        "{:?} is neither postgres://… nor sqlite://…",
+                        redact_url(url)
+                    ),
+                ));
+            }
+        };
+
+        let backend = match s.backend.as_deref().unwrap_or("local") {
+            "local" => BackendKind::Local,
+            "kubernetes" => BackendKind::Kubernetes,
+            other => {
+                return Err(invalid(
+                    "backend",
+                    format!("{other:?} is not a backend; use local or kubernetes"),
+                ));
+            }
+        };
+
+        let api_tokens: BTreeSet<String> = s
+            .api_tokens
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        if let Some(short) = api_tokens.iter().find(|t| t.len() < 16) {
+            return Err(invalid(
+                "api_tokens",
+                format!(
+                    "a token of {} characters is too easy to guess; use at least 16",
+                    short.len()
+                ),
+            ));
+        }
+        if api_tokens.is_empty() && !listen.ip().is_loopback() {
+            return Err(invalid(
+                "listen",
+                format!(
+                    "{listen} is not a loopback address and no API token is configured; set \
+                     PICULET_API_TOKENS (e.g. to the output of `openssl rand -hex 32`) or listen on 127.0.0.1"
+                ),
+            ));
+        }
+
+        let max_workflows_text = s.max_workflows.as_deref().unwrap_or("4");
+        let max_workflows = match max_workflows_text.parse::<usize>() {
+            Ok(n) if (1..=10_000).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "max_workflows",
+                    format!("{max_workflows_text:?} is not a number from 1 to 10000"),
+                ));
+            }
+        };
+
+        let platform = s.platform.as_deref().unwrap_or("linux/amd64").to_string();
+        match platform.split_once('/') {
+            Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {}
+            _ => {
+                return Err(invalid(
+                    "platform",
+                    format!("{platform:?} is not OS/ARCH, e.g. linux/amd64"),
+                ));
+            }
+        }
+
+        let max_body_size = parse_size(s.max_body_size.as_deref().unwrap_or("4MiB"))
+            .map_err(|m| invalid("max_body_size", m))?;
+        if max_body_size < 1024 {
+            return Err(invalid(
+                "max_body_size",
+                "must be at least 1KiB so that a pipeline fits",
+            ));
+        }
+
+        let secret_key = match s.secret_key.as_deref() {
+            None | Some("") => None,
+            Some(text) => {
+                Some(crate::secrets::parse_key(text).map_err(|m| invalid("secret_key", m))?)
+            }
+        };
+
+        let log_format = match s.log_format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log_format",
+                    format!("{other:?} is not a log format; use text or json"),
+                ));
+            }
+        };
+        let log = s.log.clone().unwrap_or_else(|| "info".to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
+            return Err(invalid("log", format!("{log:?}: {e}")));
+        }
+
+        Ok(Config {
+            listen,
+            database_url,
+            data_dir,
+            backend,
+            api_tokens,
+            max_workflows,
+            platform,
+            max_body_size,
+            secret_key,
+            log_format,
+            log,
+        })
+    }
+}
+
+/// Hides a password in a database URL before it goes into a message.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A duration setting such as `30s` or `10m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 30s, 10m or 1h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings::default()
+    }
+
+    #[test]
+    fn defaults_are_embedded() {
+        let c = Config::from_settings(&settings()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.database_url,
+            DatabaseUrl::Sqlite("sqlite://./piculet-data/piculet.db".into())
+        );
+        assert_eq!(c.backend, BackendKind::Local);
+        assert_eq!(c.max_body_size, 4 << 20);
+    }
+
+    #[test]
+    fn refuses_public_address_without_token() {
+        let s = Settings {
+            listen: Some("0.0.0.0:8080".into()),
+            ..settings()
+        };
+        let e = Config::from_settings(&s).unwrap_err().to_string();
+        assert!(e.starts_with("--listen (PICULET_LISTEN): 0.0.0.0:8080 is not a loopback address and no API token is configured; set PICULET_API_TOKENS"), "{e}");
+        let s = Settings {
+            listen: Some("0.0.0.0:8080".into()),
+            api_tokens: Some("0123456789abcdef0123".into()),
+            ..settings()
+        };
+        assert!(Config::from_settings(&s).is_ok());
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let cases = [
+            (
+                Settings {
+                    listen: Some("nowhere".into()),
+                    ..settings()
+                },
+                "--listen (PICULET_LISTEN): \"nowhere\" is not an address; write IP:PORT, e.g. 127.0.0.1:8080",
+            ),
+            (
+                Settings {
+                    backend: Some("docker".into()),
+                    ..settings()
+                },
+                "--backend (PICULET_BACKEND): \"docker\" is not a backend; use local or kubernetes",
+            ),
+            (
+                Settings {
+                    max_workflows: Some("0".into()),
+                    ..settings()
+                },
+                "--max-workflows (PICULET_MAX_WORKFLOWS): \"0\" is not a number from 1 to 10000",
+            ),
+            (
+                Settings {
+                    database_url: Some("mysql://u:pw@h/db".into()),
+                    ..settings()
+                },
+                "--database-url (PICULET_DATABASE_URL): \"mysql://u:***@h/db\" is neither postgres://… nor sqlite://…",
+            ),
+            (
+                Settings {
+                    max_body_size: Some("3 parsecs".into()),
+                    ..settings()
+                },
+                "--max-body-size (PICULET_MAX_BODY_SIZE): unknown unit \"parsecs\" in \"3 parsecs\"; use KiB, MiB or GiB",
+            ),
+            (
+                Settings {
+                    api_tokens: Some("short".into()),
+                    ..settings()
+                },
+                "--api-tokens (PICULET_API_TOKENS): a token of 5 characters is too easy to guess; use at least 16",
+            ),
+            (
+                Settings {
+                    platform: Some("amd64".into()),
+                    ..settings()
+                },
+                "--platform (PICULET_PLATFORM): \"amd64\" is not OS/ARCH, e.g. linux/amd64",
+            ),
+            (
+                Settings {
+                    log_format: Some("xml".into()),
+                    ..settings()
+                },
+                "--log-format (PICULET_LOG_FORMAT): \"xml\" is not a log format; use text or json",
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_empty() {
+        let dir = std::env::temp_dir().join(format!("piculet-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("piculet.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nbackend = \"kubernetes\"\n",
+        )
+        .unwrap();
+        let s = Settings {
+            backend: Some("local".into()),
+            ..settings()
+        }
+        .with_file(&path)
+        .unwrap();
+        let c = Config::from_settings(&s).unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.backend, BackendKind::Local, "a flag wins over the file");
+
+        std::fs::write(&path, "lissen = \"127.0.0.1:9999\"\n").unwrap();
+        let e = settings().with_file(&path).unwrap_err().to_string();
+        assert!(e.contains("unknown field `lissen`"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2MB"), Ok(2_000_000));
+        assert!(parse_size("MiB").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! piculet: a pipeline-execution service. A submitted Woodpecker-style pipeline is validated
+//! and planned ([`pipeline`]), stored ([`store`]) and served over REST ([`api`]).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod model;
+pub mod pipeline;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod submission;
+pub mod telemetry;

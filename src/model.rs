@@ -1,0 +1,217 @@
+//! The records piculet keeps and shows: pipelines, workflows and steps with their status, as
+//! the store returns them and the API serializes them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::pipeline::Diagnostic;
+
+/// The state of a pipeline, workflow or step.
+///
+/// `failure` means a step exited non-zero; `error` means piculet or the cluster could not run
+/// it, and then `reason` says why.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Success,
+    Failure,
+    Canceled,
+    Error,
+    Skipped,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Queued,
+        Status::Running,
+        Status::Success,
+        Status::Failure,
+        Status::Canceled,
+        Status::Error,
+        Status::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Success => "success",
+            Status::Failure => "failure",
+            Status::Canceled => "canceled",
+            Status::Error => "error",
+            Status::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether nothing will change this status any more.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, Status::Queued | Status::Running)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a step row stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A step of the pipeline, run to completion.
+    Step,
+    /// A long-running service, reachable by name, stopped when the steps are done.
+    Service,
+    /// The implicit clone step added for a submission with `repo`.
+    Clone,
+    /// A plugin step: the image's own entrypoint with `PLUGIN_*` settings.
+    Plugin,
+}
+
+impl StepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Step => "step",
+            StepKind::Service => "service",
+            StepKind::Clone => "clone",
+            StepKind::Plugin => "plugin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StepKind> {
+        [
+            StepKind::Step,
+            StepKind::Service,
+            StepKind::Clone,
+            StepKind::Plugin,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
+    }
+}
+
+/// A pipeline as listed: no workflows.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
+    "name": "acme/api #42",
+    "status": "queued",
+    "reason": null,
+    "labels": {"project": "acme/api"},
+    "namespace": null,
+    "created_at": "2026-11-24T10:00:00Z",
+    "started_at": null,
+    "finished_at": null
+}))]
+pub struct PipelineSummary {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Status,
+    /// Why the pipeline ended as it did, in words a person can act on.
+    pub reason: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The Kubernetes namespace the submission asked for, if any.
+    pub namespace: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A pipeline with its workflows and steps.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
+    "name": "acme/api #42",
+    "status": "queued",
+    "reason": null,
+    "labels": {"project": "acme/api"},
+    "namespace": null,
+    "created_at": "2026-11-24T10:00:00Z",
+    "started_at": null,
+    "finished_at": null,
+    "retry_of": null,
+    "warnings": [],
+    "workflows": [{
+        "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e11",
+        "name": "build",
+        "matrix": {},
+        "status": "queued",
+        "reason": null,
+        "started_at": null,
+        "finished_at": null,
+        "steps": [{
+            "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e12",
+            "name": "test",
+            "kind": "step",
+            "status": "queued",
+            "reason": null,
+            "exit_code": null,
+            "started_at": null,
+            "finished_at": null
+        }]
+    }]
+}))]
+pub struct Pipeline {
+    #[serde(flatten)]
+    pub summary: PipelineSummary,
+    /// The pipeline this one retries, if any.
+    pub retry_of: Option<Uuid>,
+    /// Keys piculet accepted but cannot honour, as `POST /lint` reports them.
+    pub warnings: Vec<Diagnostic>,
+    pub workflows: Vec<Workflow>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Workflow {
+    pub id: Uuid,
+    /// The config's name; the elements of a matrix share it and differ in `matrix`.
+    pub name: String,
+    pub matrix: BTreeMap<String, String>,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Services and steps, in the order they were declared.
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Step {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: StepKind,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_round_trips() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(Status::parse("done"), None);
+        assert!(!Status::Running.is_finished());
+        assert!(Status::Skipped.is_finished());
+    }
+}

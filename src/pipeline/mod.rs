@@ -1,0 +1,29 @@
+//! The pipeline format: Woodpecker-style pipeline files (YAML or JSON) read into a
+//! position-annotated tree, checked key by key, expanded over the matrix, substituted, and
+//! planned into workflows with a DAG of steps. Pure code: no I/O, no async, no database; the
+//! same code serves `POST /lint`, `POST /render`, submission and the CLI.
+//!
+//! Entry points: [`lint`] and [`plan`]. Every problem is a [`Diagnostic`] with a JSON pointer
+//! and, for text, line and column; all of them are reported at once.
+
+pub mod diagnostic;
+pub mod duration;
+pub(crate) mod matrix;
+pub mod model;
+pub mod node;
+pub mod plan;
+pub mod quantity;
+pub mod schema;
+pub mod subst;
+pub(crate) mod validate;
+pub(crate) mod when;
+
+pub use diagnostic::{Diagnostic, Report};
+pub use model::{
+    Capabilities, EnvValue, Failure, KubernetesOptions, Resources, SecProfile, SecretRef,
+    SecretTarget, SecurityContext, SettingValue, Status, StepKind, Toleration, Workspace,
+};
+pub use plan::{
+    Context, DEFAULT_CLONE_IMAGE, DroppedStep, DroppedWorkflow, Plan, Planned, RepoSpec, Source,
+    SourceContent, StepSpec, WorkflowPlan, lint, plan,
+};

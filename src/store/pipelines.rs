@@ -1,0 +1,475 @@
+//! Pipelines with their workflows and steps: create (idempotently), read, list, cancel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreError, on_pool};
+use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Workflow};
+use crate::pipeline::Diagnostic;
+
+/// A pipeline to insert, already planned; ids are chosen by the caller.
+#[derive(Debug, Clone)]
+pub struct NewPipeline {
+    pub id: Uuid,
+    pub name: String,
+    /// The submission as received, without secret values.
+    pub submission: serde_json::Value,
+    /// Secret values and registry credentials, sealed by [`crate::secrets::SecretBox`].
+    pub sealed_secrets: Option<Vec<u8>>,
+    pub labels: BTreeMap<String, String>,
+    pub warnings: Vec<Diagnostic>,
+    pub namespace: Option<String>,
+    pub timeout_seconds: Option<i64>,
+    /// The `Idempotency-Key` header and a hash of the request it came with.
+    pub idempotency: Option<(String, String)>,
+    pub retry_of: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub workflows: Vec<NewWorkflow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewWorkflow {
+    pub id: Uuid,
+    pub name: String,
+    pub matrix: BTreeMap<String, String>,
+    /// The workflow's plan, as the engine will read it back.
+    pub plan: serde_json::Value,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub steps: Vec<NewStep>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewStep {
+    pub id: Uuid,
+    pub name: String,
+    pub kind: StepKind,
+    pub status: Status,
+    pub reason: Option<String>,
+}
+
+/// What [`Store::create_pipeline`] did.
+#[derive(Debug)]
+pub enum Created {
+    /// The pipeline was inserted.
+    New(Pipeline),
+    /// A pipeline with the same idempotency key exists already; it was created from a request
+    /// with this hash.
+    Existing {
+        pipeline: Pipeline,
+        request_hash: Option<String>,
+    },
+}
+
+/// Which pipelines `list` returns: newest first, before `cursor` when given.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub statuses: BTreeSet<Status>,
+    pub labels: Vec<(String, String)>,
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+#[derive(sqlx::FromRow)]
+struct PipelineRow {
+    id: Uuid,
+    name: String,
+    status: String,
+    reason: Option<String>,
+    labels: Json<BTreeMap<String, String>>,
+    namespace: Option<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct PipelineDetailRow {
+    #[sqlx(flatten)]
+    summary: PipelineRow,
+    retry_of: Option<Uuid>,
+    warnings: Json<Vec<Diagnostic>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkflowRow {
+    id: Uuid,
+    name: String,
+    matrix: Json<BTreeMap<String, String>>,
+    status: String,
+    reason: Option<String>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(sqlx::FromRow)]
+struct StepRow {
+    id: Uuid,
+    workflow_id: Uuid,
+    name: String,
+    kind: String,
+    status: String,
+    reason: Option<String>,
+    exit_code: Option<i32>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+fn status(text: &str) -> Result<Status, StoreError> {
+    Status::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown status {text:?}")))
+}
+
+impl PipelineRow {
+    fn into_summary(self) -> Result<PipelineSummary, StoreError> {
+        Ok(PipelineSummary {
+            id: self.id,
+            name: self.name,
+            status: status(&self.status)?,
+            reason: self.reason,
+            labels: self.labels.0,
+            namespace: self.namespace,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+const PIPELINE_COLUMNS: &str =
+    "id, name, status, reason, labels, namespace, created_at, started_at, finished_at";
+
+/// Whether an insert failed on a unique constraint (a concurrent request with the same key).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+impl Store {
+    /// Inserts the pipeline, its workflows and steps and its first event in one transaction.
+    /// With an idempotency key already used, inserts nothing and returns the existing pipeline.
+    pub async fn create_pipeline(&self, new: &NewPipeline) -> Result<Created, StoreError> {
+        if let Some(existing) = self.find_idempotent(new).await? {
+            return Ok(existing);
+        }
+        match self.insert_pipeline(new).await {
+            Ok(()) => {}
+            Err(StoreError::Database(e))
+                if new.idempotency.is_some() && is_unique_violation(&e) =>
+            {
+                // Another request with the same key won the race; answer as it did.
+                if let Some(existing) = self.find_idempotent(new).await? {
+                    return Ok(existing);
+                }
+                return Err(StoreError::Database(e));
+            }
+            Err(e) => return Err(e),
+        }
+        let pipeline = self
+            .get_pipeline(new.id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("inserted pipeline vanished".into()))?;
+        Ok(Created::New(pipeline))
+    }
+
+    async fn find_idempotent(&self, new: &NewPipeline) -> Result<Option<Created>, StoreError> {
+        let Some((key, _)) = &new.idempotency else {
+            return Ok(None);
+        };
+        let found: Option<(Uuid, Option<String>)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id, request_hash FROM pipelines WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(pool)
+                .await?
+        });
+        let Some((id, request_hash)) = found else {
+            return Ok(None);
+        };
+        let pipeline = self
+            .get_pipeline(id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("idempotent pipeline vanished".into()))?;
+        Ok(Some(Created::Existing {
+            pipeline,
+            request_hash,
+        }))
+    }
+
+    async fn insert_pipeline(&self, new: &NewPipeline) -> Result<(), StoreError> {
+        let (key, hash) = match &new.idempotency {
+            Some((k, h)) => (Some(k.as_str()), Some(h.as_str())),
+            None => (None, None),
+        };
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO pipelines (id, name, status, submission, sealed_secrets, labels, \
+                 warnings, namespace, timeout_seconds, idempotency_key, request_hash, retry_of, \
+                 created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+            )
+            .bind(new.id)
+            .bind(&new.name)
+            .bind(Status::Queued.as_str())
+            .bind(Json(&new.submission))
+            .bind(new.sealed_secrets.as_deref())
+            .bind(Json(&new.labels))
+            .bind(Json(&new.warnings))
+            .bind(new.namespace.as_deref())
+            .bind(new.timeout_seconds)
+            .bind(key)
+            .bind(hash)
+            .bind(new.retry_of)
+            .bind(new.created_at)
+            .execute(&mut *tx)
+            .await?;
+            for (key, value) in &new.labels {
+                sqlx::query("INSERT INTO pipeline_labels (pipeline_id, key, value) VALUES ($1, $2, $3)")
+                    .bind(new.id)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (position, w) in new.workflows.iter().enumerate() {
+                let finished = w.status.is_finished().then_some(new.created_at);
+                sqlx::query(
+                    "INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, \
+                     reason, created_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                )
+                .bind(w.id)
+                .bind(new.id)
+                .bind(position as i32)
+                .bind(&w.name)
+                .bind(Json(&w.matrix))
+                .bind(Json(&w.plan))
+                .bind(w.status.as_str())
+                .bind(w.reason.as_deref())
+                .bind(new.created_at)
+                .bind(finished)
+                .execute(&mut *tx)
+                .await?;
+                for (position, s) in w.steps.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, \
+                         status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    )
+                    .bind(s.id)
+                    .bind(w.id)
+                    .bind(new.id)
+                    .bind(position as i32)
+                    .bind(&s.name)
+                    .bind(s.kind.as_str())
+                    .bind(s.status.as_str())
+                    .bind(s.reason.as_deref())
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            insert_event(&mut *tx, new.id, "pipeline", new.id, Status::Queued, new.created_at).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The pipeline with its workflows and steps.
+    pub async fn get_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
+        let (row, workflows, steps): (Option<PipelineDetailRow>, Vec<WorkflowRow>, Vec<StepRow>) = on_pool!(self, pool => {
+            let row = sqlx::query_as(
+                "SELECT id, name, status, reason, labels, namespace, created_at, started_at, \
+                 finished_at, retry_of, warnings FROM pipelines WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            if row.is_none() {
+                return Ok(None);
+            }
+            let workflows = sqlx::query_as(
+                "SELECT id, name, matrix, status, reason, started_at, finished_at \
+                 FROM workflows WHERE pipeline_id = $1 ORDER BY position",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            let steps = sqlx::query_as(
+                "SELECT id, workflow_id, name, kind, status, reason, exit_code, started_at, \
+                 finished_at FROM steps WHERE pipeline_id = $1 ORDER BY workflow_id, position",
+            )
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+            (row, workflows, steps)
+        });
+        let Some(row) = row else { return Ok(None) };
+
+        let mut steps_by_workflow: BTreeMap<Uuid, Vec<Step>> = BTreeMap::new();
+        for s in steps {
+            let kind = StepKind::parse(&s.kind)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown step kind {:?}", s.kind)))?;
+            steps_by_workflow
+                .entry(s.workflow_id)
+                .or_default()
+                .push(Step {
+                    id: s.id,
+                    name: s.name,
+                    kind,
+                    status: status(&s.status)?,
+                    reason: s.reason,
+                    exit_code: s.exit_code,
+                    started_at: s.started_at,
+                    finished_at: s.finished_at,
+                });
+        }
+        let workflows = workflows
+            .into_iter()
+            .map(|w| {
+                Ok(Workflow {
+                    steps: steps_by_workflow.remove(&w.id).unwrap_or_default(),
+                    id: w.id,
+                    name: w.name,
+                    matrix: w.matrix.0,
+                    status: status(&w.status)?,
+                    reason: w.reason,
+                    started_at: w.started_at,
+                    finished_at: w.finished_at,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(Pipeline {
+            retry_of: row.retry_of,
+            warnings: row.warnings.0,
+            summary: row.summary.into_summary()?,
+            workflows,
+        }))
+    }
+
+    /// Pipelines newest first, filtered; pass the last id seen as `before` for the next page.
+    pub async fn list_pipelines(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<Vec<PipelineSummary>, StoreError> {
+        let rows: Vec<PipelineRow> = on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new("SELECT ");
+            q.push(PIPELINE_COLUMNS).push(" FROM pipelines p WHERE 1 = 1");
+            if !filter.statuses.is_empty() {
+                q.push(" AND status IN (");
+                let mut list = q.separated(", ");
+                for s in &filter.statuses {
+                    list.push_bind(s.as_str());
+                }
+                q.push(")");
+            }
+            for (key, value) in &filter.labels {
+                q.push(" AND EXISTS (SELECT 1 FROM pipeline_labels l WHERE l.pipeline_id = p.id AND l.key = ")
+                    .push_bind(key)
+                    .push(" AND l.value = ")
+                    .push_bind(value)
+                    .push(")");
+            }
+            if let Some(before) = filter.before {
+                q.push(" AND id < ").push_bind(before);
+            }
+            q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        rows.into_iter().map(PipelineRow::into_summary).collect()
+    }
+
+    /// Cancels a pipeline: a queued one, and its queued workflows and steps, become `canceled`
+    /// at once; a running one is marked for the engine to stop. A finished pipeline is left
+    /// as it is. Returns `None` when there is no such pipeline.
+    pub async fn cancel_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
+        let now = Utc::now();
+        let found = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let current: Option<(String,)> = sqlx::query_as("SELECT status FROM pipelines WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let found = match current.as_ref().map(|(s,)| status(s)).transpose()? {
+                None => false,
+                Some(Status::Queued) => {
+                    // Conditional updates: whatever the engine claimed in the meantime is
+                    // left for it to stop.
+                    let canceled = Status::Canceled.as_str();
+                    let queued = Status::Queued.as_str();
+                    let reason = "canceled before it started";
+                    sqlx::query(
+                        "UPDATE steps SET status = $1, reason = $2, finished_at = $3 \
+                         WHERE pipeline_id = $4 AND status = $5",
+                    )
+                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
+                    .execute(&mut *tx).await?;
+                    let workflows: Vec<(Uuid,)> = sqlx::query_as(
+                        "UPDATE workflows SET status = $1, reason = $2, finished_at = $3 \
+                         WHERE pipeline_id = $4 AND status = $5 RETURNING id",
+                    )
+                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
+                    .fetch_all(&mut *tx).await?;
+                    let done = sqlx::query(
+                        "UPDATE pipelines SET status = $1, reason = $2, finished_at = $3, \
+                         updated_at = $3, cancel_requested = TRUE WHERE id = $4 AND status = $5",
+                    )
+                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
+                    .execute(&mut *tx).await?;
+                    for (workflow,) in workflows {
+                        insert_event(&mut *tx, id, "workflow", workflow, Status::Canceled, now).await?;
+                    }
+                    if done.rows_affected() == 1 {
+                        insert_event(&mut *tx, id, "pipeline", id, Status::Canceled, now).await?;
+                    }
+                    true
+                }
+                Some(Status::Running) => {
+                    sqlx::query("UPDATE pipelines SET cancel_requested = TRUE, updated_at = $1 WHERE id = $2")
+                        .bind(now).bind(id)
+                        .execute(&mut *tx).await?;
+                    true
+                }
+                Some(_) => true,
+            };
+            tx.commit().await?;
+            found
+        });
+        if !found {
+            return Ok(None);
+        }
+        self.get_pipeline(id).await
+    }
+}
+
+/// Records a state change; the events stream of the pipeline replays these.
+async fn insert_event<'c, E, DB>(
+    executor: E,
+    pipeline_id: Uuid,
+    subject: &str,
+    subject_id: Uuid,
+    status: Status,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Json<serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let payload = serde_json::json!({ "subject": subject, "id": subject_id, "status": status });
+    sqlx::query::<DB>(
+        "INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(pipeline_id)
+    .bind(subject)
+    .bind(subject_id)
+    .bind(status.as_str())
+    .bind(Json(payload))
+    .bind(at)
+    .execute(executor)
+    .await?;
+    Ok(())
+}

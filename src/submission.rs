@@ -1,0 +1,422 @@
+//! A submission as clients send it, and its conversion into a planned pipeline ready to store:
+//! checked, planned, secret values sealed and removed from what is kept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::model::{Status, StepKind};
+use crate::pipeline::{self, Context, Diagnostic, RepoSpec, Report, Source, SourceContent};
+use crate::secrets::SecretBox;
+use crate::store::{NewPipeline, NewStep, NewWorkflow};
+
+/// The name diagnostics carry for problems of the submission itself, not of a config.
+pub const SUBMISSION: &str = "submission";
+
+/// A pipeline submission: one or more pipeline files, or one already-parsed pipeline, with the
+/// variables, secrets and metadata of the run.
+#[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "acme/api #42",
+    "configs": [{"name": "build", "content": "steps:\n  - name: test\n    image: golang:1.22\n    commands: [go test ./...]\n"}],
+    "variables": {"CI_COMMIT_BRANCH": "main", "CI_PIPELINE_EVENT": "push"},
+    "secrets": [{"name": "registry_password", "value": "s3cr3t"}],
+    "labels": {"project": "acme/api"},
+    "timeout": "1h"
+}))]
+pub struct Submission {
+    /// A name for people; defaults to the first config's name.
+    pub name: Option<String>,
+    /// Pipeline files (YAML or JSON text), one workflow each (or one per matrix element).
+    #[serde(default)]
+    pub configs: Vec<ConfigFile>,
+    /// One already-parsed pipeline, instead of `configs`.
+    #[schema(value_type = Option<Object>)]
+    pub pipeline: Option<serde_json::Value>,
+    /// Submission variables (`CI_COMMIT_BRANCH`, `CI_PIPELINE_EVENT`, …): `when` conditions
+    /// match against them, `${NAME}` substitutes them, and steps see them.
+    #[serde(default)]
+    pub variables: BTreeMap<String, String>,
+    /// Secret values, referenced from the pipeline with `from_secret`. Never stored in
+    /// plaintext, never returned.
+    #[serde(default)]
+    pub secrets: Vec<SecretValue>,
+    /// Registry credentials for pulling step images.
+    #[serde(default)]
+    pub registries: Vec<Registry>,
+    /// A repository to clone into the workspace by an implicit first step `clone`.
+    pub repo: Option<Repo>,
+    /// Free metadata; `GET /pipelines?label=k=v` filters on it.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The Kubernetes namespace to run in, where the administrator allows it.
+    pub namespace: Option<String>,
+    /// The longest the whole pipeline may run, e.g. `1h`.
+    pub timeout: Option<String>,
+    /// The platform (`linux/arm64`) when the workflow does not name one.
+    pub platform: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The workflow's name; other workflows refer to it in `depends_on`.
+    pub name: String,
+    /// The pipeline file, YAML or JSON.
+    pub content: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repo {
+    pub clone_url: String,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+    pub sha: Option<String>,
+}
+
+// Debug output must never carry secret values: they end up in logs.
+impl fmt::Debug for Submission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submission")
+            .field("name", &self.name)
+            .field("configs", &self.configs.len())
+            .field(
+                "secrets",
+                &self.secrets.iter().map(|s| &s.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue({})", self.name)
+    }
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Registry({})", self.address)
+    }
+}
+
+impl Submission {
+    /// A submission of one pipeline file, as sent with `Content-Type: application/yaml`.
+    pub fn from_file(content: String) -> Submission {
+        Submission {
+            configs: vec![ConfigFile {
+                name: "pipeline".into(),
+                content,
+            }],
+            ..Submission::default()
+        }
+    }
+
+    fn sources(&self) -> Vec<Source> {
+        let mut sources: Vec<Source> = self
+            .configs
+            .iter()
+            .map(|c| Source {
+                name: c.name.clone(),
+                content: SourceContent::Text(c.content.clone()),
+            })
+            .collect();
+        if let Some(value) = &self.pipeline {
+            sources.push(Source {
+                name: "pipeline".into(),
+                content: SourceContent::Value(value.clone()),
+            });
+        }
+        sources
+    }
+
+    fn context(&self, default_platform: &str) -> Context {
+        Context {
+            variables: self.variables.clone(),
+            secret_names: self.secrets.iter().map(|s| s.name.clone()).collect(),
+            check_secrets: true,
+            platform: self
+                .platform
+                .clone()
+                .unwrap_or_else(|| default_platform.to_string()),
+            repo: self.repo.as_ref().map(|r| RepoSpec {
+                clone_url: r.clone_url.clone(),
+                r#ref: r.git_ref.clone().unwrap_or_default(),
+                sha: r.sha.clone().unwrap_or_default(),
+            }),
+        }
+    }
+
+    /// Problems of the submission itself, outside its pipeline files.
+    fn check(&self) -> Vec<Diagnostic> {
+        let mut errors = Vec::new();
+        let mut error = |pointer: String, message: String| {
+            errors.push(Diagnostic {
+                config: SUBMISSION.into(),
+                pointer,
+                line: None,
+                column: None,
+                message,
+            })
+        };
+        match (self.configs.is_empty(), self.pipeline.is_some()) {
+            (true, false) => error(
+                String::new(),
+                "give the pipeline as `configs` (files) or `pipeline` (an object)".into(),
+            ),
+            (false, true) => error(
+                "/pipeline".into(),
+                "give either `configs` or `pipeline`, not both".into(),
+            ),
+            _ => {}
+        }
+        let mut config_names = BTreeSet::new();
+        for (i, c) in self.configs.iter().enumerate() {
+            if c.name.trim().is_empty() {
+                error(format!("/configs/{i}/name"), "a config needs a name".into());
+            } else if !config_names.insert(c.name.as_str()) {
+                error(
+                    format!("/configs/{i}/name"),
+                    format!("config name {:?} is used twice", c.name),
+                );
+            }
+        }
+        let mut secret_names = BTreeSet::new();
+        for (i, s) in self.secrets.iter().enumerate() {
+            if s.name.is_empty() {
+                error(format!("/secrets/{i}/name"), "a secret needs a name".into());
+            } else if !secret_names.insert(s.name.as_str()) {
+                error(
+                    format!("/secrets/{i}/name"),
+                    format!("secret {:?} is given twice", s.name),
+                );
+            }
+        }
+        if let Some(timeout) = &self.timeout {
+            match humantime::parse_duration(timeout) {
+                Ok(d) if d.as_secs() > 0 => {}
+                _ => error(
+                    "/timeout".into(),
+                    format!("{timeout:?} is not a duration; write e.g. 30m or 1h"),
+                ),
+            }
+        }
+        if let Some(ns) = &self.namespace
+            && !is_dns_label(ns)
+        {
+            error(
+                "/namespace".into(),
+                format!(
+                    "{ns:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+                ),
+            );
+        }
+        if let Some(platform) = &self.platform
+            && platform
+                .split_once('/')
+                .is_none_or(|(os, arch)| os.is_empty() || arch.is_empty())
+        {
+            error(
+                "/platform".into(),
+                format!("{platform:?} is not OS/ARCH, e.g. linux/arm64"),
+            );
+        }
+        for key in self.labels.keys() {
+            if key.is_empty() || key.contains('=') {
+                error(
+                    format!("/labels/{}", escape_pointer(key)),
+                    format!("label key {key:?} must be non-empty and without '='"),
+                );
+            }
+        }
+        errors
+    }
+
+    /// Validates without storing anything: what `POST /lint` answers.
+    pub fn lint(&self, default_platform: &str) -> Report {
+        let mut report = pipeline::lint(&self.sources(), &self.context(default_platform));
+        let mut errors = self.check();
+        errors.append(&mut report.errors);
+        report.errors = errors;
+        report
+    }
+
+    /// Validates pipeline files away from any server: `from_secret` is checked only against
+    /// the secret names given, and not at all when none is given.
+    pub fn lint_offline(&self, secret_names: &[String], platform: &str) -> Report {
+        let mut context = self.context(platform);
+        context.secret_names = secret_names.iter().cloned().collect();
+        context.check_secrets = !secret_names.is_empty();
+        let mut report = pipeline::lint(&self.sources(), &context);
+        let mut errors = self.check();
+        errors.append(&mut report.errors);
+        report.errors = errors;
+        report
+    }
+
+    /// The submission as it is kept: secret values and registry passwords removed.
+    fn redacted(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        for list in ["secrets", "registries"] {
+            if let Some(items) = value.get_mut(list).and_then(|v| v.as_array_mut()) {
+                for item in items {
+                    if let Some(item) = item.as_object_mut() {
+                        item.remove("value");
+                        item.remove("password");
+                    }
+                }
+            }
+        }
+        value
+    }
+
+    fn sealed_secrets(&self, secret_box: &SecretBox) -> Option<Vec<u8>> {
+        if self.secrets.is_empty() && self.registries.is_empty() {
+            return None;
+        }
+        let plain = serde_json::json!({ "secrets": self.secrets, "registries": self.registries });
+        Some(secret_box.seal(plain.to_string().as_bytes()))
+    }
+
+    /// Checks and plans the submission into a pipeline ready to insert; refuses it with every
+    /// error at once.
+    pub fn prepare(
+        &self,
+        default_platform: &str,
+        secret_box: &SecretBox,
+    ) -> Result<NewPipeline, Report> {
+        let problems = self.check();
+        let planned = pipeline::plan(&self.sources(), &self.context(default_platform));
+        let planned = match (planned, problems.is_empty()) {
+            (Ok(planned), true) => planned,
+            (Ok(planned), false) => {
+                return Err(Report {
+                    errors: problems,
+                    warnings: planned.warnings,
+                });
+            }
+            (Err(mut report), _) => {
+                let mut errors = problems;
+                errors.append(&mut report.errors);
+                report.errors = errors;
+                return Err(report);
+            }
+        };
+
+        let mut workflows = Vec::new();
+        for w in &planned.plan.workflows {
+            let mut steps = Vec::new();
+            for (spec, kind) in w
+                .services
+                .iter()
+                .map(|s| (s, StepKind::Service))
+                .chain(w.steps.iter().map(|s| (s, step_kind(s.kind))))
+            {
+                steps.push(NewStep {
+                    id: Uuid::now_v7(),
+                    name: spec.name.clone(),
+                    kind,
+                    status: Status::Queued,
+                    reason: None,
+                });
+            }
+            for dropped in &w.dropped_steps {
+                steps.push(NewStep {
+                    id: Uuid::now_v7(),
+                    name: dropped.name.clone(),
+                    kind: step_kind(dropped.kind),
+                    status: Status::Skipped,
+                    reason: Some(dropped.reason.clone()),
+                });
+            }
+            workflows.push(NewWorkflow {
+                id: Uuid::now_v7(),
+                name: w.name.clone(),
+                matrix: w.matrix.clone(),
+                plan: serde_json::to_value(w).unwrap_or_default(),
+                status: Status::Queued,
+                reason: None,
+                steps,
+            });
+        }
+        for dropped in &planned.plan.dropped_workflows {
+            workflows.push(NewWorkflow {
+                id: Uuid::now_v7(),
+                name: dropped.name.clone(),
+                matrix: dropped.matrix.clone(),
+                plan: serde_json::Value::Null,
+                status: Status::Skipped,
+                reason: Some(dropped.reason.clone()),
+                steps: Vec::new(),
+            });
+        }
+
+        let name = self
+            .name
+            .clone()
+            .or_else(|| self.configs.first().map(|c| c.name.clone()))
+            .unwrap_or_else(|| "pipeline".into());
+        Ok(NewPipeline {
+            id: Uuid::now_v7(),
+            name,
+            submission: self.redacted(),
+            sealed_secrets: self.sealed_secrets(secret_box),
+            labels: self.labels.clone(),
+            warnings: planned.warnings,
+            namespace: self.namespace.clone(),
+            timeout_seconds: self
+                .timeout
+                .as_deref()
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .map(|d| d.as_secs() as i64),
+            idempotency: None,
+            retry_of: None,
+            created_at: Utc::now(),
+            workflows,
+        })
+    }
+}
+
+fn step_kind(kind: pipeline::StepKind) -> StepKind {
+    match kind {
+        pipeline::StepKind::Step => StepKind::Step,
+        pipeline::StepKind::Service => StepKind::Service,
+        pipeline::StepKind::Clone => StepKind::Clone,
+        pipeline::StepKind::Plugin => StepKind::Plugin,
+    }
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a namespace name.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn escape_pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}

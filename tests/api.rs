@@ -1,0 +1,676 @@
+//! The REST API over real HTTP, against Postgres and SQLite from the same test code.
+
+mod common;
+
+use common::{Db, TOKEN, TestApp, expect_problem};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
+use serde_json::{Value, json};
+
+const PIPELINE: &str = "\
+services:
+  - name: database
+    image: postgres:16
+steps:
+  - name: build
+    image: golang:1.22
+    commands:
+      - go build ./...
+  - name: test
+    image: golang:1.22
+    commands: [go test ./...]
+  - name: deploy
+    image: alpine
+    commands: [./deploy.sh]
+    when:
+      branch: release/*
+";
+
+on_both_databases!(
+    submit_yaml_then_read_it_back,
+    submit_json_with_matrix_and_two_configs,
+    submit_already_parsed_pipeline,
+    list_filters_and_pages,
+    cancel_is_idempotent,
+    idempotency_key_returns_the_first_pipeline,
+    bad_input_is_refused_and_stores_nothing,
+    secret_values_are_never_shown_or_stored_in_plaintext,
+    lint_reports_errors_and_warnings,
+    probes_and_documents_are_open,
+    every_response_carries_a_request_id,
+);
+
+async fn submit_yaml_then_read_it_back(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let response = app.submit_yaml(PIPELINE).await;
+    assert_eq!(response.status(), 201);
+    let location = response.headers()[LOCATION].to_str().unwrap().to_string();
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    assert_eq!(location, format!("/api/v1/pipelines/{id}"));
+    assert_eq!(created["status"], "queued");
+    assert_eq!(created["name"], "pipeline");
+
+    let fetched: Value = app
+        .get(&location)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fetched, created, "GET answers what POST created");
+    let workflows = fetched["workflows"].as_array().unwrap();
+    assert_eq!(workflows.len(), 1);
+    let steps: Vec<(&str, &str, &str)> = workflows[0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap(),
+                s["kind"].as_str().unwrap(),
+                s["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("database", "service", "queued"),
+            ("build", "step", "queued"),
+            ("test", "step", "queued"),
+            ("deploy", "step", "queued"),
+        ],
+        "services first, then steps in order"
+    );
+    let warnings = fetched["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w["pointer"] == "/steps/2/when/branch"
+                && w["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("cannot be evaluated")),
+        "a `when.branch` without CI_COMMIT_BRANCH is met, and says so: {warnings:#?}"
+    );
+    for step in workflows[0]["steps"].as_array().unwrap() {
+        assert!(step["id"].as_str().is_some());
+        assert_eq!(step["exit_code"], Value::Null);
+        assert_eq!(step["started_at"], Value::Null);
+    }
+}
+
+async fn submit_json_with_matrix_and_two_configs(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let build = "\
+matrix:
+  GO: ['1.21', '1.22']
+steps:
+  - name: test
+    image: golang:${GO}
+    commands: [go test ./...]
+";
+    let deploy = "\
+depends_on: [build]
+steps:
+  - name: push
+    image: alpine
+    commands:
+      - echo push ${CI_COMMIT_BRANCH}
+  - name: release
+    image: alpine
+    commands: [./release.sh]
+    when:
+      branch: release/*
+";
+    let response = app
+        .submit_json(&json!({
+            "name": "acme/api #42",
+            "configs": [{"name": "build", "content": build}, {"name": "deploy", "content": deploy}],
+            "variables": {"CI_COMMIT_BRANCH": "main", "CI_PIPELINE_EVENT": "push"},
+            "labels": {"project": "acme/api"},
+            "timeout": "1h"
+        }))
+        .await;
+    assert_eq!(response.status(), 201);
+    let p: Value = response.json().await.unwrap();
+    assert_eq!(p["name"], "acme/api #42");
+    assert_eq!(p["labels"], json!({"project": "acme/api"}));
+    let workflows: Vec<(&str, Value)> = p["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), w["matrix"].clone()))
+        .collect();
+    assert_eq!(
+        workflows,
+        vec![
+            ("build", json!({"GO": "1.21"})),
+            ("build", json!({"GO": "1.22"})),
+            ("deploy", json!({})),
+        ]
+    );
+    let deploy_steps: Vec<(&str, &str)> = p["workflows"][2]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        deploy_steps,
+        [("push", "queued"), ("release", "skipped")],
+        "a step whose `when` does not match the variables is listed as skipped"
+    );
+    let release = &p["workflows"][2]["steps"][1];
+    assert!(
+        release["reason"].as_str().unwrap().contains("branch"),
+        "{release}"
+    );
+}
+
+async fn submit_already_parsed_pipeline(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let response = app
+        .submit_json(&json!({
+            "pipeline": {"steps": [{"name": "hello", "image": "alpine", "commands": ["echo hi"]}]}
+        }))
+        .await;
+    assert_eq!(response.status(), 201);
+    let p: Value = response.json().await.unwrap();
+    assert_eq!(p["workflows"][0]["steps"][0]["name"], "hello");
+}
+
+async fn list_filters_and_pages(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut ids = Vec::new();
+    for (i, team) in ["red", "blue", "red"].iter().enumerate() {
+        let p: Value = app
+            .submit_json(&json!({
+                "name": format!("run {i}"),
+                "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}],
+                "labels": {"team": team}
+            }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let list = |query: &'static str| {
+        let request = app.get(&format!("/api/v1/pipelines{query}"));
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            let names: Vec<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            (names, page["next_cursor"].clone())
+        }
+    };
+    assert_eq!(
+        list("").await.0,
+        ["run 2", "run 1", "run 0"],
+        "newest first"
+    );
+    assert_eq!(list("?label=team=red").await.0, ["run 2", "run 0"]);
+    assert_eq!(
+        list("?label=team=red&label=team=blue").await.0,
+        Vec::<String>::new()
+    );
+    assert_eq!(list("?status=queued").await.0.len(), 3);
+    assert_eq!(list("?status=running,success").await.0.len(), 0);
+
+    let (first, cursor) = list("?limit=2").await;
+    assert_eq!(first, ["run 2", "run 1"]);
+    assert_eq!(cursor, json!(ids[1]));
+    let page: Value = app
+        .get(&format!("/api/v1/pipelines?limit=2&cursor={}", ids[1]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["items"][0]["name"], "run 0");
+    assert_eq!(page["next_cursor"], Value::Null, "last page");
+
+    app.post(&format!("/api/v1/pipelines/{}/cancel", ids[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list("?status=canceled").await.0, ["run 0"]);
+
+    for bad in [
+        "?status=done",
+        "?label=team",
+        "?limit=0",
+        "?cursor=abc",
+        "?sort=name",
+    ] {
+        expect_problem(
+            app.get(&format!("/api/v1/pipelines{bad}"))
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "invalid-query",
+        )
+        .await;
+    }
+}
+
+async fn cancel_is_idempotent(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p: Value = app.submit_yaml(PIPELINE).await.json().await.unwrap();
+    let cancel = format!("/api/v1/pipelines/{}/cancel", p["id"].as_str().unwrap());
+    let first = app.post(&cancel).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "canceled");
+    assert!(first["finished_at"].is_string());
+    let workflow = &first["workflows"][0];
+    assert_eq!(workflow["status"], "canceled");
+    let statuses: Vec<&str> = workflow["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["canceled", "canceled", "canceled", "canceled"]);
+
+    let again = app.post(&cancel).send().await.unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "canceling a finished pipeline answers 200"
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, first, "and changes nothing");
+
+    let unknown = "/api/v1/pipelines/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10/cancel";
+    expect_problem(app.post(unknown).send().await.unwrap(), 404, "not-found").await;
+}
+
+async fn idempotency_key_returns_the_first_pipeline(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let send = |key: &'static str, body: &'static str| {
+        app.post("/api/v1/pipelines")
+            .header("Idempotency-Key", key)
+            .header(CONTENT_TYPE, "application/yaml")
+            .body(body)
+            .send()
+    };
+    let first = send("key-1", PIPELINE).await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first: Value = first.json().await.unwrap();
+
+    let retried = send("key-1", PIPELINE).await.unwrap();
+    assert_eq!(retried.status(), 201);
+    assert_eq!(retried.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        retried.headers()[LOCATION].to_str().unwrap(),
+        format!("/api/v1/pipelines/{}", first["id"].as_str().unwrap())
+    );
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["id"], first["id"]);
+
+    let other = "steps:\n  - name: x\n    image: alpine\n    commands: [true]\n";
+    let reused = send("key-1", other).await.unwrap();
+    expect_problem(reused, 422, "idempotency-key-reused").await;
+    assert_eq!(app.pipeline_count().await, 1, "one pipeline for one key");
+
+    let second = send("key-2", PIPELINE).await.unwrap();
+    assert_eq!(second.status(), 201);
+    assert_eq!(app.pipeline_count().await, 2);
+}
+
+async fn bad_input_is_refused_and_stores_nothing(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        piculet::config::Settings {
+            max_body_size: Some("2KiB".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let malformed_json = app
+        .post("/api/v1/pipelines")
+        .header(CONTENT_TYPE, "application/json")
+        .body("{\"configs\": [")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(malformed_json, 400, "malformed-body").await;
+
+    let wrong_field = app
+        .submit_json(&json!({"configs": [], "pipelien": {}}))
+        .await;
+    let body = expect_problem(wrong_field, 422, "validation-failed").await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown field `pipelien`"),
+        "{body:#}"
+    );
+
+    let malformed_yaml = app.submit_yaml("steps:\n  - name: [unclosed\n").await;
+    let body = expect_problem(malformed_yaml, 422, "validation-failed").await;
+    let error = &body["errors"][0];
+    assert!(
+        error["line"].as_u64().is_some(),
+        "a YAML error has its line: {body:#}"
+    );
+    assert!(error["column"].as_u64().is_some());
+
+    let wrong_type = app
+        .post("/api/v1/pipelines")
+        .header(CONTENT_TYPE, "text/plain")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(wrong_type, 415, "unsupported-media-type").await;
+    let no_type = app
+        .post("/api/v1/pipelines")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(no_type, 415, "unsupported-media-type").await;
+
+    let huge = format!("{PIPELINE}# {}\n", "x".repeat(4096));
+    expect_problem(app.submit_yaml(&huge).await, 413, "payload-too-large").await;
+
+    let unknown_key = app
+        .submit_yaml("steps:\n  - name: build\n    image: alpine\n    comands: [make]\n")
+        .await;
+    let body = expect_problem(unknown_key, 422, "validation-failed").await;
+    let errors = body["errors"].as_array().unwrap();
+    assert!(
+        errors.iter().any(|e| e["pointer"] == "/steps/0/comands"
+            && e["line"] == 4
+            && e["column"] == 5
+            && e["message"]
+                .as_str()
+                .unwrap()
+                .contains("did you mean \"commands\"")),
+        "{body:#}"
+    );
+
+    let cycle = "\
+steps:
+  - name: a
+    image: alpine
+    commands: [true]
+    depends_on: [b]
+  - name: b
+    image: alpine
+    commands: [true]
+    depends_on: [a]
+";
+    let body = expect_problem(app.submit_yaml(cycle).await, 422, "validation-failed").await;
+    assert!(
+        body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["message"].as_str().unwrap().contains("cycle")),
+        "{body:#}"
+    );
+
+    let missing_secret = app
+        .submit_yaml(
+            "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n    environment:\n      TOKEN:\n        from_secret: token\n",
+        )
+        .await;
+    expect_problem(missing_secret, 422, "validation-failed").await;
+
+    let bad_timeout = app
+        .submit_json(&json!({"pipeline": {"steps": [{"name": "a", "image": "alpine", "commands": ["true"]}]}, "timeout": "soon"}))
+        .await;
+    let body = expect_problem(bad_timeout, 422, "validation-failed").await;
+    assert_eq!(body["errors"][0]["pointer"], "/timeout");
+
+    let bad_key = app
+        .post("/api/v1/pipelines")
+        .header("Idempotency-Key", "")
+        .header(CONTENT_TYPE, "application/yaml")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(bad_key, 400, "invalid-header").await;
+
+    let unknown_id = app
+        .get("/api/v1/pipelines/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unknown_id, 404, "not-found").await;
+    let malformed_id = app.get("/api/v1/pipelines/42").send().await.unwrap();
+    let body = expect_problem(malformed_id, 400, "invalid-id").await;
+    assert!(body["detail"].as_str().unwrap().contains("UUID"));
+
+    let no_token = app
+        .client
+        .get(app.url("/api/v1/pipelines"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        no_token.headers()["www-authenticate"],
+        "Bearer realm=\"piculet\""
+    );
+    expect_problem(no_token, 401, "unauthorized").await;
+    let wrong_token = app
+        .client
+        .post(app.url("/api/v1/pipelines"))
+        .header(AUTHORIZATION, "Bearer not-the-token-at-all")
+        .header(CONTENT_TYPE, "application/yaml")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(wrong_token, 401, "unauthorized").await;
+
+    let no_route = app.get("/api/v1/nothing-here").send().await.unwrap();
+    expect_problem(no_route, 404, "not-found").await;
+    let wrong_method = app
+        .client
+        .delete(app.url("/api/v1/pipelines"))
+        .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(wrong_method, 405, "method-not-allowed").await;
+
+    assert_eq!(
+        app.pipeline_count().await,
+        0,
+        "a refused submission stores nothing"
+    );
+}
+
+async fn secret_values_are_never_shown_or_stored_in_plaintext(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let secret = "hunter2-very-secret-value";
+    let registry_password = "registry-pass-0987";
+    let response = app
+        .submit_json(&json!({
+            "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [echo $TOKEN]\n    environment:\n      TOKEN:\n        from_secret: token\n"}],
+            "secrets": [{"name": "token", "value": secret}],
+            "registries": [{"address": "registry.example.com", "username": "ci", "password": registry_password}]
+        }))
+        .await;
+    assert_eq!(response.status(), 201);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains(secret) && !text.contains(registry_password),
+        "{text}"
+    );
+    let id = serde_json::from_str::<Value>(&text).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let fetched = app
+        .get(&format!("/api/v1/pipelines/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!fetched.contains(secret));
+
+    // Read every stored column straight from the database.
+    let dump: Vec<String> = match db {
+        Db::Postgres => {
+            use sqlx::Connection as _;
+            let mut conn = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query_scalar(
+                "SELECT row_to_json(t)::text FROM (SELECT * FROM pipelines) t \
+                 UNION ALL SELECT row_to_json(w)::text FROM workflows w \
+                 UNION ALL SELECT row_to_json(e)::text FROM events e",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        }
+        Db::Sqlite => {
+            // The whole file and its write-ahead log, byte for byte.
+            let mut bytes = Vec::new();
+            for name in ["piculet.db", "piculet.db-wal"] {
+                if let Ok(b) = std::fs::read(app.data_dir.join(name)) {
+                    bytes.extend(b);
+                }
+            }
+            vec![String::from_utf8_lossy(&bytes).into_owned()]
+        }
+    };
+    let all = dump.join("\n");
+    assert!(
+        all.contains("registry.example.com"),
+        "the dump holds the submission"
+    );
+    assert!(!all.contains(secret), "secret value stored in plaintext");
+    assert!(
+        !all.contains(registry_password),
+        "registry password stored in plaintext"
+    );
+}
+
+async fn lint_reports_errors_and_warnings(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let valid: Value = app
+        .post("/api/v1/lint")
+        .header(CONTENT_TYPE, "application/yaml")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(valid["valid"], true, "{valid:#}");
+    assert_eq!(valid["errors"], json!([]));
+
+    let invalid = app
+        .post("/api/v1/lint")
+        .header(CONTENT_TYPE, "application/yaml")
+        .body("concurrency: 1\nsteps:\n  - name: a\n    comands: [x]\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(invalid.status(), 200);
+    let invalid: Value = invalid.json().await.unwrap();
+    assert_eq!(invalid["valid"], false);
+    let messages: Vec<&str> = invalid["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert!(messages.len() >= 2, "every error at once: {messages:?}");
+    assert!(
+        !invalid["warnings"].as_array().unwrap().is_empty(),
+        "concurrency draws a warning"
+    );
+    assert_eq!(app.pipeline_count().await, 0, "lint stores nothing");
+}
+
+async fn probes_and_documents_are_open(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for path in [
+        "/api/v1/healthz",
+        "/api/v1/readyz",
+        "/api/v1/openapi.json",
+        "/api/v1/docs/",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} without a token");
+    }
+    let ready: Value = app
+        .client
+        .get(app.url("/api/v1/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready");
+    let doc: Value = app
+        .client
+        .get(app.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert!(doc["paths"]["/api/v1/pipelines"]["post"].is_object());
+    let page = app
+        .client
+        .get(app.url("/api/v1/docs/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("swagger-ui"),
+        "the API page is served locally"
+    );
+    assert!(
+        !page.contains("https://"),
+        "and loads nothing from the internet"
+    );
+}
+
+async fn every_response_carries_a_request_id(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let response = app.get("/api/v1/pipelines").send().await.unwrap();
+    let generated = response.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+    let response = app
+        .get("/api/v1/pipelines/nope")
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "trace-me-42",
+        "errors too, and a given id is kept"
+    );
+}

@@ -1,0 +1,231 @@
+//! The test harness: a real piculet router on a real socket, over a fresh Postgres database or
+//! a fresh SQLite file, reached with a real HTTP client.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use piculet::config::{Config, Settings};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use uuid::Uuid;
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs each named `async fn(Db)` once against Postgres and once against SQLite.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name($crate::common::Db::Sqlite).await
+                }
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::common::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// The server Postgres tests create their databases on: `PICULET_TEST_DATABASE_URL`, set by
+/// `scripts/test.sh`, else `DATABASE_URL`. Without either the tests fail: they never skip.
+pub fn admin_url() -> String {
+    std::env::var("PICULET_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("DATABASE_URL"))
+        .expect(
+            "no Postgres for the tests: run ./scripts/test.sh, which finds or starts one, or set \
+             DATABASE_URL=postgres://user@host:port/db",
+        )
+}
+
+pub struct TestApp {
+    /// Dropped with the app, so that a shared DATABASE_URL server does not fill up.
+    pub postgres_database: Option<String>,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub database_url: String,
+    pub data_dir: PathBuf,
+    pub db: Db,
+}
+
+/// A fresh, empty database of the given kind; returns its URL.
+pub async fn fresh_database(db: Db, data_dir: &std::path::Path) -> String {
+    match db {
+        Db::Sqlite => format!("sqlite://{}", data_dir.join("piculet.db").display()),
+        Db::Postgres => {
+            use sqlx::Connection as _;
+            let admin = admin_url();
+            let name = format!("piculet_test_{}", Uuid::now_v7().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|e| panic!("cannot reach the test Postgres: {e}"));
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create test database");
+            conn.close().await.ok();
+            let (base, _) = admin.rsplit_once('/').expect("database URL with a path");
+            let base = base.to_string();
+            // Keep query parameters (host=…) of the admin URL.
+            let query = admin
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
+            format!("{base}/{name}{query}")
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        let Some(name) = self.postgres_database.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime; the cleanup gets a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            use sqlx::Connection as _;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+impl TestApp {
+    /// Starts piculet with the API token [`TOKEN`] and the given extra settings.
+    pub async fn spawn(db: Db) -> TestApp {
+        Self::spawn_with(db, Settings::default()).await
+    }
+
+    pub async fn spawn_with(db: Db, mut settings: Settings) -> TestApp {
+        let data_dir = std::env::temp_dir().join(format!("piculet-test-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let database_url = fresh_database(db, &data_dir).await;
+        settings.listen.get_or_insert("127.0.0.1:0".into());
+        settings.database_url = Some(database_url.clone());
+        settings.data_dir = Some(data_dir.display().to_string());
+        settings.api_tokens.get_or_insert(TOKEN.into());
+        let config = Config::from_settings(&settings).expect("test settings are valid");
+        let (router, _store) = piculet::server::app(config).await.expect("app starts");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        TestApp {
+            postgres_database: (db == Db::Postgres).then(|| {
+                database_url
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .split('?')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            }),
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            database_url,
+            data_dir,
+            db,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(self.url(path))
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+    }
+
+    pub async fn submit_yaml(&self, yaml: &str) -> reqwest::Response {
+        self.post("/api/v1/pipelines")
+            .header(CONTENT_TYPE, "application/yaml")
+            .body(yaml.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn submit_json(&self, body: &serde_json::Value) -> reqwest::Response {
+        self.post("/api/v1/pipelines")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Every pipeline stored, through the API.
+    pub async fn pipeline_count(&self) -> usize {
+        let page: serde_json::Value = self
+            .get("/api/v1/pipelines?limit=200")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["items"].as_array().unwrap().len()
+    }
+}
+
+/// Asserts a problem+json answer and returns its body.
+pub async fn expect_problem(
+    response: reqwest::Response,
+    status: u16,
+    slug: &str,
+) -> serde_json::Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status of {}",
+        response.url()
+    );
+    assert_eq!(
+        response.headers()[CONTENT_TYPE],
+        "application/problem+json",
+        "content type"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["type"],
+        format!("urn:piculet:problem:{slug}"),
+        "{body:#}"
+    );
+    assert_eq!(body["status"], status);
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "a detail that says what to change: {body:#}"
+    );
+    body
+}
