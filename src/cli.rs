@@ -1,14 +1,18 @@
 //! The command line: `serve`, `migrate`, `openapi`, `lint`. Every failure ends with one
 //! readable line on stderr and a non-zero exit.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::{
+    Client, ClientError, parse_id, status_table, submission_from_files, workflow_name,
+};
 use crate::config::{Config, Settings};
+use crate::model::Status;
 use crate::pipeline::Diagnostic;
-use crate::submission::{ConfigFile, SUBMISSION, Submission};
+use crate::submission::SUBMISSION;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,6 +31,26 @@ pub struct Cli {
 
     #[command(flatten)]
     pub settings: Settings,
+
+    /// The server the client commands (submit, logs, status, cancel) talk to
+    #[arg(
+        long,
+        env = "PICULET_SERVER",
+        global = true,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+
+    /// The bearer token the client commands send
+    #[arg(
+        long,
+        env = "PICULET_TOKEN",
+        global = true,
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -52,6 +76,38 @@ pub enum Command {
         /// another is an error
         #[arg(long = "secret", value_name = "NAME")]
         secrets: Vec<String>,
+    },
+    /// Submit pipeline files to the server; with --follow, print every step's log and exit 0
+    /// only when the pipeline succeeded
+    Submit {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// A variable of the submission (repeatable)
+        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+        vars: Vec<(String, String)>,
+        /// A secret of the submission (repeatable)
+        #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = key_value)]
+        secrets: Vec<(String, String)>,
+        /// Follow the pipeline: print every step's lines, prefixed by its name
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print a step's log; with --follow, until the step ends
+    Logs {
+        #[arg(value_name = "STEP_ID")]
+        step: String,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print a pipeline's status, its workflows and steps
+    Status {
+        #[arg(value_name = "PIPELINE_ID")]
+        pipeline: String,
+    },
+    /// Cancel a pipeline
+    Cancel {
+        #[arg(value_name = "PIPELINE_ID")]
+        pipeline: String,
     },
 }
 
@@ -80,9 +136,73 @@ fn config(cli: &Cli) -> Result<Config, String> {
     Config::from_settings(&settings).map_err(|e| e.to_string())
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| fail(format!("cannot start the async runtime: {e}")))
+}
+
+/// Runs a client command; exit 0 on success, 1 when a followed pipeline did not succeed.
+fn client_command(cli: &Cli) -> ExitCode {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let client = Client::new(&cli.server, cli.token.clone());
+    let result: Result<ExitCode, ClientError> = runtime.block_on(async {
+        match &cli.command {
+            Command::Submit {
+                files,
+                vars,
+                secrets,
+                follow,
+            } => {
+                let submission = submission_from_files(files, vars, secrets)?;
+                let pipeline = client.submit(&submission).await?;
+                eprintln!("piculet: submitted pipeline {}", pipeline.summary.id);
+                if !follow {
+                    println!("{}", pipeline.summary.id);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let status = client.follow(&pipeline).await?;
+                let done = client.pipeline(pipeline.summary.id).await?;
+                eprint!("{}", status_table(&done));
+                Ok(if status == Status::Success {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+            Command::Logs { step, follow } => {
+                let status = client.print_log(parse_id(step)?, *follow, "").await?;
+                Ok(match status {
+                    Some(s) if s != Status::Success => ExitCode::from(1),
+                    _ => ExitCode::SUCCESS,
+                })
+            }
+            Command::Status { pipeline } => {
+                print!(
+                    "{}",
+                    status_table(&client.pipeline(parse_id(pipeline)?).await?)
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Cancel { pipeline } => {
+                let p = client.cancel(parse_id(pipeline)?).await?;
+                println!("{}: {}", p.summary.id, p.summary.status);
+                Ok(ExitCode::SUCCESS)
+            }
+            _ => Ok(ExitCode::SUCCESS),
+        }
+    });
+    result.unwrap_or_else(fail)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
+        Command::Submit { .. }
+        | Command::Logs { .. }
+        | Command::Status { .. }
+        | Command::Cancel { .. } => client_command(&cli),
         Command::Openapi => {
             print!("{}", crate::api::openapi::document());
             ExitCode::SUCCESS
@@ -98,16 +218,17 @@ pub fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             crate::telemetry::init(config.log_format, &config.log);
-            let runtime = match tokio::runtime::Runtime::new() {
+            let runtime = match runtime() {
                 Ok(r) => r,
-                Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+                Err(code) => return code,
             };
             let result = runtime.block_on(async {
                 match cli.command {
                     Command::Serve => crate::server::serve(config)
                         .await
                         .map_err(|e| e.to_string()),
-                    _ => migrate(&config).await,
+                    Command::Migrate => migrate(&config).await,
+                    _ => Ok(()),
                 }
             });
             match result {
@@ -128,30 +249,10 @@ async fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// A workflow's name from its file: `.woodpecker/build.yaml` is `build`.
-fn workflow_name(path: &Path) -> String {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    stem.trim_start_matches('.').to_string()
-}
-
 fn lint(files: &[PathBuf], vars: &[(String, String)], secrets: &[String]) -> ExitCode {
-    let mut configs = Vec::new();
-    for path in files {
-        match std::fs::read_to_string(path) {
-            Ok(content) => configs.push(ConfigFile {
-                name: workflow_name(path),
-                content,
-            }),
-            Err(e) => return fail(format!("cannot read {}: {e}", path.display())),
-        }
-    }
-    let submission = Submission {
-        configs,
-        variables: vars.iter().cloned().collect(),
-        ..Submission::default()
+    let submission = match submission_from_files(files, vars, &[]) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
     };
     let report = submission.lint_offline(secrets, "linux/amd64");
     let place = |d: &Diagnostic| -> String {

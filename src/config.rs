@@ -82,6 +82,33 @@ pub struct Settings {
     )]
     pub secret_key: Option<String>,
 
+    /// The longest any step or pipeline may run, whatever it asks for [default: 24h]
+    #[arg(
+        long,
+        env = "PICULET_MAX_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub max_timeout: Option<String>,
+
+    /// Between asking a canceled or timed-out step to stop and killing it [default: 10s]
+    #[arg(
+        long,
+        env = "PICULET_GRACE_PERIOD",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub grace_period: Option<String>,
+
+    /// Most log bytes stored per step; the rest is cut with a visible notice [default: 128MiB]
+    #[arg(long, env = "PICULET_MAX_LOG_SIZE", global = true, value_name = "SIZE")]
+    pub max_log_size: Option<String>,
+
+    /// How long a replica's claim on a workflow lasts without renewal; another replica takes
+    /// the workflow over after that [default: 30s]
+    #[arg(long, env = "PICULET_LEASE", global = true, value_name = "DURATION")]
+    pub lease: Option<String>,
+
     /// Log format: text or json [default: text]
     #[arg(long, env = "PICULET_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -124,6 +151,10 @@ pub struct Config {
     pub secret_key: Option<[u8; 32]>,
     pub log_format: LogFormat,
     pub log: String,
+    pub max_timeout: Duration,
+    pub grace_period: Duration,
+    pub max_log_size: usize,
+    pub lease: Duration,
 }
 
 /// The name a setting is known by in messages: its flag and its environment variable.
@@ -326,7 +357,26 @@ impl Config {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
 
+        let duration = |field: &str, value: &Option<String>, default: &str| {
+            parse_duration(value.as_deref().unwrap_or(default)).map_err(|m| invalid(field, m))
+        };
+        let max_timeout = duration("max_timeout", &s.max_timeout, "24h")?;
+        let grace_period = duration("grace_period", &s.grace_period, "10s")?;
+        let lease = duration("lease", &s.lease, "30s")?;
+        if lease < Duration::from_secs(2) {
+            return Err(invalid(
+                "lease",
+                "must be at least 2s, or renewals cannot keep up",
+            ));
+        }
+        let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
+            .map_err(|m| invalid("max_log_size", m))?;
+
         Ok(Config {
+            max_timeout,
+            grace_period,
+            max_log_size,
+            lease,
             listen,
             database_url,
             data_dir,

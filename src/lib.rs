@@ -2,8 +2,12 @@
 //! and planned ([`pipeline`]), stored ([`store`]) and served over REST ([`api`]).
 
 pub mod api;
+pub mod backend;
 pub mod cli;
+pub mod client;
 pub mod config;
+pub mod engine;
+pub mod hub;
 pub mod model;
 pub mod pipeline;
 pub mod secrets;

@@ -104,7 +104,7 @@ impl StepKind {
 }
 
 /// A pipeline as listed: no workflows.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
     "name": "acme/api #42",
@@ -131,7 +131,7 @@ pub struct PipelineSummary {
 }
 
 /// A pipeline with its workflows and steps.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
     "name": "acme/api #42",
@@ -174,7 +174,7 @@ pub struct Pipeline {
     pub workflows: Vec<Workflow>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Workflow {
     pub id: Uuid,
     /// The config's name; the elements of a matrix share it and differ in `matrix`.
@@ -188,7 +188,7 @@ pub struct Workflow {
     pub steps: Vec<Step>,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Step {
     pub id: Uuid,
     pub name: String,
@@ -198,6 +198,48 @@ pub struct Step {
     pub exit_code: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// What an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Subject {
+    Pipeline,
+    Workflow,
+    Step,
+}
+
+/// A state change of a pipeline, one of its workflows or one of its steps, as stored and as
+/// streamed by `GET /pipelines/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "seq": 42, "pipeline_id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10", "subject": "step",
+    "id": "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e12", "name": "test", "status": "failure",
+    "exit_code": 1, "reason": null, "at": "2026-11-24T10:00:05Z"
+}))]
+pub struct Event {
+    /// Increases with every event; the SSE `id`, and what `Last-Event-ID` resumes after.
+    pub seq: i64,
+    pub pipeline_id: Uuid,
+    pub subject: Subject,
+    /// The id of the pipeline, workflow or step.
+    pub id: Uuid,
+    pub name: String,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One stored line of a step's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    /// 1-based, without gaps; the SSE `id`.
+    pub number: i64,
+    pub at: DateTime<Utc>,
+    /// The line with its newline; a very long line is stored in pieces, and the last line may
+    /// lack the newline, so that the pieces together are the exact output.
+    pub text: String,
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
-//! `piculet serve`: opens the database, applies migrations and serves the API until SIGTERM
-//! or Ctrl-C.
+//! `piculet serve`: opens the database, applies migrations, starts the engine and serves the
+//! API until SIGTERM or Ctrl-C; then stops claiming work, ends every SSE stream, leaves
+//! running workflows to be taken over through their lease, and exits.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::backend::Backend;
+use crate::backend::local::LocalBackend;
+use crate::config::{BackendKind, Config};
+use crate::engine::{Control, Engine, EngineSettings};
 use crate::secrets::SecretBox;
 use crate::store::Store;
 
@@ -16,6 +21,8 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Secrets(#[from] crate::secrets::SecretError),
+    #[error("{0}")]
+    Backend(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -26,17 +33,71 @@ pub enum ServeError {
 }
 
 /// Everything a running server is made of, before it listens; tests build it the same way.
-pub async fn app(config: Config) -> Result<(axum::Router, Store), ServeError> {
+pub struct App {
+    pub router: axum::Router,
+    pub store: Store,
+    pub engine: Engine,
+    /// Cancel to shut down: the engine stops claiming and SSE streams end.
+    pub shutdown: CancellationToken,
+}
+
+fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
+    match config.backend {
+        BackendKind::Local => Ok(Arc::new(LocalBackend::new(config.data_dir.clone()))),
+        BackendKind::Kubernetes => Err(ServeError::Backend(
+            "--backend (PICULET_BACKEND): the kubernetes backend is not available in this version \
+             yet; use local"
+                .into(),
+        )),
+    }
+}
+
+pub async fn app(config: Config) -> Result<App, ServeError> {
+    // Installed before anything records a metric.
+    api::metrics::recorder();
+    let backend = backend(&config)?;
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await?;
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
-    let state = AppState::new(store.clone(), Arc::new(config), secret_box);
-    Ok((api::router(state), store))
+    let control = Arc::new(Control::default());
+    let shutdown = CancellationToken::new();
+    let engine = Engine::new(
+        store.clone(),
+        backend,
+        secret_box.clone(),
+        EngineSettings {
+            max_workflows: config.max_workflows,
+            lease: config.lease,
+            max_timeout: config.max_timeout,
+            grace: config.grace_period,
+            max_log_bytes: config.max_log_size,
+            poll: std::time::Duration::from_secs(1),
+        },
+        control.clone(),
+    );
+    let state = AppState::new(
+        store.clone(),
+        Arc::new(config),
+        secret_box,
+        control,
+        shutdown.clone(),
+    );
+    Ok(App {
+        router: api::router(state),
+        store,
+        engine,
+        shutdown,
+    })
 }
 
 pub async fn serve(config: Config) -> Result<(), ServeError> {
     let addr = config.listen;
-    let (router, store) = app(config).await?;
+    let App {
+        router,
+        store,
+        engine,
+        shutdown,
+    } = app(config).await?;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -46,13 +107,23 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         database = if store.is_postgres() { "postgres" } else { "sqlite" },
         "piculet is listening on http://{local}/api/v1 (API page: http://{local}/api/v1/docs)"
     );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+    let engine = tokio::spawn(engine.run(shutdown.clone()));
+    let signal = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    };
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
         .await
-        .map_err(ServeError::Serve)?;
+        .map_err(ServeError::Serve);
+    shutdown.cancel();
+    let _ = engine.await;
     store.close().await;
     tracing::info!("stopped");
-    Ok(())
+    served
 }
 
 async fn shutdown_signal() {
@@ -74,5 +145,7 @@ async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
-    tracing::info!("shutting down");
+    tracing::info!(
+        "shutting down: no new work is claimed; running workflows are left for adoption"
+    );
 }

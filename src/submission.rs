@@ -295,8 +295,33 @@ impl Submission {
         if self.secrets.is_empty() && self.registries.is_empty() {
             return None;
         }
-        let plain = serde_json::json!({ "secrets": self.secrets, "registries": self.registries });
-        Some(secret_box.seal(plain.to_string().as_bytes()))
+        let sealed = Sealed {
+            secrets: self.secrets.clone(),
+            registries: self.registries.clone(),
+        };
+        Some(secret_box.seal(&serde_json::to_vec(&sealed).unwrap_or_default()))
+    }
+
+    /// The submission as it was received, from what was kept and the sealed secrets: what a
+    /// retry submits again.
+    pub fn restore(
+        kept: serde_json::Value,
+        sealed: Option<&[u8]>,
+        secret_box: &SecretBox,
+    ) -> Result<Submission, String> {
+        let mut kept = kept;
+        if let Some(map) = kept.as_object_mut() {
+            map.remove("secrets");
+            map.remove("registries");
+        }
+        let mut submission: Submission = serde_json::from_value(kept)
+            .map_err(|e| format!("the stored submission is unreadable: {e}"))?;
+        if let Some(sealed) = sealed {
+            let opened = open_sealed(secret_box, sealed)?;
+            submission.secrets = opened.secrets;
+            submission.registries = opened.registries;
+        }
+        Ok(submission)
     }
 
     /// Checks and plans the submission into a pipeline ready to insert; refuses it with every
@@ -357,6 +382,7 @@ impl Submission {
                 plan: serde_json::to_value(w).unwrap_or_default(),
                 status: Status::Queued,
                 reason: None,
+                ready: w.depends_on.is_empty(),
                 steps,
             });
         }
@@ -368,6 +394,7 @@ impl Submission {
                 plan: serde_json::Value::Null,
                 status: Status::Skipped,
                 reason: Some(dropped.reason.clone()),
+                ready: false,
                 steps: Vec::new(),
             });
         }
@@ -396,6 +423,19 @@ impl Submission {
             workflows,
         })
     }
+}
+
+/// What is sealed: the secret values and registry credentials of a submission.
+#[derive(Serialize, Deserialize)]
+pub struct Sealed {
+    pub secrets: Vec<SecretValue>,
+    pub registries: Vec<Registry>,
+}
+
+/// Opens what [`Submission::prepare`] sealed.
+pub fn open_sealed(secret_box: &SecretBox, sealed: &[u8]) -> Result<Sealed, String> {
+    let plain = secret_box.open(sealed).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&plain).map_err(|e| format!("sealed secrets are unreadable: {e}"))
 }
 
 fn step_kind(kind: pipeline::StepKind) -> StepKind {

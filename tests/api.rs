@@ -1,4 +1,5 @@
-//! The REST API over real HTTP, against Postgres and SQLite from the same test code.
+//! The REST API over real HTTP, against Postgres and SQLite from the same test code. The
+//! engine does not run here, so that pipelines stay as submitted; `tests/engine.rs` runs them.
 
 mod common;
 
@@ -40,7 +41,7 @@ on_both_databases!(
 );
 
 async fn submit_yaml_then_read_it_back(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let response = app.submit_yaml(PIPELINE).await;
     assert_eq!(response.status(), 201);
     let location = response.headers()[LOCATION].to_str().unwrap().to_string();
@@ -102,7 +103,7 @@ async fn submit_yaml_then_read_it_back(db: Db) {
 }
 
 async fn submit_json_with_matrix_and_two_configs(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let build = "\
 matrix:
   GO: ['1.21', '1.22']
@@ -170,7 +171,7 @@ steps:
 }
 
 async fn submit_already_parsed_pipeline(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let response = app
         .submit_json(&json!({
             "pipeline": {"steps": [{"name": "hello", "image": "alpine", "commands": ["echo hi"]}]}
@@ -182,7 +183,7 @@ async fn submit_already_parsed_pipeline(db: Db) {
 }
 
 async fn list_filters_and_pages(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let mut ids = Vec::new();
     for (i, team) in ["red", "blue", "red"].iter().enumerate() {
         let p: Value = app
@@ -263,7 +264,7 @@ async fn list_filters_and_pages(db: Db) {
 }
 
 async fn cancel_is_idempotent(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let p: Value = app.submit_yaml(PIPELINE).await.json().await.unwrap();
     let cancel = format!("/api/v1/pipelines/{}/cancel", p["id"].as_str().unwrap());
     let first = app.post(&cancel).send().await.unwrap();
@@ -295,7 +296,7 @@ async fn cancel_is_idempotent(db: Db) {
 }
 
 async fn idempotency_key_returns_the_first_pipeline(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let send = |key: &'static str, body: &'static str| {
         app.post("/api/v1/pipelines")
             .header("Idempotency-Key", key)
@@ -329,7 +330,7 @@ async fn idempotency_key_returns_the_first_pipeline(db: Db) {
 }
 
 async fn bad_input_is_refused_and_stores_nothing(db: Db) {
-    let app = TestApp::spawn_with(
+    let app = TestApp::spawn_api_with(
         db,
         piculet::config::Settings {
             max_body_size: Some("2KiB".into()),
@@ -498,7 +499,7 @@ steps:
 }
 
 async fn secret_values_are_never_shown_or_stored_in_plaintext(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let secret = "hunter2-very-secret-value";
     let registry_password = "registry-pass-0987";
     let response = app
@@ -568,7 +569,7 @@ async fn secret_values_are_never_shown_or_stored_in_plaintext(db: Db) {
 }
 
 async fn lint_reports_errors_and_warnings(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let valid: Value = app
         .post("/api/v1/lint")
         .header(CONTENT_TYPE, "application/yaml")
@@ -607,7 +608,7 @@ async fn lint_reports_errors_and_warnings(db: Db) {
 }
 
 async fn probes_and_documents_are_open(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     for path in [
         "/api/v1/healthz",
         "/api/v1/readyz",
@@ -658,7 +659,7 @@ async fn probes_and_documents_are_open(db: Db) {
 }
 
 async fn every_response_carries_a_request_id(db: Db) {
-    let app = TestApp::spawn(db).await;
+    let app = TestApp::spawn_api(db).await;
     let response = app.get("/api/v1/pipelines").send().await.unwrap();
     let generated = response.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");

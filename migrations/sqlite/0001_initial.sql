@@ -40,6 +40,10 @@ CREATE TABLE workflows (
     plan             TEXT NOT NULL,
     status           TEXT NOT NULL,
     reason           TEXT,
+    -- Whether every workflow this one depends on has finished in a way that lets it run.
+    ready            INTEGER NOT NULL,
+    -- How often a replica claimed it; above 1 the claim was a takeover of an expired lease.
+    claims           INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at TEXT,
     created_at       TEXT NOT NULL,
@@ -48,7 +52,7 @@ CREATE TABLE workflows (
 );
 CREATE INDEX workflows_pipeline ON workflows (pipeline_id, position);
 -- The engine claims queued workflows and takes over expired leases through this index.
-CREATE INDEX workflows_claim ON workflows (status, lease_expires_at);
+CREATE INDEX workflows_claim ON workflows (status, ready, lease_expires_at);
 
 CREATE TABLE steps (
     id          BLOB PRIMARY KEY,

@@ -3,8 +3,12 @@
 
 mod body;
 pub mod error;
+mod events;
+mod follow;
 mod health;
 mod lint;
+mod logs;
+pub mod metrics;
 pub mod openapi;
 mod pipelines;
 
@@ -23,7 +27,10 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::Config;
+use crate::engine::Control;
 use crate::secrets::SecretBox;
 use crate::store::Store;
 use error::ApiError;
@@ -36,17 +43,29 @@ pub struct AppState {
     pub store: Store,
     pub config: Arc<Config>,
     pub secret_box: SecretBox,
+    /// Tells the engine of new work and cancels.
+    pub control: Arc<Control>,
+    /// Ends every open SSE stream when the server shuts down.
+    pub shutdown: CancellationToken,
     tokens: Arc<BTreeSet<[u8; 32]>>,
 }
 
 impl AppState {
-    pub fn new(store: Store, config: Arc<Config>, secret_box: SecretBox) -> Self {
+    pub fn new(
+        store: Store,
+        config: Arc<Config>,
+        secret_box: SecretBox,
+        control: Arc<Control>,
+        shutdown: CancellationToken,
+    ) -> Self {
         // Tokens are compared by digest, so the comparison time says nothing about a token.
         let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
         AppState {
             store,
             config,
             secret_box,
+            control,
+            shutdown,
             tokens: Arc::new(tokens),
         }
     }
@@ -98,11 +117,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/pipelines/{id}", get(pipelines::get_pipeline))
         .route("/pipelines/{id}/cancel", post(pipelines::cancel_pipeline))
+        .route("/pipelines/{id}/retry", post(pipelines::retry_pipeline))
+        .route("/pipelines/{id}/events", get(events::get_pipeline_events))
+        .route("/steps/{id}/logs", get(logs::get_step_logs))
         .route("/lint", post(lint::lint))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics));
     let api = protected
         .merge(open)
         .method_not_allowed_fallback(no_method)

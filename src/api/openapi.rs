@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, health, lint, pipelines};
+use super::{error, events, health, lint, logs, metrics, pipelines};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,14 +18,19 @@ use super::{error, health, lint, pipelines};
         pipelines::list_pipelines,
         pipelines::get_pipeline,
         pipelines::cancel_pipeline,
+        pipelines::retry_pipeline,
+        events::get_pipeline_events,
+        logs::get_step_logs,
         lint::lint,
         health::healthz,
         health::readyz,
+        metrics::metrics,
     ),
-    components(schemas(error::Problem, crate::pipeline::Diagnostic)),
+    components(schemas(error::Problem, crate::pipeline::Diagnostic, logs::LogEnd, crate::model::Event)),
     modifiers(&BearerAuth),
     tags(
-        (name = "pipelines", description = "Submit, inspect and cancel pipelines"),
+        (name = "pipelines", description = "Submit, inspect, follow, cancel and retry pipelines"),
+        (name = "logs", description = "Step logs, stored and live"),
         (name = "operations", description = "Probes and the API document")
     )
 )]

@@ -92,17 +92,67 @@ pub async fn create_pipeline(
         }
     };
     tracing::info!(pipeline_id = %pipeline.summary.id, replayed, "pipeline submitted");
-    let location = format!("/api/v1/pipelines/{}", pipeline.summary.id);
-    let mut response = (StatusCode::CREATED, Json(pipeline)).into_response();
-    if let Ok(value) = HeaderValue::from_str(&location) {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
+    state.control.wake();
+    let mut response = created(pipeline);
     if replayed {
         response
             .headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+fn created(pipeline: Pipeline) -> Response {
+    let location = format!("/api/v1/pipelines/{}", pipeline.summary.id);
+    let mut response = (StatusCode::CREATED, Json(pipeline)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Retry a pipeline.
+///
+/// Submits the same submission again, secrets included, as a new pipeline whose `retry_of`
+/// names this one. Any pipeline may be retried, finished or not.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pipelines/{id}/retry",
+    tag = "pipelines",
+    operation_id = "retry_pipeline",
+    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    responses(
+        (status = 201, description = "The new pipeline", body = Pipeline,
+         headers(("Location" = String, description = "The new pipeline's URL"))),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The submission no longer plans (the server's settings changed)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn retry_pipeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let (kept, sealed) = state
+        .store
+        .pipeline_submission(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let submission = Submission::restore(kept, sealed.as_deref(), &state.secret_box)
+        .map_err(|e| ApiError::Internal(crate::store::StoreError::Corrupt(e)))?;
+    let mut new = submission
+        .prepare(&state.config.platform, &state.secret_box)
+        .map_err(|report| validation(report.errors, report.warnings))?;
+    new.retry_of = Some(id);
+    let pipeline = match state.store.create_pipeline(&new).await? {
+        Created::New(p) | Created::Existing { pipeline: p, .. } => p,
+    };
+    tracing::info!(pipeline_id = %pipeline.summary.id, retry_of = %id, "pipeline retried");
+    state.control.wake();
+    Ok(created(pipeline))
 }
 
 /// Query of `GET /pipelines`; documented here, parsed by hand so that `status` and `label`
@@ -273,6 +323,7 @@ pub async fn cancel_pipeline(
         .cancel_pipeline(id)
         .await?
         .ok_or_else(|| not_found(id))?;
+    state.control.cancel(id);
     tracing::info!(pipeline_id = %id, status = %pipeline.summary.status, "cancel requested");
     Ok(Json(pipeline))
 }

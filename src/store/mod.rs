@@ -6,8 +6,13 @@
 //! types, so the two cannot drift apart. The one shared conformance suite (`tests/api.rs`)
 //! runs against both.
 
+mod engine;
+mod events;
+mod logs;
 mod pipelines;
 
+pub use engine::{ClaimedWorkflow, LeaseState, StepState};
+pub use events::NewEvent;
 pub use pipelines::{Created, ListFilter, NewPipeline, NewStep, NewWorkflow};
 
 use std::str::FromStr as _;
@@ -18,6 +23,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, SqlitePool};
 
 use crate::config::{DatabaseUrl, redact_url};
+use crate::hub::Hub;
+use crate::model::Event;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -53,10 +60,12 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// A handle on the database; cheap to clone.
+/// A handle on the database; cheap to clone. Whatever it stores that followers may want
+/// (log lines, events) it publishes to its [`Hub`] once committed.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    hub: Hub,
 }
 
 impl Store {
@@ -104,7 +113,10 @@ impl Store {
                 )
             }
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            hub: Hub::default(),
+        })
     }
 
     /// Applies every migration not applied yet; safe to run on every start.
@@ -120,6 +132,18 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// The live feed of what this store commits.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Publishes events committed by the caller's transaction.
+    fn publish(&self, events: Vec<Event>) {
+        for event in events {
+            self.hub.publish_event(event);
+        }
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
+use super::events::{NewEvent, insert_event};
 use super::{Store, StoreError, on_pool};
-use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Workflow};
+use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Subject, Workflow};
 use crate::pipeline::Diagnostic;
 
 /// A pipeline to insert, already planned; ids are chosen by the caller.
@@ -39,6 +40,8 @@ pub struct NewWorkflow {
     pub plan: serde_json::Value,
     pub status: Status,
     pub reason: Option<String>,
+    /// Whether it may start at once (it depends on no other workflow).
+    pub ready: bool,
     pub steps: Vec<NewStep>,
 }
 
@@ -236,7 +239,8 @@ impl Store {
                 let finished = w.status.is_finished().then_some(new.created_at);
                 sqlx::query(
                     "INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, \
-                     reason, created_at, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                     reason, ready, created_at, finished_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(w.id)
                 .bind(new.id)
@@ -246,6 +250,7 @@ impl Store {
                 .bind(Json(&w.plan))
                 .bind(w.status.as_str())
                 .bind(w.reason.as_deref())
+                .bind(w.ready)
                 .bind(new.created_at)
                 .bind(finished)
                 .execute(&mut *tx)
@@ -267,8 +272,19 @@ impl Store {
                     .await?;
                 }
             }
-            insert_event(&mut *tx, new.id, "pipeline", new.id, Status::Queued, new.created_at).await?;
+            let event = insert_event(&mut *tx, NewEvent {
+                pipeline_id: new.id,
+                subject: Subject::Pipeline,
+                id: new.id,
+                name: new.name.clone(),
+                status: Status::Queued,
+                exit_code: None,
+                reason: None,
+                at: new.created_at,
+            })
+            .await?;
             tx.commit().await?;
+            self.publish(vec![event]);
         });
         Ok(())
     }
@@ -345,6 +361,20 @@ impl Store {
         }))
     }
 
+    /// The submission as kept and its sealed secrets: what a retry submits again.
+    pub async fn pipeline_submission(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(serde_json::Value, Option<Vec<u8>>)>, StoreError> {
+        let row: Option<(Json<serde_json::Value>, Option<Vec<u8>>)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT submission, sealed_secrets FROM pipelines WHERE id = $1")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+        });
+        Ok(row.map(|(s, sealed)| (s.0, sealed)))
+    }
+
     /// Pipelines newest first, filtered; pass the last id seen as `before` for the next page.
     pub async fn list_pipelines(
         &self,
@@ -382,6 +412,7 @@ impl Store {
     /// as it is. Returns `None` when there is no such pipeline.
     pub async fn cancel_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
         let now = Utc::now();
+        let mut events = Vec::new();
         let found = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let current: Option<(String,)> = sqlx::query_as("SELECT status FROM pipelines WHERE id = $1")
@@ -396,29 +427,44 @@ impl Store {
                     let canceled = Status::Canceled.as_str();
                     let queued = Status::Queued.as_str();
                     let reason = "canceled before it started";
+                    let steps: Vec<(Uuid, String)> = sqlx::query_as(
+                        "SELECT id, name FROM steps WHERE pipeline_id = $1 AND status = $2",
+                    )
+                    .bind(id).bind(queued)
+                    .fetch_all(&mut *tx).await?;
+                    let workflows: Vec<(Uuid, String)> = sqlx::query_as(
+                        "UPDATE workflows SET status = $1, reason = $2, finished_at = $3 \
+                         WHERE pipeline_id = $4 AND status = $5 RETURNING id, name",
+                    )
+                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
+                    .fetch_all(&mut *tx).await?;
                     sqlx::query(
                         "UPDATE steps SET status = $1, reason = $2, finished_at = $3 \
                          WHERE pipeline_id = $4 AND status = $5",
                     )
                     .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
                     .execute(&mut *tx).await?;
-                    let workflows: Vec<(Uuid,)> = sqlx::query_as(
-                        "UPDATE workflows SET status = $1, reason = $2, finished_at = $3 \
-                         WHERE pipeline_id = $4 AND status = $5 RETURNING id",
-                    )
-                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
-                    .fetch_all(&mut *tx).await?;
-                    let done = sqlx::query(
+                    let done: Option<(String,)> = sqlx::query_as(
                         "UPDATE pipelines SET status = $1, reason = $2, finished_at = $3, \
-                         updated_at = $3, cancel_requested = TRUE WHERE id = $4 AND status = $5",
+                         updated_at = $3, cancel_requested = TRUE WHERE id = $4 AND status = $5 \
+                         RETURNING name",
                     )
                     .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
-                    .execute(&mut *tx).await?;
-                    for (workflow,) in workflows {
-                        insert_event(&mut *tx, id, "workflow", workflow, Status::Canceled, now).await?;
-                    }
-                    if done.rows_affected() == 1 {
-                        insert_event(&mut *tx, id, "pipeline", id, Status::Canceled, now).await?;
+                    .fetch_optional(&mut *tx).await?;
+                    let changes = steps.into_iter().map(|(sid, name)| (Subject::Step, sid, name))
+                        .chain(workflows.into_iter().map(|(wid, name)| (Subject::Workflow, wid, name)))
+                        .chain(done.map(|(name,)| (Subject::Pipeline, id, name)));
+                    for (subject, subject_id, name) in changes {
+                        events.push(insert_event(&mut *tx, NewEvent {
+                            pipeline_id: id,
+                            subject,
+                            id: subject_id,
+                            name,
+                            status: Status::Canceled,
+                            exit_code: None,
+                            reason: Some(reason.to_string()),
+                            at: now,
+                        }).await?);
                     }
                     true
                 }
@@ -433,43 +479,10 @@ impl Store {
             tx.commit().await?;
             found
         });
+        self.publish(events);
         if !found {
             return Ok(None);
         }
         self.get_pipeline(id).await
     }
-}
-
-/// Records a state change; the events stream of the pipeline replays these.
-async fn insert_event<'c, E, DB>(
-    executor: E,
-    pipeline_id: Uuid,
-    subject: &str,
-    subject_id: Uuid,
-    status: Status,
-    at: DateTime<Utc>,
-) -> Result<(), sqlx::Error>
-where
-    DB: sqlx::Database,
-    E: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
-    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> Json<serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    let payload = serde_json::json!({ "subject": subject, "id": subject_id, "status": status });
-    sqlx::query::<DB>(
-        "INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(pipeline_id)
-    .bind(subject)
-    .bind(subject_id)
-    .bind(status.as_str())
-    .bind(Json(payload))
-    .bind(at)
-    .execute(executor)
-    .await?;
-    Ok(())
 }

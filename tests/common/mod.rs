@@ -48,6 +48,8 @@ pub fn admin_url() -> String {
 }
 
 pub struct TestApp {
+    /// Stops the engine and the server.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// Dropped with the app, so that a shared DATABASE_URL server does not fill up.
     pub postgres_database: Option<String>,
     pub base: String,
@@ -87,6 +89,7 @@ pub async fn fresh_database(db: Db, data_dir: &std::path::Path) -> String {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        self.shutdown.cancel();
         let _ = std::fs::remove_dir_all(&self.data_dir);
         let Some(name) = self.postgres_database.take() else {
             return;
@@ -113,12 +116,21 @@ impl Drop for TestApp {
 }
 
 impl TestApp {
-    /// Starts piculet with the API token [`TOKEN`] and the given extra settings.
+    /// Starts piculet, its engine included, with the API token [`TOKEN`].
     pub async fn spawn(db: Db) -> TestApp {
-        Self::spawn_with(db, Settings::default()).await
+        Self::start(db, Settings::default(), true).await
     }
 
-    pub async fn spawn_with(db: Db, mut settings: Settings) -> TestApp {
+    /// Starts the API alone: pipelines stay queued, for tests of the API itself.
+    pub async fn spawn_api(db: Db) -> TestApp {
+        Self::start(db, Settings::default(), false).await
+    }
+
+    pub async fn spawn_api_with(db: Db, settings: Settings) -> TestApp {
+        Self::start(db, settings, false).await
+    }
+
+    pub async fn start(db: Db, mut settings: Settings, engine: bool) -> TestApp {
         let data_dir = std::env::temp_dir().join(format!("piculet-test-{}", Uuid::now_v7()));
         std::fs::create_dir_all(&data_dir).unwrap();
         let database_url = fresh_database(db, &data_dir).await;
@@ -127,13 +139,22 @@ impl TestApp {
         settings.data_dir = Some(data_dir.display().to_string());
         settings.api_tokens.get_or_insert(TOKEN.into());
         let config = Config::from_settings(&settings).expect("test settings are valid");
-        let (router, _store) = piculet::server::app(config).await.expect("app starts");
+        let app = piculet::server::app(config).await.expect("app starts");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let shutdown = app.shutdown.clone();
+        if engine {
+            tokio::spawn(app.engine.run(shutdown.clone()));
+        }
+        let router = app.router;
         tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .unwrap();
         });
         TestApp {
+            shutdown: app.shutdown,
             postgres_database: (db == Db::Postgres).then(|| {
                 database_url
                     .rsplit('/')
@@ -228,4 +249,130 @@ pub async fn expect_problem(
         "a detail that says what to change: {body:#}"
     );
     body
+}
+
+/// Polls until the pipeline has finished; returns it. Panics after `seconds`.
+pub async fn wait_finished(app: &TestApp, id: &str, seconds: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let p: serde_json::Value = app
+            .get(&format!("/api/v1/pipelines/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = p["status"].as_str().unwrap_or_default();
+        if !matches!(status, "queued" | "running") {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pipeline {id} still {status} after {seconds}s: {p:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls until the step has the wanted status.
+pub async fn wait_step(
+    app: &TestApp,
+    pipeline: &str,
+    step: &str,
+    wanted: &str,
+    seconds: u64,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let p: serde_json::Value = app
+            .get(&format!("/api/v1/pipelines/{pipeline}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if let Some(s) = find_step(&p, step)
+            && s["status"] == wanted
+        {
+            return s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "step {step} never {wanted}: {p:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The step of that name in any workflow of the pipeline.
+pub fn find_step(pipeline: &serde_json::Value, name: &str) -> Option<serde_json::Value> {
+    pipeline["workflows"]
+        .as_array()?
+        .iter()
+        .flat_map(|w| w["steps"].as_array().cloned().unwrap_or_default())
+        .find(|s| s["name"] == name)
+}
+
+pub fn step_id(pipeline: &serde_json::Value, name: &str) -> String {
+    find_step(pipeline, name).unwrap_or_else(|| panic!("no step {name}: {pipeline:#}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The stored log of a step, as text.
+pub async fn log_text(app: &TestApp, step_id: &str) -> String {
+    app.get(&format!("/api/v1/steps/{step_id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Reads a step's SSE log stream: up to `max` line events (all when `None`), after
+/// `last_event_id`; returns the events read (lines and the end event).
+pub async fn read_log_events(
+    app: &TestApp,
+    step_id: &str,
+    last_event_id: Option<&str>,
+    max: Option<usize>,
+) -> Vec<piculet::client::sse::SseEvent> {
+    use futures::StreamExt as _;
+    let mut request = app
+        .get(&format!("/api/v1/steps/{step_id}/logs"))
+        .header(reqwest::header::ACCEPT, "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()[reqwest::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut events = Box::pin(piculet::client::sse::events(response));
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap();
+            let end = event.event == "end";
+            got.push(event);
+            if end || max.is_some_and(|m| got.len() >= m) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the log stream stalled after {} events",
+        got.len()
+    );
+    got
 }

@@ -1,0 +1,112 @@
+//! `GET /pipelines/{id}/events`: every state change of a pipeline, its workflows and steps,
+//! as a live SSE stream.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::Event as SseEvent;
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::follow::{self, Feed, Live, PAGE};
+use super::pipelines::parse_id;
+use crate::model::{Event, Subject};
+use crate::store::{Store, StoreError};
+
+fn sse_event(event: &Event) -> SseEvent {
+    SseEvent::default()
+        .id(event.seq.to_string())
+        .event("status")
+        .data(serde_json::to_string(event).unwrap_or_default())
+}
+
+struct PipelineEvents {
+    store: Store,
+    pipeline_id: Uuid,
+}
+
+#[async_trait::async_trait]
+impl Feed for PipelineEvents {
+    type Item = Arc<Event>;
+
+    async fn page(&self, after: i64) -> Result<Vec<(i64, SseEvent)>, StoreError> {
+        let events = self.store.events(self.pipeline_id, after, PAGE).await?;
+        Ok(events.iter().map(|e| (e.seq, sse_event(e))).collect())
+    }
+
+    async fn end(&self) -> Result<Option<SseEvent>, StoreError> {
+        let pipeline = self.store.get_pipeline(self.pipeline_id).await?;
+        Ok(pipeline
+            .filter(|p| p.summary.status.is_finished())
+            .map(|p| {
+                SseEvent::default().event("end").data(
+                    serde_json::json!({"status": p.summary.status, "reason": p.summary.reason})
+                        .to_string(),
+                )
+            }))
+    }
+
+    fn live(&self, event: Arc<Event>) -> Live {
+        let finished = event.subject == Subject::Pipeline && event.status.is_finished();
+        if finished {
+            // Replaying from the database picks this last event up, then the end.
+            Live::End
+        } else {
+            Live::Items(vec![(event.seq, sse_event(&event))])
+        }
+    }
+
+    fn contiguous(&self) -> bool {
+        false
+    }
+}
+
+/// Follow a pipeline's state changes.
+///
+/// A live SSE stream of `status` events, one per state change of the pipeline, its workflows
+/// and its steps; each event's `id` is its sequence number, and `Last-Event-ID` resumes after
+/// it. The stream ends with an `end` event once the pipeline has finished.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pipelines/{id}/events",
+    tag = "pipelines",
+    operation_id = "get_pipeline_events",
+    params(
+        ("id" = String, Path, description = "Pipeline id (UUID)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events; the data of each `status` event is an Event", content(
+            (Event = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_pipeline_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let after = follow::last_event_id(&headers)?.unwrap_or(0);
+    let rx = state.store.hub().subscribe_pipeline(id);
+    if state.store.get_pipeline(id).await?.is_none() {
+        return Err(ApiError::NotFound(format!("there is no pipeline {id}")));
+    }
+    Ok(follow::sse(
+        PipelineEvents {
+            store: state.store.clone(),
+            pipeline_id: id,
+        },
+        rx,
+        after,
+        state.shutdown.clone(),
+    )
+    .into_response())
+}

@@ -1,0 +1,210 @@
+//! `GET /steps/{id}/logs`: a step's log as plain text, JSON lines, or a live SSE stream.
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::sse::Event;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::{ApiError, Problem};
+use super::follow::{self, Feed, Live, PAGE};
+use super::pipelines::parse_id;
+use crate::hub::StepFeed;
+use crate::model::{LogLine, Status};
+use crate::store::{StepState, Store, StoreError};
+
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// The last event of a log stream.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "failure", "exit_code": 2, "reason": "exit code 2"}))]
+pub struct LogEnd {
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Only lines after this line number (the SSE stream also honours `Last-Event-ID`).
+    after: Option<i64>,
+}
+
+fn line_event(line: &LogLine) -> Event {
+    Event::default()
+        .id(line.number.to_string())
+        .data(serde_json::to_string(line).unwrap_or_default())
+}
+
+struct StepLog {
+    store: Store,
+    step_id: Uuid,
+}
+
+#[async_trait::async_trait]
+impl Feed for StepLog {
+    type Item = StepFeed;
+
+    async fn page(&self, after: i64) -> Result<Vec<(i64, Event)>, StoreError> {
+        let lines = self.store.log_lines(self.step_id, after, PAGE).await?;
+        Ok(lines.iter().map(|l| (l.number, line_event(l))).collect())
+    }
+
+    async fn end(&self) -> Result<Option<Event>, StoreError> {
+        let step = self.store.step(self.step_id).await?;
+        Ok(step.filter(|s| s.status.0.is_finished()).map(|s| {
+            let end = LogEnd {
+                status: s.status.0,
+                exit_code: s.exit_code,
+                reason: s.reason,
+            };
+            Event::default()
+                .event("end")
+                .data(serde_json::to_string(&end).unwrap_or_default())
+        }))
+    }
+
+    fn live(&self, item: StepFeed) -> Live {
+        match item {
+            StepFeed::Lines(lines) => {
+                Live::Items(lines.iter().map(|l| (l.number, line_event(l))).collect())
+            }
+            StepFeed::End(_) => Live::End,
+        }
+    }
+
+    fn contiguous(&self) -> bool {
+        true
+    }
+}
+
+/// Where to resume: `Last-Event-ID` (an SSE reconnect) wins over `?after=`.
+fn resume_after(headers: &HeaderMap, query: &LogQuery) -> Result<i64, ApiError> {
+    Ok(follow::last_event_id(headers)?.unwrap_or(query.after.unwrap_or(0).max(0)))
+}
+
+enum Format {
+    Sse,
+    JsonLines,
+    Text,
+}
+
+fn format(headers: &HeaderMap) -> Format {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if accept.contains("text/event-stream") {
+        Format::Sse
+    } else if accept.contains(NDJSON)
+        || accept.contains("application/jsonl")
+        || accept.contains("application/json")
+    {
+        Format::JsonLines
+    } else {
+        Format::Text
+    }
+}
+
+pub async fn find_step(store: &Store, id: Uuid) -> Result<StepState, ApiError> {
+    store
+        .step(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("there is no step {id}")))
+}
+
+/// A step's log.
+///
+/// With `Accept: text/event-stream`, a live stream: each line is an event whose `id` is its
+/// line number and whose data is the line as JSON (`{number, at, text}`); a client that
+/// reconnects with `Last-Event-ID` gets exactly the lines it missed. The stream ends with an
+/// `end` event carrying the step's final status and exit code; keep-alive comments are sent
+/// meanwhile. With `Accept: application/x-ndjson`, the stored lines as JSON lines; otherwise
+/// the stored log as plain text, byte for byte as the step printed it (secrets masked).
+#[utoipa::path(
+    get,
+    path = "/api/v1/steps/{id}/logs",
+    tag = "logs",
+    operation_id = "get_step_logs",
+    params(
+        ("id" = String, Path, description = "Step id (UUID)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume an SSE stream after this line number"),
+        LogQuery,
+    ),
+    responses(
+        (status = 200, description = "The log", content(
+            (String = "text/plain"),
+            (LogLine = "application/x-ndjson"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such step", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn get_step_logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<LogQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let after = resume_after(&headers, &query)?;
+    let format = format(&headers);
+    // Subscribe before anything is read, so that nothing falls between replay and live.
+    let rx = matches!(format, Format::Sse).then(|| state.store.hub().subscribe_step(id));
+    find_step(&state.store, id).await?;
+    let store = state.store.clone();
+    Ok(match (format, rx) {
+        (Format::Sse, Some(rx)) => follow::sse(
+            StepLog { store, step_id: id },
+            rx,
+            after,
+            state.shutdown.clone(),
+        )
+        .into_response(),
+        (format, _) => {
+            let json = matches!(format, Format::JsonLines);
+            let pages = futures::stream::unfold(Some(after), move |cursor| {
+                let store = store.clone();
+                async move {
+                    let after = cursor?;
+                    match store.log_lines(id, after, PAGE * 10).await {
+                        Ok(lines) if lines.is_empty() => None,
+                        Ok(lines) => {
+                            let next = lines.last().map(|l| l.number);
+                            let mut chunk = String::new();
+                            for line in &lines {
+                                if json {
+                                    chunk
+                                        .push_str(&serde_json::to_string(line).unwrap_or_default());
+                                    chunk.push('\n');
+                                } else {
+                                    chunk.push_str(&line.text);
+                                }
+                            }
+                            Some((Ok::<_, std::io::Error>(chunk), next))
+                        }
+                        Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                    }
+                }
+            });
+            let mut response = Body::from_stream(pages).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(if json {
+                    NDJSON
+                } else {
+                    "text/plain; charset=utf-8"
+                }),
+            );
+            response
+        }
+    })
+}

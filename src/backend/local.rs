@@ -1,0 +1,1816 @@
+//! The local backend: runs a workflow's steps and services as processes on this host, in a
+//! workspace directory per workflow (DESIGN §8). It owns the workspace layout under
+//! `<data_dir>/workspaces/<workflow_id>`, the shell script each step runs, the process group
+//! of every step, and the reading of the merged stdout/stderr pipe into [`OutputLine`]s.
+//!
+//! It gives no isolation at all: a step can read and write anything the piculet user can.
+//! It is for trying piculet out, development, and single-machine use by trusted users.
+//!
+//! Layout of a workflow's root directory:
+//! ```text
+//! <data_dir>/workspaces/<workflow_id>/
+//!     .piculet/<step_id>.sh      the script a step runs (commands, each echoed first)
+//!     .piculet/<step_id>.pgid    the step's process group, while it runs
+//!     <workspace.base>/<workspace.path>/   the workspace: CI_WORKSPACE, steps' working dir
+//! ```
+//!
+//! Every step runs in its own process group, so that stopping it (cancel, timeout, end of a
+//! service) reaches every process it started, as stopping a container does. For the same
+//! reason the group is killed once the step's main process has ended: in a container,
+//! background processes die with the container's first process.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Component, Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use uuid::Uuid;
+
+use super::lines::LineSplitter;
+use super::{Backend, BackendError, OutputLine, StepExit, StepHandle, StepRun, WorkflowRun};
+use crate::pipeline::{DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, StepSpec};
+
+/// How long output is still read after a step's main process exited, for what its background
+/// processes write; then the group is killed. Bounded, so that a background process holding
+/// the pipe open cannot keep the step running.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
+/// Lines buffered between the reader and the engine; beyond that the reader waits, and so
+/// does the step when the pipe is full: nothing is dropped.
+const OUTPUT_CAPACITY: usize = 1024;
+const READ_BUFFER: usize = 64 * 1024;
+/// How long teardown waits for killed processes to be gone before removing the workspace.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+/// The interval at which a process group without a supervising task is checked.
+const POLL: Duration = Duration::from_millis(50);
+/// The host variables a step inherits; everything else of piculet's environment (its
+/// database URL, its tokens) stays out of the steps.
+const HOST_VARIABLES: [&str; 4] = ["PATH", "HOME", "LANG", "TMPDIR"];
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Runs steps as local processes. Cheap to share: the engine holds it behind an `Arc`.
+pub struct LocalBackend {
+    /// Absolute, so that `CI_WORKSPACE` is an absolute path whatever the current directory.
+    data_dir: PathBuf,
+    /// [`HOST_VARIABLES`] as piculet found them at start.
+    host_env: Vec<(OsString, OsString)>,
+    state: Arc<Mutex<State>>,
+}
+
+/// What the backend knows of the steps it started. Every method may run concurrently with
+/// any other, so this is behind a lock, never held across an `.await`.
+#[derive(Default)]
+struct State {
+    steps: HashMap<Uuid, StepEntry>,
+    /// Steps between the start of `start_step` and their entry in `steps`: a second start of
+    /// the same step meanwhile is refused, not run twice.
+    starting: HashSet<Uuid>,
+}
+
+/// A step started by this process.
+struct StepEntry {
+    workflow_id: Uuid,
+    /// The step's process group id (the pid of its main process).
+    pgid: i32,
+    /// Set under the lock when the supervising task killed the group after the main process
+    /// ended. From then on the id is no longer ours and must never be signalled again; until
+    /// then every signal is sent under the lock, so the two cannot cross.
+    finished: bool,
+    /// Becomes `true` once the output is closed and the exit is known.
+    done: watch::Receiver<bool>,
+}
+
+impl LocalBackend {
+    /// A backend keeping its workspaces under `data_dir/workspaces`. A relative `data_dir` is
+    /// taken relative to the current directory, now.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
+        let host_env = HOST_VARIABLES
+            .iter()
+            .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+            .collect();
+        LocalBackend {
+            data_dir,
+            host_env,
+            state: Arc::default(),
+        }
+    }
+
+    /// The directory holding everything of a workflow.
+    pub fn workflow_root(&self, workflow_id: Uuid) -> PathBuf {
+        self.data_dir
+            .join("workspaces")
+            .join(workflow_id.to_string())
+    }
+
+    /// The workspace directory of a workflow: what steps see as `CI_WORKSPACE`, the plan's
+    /// `workspace.base/workspace.path` under the workflow's root (`/woodpecker/src` →
+    /// `<root>/woodpecker/src`).
+    pub fn workspace_dir(&self, workflow: &WorkflowRun) -> Result<PathBuf, BackendError> {
+        let ws = &workflow.plan.workspace;
+        let root = self.workflow_root(workflow.workflow_id);
+        let base = join_inside(&root, &root, &ws.base, "workspace.base")?;
+        join_inside(&root, &base, &ws.path, "workspace.path")
+    }
+
+    fn state_dir(&self, workflow_id: Uuid) -> PathBuf {
+        self.workflow_root(workflow_id).join(".piculet")
+    }
+
+    fn pgid_file(&self, workflow_id: Uuid, step_id: Uuid) -> PathBuf {
+        self.state_dir(workflow_id).join(format!("{step_id}.pgid"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
+    }
+
+    /// Everything about how a step runs, decided before anything is started.
+    fn launch(&self, workflow: &WorkflowRun, step: &StepRun) -> Result<Launch, BackendError> {
+        let spec = &step.spec;
+        let workspace = self.workspace_dir(workflow)?;
+        let dir = match spec.directory.as_deref() {
+            Some(d) if !d.is_empty() => join_inside(
+                &self.workflow_root(workflow.workflow_id),
+                &workspace,
+                d,
+                "directory",
+            )?,
+            _ => workspace.clone(),
+        };
+
+        let mut env: BTreeMap<OsString, OsString> = self.host_env.iter().cloned().collect();
+        env.entry("PATH".into())
+            .or_insert_with(|| DEFAULT_PATH.into());
+        env.extend(step.env.iter().map(|(k, v)| (k.into(), v.into())));
+        for (name, value) in &spec.environment {
+            env.insert(
+                name.into(),
+                resolve_env(spec, value, &workflow.secrets)?.into(),
+            );
+        }
+        // The engine passes the container path; scripts need the real one.
+        env.insert("CI_WORKSPACE".into(), workspace.clone().into_os_string());
+
+        let mut notices = Vec::new();
+        let image_notice = |image: &str| {
+            format!(
+                "piculet: the local backend ignores image {image:?}; the step runs on this host\n"
+            )
+        };
+        let body = match spec.kind {
+            StepKind::Plugin => {
+                return Err(BackendError::Refused(format!(
+                    "the local backend cannot run plugin steps (step {:?}, image {:?}): run piculet with PICULET_BACKEND=kubernetes",
+                    spec.name, spec.image
+                )));
+            }
+            StepKind::Clone if spec.commands.is_empty() && spec.entrypoint.is_none() => {
+                if !spec.image.is_empty() && spec.image != DEFAULT_CLONE_IMAGE {
+                    notices.push(image_notice(&spec.image));
+                }
+                let clone = clone_plan(spec, &step.env, &workflow.secrets)?;
+                notices.extend(clone.notices);
+                env.extend(clone.env.into_iter().map(|(k, v)| (k.into(), v.into())));
+                // A prompt for credentials would wait forever: nobody is there to answer.
+                env.insert("GIT_TERMINAL_PROMPT".into(), "0".into());
+                Body::Script(clone.commands)
+            }
+            StepKind::Step | StepKind::Service | StepKind::Clone => {
+                if !spec.image.is_empty() {
+                    notices.push(image_notice(&spec.image));
+                }
+                match spec.entrypoint.as_deref() {
+                    Some([program, args @ ..]) => Body::Entrypoint {
+                        program: program.clone(),
+                        args: args.to_vec(),
+                        commands: spec.commands.clone(),
+                    },
+                    _ if spec.commands.is_empty() => {
+                        return Err(BackendError::Refused(format!(
+                            "the local backend cannot run step {:?}: it has no commands, and an image's own entrypoint (image {:?}) only runs on the kubernetes backend",
+                            spec.name, spec.image
+                        )));
+                    }
+                    _ => Body::Script(spec.commands.clone()),
+                }
+            }
+        };
+
+        let (program, args, script) = match body {
+            Body::Script(commands) => (
+                "/bin/sh".to_string(),
+                vec!["-e".to_string()],
+                Some(shell_script(&commands, false)),
+            ),
+            Body::Entrypoint {
+                program,
+                args,
+                commands,
+            } => {
+                if !commands.is_empty() {
+                    // As Woodpecker does: the script, base64-encoded, for an entrypoint such
+                    // as `["/bin/sh", "-c", "echo $CI_SCRIPT | base64 -d | /bin/sh -e"]`.
+                    let script = shell_script(&commands, true);
+                    env.insert("CI_SCRIPT".into(), base64(script.as_bytes()).into());
+                }
+                (program, args, None)
+            }
+        };
+        Ok(Launch {
+            program,
+            args,
+            script,
+            env,
+            dir,
+            notices,
+        })
+    }
+}
+
+/// What a step runs: a script of commands, or a program of the user's choice.
+enum Body {
+    Script(Vec<String>),
+    Entrypoint {
+        program: String,
+        args: Vec<String>,
+        commands: Vec<String>,
+    },
+}
+
+/// A step ready to be spawned.
+struct Launch {
+    program: String,
+    /// The script's path is appended when there is a script.
+    args: Vec<String>,
+    script: Option<String>,
+    env: BTreeMap<OsString, OsString>,
+    dir: PathBuf,
+    /// piculet's own lines, first in the step's output.
+    notices: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn setup_workflow(&self, workflow: &WorkflowRun) -> Result<(), BackendError> {
+        let workspace = self.workspace_dir(workflow)?;
+        for dir in [self.state_dir(workflow.workflow_id), workspace] {
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| failed(format!("cannot create {}", dir.display()), e))?;
+        }
+        Ok(())
+    }
+
+    async fn start_step(
+        &self,
+        workflow: &WorkflowRun,
+        step: &StepRun,
+    ) -> Result<StepHandle, BackendError> {
+        let launch = self.launch(workflow, step)?;
+        let _reservation = self.reserve(step)?;
+        let state_dir = self.state_dir(workflow.workflow_id);
+        for dir in [&state_dir, &launch.dir] {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| failed(format!("cannot create {}", dir.display()), e))?;
+        }
+        let mut args = launch.args;
+        let script_file = match &launch.script {
+            Some(script) => {
+                let path = state_dir.join(format!("{}.sh", step.step_id));
+                tokio::fs::write(&path, script)
+                    .await
+                    .map_err(|e| failed(format!("cannot write {}", path.display()), e))?;
+                args.push(path.to_string_lossy().into_owned());
+                Some(path)
+            }
+            None => None,
+        };
+
+        let (pipe, child) = match spawn(&launch.program, &args, &launch.env, &launch.dir) {
+            Ok(spawned) => spawned,
+            Err(e) => {
+                if let Some(file) = &script_file {
+                    remove_file_if_any(file).await;
+                }
+                return Err(spawn_error(&step.spec, &launch.program, e));
+            }
+        };
+        let Some(pgid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
+            return Err(BackendError::Failed(format!(
+                "step {:?}: the process ended before its id was known",
+                step.spec.name
+            )));
+        };
+        // From here on, every failure must kill the group: nobody else knows about it.
+        let abandon = |reason: String| {
+            signal_group(pgid, libc::SIGKILL);
+            BackendError::Failed(reason)
+        };
+        // Recorded so that a restarted piculet can still find and stop the group.
+        let pgid_file = self.pgid_file(workflow.workflow_id, step.step_id);
+        if let Err(e) = tokio::fs::write(&pgid_file, format!("{pgid}\n")).await {
+            return Err(abandon(format!(
+                "cannot write {}: {e}",
+                pgid_file.display()
+            )));
+        }
+
+        let (tx, rx) = mpsc::channel(OUTPUT_CAPACITY.max(launch.notices.len() + 1));
+        for notice in launch.notices {
+            // The channel is new and large enough: this cannot wait or fail.
+            let _ = tx.try_send(line(notice));
+        }
+        let (done_tx, done_rx) = watch::channel(false);
+        self.lock().steps.insert(
+            step.step_id,
+            StepEntry {
+                workflow_id: workflow.workflow_id,
+                pgid,
+                finished: false,
+                done: done_rx,
+            },
+        );
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let supervisor = Supervisor {
+            step_id: step.step_id,
+            pgid,
+            state: Arc::clone(&self.state),
+            out: Output { tx: Some(tx) },
+            splitter: LineSplitter::new(),
+            cleanup: [Some(pgid_file), script_file],
+        };
+        tokio::spawn(supervisor.run(child, pipe, done_tx, exit_tx));
+
+        let exit = async move {
+            exit_rx.await.unwrap_or_else(|_| StepExit::Error {
+                reason: "the local backend lost track of the step's process".to_string(),
+            })
+        }
+        .boxed();
+        Ok(StepHandle { output: rx, exit })
+    }
+
+    async fn stop_step(
+        &self,
+        workflow: &WorkflowRun,
+        step_id: Uuid,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
+        let live = {
+            let state = self.lock();
+            match state.steps.get(&step_id) {
+                Some(e) if e.finished => return Ok(()),
+                Some(e) => {
+                    signal_group(e.pgid, libc::SIGTERM);
+                    Some(e.done.clone())
+                }
+                None => None,
+            }
+        };
+        match live {
+            Some(mut done) => {
+                if timeout(grace, done.wait_for(|d| *d)).await.is_err() {
+                    let state = self.lock();
+                    if let Some(e) = state.steps.get(&step_id).filter(|e| !e.finished) {
+                        signal_group(e.pgid, libc::SIGKILL);
+                    }
+                }
+            }
+            // Not started by this process: a step left running by a previous piculet.
+            None => {
+                let file = self.pgid_file(workflow.workflow_id, step_id);
+                if let Some(pgid) = read_pgid(&file).await {
+                    stop_orphan(pgid, grace).await;
+                }
+                remove_file_if_any(&file).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn teardown_workflow(&self, workflow: &WorkflowRun) -> Result<(), BackendError> {
+        let id = workflow.workflow_id;
+        let mut waiting = Vec::new();
+        {
+            let mut state = self.lock();
+            for entry in state.steps.values().filter(|e| e.workflow_id == id) {
+                if !entry.finished {
+                    signal_group(entry.pgid, libc::SIGKILL);
+                    waiting.push(entry.done.clone());
+                }
+            }
+            state.steps.retain(|_, e| e.workflow_id != id);
+        }
+        // Groups left by a previous piculet; those of this one were handled above, and their
+        // files are removed by their supervisors.
+        let mut orphans = Vec::new();
+        for (_, pgid) in pgid_files(&self.state_dir(id)).await {
+            if group_alive(pgid) {
+                signal_group(pgid, libc::SIGKILL);
+                orphans.push(pgid);
+            }
+        }
+        // Removing the workspace while a dying process still writes into it could fail.
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        for mut done in waiting {
+            let _ = timeout_at(deadline, done.wait_for(|d| *d)).await;
+        }
+        while orphans.iter().any(|&g| group_alive(g)) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        remove_dir_all(self.workflow_root(id)).await
+    }
+
+    async fn running_steps(&self, workflow: &WorkflowRun) -> Result<Vec<Uuid>, BackendError> {
+        let id = workflow.workflow_id;
+        let mut running: Vec<Uuid> = self
+            .lock()
+            .steps
+            .iter()
+            .filter(|(_, e)| e.workflow_id == id && !e.finished)
+            .map(|(step_id, _)| *step_id)
+            .collect();
+        for (step_id, pgid) in pgid_files(&self.state_dir(id)).await {
+            let known = self.lock().steps.contains_key(&step_id);
+            if !known && group_alive(pgid) {
+                running.push(step_id);
+            }
+        }
+        running.sort();
+        running.dedup();
+        Ok(running)
+    }
+
+    async fn attach_step(
+        &self,
+        _workflow: &WorkflowRun,
+        _step: &StepRun,
+        _after: Option<DateTime<Utc>>,
+    ) -> Result<StepHandle, BackendError> {
+        Err(BackendError::Refused(
+            "the local backend cannot re-attach to a step after a restart".to_string(),
+        ))
+    }
+}
+
+impl LocalBackend {
+    /// Claims a step id for `start_step`. Until its supervisor is done, a step cannot start
+    /// again: it still runs, or its supervisor still removes the step's files, which a new
+    /// attempt (same step id, same file names) would otherwise lose.
+    fn reserve(&self, step: &StepRun) -> Result<Reservation, BackendError> {
+        let mut state = self.lock();
+        let supervised = state
+            .steps
+            .get(&step.step_id)
+            .is_some_and(|e| !*e.done.borrow());
+        if supervised || !state.starting.insert(step.step_id) {
+            return Err(BackendError::Failed(format!(
+                "step {:?} ({}) is already running on the local backend",
+                step.spec.name, step.step_id
+            )));
+        }
+        Ok(Reservation {
+            state: Arc::clone(&self.state),
+            step_id: step.step_id,
+        })
+    }
+}
+
+/// Releases a step id claimed by [`LocalBackend::reserve`], whether the start succeeded
+/// (the step is in `steps` by then) or failed.
+struct Reservation {
+    state: Arc<Mutex<State>>,
+    step_id: Uuid,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        lock(&self.state).starting.remove(&self.step_id);
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // Every update under the lock is a single insert, flag or removal, so a panic elsewhere
+    // cannot have left the state half-changed: a poisoned lock is still usable.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failed(what: String, e: io::Error) -> BackendError {
+    BackendError::Failed(format!("{what}: {e}"))
+}
+
+fn spawn_error(spec: &StepSpec, program: &str, e: io::Error) -> BackendError {
+    match e.kind() {
+        io::ErrorKind::NotFound => BackendError::Refused(format!(
+            "step {:?}: {program:?} was not found on this host (the local backend runs steps on the host, not in their image)",
+            spec.name
+        )),
+        io::ErrorKind::PermissionDenied => BackendError::Refused(format!(
+            "step {:?}: {program:?} cannot be executed on this host: {e}",
+            spec.name
+        )),
+        _ => BackendError::Failed(format!(
+            "step {:?}: cannot start {program:?}: {e}",
+            spec.name
+        )),
+    }
+}
+
+/// Starts the process in a new process group, with stdout and stderr on one pipe so that
+/// their lines stay in the order they were written. Returns the pipe's read end.
+fn spawn(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<OsString, OsString>,
+    dir: &Path,
+) -> io::Result<(pipe::Receiver, tokio::process::Child)> {
+    // Both ends are close-on-exec, so a step spawned meanwhile by another task does not
+    // inherit this one's write end (and keep its pipe open).
+    let (writer, reader) = pipe::pipe()?;
+    // The child gets a blocking write end, as a program expects of its stdout.
+    let stdout = writer.into_blocking_fd()?;
+    let stderr = stdout.try_clone()?;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        // The supervisor owns the process; a dropped handle must not kill a step that a
+        // restarted piculet is meant to find and stop through its pgid file.
+        .kill_on_drop(false);
+    let child = command.spawn()?;
+    // `command` still holds the write ends; dropping it here is what lets the reader see
+    // end-of-file once the step's processes are gone.
+    drop(command);
+    Ok((reader, child))
+}
+
+/// The task that owns a running step: reads its output, waits for its exit, kills what is
+/// left of its group, and reports.
+struct Supervisor {
+    step_id: Uuid,
+    pgid: i32,
+    state: Arc<Mutex<State>>,
+    out: Output,
+    splitter: LineSplitter,
+    /// Files that exist only while the step runs.
+    cleanup: [Option<PathBuf>; 2],
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut child: tokio::process::Child,
+        mut pipe: pipe::Receiver,
+        done: watch::Sender<bool>,
+        exit: oneshot::Sender<StepExit>,
+    ) {
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut eof = false;
+        let status = loop {
+            tokio::select! {
+                read = pipe.read(&mut buf), if !eof => match read {
+                    Ok(0) | Err(_) => eof = true,
+                    Ok(n) => self.emit(&buf[..n]).await,
+                },
+                status = child.wait() => break status,
+            }
+        };
+        // Output written just before the exit, and by background processes for a moment.
+        if !eof {
+            eof = self.drain(&mut pipe, &mut buf, DRAIN_GRACE).await;
+        }
+        {
+            let mut state = lock(&self.state);
+            // The main process was reaped just now and the pid space is allocated cyclically,
+            // so the group id cannot have been reused by someone else in this short time.
+            signal_group(self.pgid, libc::SIGKILL);
+            if let Some(entry) = state.steps.get_mut(&self.step_id) {
+                entry.finished = true;
+            }
+        }
+        if !eof {
+            // What the killed processes wrote is still in the pipe. A process that left the
+            // group (setsid) may hold it open forever: read for a bounded time only.
+            self.drain(&mut pipe, &mut buf, DRAIN_GRACE).await;
+        }
+        if let Some(rest) = std::mem::take(&mut self.splitter).finish() {
+            self.out.send(rest).await;
+        }
+        // Closing the channel before the exit is reported: the engine reads the output to
+        // its end, then awaits the exit.
+        self.out.tx = None;
+        for file in self.cleanup.iter().flatten() {
+            remove_file_if_any(file).await;
+        }
+        let _ = exit.send(exit_of(status));
+        let _ = done.send(true);
+    }
+
+    /// Reads until end-of-file or `grace` has passed; returns whether end-of-file was seen.
+    async fn drain(&mut self, pipe: &mut pipe::Receiver, buf: &mut [u8], grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            match timeout_at(deadline, pipe.read(buf)).await {
+                Err(_) => return false,
+                Ok(Ok(0) | Err(_)) => return true,
+                Ok(Ok(n)) => self.emit(&buf[..n]).await,
+            }
+        }
+    }
+
+    async fn emit(&mut self, bytes: &[u8]) {
+        for text in self.splitter.push(bytes) {
+            self.out.send(text).await;
+        }
+    }
+}
+
+/// The sending side of a step's output. When the engine stops listening, the output is still
+/// read (a step blocked on a full pipe would never end) but goes nowhere.
+struct Output {
+    tx: Option<mpsc::Sender<OutputLine>>,
+}
+
+impl Output {
+    async fn send(&mut self, text: String) {
+        if let Some(tx) = &self.tx {
+            if tx.send(line(text)).await.is_err() {
+                self.tx = None;
+            }
+        }
+    }
+}
+
+fn line(text: String) -> OutputLine {
+    OutputLine {
+        at: Utc::now(),
+        text,
+    }
+}
+
+fn exit_of(status: io::Result<ExitStatus>) -> StepExit {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => StepExit::Exited { code, reason: None },
+            (None, Some(signal)) => StepExit::Exited {
+                code: 128 + signal,
+                reason: Some(format!("killed by signal {signal}")),
+            },
+            (None, None) => StepExit::Error {
+                reason: format!("the step's process ended in an unknown way: {status}"),
+            },
+        },
+        Err(e) => StepExit::Error {
+            reason: format!("cannot wait for the step's process: {e}"),
+        },
+    }
+}
+
+/// Sends `signal` to a process group. Ids that would reach piculet's own group (0, our own
+/// group id) or init's are never signalled, whatever a pgid file says.
+fn signal_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: getpgrp and killpg take plain integers and have no memory effects.
+    unsafe {
+        if pgid > 1 && pgid != libc::getpgrp() {
+            // ESRCH (the group is gone) is the expected outcome of a race with its end.
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+/// Whether a process group still has a live (non-zombie) member.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: getpgrp and kill take plain integers and have no memory effects.
+    let exists = pgid > 1 && unsafe { pgid != libc::getpgrp() && libc::kill(-pgid, 0) == 0 };
+    // A group of zombies also answers: when their parent (here, init after a restart) is slow
+    // to reap them, they are still dead. /proc tells them apart; without it, trust kill.
+    exists && group_has_live_member(pgid).unwrap_or(true)
+}
+
+fn group_has_live_member(pgid: i32) -> Option<bool> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
+        let Some((_, after)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = after.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        if pgrp == Some(pgid) && !matches!(state, Some("Z" | "X")) {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Stops a group this process did not start: SIGTERM, then SIGKILL after `grace`.
+async fn stop_orphan(pgid: i32, grace: Duration) {
+    if !group_alive(pgid) {
+        return;
+    }
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn read_pgid(file: &Path) -> Option<i32> {
+    let text = tokio::fs::read_to_string(file).await.ok()?;
+    text.trim().parse().ok()
+}
+
+/// The `<step_id>.pgid` files of a workflow's state directory.
+async fn pgid_files(state_dir: &Path) -> Vec<(Uuid, i32)> {
+    let mut found = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(state_dir).await else {
+        return found;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "pgid") {
+            continue;
+        }
+        let step_id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| Uuid::parse_str(s).ok());
+        if let (Some(step_id), Some(pgid)) = (step_id, read_pgid(&path).await) {
+            found.push((step_id, pgid));
+        }
+    }
+    found
+}
+
+async fn remove_file_if_any(file: &Path) {
+    // Best effort: a leftover file only costs a look at a dead group later.
+    let _ = tokio::fs::remove_file(file).await;
+}
+
+/// Removes a directory tree; absent is fine. Read-only directories (a Go module cache, for
+/// one) are made writable first, since their entries cannot be removed otherwise.
+async fn remove_dir_all(dir: PathBuf) -> Result<(), BackendError> {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut last = Ok(());
+        for _ in 0..3 {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => {
+                    make_writable(&dir);
+                    last = Err(failed(format!("cannot remove {}", dir.display()), e));
+                }
+            }
+        }
+        last
+    })
+    .await;
+    result.unwrap_or_else(|e| Err(BackendError::Failed(format!("workspace removal: {e}"))))
+}
+
+fn make_writable(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // symlink_metadata: never follow a link out of the workspace.
+    let Ok(meta) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mut perms = meta.permissions();
+    perms.set_mode(perms.mode() | 0o700);
+    let _ = std::fs::set_permissions(dir, perms);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            make_writable(&entry.path());
+        }
+    }
+}
+
+/// `base` joined with the relative form of `rel` (a leading `/` is dropped: a workspace base
+/// such as `/woodpecker` is meant under the workflow's root), `..` resolved lexically and not
+/// allowed to lead out of `root`.
+fn join_inside(root: &Path, base: &Path, rel: &str, what: &str) -> Result<PathBuf, BackendError> {
+    let mut path = base.to_path_buf();
+    for component in Path::new(rel).components() {
+        match component {
+            Component::Normal(c) => path.push(c),
+            Component::ParentDir => {
+                path.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+        if !path.starts_with(root) {
+            return Err(BackendError::Refused(format!(
+                "{what} {rel:?} leads out of the workflow's directory"
+            )));
+        }
+    }
+    Ok(path)
+}
+
+fn resolve_env(
+    spec: &StepSpec,
+    value: &EnvValue,
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, BackendError> {
+    match value {
+        EnvValue::Literal(v) => Ok(v.clone()),
+        EnvValue::FromSecret(name) => secret(spec, name, secrets),
+    }
+}
+
+fn secret(
+    spec: &StepSpec,
+    name: &str,
+    secrets: &BTreeMap<String, String>,
+) -> Result<String, BackendError> {
+    secrets.get(name).cloned().ok_or_else(|| {
+        BackendError::Refused(format!(
+            "step {:?} uses secret {name:?}, which the submission does not provide",
+            spec.name
+        ))
+    })
+}
+
+/// The script a step runs: each command echoed (`+ go test ./...`, as Woodpecker shows it)
+/// and then run. The echo prints the command's text as written, never a variable's value, so
+/// no secret reaches the log through it. `printf` rather than `echo`: some shells' `echo`
+/// interprets backslashes.
+fn shell_script(commands: &[String], unset_ci_script: bool) -> String {
+    let mut script = String::new();
+    if unset_ci_script {
+        // As Woodpecker's script does: the commands need not see their own encoded text.
+        script.push_str("unset CI_SCRIPT\n");
+    }
+    for command in commands {
+        script.push_str("printf '%s\\n' ");
+        script.push_str(&sh_quote(&format!("+ {command}")));
+        script.push('\n');
+        script.push_str(command);
+        script.push('\n');
+    }
+    script
+}
+
+/// Single-quotes `s` for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// How the clone step runs with the host's `git`.
+struct ClonePlan {
+    commands: Vec<String>,
+    /// The values the commands refer to, passed as variables rather than pasted into the
+    /// script: a ref or URL from a submission is never parsed by the shell.
+    env: BTreeMap<String, String>,
+    notices: Vec<String>,
+}
+
+const CLONE_SETTINGS: [&str; 4] = ["remote", "ref", "sha", "depth"];
+
+fn clone_plan(
+    spec: &StepSpec,
+    ci_env: &BTreeMap<String, String>,
+    secrets: &BTreeMap<String, String>,
+) -> Result<ClonePlan, BackendError> {
+    let setting = |key: &str| -> Result<Option<String>, BackendError> {
+        Ok(match spec.settings.get(key) {
+            Some(SettingValue::Value(serde_json::Value::String(s))) => Some(s.clone()),
+            Some(SettingValue::Value(serde_json::Value::Null)) | None => None,
+            Some(SettingValue::Value(other)) => Some(other.to_string()),
+            Some(SettingValue::FromSecret(name)) => Some(secret(spec, name, secrets)?),
+        }
+        .filter(|s| !s.is_empty()))
+    };
+    // A `clone:` section of the pipeline names no remote: the submission's variables do.
+    let from_env = |key: &str| ci_env.get(key).filter(|s| !s.is_empty()).cloned();
+    let remote = setting("remote")?
+        .or_else(|| from_env("CI_REPO_CLONE_URL"))
+        .ok_or_else(|| {
+            BackendError::Refused(format!(
+                "clone step {:?}: no repository to clone (neither a \"remote\" setting nor CI_REPO_CLONE_URL)",
+                spec.name
+            ))
+        })?;
+    let sha = setting("sha")?.or_else(|| from_env("CI_COMMIT_SHA"));
+    let r#ref = setting("ref")?.or_else(|| from_env("CI_COMMIT_REF"));
+    let depth = match setting("depth")? {
+        None => 1,
+        Some(d) => d.parse::<u32>().map_err(|_| {
+            BackendError::Refused(format!(
+                "clone step {:?}: setting \"depth\" must be a whole number, not {d:?}",
+                spec.name
+            ))
+        })?,
+    };
+    let depth_arg = if depth == 0 {
+        String::new()
+    } else {
+        format!(" --depth={depth}")
+    };
+
+    let mut notices: Vec<String> = spec
+        .settings
+        .keys()
+        .filter(|k| !CLONE_SETTINGS.contains(&k.as_str()))
+        .map(|k| format!("piculet: the local backend ignores clone setting {k:?}\n"))
+        .collect();
+    let at = sha.as_deref().or(r#ref.as_deref()).unwrap_or("HEAD");
+    notices.push(format!(
+        "piculet: cloning {} at {at} with this host's git\n",
+        redact_userinfo(&remote)
+    ));
+
+    let mut env = BTreeMap::from([("PICULET_CLONE_REMOTE".to_string(), remote)]);
+    let mut commands = vec![
+        "git init -q".to_string(),
+        r#"git config remote.origin.url "$PICULET_CLONE_REMOTE""#.to_string(),
+    ];
+    match (sha, r#ref) {
+        (Some(sha), r#ref) => {
+            // Fetching a commit by its id needs the server's consent (GitHub and GitLab give
+            // it); otherwise the whole ref is fetched, which holds the commit.
+            let mut fetch = format!(r#"git fetch{depth_arg} origin "$PICULET_CLONE_SHA""#);
+            if let Some(r#ref) = r#ref {
+                fetch.push_str(r#" || git fetch origin "$PICULET_CLONE_REF""#);
+                env.insert("PICULET_CLONE_REF".to_string(), r#ref);
+            }
+            env.insert("PICULET_CLONE_SHA".to_string(), sha);
+            commands.push(fetch);
+            commands.push(r#"git checkout -q "$PICULET_CLONE_SHA""#.to_string());
+        }
+        (None, r#ref) => {
+            env.insert(
+                "PICULET_CLONE_REF".to_string(),
+                r#ref.unwrap_or_else(|| "HEAD".to_string()),
+            );
+            commands.push(format!(
+                r#"git fetch{depth_arg} origin "$PICULET_CLONE_REF""#
+            ));
+            commands.push("git checkout -q FETCH_HEAD".to_string());
+        }
+    }
+    Ok(ClonePlan {
+        commands,
+        env,
+        notices,
+    })
+}
+
+/// `https://user:token@host/x` → `https://***@host/x`: a token in a clone URL is not
+/// necessarily a submission secret, so the log masking would not catch it.
+fn redact_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use indexmap::IndexMap;
+
+    use super::*;
+    use crate::pipeline::{Failure, KubernetesOptions, Status, WorkflowPlan, Workspace};
+
+    /// A directory removed at the end of the test, whatever happens.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!("piculet-local-{}", Uuid::now_v7()));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            make_writable(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn spec(name: &str, commands: &[&str]) -> StepSpec {
+        StepSpec {
+            name: name.to_string(),
+            kind: StepKind::Step,
+            image: String::new(),
+            commands: commands.iter().map(|c| c.to_string()).collect(),
+            entrypoint: None,
+            settings: IndexMap::new(),
+            directory: None,
+            environment: BTreeMap::new(),
+            depends_on: Vec::new(),
+            when_status: vec![Status::Success],
+            failure: Failure::Fail,
+            detach: false,
+            privileged: false,
+            pull: false,
+            volumes: Vec::new(),
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            timeout: None,
+            ports: Vec::new(),
+            backend_options: KubernetesOptions::default(),
+        }
+    }
+
+    fn workflow_run(secrets: &[(&str, &str)]) -> WorkflowRun {
+        WorkflowRun {
+            pipeline_id: Uuid::now_v7(),
+            workflow_id: Uuid::now_v7(),
+            plan: WorkflowPlan {
+                name: "test".to_string(),
+                matrix: BTreeMap::new(),
+                platform: "linux/amd64".to_string(),
+                workspace: Workspace::default(),
+                labels: BTreeMap::new(),
+                depends_on: Vec::new(),
+                runs_on: vec![Status::Success],
+                services: Vec::new(),
+                steps: Vec::new(),
+                dropped_steps: Vec::new(),
+            },
+            secrets: secrets
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn step_run(spec: StepSpec) -> StepRun {
+        let env = [
+            ("CI", "woodpecker"),
+            ("CI_PIPELINE_ID", "42"),
+            ("CI_STEP_NAME", spec.name.as_str()),
+            ("CI_WORKSPACE", "/woodpecker/src"),
+        ];
+        StepRun {
+            step_id: Uuid::now_v7(),
+            attempt: 1,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            spec,
+        }
+    }
+
+    struct Fixture {
+        dir: TempDir,
+        backend: LocalBackend,
+        wf: WorkflowRun,
+    }
+
+    async fn fixture_with(secrets: &[(&str, &str)]) -> Fixture {
+        let dir = TempDir::new();
+        let backend = LocalBackend::new(dir.0.clone());
+        let wf = workflow_run(secrets);
+        backend.setup_workflow(&wf).await.expect("setup");
+        Fixture { dir, backend, wf }
+    }
+
+    async fn fixture() -> Fixture {
+        fixture_with(&[]).await
+    }
+
+    /// Every guard in these tests: a hung step fails the test instead of hanging it.
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    async fn collect(handle: StepHandle) -> (Vec<String>, StepExit) {
+        let StepHandle { mut output, exit } = handle;
+        timeout(LIMIT, async move {
+            let mut lines = Vec::new();
+            while let Some(line) = output.recv().await {
+                lines.push(line.text);
+            }
+            (lines, exit.await)
+        })
+        .await
+        .expect("the step ended in time")
+    }
+
+    async fn run(f: &Fixture, spec: StepSpec) -> (Vec<String>, StepExit) {
+        let handle = f
+            .backend
+            .start_step(&f.wf, &step_run(spec))
+            .await
+            .expect("start");
+        collect(handle).await
+    }
+
+    /// Reads output until a line starting with each of `prefixes` was seen; returns the
+    /// number after each prefix (a pid).
+    async fn read_pids(output: &mut mpsc::Receiver<OutputLine>, prefixes: &[&str]) -> Vec<i32> {
+        let mut pids = vec![None; prefixes.len()];
+        timeout(LIMIT, async {
+            while pids.iter().any(Option::is_none) {
+                let line = output.recv().await.expect("output ended early").text;
+                for (i, prefix) in prefixes.iter().enumerate() {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        pids[i] = rest.trim().parse::<i32>().ok();
+                    }
+                }
+            }
+        })
+        .await
+        .expect("pids printed in time");
+        pids.into_iter().flatten().collect()
+    }
+
+    fn exited(code: i32) -> StepExit {
+        StepExit::Exited { code, reason: None }
+    }
+
+    fn killed(signal: i32) -> StepExit {
+        StepExit::Exited {
+            code: 128 + signal,
+            reason: Some(format!("killed by signal {signal}")),
+        }
+    }
+
+    /// Gone, or a zombie (dead, waiting for a parent that may be slow to reap it).
+    fn process_gone(pid: i32) -> bool {
+        // SAFETY: kill with signal 0 only checks for existence.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return true;
+        }
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "Z" || state == "X")
+        })
+    }
+
+    async fn wait_gone(pid: i32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !process_gone(pid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn output_comes_line_by_line_with_stderr_in_order() {
+        let f = fixture().await;
+        let (lines, exit) = run(
+            &f,
+            spec(
+                "build",
+                &[
+                    "echo out1; echo err1 >&2; echo out2; echo err2 >&2",
+                    "echo 'it'\"'\"'s quoted \\ \"and\" $HOME-literal'",
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(
+            lines,
+            [
+                "+ echo out1; echo err1 >&2; echo out2; echo err2 >&2\n",
+                "out1\n",
+                "err1\n",
+                "out2\n",
+                "err2\n",
+                "+ echo 'it'\"'\"'s quoted \\ \"and\" $HOME-literal'\n",
+                "it's quoted \\ \"and\" $HOME-literal\n",
+            ]
+        );
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn exit_codes_are_reported() {
+        let f = fixture().await;
+        assert_eq!(run(&f, spec("ok", &["true"])).await.1, exited(0));
+        assert_eq!(run(&f, spec("three", &["exit 3"])).await.1, exited(3));
+        // A finished step leaves no script or pgid file behind.
+        let state_dir = f.backend.state_dir(f.wf.workflow_id);
+        assert_eq!(std::fs::read_dir(state_dir).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_first_failing_command_stops_the_step() {
+        let f = fixture().await;
+        let (lines, exit) = run(&f, spec("fail", &["echo a", "false", "echo never"])).await;
+        assert_eq!(lines, ["+ echo a\n", "a\n", "+ false\n"]);
+        assert_eq!(exit, exited(1));
+    }
+
+    #[tokio::test]
+    async fn environment_has_ci_variables_literals_and_secrets() {
+        let f = fixture_with(&[("token", "s3cr3t-value")]).await;
+        let mut s = spec(
+            "env",
+            &[
+                "echo \"$CI $CI_PIPELINE_ID $CI_STEP_NAME $LITERAL $FROM_SECRET\"",
+                "echo \"$CI_WORKSPACE\"",
+                "echo \"${CI_SCRIPT:-no script variable}\"",
+            ],
+        );
+        s.environment = BTreeMap::from([
+            ("LITERAL".to_string(), EnvValue::Literal("lit".to_string())),
+            (
+                "FROM_SECRET".to_string(),
+                EnvValue::FromSecret("token".to_string()),
+            ),
+        ]);
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0));
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        assert_eq!(lines[1], "woodpecker 42 env lit s3cr3t-value\n");
+        assert_eq!(lines[3], format!("{}\n", workspace.display()));
+        assert_eq!(lines[5], "no script variable\n");
+        // The echoed command shows the variable's name, never its value.
+        let echoed: Vec<&String> = lines.iter().filter(|l| l.starts_with("+ ")).collect();
+        assert_eq!(echoed.len(), 3);
+        assert!(echoed.iter().all(|l| !l.contains("s3cr3t")), "{echoed:?}");
+    }
+
+    #[tokio::test]
+    async fn the_host_environment_is_minimal() {
+        let f = fixture().await;
+        let (lines, _) = run(&f, spec("env", &["env | cut -d= -f1 | sort"])).await;
+        let names: Vec<&str> = lines[1..].iter().map(|l| l.trim_end()).collect();
+        for name in &names {
+            assert!(
+                HOST_VARIABLES.contains(name)
+                    || name.starts_with("CI")
+                    || ["PWD", "SHLVL", "_", "OLDPWD"].contains(name),
+                "unexpected variable {name} in {names:?}"
+            );
+        }
+        assert!(names.contains(&"PATH"));
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_is_refused() {
+        let f = fixture().await;
+        let mut s = spec("env", &["true"]);
+        s.environment =
+            BTreeMap::from([("X".to_string(), EnvValue::FromSecret("absent".to_string()))]);
+        match f.backend.start_step(&f.wf, &step_run(s)).await {
+            Err(BackendError::Refused(m)) => assert!(m.contains("\"absent\""), "{m}"),
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+    }
+
+    #[tokio::test]
+    async fn steps_run_in_the_workspace_and_their_directory() {
+        let f = fixture().await;
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        assert_eq!(
+            workspace,
+            f.backend
+                .workflow_root(f.wf.workflow_id)
+                .join("woodpecker/src")
+        );
+        let expected = std::fs::canonicalize(&workspace).unwrap();
+        let (lines, _) = run(&f, spec("pwd", &["pwd -P"])).await;
+        assert_eq!(lines[1], format!("{}\n", expected.display()));
+
+        let mut s = spec("sub", &["pwd -P", "echo \"$CI_WORKSPACE\""]);
+        s.directory = Some("sub/dir".to_string());
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0));
+        assert_eq!(
+            lines[1],
+            format!("{}\n", expected.join("sub/dir").display())
+        );
+        assert_eq!(lines[3], format!("{}\n", workspace.display()));
+    }
+
+    #[tokio::test]
+    async fn paths_cannot_leave_the_workflow_directory() {
+        let f = fixture().await;
+        let mut s = spec("escape", &["true"]);
+        s.directory = Some("../../../../etc".to_string());
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &step_run(s)).await,
+            Err(BackendError::Refused(_))
+        ));
+        let mut wf = f.wf.clone();
+        wf.plan.workspace.path = "../../..".to_string();
+        assert!(matches!(
+            f.backend.setup_workflow(&wf).await,
+            Err(BackendError::Refused(_))
+        ));
+        // Inside is fine, `..` included.
+        let mut s = spec("sibling", &["pwd -P"]);
+        s.directory = Some("../other".to_string());
+        let (_, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn an_image_is_ignored_with_a_warning_first() {
+        let f = fixture().await;
+        let mut s = spec("go", &["echo hi"]);
+        s.image = "golang:1.22".to_string();
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(
+            lines,
+            [
+                "piculet: the local backend ignores image \"golang:1.22\"; the step runs on this host\n",
+                "+ echo hi\n",
+                "hi\n",
+            ]
+        );
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn plugin_steps_and_steps_without_commands_are_refused() {
+        let f = fixture().await;
+        let mut s = spec("publish", &[]);
+        s.kind = StepKind::Plugin;
+        s.image = "plugins/docker".to_string();
+        match f.backend.start_step(&f.wf, &step_run(s)).await {
+            Err(BackendError::Refused(m)) => {
+                assert!(m.contains("plugin steps"), "{m}");
+                assert!(m.contains("\"plugins/docker\""), "{m}");
+                assert!(m.contains("PICULET_BACKEND=kubernetes"), "{m}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
+        let mut s = spec("postgres", &[]);
+        s.kind = StepKind::Service;
+        s.image = "postgres:16".to_string();
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &step_run(s)).await,
+            Err(BackendError::Refused(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_entrypoint_gets_the_script_as_ci_script() {
+        let f = fixture().await;
+        let mut s = spec("custom", &["echo hi", "echo \"${CI_SCRIPT:-unset}\""]);
+        s.entrypoint = Some(vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "echo $CI_SCRIPT | base64 -d | /bin/sh -e".to_string(),
+        ]);
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(
+            lines,
+            [
+                "+ echo hi\n",
+                "hi\n",
+                "+ echo \"${CI_SCRIPT:-unset}\"\n",
+                "unset\n"
+            ]
+        );
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn a_step_that_prints_nothing() {
+        let f = fixture().await;
+        let mut s = spec("quiet", &[]);
+        s.entrypoint = Some(vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "exit 0".to_string(),
+        ]);
+        let (lines, exit) = run(&f, s).await;
+        assert!(lines.is_empty(), "{lines:?}");
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_refused() {
+        let f = fixture().await;
+        let mut s = spec("missing", &[]);
+        s.entrypoint = Some(vec!["/nonexistent/piculet-test-program".to_string()]);
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &step_run(s)).await,
+            Err(BackendError::Refused(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_mebibyte_of_output_comes_back_byte_exact() {
+        let f = fixture().await;
+        // Lines of many lengths, some far beyond the maximum, multi-byte characters cut
+        // anywhere, `\r\n`, empty lines, and a last line without `\n`.
+        let unit = "abcdefghij-é€🦀\r";
+        let mut data = String::new();
+        let lengths = [0, 1, 80, 5, 70_000, 200_000, 3, 65_536, 65_537, 131_071];
+        let mut i = 0;
+        while data.len() < (1 << 20) + 100_000 {
+            let len = lengths[i % lengths.len()];
+            let line: String = unit.chars().cycle().take(len).collect();
+            data.push_str(&line);
+            data.push('\n');
+            i += 1;
+        }
+        data.push_str("last line without newline é");
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        std::fs::write(workspace.join("data.txt"), &data).unwrap();
+
+        let (lines, exit) = run(&f, spec("cat", &["cat data.txt"])).await;
+        assert_eq!(exit, exited(0));
+        assert_eq!(lines[0], "+ cat data.txt\n");
+        let output = lines[1..].concat();
+        assert_eq!(output.len(), data.len());
+        assert!(output == data, "the output differs from the input");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l.trim_end_matches('\n').len() <= super::super::lines::MAX_LINE)
+        );
+        assert_eq!(lines.last().unwrap(), "last line without newline é");
+    }
+
+    #[tokio::test]
+    async fn stop_step_terminates_the_whole_group() {
+        let f = fixture().await;
+        let run = step_run(spec(
+            "server",
+            &[
+                "echo \"leader $$\"",
+                "sleep 1000 & echo \"child $!\"",
+                "sh -c 'sleep 1000 & echo \"grandchild $!\"; wait' &",
+                "wait",
+            ],
+        ));
+        let mut handle = f.backend.start_step(&f.wf, &run).await.expect("start");
+        // The lines arrive while the step runs.
+        let pids = read_pids(&mut handle.output, &["leader ", "child ", "grandchild "]).await;
+        assert_eq!(f.backend.running_steps(&f.wf).await.unwrap(), [run.step_id]);
+
+        f.backend
+            .stop_step(&f.wf, run.step_id, Duration::from_secs(10))
+            .await
+            .expect("stop");
+        let (_, exit) = collect(handle).await;
+        assert_eq!(exit, killed(libc::SIGTERM));
+        for pid in pids {
+            assert!(wait_gone(pid).await, "process {pid} survived the stop");
+        }
+        assert!(f.backend.running_steps(&f.wf).await.unwrap().is_empty());
+        // Stopping a finished step, or an unknown one, does nothing.
+        f.backend
+            .stop_step(&f.wf, run.step_id, Duration::from_secs(1))
+            .await
+            .expect("stop again");
+        f.backend
+            .stop_step(&f.wf, Uuid::now_v7(), Duration::from_secs(1))
+            .await
+            .expect("stop unknown");
+    }
+
+    #[tokio::test]
+    async fn stop_step_kills_after_the_grace_period() {
+        let f = fixture().await;
+        let run = step_run(spec(
+            "stubborn",
+            &[
+                "trap '' TERM",
+                "sleep 1000 & echo \"child $!\"",
+                "echo \"leader $$\"",
+                "wait",
+            ],
+        ));
+        let mut handle = f.backend.start_step(&f.wf, &run).await.expect("start");
+        let pids = read_pids(&mut handle.output, &["child ", "leader "]).await;
+        f.backend
+            .stop_step(&f.wf, run.step_id, Duration::from_millis(300))
+            .await
+            .expect("stop");
+        let (_, exit) = collect(handle).await;
+        assert_eq!(exit, killed(libc::SIGKILL));
+        for pid in pids {
+            assert!(wait_gone(pid).await, "process {pid} survived the kill");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipe_does_not_hold_the_step() {
+        let f = fixture().await;
+        let run = step_run(spec("leaky", &["sleep 1000 & echo \"child $!\""]));
+        let mut handle = f.backend.start_step(&f.wf, &run).await.expect("start");
+        let pids = read_pids(&mut handle.output, &["child "]).await;
+        let (rest, exit) = collect(handle).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        assert_eq!(exit, exited(0));
+        assert!(wait_gone(pids[0]).await, "the background process survived");
+    }
+
+    #[tokio::test]
+    async fn output_written_after_the_main_process_exits_is_kept_for_a_moment() {
+        let f = fixture().await;
+        let (lines, exit) = run(&f, spec("late", &["(sleep 0.1; echo late) &"])).await;
+        assert_eq!(lines, ["+ (sleep 0.1; echo late) &\n", "late\n"]);
+        assert_eq!(exit, exited(0));
+    }
+
+    #[tokio::test]
+    async fn teardown_kills_services_and_removes_the_workspace() {
+        let f = fixture().await;
+        let mut s = spec(
+            "database",
+            &[
+                "sleep 1000 & echo \"child $!\"",
+                "echo \"leader $$\"",
+                "wait",
+            ],
+        );
+        s.kind = StepKind::Service;
+        let run = step_run(s);
+        let mut handle = f.backend.start_step(&f.wf, &run).await.expect("start");
+        let pids = read_pids(&mut handle.output, &["child ", "leader "]).await;
+        let root = f.backend.workflow_root(f.wf.workflow_id);
+        std::fs::write(root.join("woodpecker/src/file"), "x").unwrap();
+        // A read-only directory, as a Go module cache makes them.
+        let ro = root.join("woodpecker/src/ro");
+        std::fs::create_dir(&ro).unwrap();
+        std::fs::write(ro.join("f"), "x").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o500)).unwrap();
+        }
+
+        f.backend.teardown_workflow(&f.wf).await.expect("teardown");
+        let (_, exit) = collect(handle).await;
+        assert_eq!(exit, killed(libc::SIGKILL));
+        for pid in pids {
+            assert!(wait_gone(pid).await, "process {pid} survived the teardown");
+        }
+        assert!(!root.exists(), "the workspace is still there");
+        f.backend
+            .teardown_workflow(&f.wf)
+            .await
+            .expect("teardown again");
+        assert!(f.dir.0.join("workspaces").exists());
+    }
+
+    #[tokio::test]
+    async fn after_a_restart_running_steps_are_found_and_stopped() {
+        let f = fixture().await;
+        let run = step_run(spec(
+            "left-behind",
+            &[
+                "sleep 1000 & echo \"child $!\"",
+                "echo \"leader $$\"",
+                "wait",
+            ],
+        ));
+        let mut handle = f.backend.start_step(&f.wf, &run).await.expect("start");
+        let pids = read_pids(&mut handle.output, &["child ", "leader "]).await;
+
+        // A second backend on the same data directory knows nothing but the files.
+        let restarted = LocalBackend::new(f.dir.0.clone());
+        restarted.setup_workflow(&f.wf).await.expect("setup again");
+        assert_eq!(restarted.running_steps(&f.wf).await.unwrap(), [run.step_id]);
+        assert!(matches!(
+            restarted.attach_step(&f.wf, &run, None).await,
+            Err(BackendError::Refused(_))
+        ));
+        restarted
+            .stop_step(&f.wf, run.step_id, Duration::from_secs(5))
+            .await
+            .expect("stop");
+        for pid in &pids {
+            assert!(wait_gone(*pid).await, "process {pid} survived the stop");
+        }
+        assert!(restarted.running_steps(&f.wf).await.unwrap().is_empty());
+        let (_, exit) = collect(handle).await;
+        assert_eq!(exit, killed(libc::SIGTERM));
+        restarted.teardown_workflow(&f.wf).await.expect("teardown");
+    }
+
+    #[tokio::test]
+    async fn starting_a_running_step_again_fails() {
+        let f = fixture().await;
+        let run = step_run(spec("once", &["sleep 1000"]));
+        // Two starts at once: one runs, the other is refused.
+        let (first, second) = tokio::join!(
+            f.backend.start_step(&f.wf, &run),
+            f.backend.start_step(&f.wf, &run)
+        );
+        let handle = match (first, second) {
+            (Ok(h), Err(BackendError::Failed(_))) | (Err(BackendError::Failed(_)), Ok(h)) => h,
+            (a, b) => panic!("expected one start: {:?} / {:?}", a.err(), b.err()),
+        };
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &run).await,
+            Err(BackendError::Failed(_))
+        ));
+        f.backend
+            .stop_step(&f.wf, run.step_id, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(collect(handle).await.1, killed(libc::SIGTERM));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn steps_run_concurrently() {
+        let f = Arc::new(fixture().await);
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let f = Arc::clone(&f);
+                tokio::spawn(async move {
+                    let name = format!("step-{i}");
+                    run(&f, spec(&name, &["sleep 0.2", "echo \"$CI_STEP_NAME\""])).await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let (lines, exit) = task.await.unwrap();
+            assert_eq!(exit, exited(0));
+            assert_eq!(lines.last().unwrap(), &format!("step-{i}\n"));
+        }
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "user.name=piculet",
+                "-c",
+                "user.email=piculet@example.com",
+            ])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A repository with two commits; returns its path, the first commit and the branch ref.
+    fn test_repo(dir: &Path) -> (PathBuf, String, String) {
+        let repo = dir.join("repo");
+        std::fs::create_dir_all(&repo).unwrap();
+        git(&repo, &["init", "-q"]);
+        std::fs::write(repo.join("hello.txt"), "hello\n").unwrap();
+        git(&repo, &["add", "hello.txt"]);
+        git(&repo, &["commit", "-q", "-m", "one"]);
+        let first = git(&repo, &["rev-parse", "HEAD"]);
+        std::fs::write(repo.join("second.txt"), "second\n").unwrap();
+        git(&repo, &["add", "second.txt"]);
+        git(&repo, &["commit", "-q", "-m", "two"]);
+        let branch = git(&repo, &["symbolic-ref", "HEAD"]);
+        (repo, first, branch)
+    }
+
+    fn clone_spec(settings: &[(&str, &str)]) -> StepSpec {
+        let mut s = spec("clone", &[]);
+        s.kind = StepKind::Clone;
+        s.image = DEFAULT_CLONE_IMAGE.to_string();
+        s.settings = settings
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    SettingValue::Value(serde_json::Value::String(v.to_string())),
+                )
+            })
+            .collect();
+        s
+    }
+
+    #[tokio::test]
+    async fn the_clone_step_fetches_the_commit_with_the_hosts_git() {
+        let f = fixture().await;
+        let (repo, first, branch) = test_repo(&f.dir.0);
+        let remote = repo.display().to_string();
+        let s = clone_spec(&[("remote", &remote), ("ref", &branch), ("sha", &first)]);
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0), "{lines:?}");
+        assert!(lines[0].starts_with("piculet: cloning "), "{lines:?}");
+        assert!(lines.contains(&"+ git init -q\n".to_string()), "{lines:?}");
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(workspace.join("hello.txt")).unwrap(),
+            "hello\n"
+        );
+        assert!(!workspace.join("second.txt").exists(), "checked out at sha");
+        assert_eq!(git(&workspace, &["rev-parse", "HEAD"]), first);
+        assert_eq!(git(&workspace, &["config", "remote.origin.url"]), remote);
+    }
+
+    #[tokio::test]
+    async fn the_clone_step_fetches_a_ref_without_sha() {
+        let f = fixture().await;
+        let (repo, _, branch) = test_repo(&f.dir.0);
+        let s = clone_spec(&[("remote", &repo.display().to_string()), ("ref", &branch)]);
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0), "{lines:?}");
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        assert!(workspace.join("second.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn a_failed_clone_fails_the_step() {
+        let f = fixture().await;
+        let missing = f.dir.0.join("no-such-repo").display().to_string();
+        let (lines, exit) = run(&f, clone_spec(&[("remote", &missing), ("ref", "main")])).await;
+        assert_ne!(exit, exited(0), "{lines:?}");
+        let mut s = clone_spec(&[]);
+        s.name = "custom-clone".to_string();
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &step_run(s)).await,
+            Err(BackendError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn base64_matches_the_standard_vectors() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected);
+        }
+    }
+
+    #[test]
+    fn credentials_in_clone_urls_are_not_shown() {
+        assert_eq!(
+            redact_userinfo("https://user:tok@example.com/a/b.git"),
+            "https://***@example.com/a/b.git"
+        );
+        assert_eq!(
+            redact_userinfo("https://example.com/a@b.git"),
+            "https://example.com/a@b.git"
+        );
+        assert_eq!(redact_userinfo("/srv/repo"), "/srv/repo");
+    }
+}

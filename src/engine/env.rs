@@ -1,0 +1,83 @@
+//! The built-in environment of a step: the `CI_*` variables Woodpecker steps expect, over the
+//! submission's own variables.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::pipeline::{StepSpec, WorkflowPlan};
+
+/// What the environment is made from, besides the plan.
+pub struct EnvContext<'a> {
+    pub pipeline_id: Uuid,
+    pub workflow_id: Uuid,
+    pub step_id: Uuid,
+    pub pipeline_created: DateTime<Utc>,
+    pub pipeline_started: DateTime<Utc>,
+    pub step_started: DateTime<Utc>,
+    /// `success` or `failure`: the workflow's status so far.
+    pub pipeline_status: &'a str,
+    pub variables: &'a BTreeMap<String, String>,
+    pub repo: Option<&'a serde_json::Value>,
+}
+
+/// The variables a step sees besides its own `environment`.
+pub fn step_env(
+    ctx: &EnvContext<'_>,
+    workflow: &WorkflowPlan,
+    step: &StepSpec,
+) -> BTreeMap<String, String> {
+    // The submission's variables first (CI_COMMIT_*, CI_REPO_*, …); piculet's own win.
+    let mut env = ctx.variables.clone();
+    let workspace = format!(
+        "{}/{}",
+        workflow.workspace.base.trim_end_matches('/'),
+        workflow.workspace.path
+    );
+    let (os, arch) = workflow
+        .platform
+        .split_once('/')
+        .unwrap_or((workflow.platform.as_str(), ""));
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("CI", "woodpecker".into());
+    set("CI_SYSTEM_NAME", "piculet".into());
+    set("CI_SYSTEM_VERSION", env!("CARGO_PKG_VERSION").into());
+    set("CI_SYSTEM_PLATFORM", workflow.platform.clone());
+    set("CI_PIPELINE_ID", ctx.pipeline_id.to_string());
+    set(
+        "CI_PIPELINE_CREATED",
+        ctx.pipeline_created.timestamp().to_string(),
+    );
+    set(
+        "CI_PIPELINE_STARTED",
+        ctx.pipeline_started.timestamp().to_string(),
+    );
+    set("CI_PIPELINE_STATUS", ctx.pipeline_status.to_string());
+    set("CI_WORKFLOW_ID", ctx.workflow_id.to_string());
+    set("CI_WORKFLOW_NAME", workflow.name.clone());
+    set("CI_STEP_ID", ctx.step_id.to_string());
+    set("CI_STEP_NAME", step.name.clone());
+    set("CI_STEP_STARTED", ctx.step_started.timestamp().to_string());
+    set("CI_WORKSPACE", workspace);
+    set("CI_OS", os.to_string());
+    set("CI_ARCH", arch.to_string());
+    if let Some(repo) = ctx.repo {
+        let field = |k: &str| repo.get(k).and_then(|v| v.as_str()).map(String::from);
+        if let Some(url) = field("clone_url") {
+            set("CI_REPO_CLONE_URL", url);
+        }
+        if let Some(sha) = field("sha") {
+            set("CI_COMMIT_SHA", sha);
+        }
+        if let Some(r) = field("ref") {
+            set("CI_COMMIT_REF", r);
+        }
+    }
+    for (axis, value) in &workflow.matrix {
+        set(axis, value.clone());
+    }
+    env
+}

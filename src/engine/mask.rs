@@ -1,0 +1,101 @@
+//! Secret masking: every secret value, and its base64 and URL-encoded forms, replaced in a
+//! line before it is stored or streamed.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+/// What a masked value becomes.
+pub const MASK: &str = "********";
+
+/// Values this short would mask ordinary text everywhere (`1`, `ok`); they are not masked.
+const MIN_LEN: usize = 3;
+
+/// Replaces secret values in text; built once per workflow.
+#[derive(Debug, Clone)]
+pub struct Masker {
+    matcher: Option<AhoCorasick>,
+}
+
+fn url_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Masker {
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
+        let mut patterns: Vec<String> = Vec::new();
+        for value in values {
+            // A multi-line secret (a key file) is printed line by line.
+            let pieces = std::iter::once(value).chain(value.lines().filter(|l| l != &value));
+            for piece in pieces {
+                let piece = piece.trim_end_matches('\r');
+                if piece.len() < MIN_LEN {
+                    continue;
+                }
+                patterns.push(piece.to_string());
+                for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+                    patterns.push(engine.encode(piece));
+                }
+                patterns.push(url_encode(piece));
+                patterns.push(url_encode(piece).replace("%20", "+"));
+            }
+        }
+        patterns.sort();
+        patterns.dedup();
+        let matcher = if patterns.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&patterns)
+                .ok()
+        };
+        Masker { matcher }
+    }
+
+    pub fn mask(&self, text: String) -> String {
+        match &self.matcher {
+            Some(m) if m.is_match(&text) => m.replace_all(&text, &vec![MASK; m.patterns_len()]),
+            _ => text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_plain_base64_and_url_encoded_forms() {
+        let m = Masker::new(["p@ss word!"]);
+        assert_eq!(
+            m.mask("login p@ss word! ok\n".into()),
+            "login ******** ok\n"
+        );
+        let b64 = STANDARD.encode("p@ss word!");
+        assert_eq!(m.mask(format!("auth {b64}\n")), "auth ********\n");
+        assert_eq!(m.mask("u=p%40ss%20word%21\n".into()), "u=********\n");
+        assert_eq!(m.mask("u=p%40ss+word%21\n".into()), "u=********\n");
+        assert_eq!(m.mask("nothing here\n".into()), "nothing here\n");
+    }
+
+    #[test]
+    fn masks_each_line_of_a_multi_line_secret() {
+        let m = Masker::new(["-----BEGIN KEY-----\nabcdefgh\n-----END KEY-----"]);
+        assert_eq!(m.mask("abcdefgh\n".into()), "********\n");
+    }
+
+    #[test]
+    fn very_short_values_are_left_alone() {
+        let m = Masker::new(["1", ""]);
+        assert_eq!(m.mask("1 2 3\n".into()), "1 2 3\n");
+    }
+}

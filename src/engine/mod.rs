@@ -1,0 +1,299 @@
+//! The engine: a pool of `PICULET_MAX_WORKFLOWS` workers that claim runnable workflows through
+//! a lease, run them through the backend, and record every state change and log line.
+//!
+//! Claims wake on a local nudge (a submission on this replica) and poll as a fallback (work
+//! submitted through another replica, expired leases to take over). A running workflow's lease
+//! is renewed by a keeper that also notices a cancel requested through another replica; on
+//! shutdown the workers stop claiming, store the output read so far and give their leases up,
+//! leaving the workflows for whoever claims them next.
+
+mod env;
+mod logs;
+pub mod mask;
+mod workflow;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use crate::backend::Backend;
+use crate::secrets::SecretBox;
+use crate::store::{ClaimedWorkflow, Store};
+
+/// How the engine runs; from the configuration.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub max_workflows: usize,
+    /// How long a claim holds without renewal.
+    pub lease: Duration,
+    /// The longest any step or pipeline may run.
+    pub max_timeout: Duration,
+    /// Between asking a step to stop and killing it.
+    pub grace: Duration,
+    pub max_log_bytes: usize,
+    /// How often idle workers look for work they were not told about.
+    pub poll: Duration,
+}
+
+/// What the API tells the engine: new work, and cancels.
+#[derive(Default)]
+pub struct Control {
+    wake: Notify,
+    /// Per pipeline with workflows running here: its cancel token and how many workflows
+    /// hold it.
+    cancels: Mutex<HashMap<Uuid, (CancellationToken, usize)>>,
+}
+
+impl Control {
+    /// New work was queued: an idle worker claims it now rather than at its next poll.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// A cancel was recorded: the workflows of the pipeline running here stop now.
+    pub fn cancel(&self, pipeline_id: Uuid) {
+        if let Some((token, _)) = self.lock().get(&pipeline_id) {
+            token.cancel();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (CancellationToken, usize)>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn hold(&self, pipeline_id: Uuid) -> CancellationToken {
+        let mut map = self.lock();
+        let entry = map.entry(pipeline_id).or_default();
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    fn release(&self, pipeline_id: Uuid) {
+        let mut map = self.lock();
+        if let Some(entry) = map.get_mut(&pipeline_id) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                map.remove(&pipeline_id);
+            }
+        }
+    }
+}
+
+/// Secret values of a run, opened from the store.
+#[derive(Clone, Default)]
+pub(crate) struct Secrets {
+    pub values: BTreeMap<String, String>,
+}
+
+pub(crate) struct Inner {
+    pub store: Store,
+    pub backend: Arc<dyn Backend>,
+    pub settings: EngineSettings,
+    secret_box: SecretBox,
+    control: Arc<Control>,
+    /// This replica's name in lease columns.
+    owner: String,
+}
+
+/// The worker pool; [`Engine::run`] drives it until shutdown.
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        secret_box: SecretBox,
+        settings: EngineSettings,
+        control: Arc<Control>,
+    ) -> Engine {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "piculet".into());
+        Engine {
+            inner: Arc::new(Inner {
+                store,
+                backend,
+                settings,
+                secret_box,
+                control,
+                owner: format!("{host}/{}", Uuid::now_v7()),
+            }),
+        }
+    }
+
+    /// Claims and runs workflows until `shutdown`; then gives every running workflow up
+    /// cleanly and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = self.inner;
+        let slots = Arc::new(Semaphore::new(inner.settings.max_workflows));
+        let mut workers: JoinSet<()> = JoinSet::new();
+        tracing::info!(owner = %inner.owner, backend = inner.backend.name(), "engine started");
+        loop {
+            let permit = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = shutdown.cancelled() => break,
+            };
+            match inner
+                .store
+                .claim_workflow(&inner.owner, inner.settings.lease)
+                .await
+            {
+                Ok(Some(claimed)) => {
+                    let inner = inner.clone();
+                    let abandon = shutdown.child_token();
+                    let span = tracing::info_span!(
+                        "workflow",
+                        pipeline_id = %claimed.pipeline_id,
+                        workflow_id = %claimed.workflow_id,
+                        workflow = %claimed.plan.name,
+                    );
+                    workers.spawn(
+                        async move {
+                            run_claimed(inner, claimed, abandon).await;
+                            drop(permit);
+                        }
+                        .instrument(span),
+                    );
+                }
+                Ok(None) => {
+                    drop(permit);
+                    tokio::select! {
+                        () = inner.control.wake.notified() => {},
+                        () = tokio::time::sleep(inner.settings.poll) => {},
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "claiming work failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(inner.settings.poll) => {},
+                        () = shutdown.cancelled() => break,
+                    }
+                }
+            }
+            while workers.try_join_next().is_some() {}
+        }
+        // Workers see the shutdown through their abandon token: they store what they read and
+        // give their leases up.
+        while workers.join_next().await.is_some() {}
+        tracing::info!("engine stopped");
+    }
+}
+
+/// Runs one claimed workflow with its lease keeper.
+async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: CancellationToken) {
+    let workflow_id = claimed.workflow_id;
+    let pipeline_id = claimed.pipeline_id;
+    let secrets = match open_secrets(&inner.secret_box, claimed.sealed_secrets.as_deref()) {
+        Ok(s) => s,
+        Err(reason) => {
+            tracing::error!(%reason, "cannot open the pipeline's secrets");
+            for s in claimed.steps.iter().filter(|s| !s.status.0.is_finished()) {
+                let _ = inner
+                    .store
+                    .step_finished(
+                        s.id,
+                        crate::model::Status::Error,
+                        None,
+                        Some(reason.clone()),
+                        chrono::Utc::now(),
+                    )
+                    .await;
+            }
+            let _ = inner
+                .store
+                .workflow_finished(workflow_id, crate::model::Status::Error, Some(reason))
+                .await;
+            return;
+        }
+    };
+    let cancel = inner.control.hold(pipeline_id);
+    let keeper_done = CancellationToken::new();
+    let keeper = tokio::spawn(
+        keep_lease(
+            inner.clone(),
+            workflow_id,
+            cancel.clone(),
+            abandon.clone(),
+            keeper_done.clone(),
+        )
+        .in_current_span(),
+    );
+
+    workflow::run(
+        inner.clone(),
+        claimed,
+        secrets,
+        cancel.clone(),
+        abandon.clone(),
+    )
+    .await;
+
+    keeper_done.cancel();
+    let _ = keeper.await;
+    if abandon.is_cancelled()
+        && let Err(e) = inner.store.release_lease(workflow_id, &inner.owner).await
+    {
+        tracing::warn!(error = %e, "giving the lease up failed; it expires by itself");
+    }
+    inner.control.release(pipeline_id);
+}
+
+/// Renews the lease while the workflow runs; cancels it when a cancel was requested, and
+/// abandons it when another replica took it over.
+async fn keep_lease(
+    inner: Arc<Inner>,
+    workflow_id: Uuid,
+    cancel: CancellationToken,
+    abandon: CancellationToken,
+    done: CancellationToken,
+) {
+    let every = (inner.settings.lease / 3).min(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {},
+            () = done.cancelled() => return,
+        }
+        match inner
+            .store
+            .renew_lease(workflow_id, &inner.owner, inner.settings.lease)
+            .await
+        {
+            Ok(state) if !state.held => {
+                tracing::warn!("the lease was taken over by another replica; leaving the workflow");
+                abandon.cancel();
+                return;
+            }
+            Ok(state) => {
+                if state.cancel_requested {
+                    cancel.cancel();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing the lease failed"),
+        }
+    }
+}
+
+fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Secrets, String> {
+    let Some(sealed) = sealed else {
+        return Ok(Secrets::default());
+    };
+    let sealed = crate::submission::open_sealed(secret_box, sealed)?;
+    Ok(Secrets {
+        values: sealed
+            .secrets
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect(),
+    })
+}

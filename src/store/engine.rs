@@ -1,0 +1,593 @@
+//! What the engine records: claiming workflows through a lease, renewing and releasing it,
+//! every step's start and end, and a workflow's end with what follows from it (dependent
+//! workflows becoming ready or skipped, the pipeline's final status). Every change is one
+//! transaction with its events, published after commit.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::events::{NewEvent, insert_event};
+use super::{Store, StoreError, on_pool};
+use crate::model::{Event, Status, StepKind, Subject};
+use crate::pipeline::{self, WorkflowPlan};
+
+/// A workflow this replica now holds the lease of.
+#[derive(Debug, Clone)]
+pub struct ClaimedWorkflow {
+    pub workflow_id: Uuid,
+    pub pipeline_id: Uuid,
+    pub plan: WorkflowPlan,
+    /// The claim took over an expired lease: another replica (or this one before a restart)
+    /// ran it, and some steps may have run or still run.
+    pub takeover: bool,
+    pub steps: Vec<StepState>,
+    /// The submission as kept (variables, repo, …; no secret values).
+    pub submission: serde_json::Value,
+    pub sealed_secrets: Option<Vec<u8>>,
+    pub pipeline_started_at: DateTime<Utc>,
+    pub pipeline_timeout_seconds: Option<i64>,
+    pub pipeline_created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StepState {
+    pub id: Uuid,
+    pub pipeline_id: Uuid,
+    pub name: String,
+    #[sqlx(try_from = "String")]
+    pub kind: KindText,
+    #[sqlx(try_from = "String")]
+    pub status: StatusText,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+/// A step kind read from its column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KindText(pub StepKind);
+
+impl TryFrom<String> for KindText {
+    type Error = StoreError;
+    fn try_from(text: String) -> Result<Self, StoreError> {
+        StepKind::parse(&text)
+            .map(KindText)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown step kind {text:?}")))
+    }
+}
+
+/// A status read from its column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StatusText(pub Status);
+
+impl TryFrom<String> for StatusText {
+    type Error = StoreError;
+    fn try_from(text: String) -> Result<Self, StoreError> {
+        Status::parse(&text)
+            .map(StatusText)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown status {text:?}")))
+    }
+}
+
+/// What a lease renewal learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseState {
+    /// False when another replica took the workflow over: stop working on it.
+    pub held: bool,
+    pub cancel_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: Uuid,
+    pipeline_id: Uuid,
+    plan: Json<WorkflowPlan>,
+    claims: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct PipelineRunRow {
+    submission: Json<serde_json::Value>,
+    sealed_secrets: Option<Vec<u8>>,
+    started_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    timeout_seconds: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SiblingRow {
+    id: Uuid,
+    name: String,
+    status: String,
+    ready: bool,
+    plan: Json<Option<WorkflowPlan>>,
+}
+
+const STEP_COLUMNS: &str = "id, pipeline_id, name, kind, status, exit_code, reason, started_at";
+
+fn new_event(
+    pipeline_id: Uuid,
+    subject: Subject,
+    id: Uuid,
+    name: String,
+    status: Status,
+    at: DateTime<Utc>,
+) -> NewEvent {
+    NewEvent {
+        pipeline_id,
+        subject,
+        id,
+        name,
+        status,
+        exit_code: None,
+        reason: None,
+        at,
+    }
+}
+
+impl Store {
+    /// Claims the oldest runnable workflow — a queued one whose dependencies let it run, or a
+    /// running one whose lease expired — for `lease` from now.
+    pub async fn claim_workflow(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<Option<ClaimedWorkflow>, StoreError> {
+        let now = Utc::now();
+        let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
+        // Postgres: SKIP LOCKED lets replicas claim side by side without waiting on each
+        // other. SQLite has one writer at a time, which makes the plain statement atomic.
+        let lock = if self.is_postgres() {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE workflows SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+             started_at = COALESCE(started_at, $3), claims = claims + 1 \
+             WHERE id = (SELECT id FROM workflows \
+                         WHERE (status = 'queued' AND ready) \
+                            OR (status = 'running' AND lease_expires_at < $3) \
+                         ORDER BY created_at, position LIMIT 1{lock}) \
+             RETURNING id, pipeline_id, plan, claims"
+        );
+        let mut events = Vec::new();
+        let claimed = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(expires)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let takeover = row.claims > 1;
+            if !takeover {
+                events.push(insert_event(&mut *tx, new_event(
+                    row.pipeline_id, Subject::Workflow, row.id, row.plan.0.name.clone(), Status::Running, now,
+                )).await?);
+            }
+            let started: Option<(String,)> = sqlx::query_as(
+                "UPDATE pipelines SET status = 'running', started_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND status = 'queued' RETURNING name",
+            )
+            .bind(now)
+            .bind(row.pipeline_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((name,)) = started {
+                events.push(insert_event(&mut *tx, new_event(
+                    row.pipeline_id, Subject::Pipeline, row.pipeline_id, name, Status::Running, now,
+                )).await?);
+            }
+            let pipeline: PipelineRunRow = sqlx::query_as(
+                "SELECT submission, sealed_secrets, started_at, created_at, timeout_seconds \
+                 FROM pipelines WHERE id = $1",
+            )
+            .bind(row.pipeline_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let steps: Vec<StepState> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {STEP_COLUMNS} FROM steps WHERE workflow_id = $1 ORDER BY position"
+            )))
+            .bind(row.id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            ClaimedWorkflow {
+                workflow_id: row.id,
+                pipeline_id: row.pipeline_id,
+                plan: row.plan.0,
+                takeover,
+                steps,
+                submission: pipeline.submission.0,
+                sealed_secrets: pipeline.sealed_secrets,
+                pipeline_started_at: pipeline.started_at.unwrap_or(now),
+                pipeline_timeout_seconds: pipeline.timeout_seconds,
+                pipeline_created_at: pipeline.created_at,
+            }
+        });
+        self.publish(events);
+        Ok(Some(claimed))
+    }
+
+    /// Extends the lease while this replica still holds it, and reports a cancel request.
+    pub async fn renew_lease(
+        &self,
+        workflow_id: Uuid,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<LeaseState, StoreError> {
+        let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+        let row: Option<(bool,)> = on_pool!(self, pool => {
+            let updated = sqlx::query(
+                "UPDATE workflows SET lease_expires_at = $1 \
+                 WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+            )
+            .bind(expires)
+            .bind(workflow_id)
+            .bind(owner)
+            .execute(pool)
+            .await?;
+            if updated.rows_affected() == 0 {
+                None
+            } else {
+                sqlx::query_as(
+                    "SELECT p.cancel_requested FROM pipelines p JOIN workflows w \
+                     ON w.pipeline_id = p.id WHERE w.id = $1",
+                )
+                .bind(workflow_id)
+                .fetch_optional(pool)
+                .await?
+            }
+        });
+        Ok(match row {
+            Some((cancel_requested,)) => LeaseState {
+                held: true,
+                cancel_requested,
+            },
+            None => LeaseState {
+                held: false,
+                cancel_requested: false,
+            },
+        })
+    }
+
+    /// Gives the lease up at once (shutdown), so that another replica takes the workflow over
+    /// without waiting for it to expire.
+    pub async fn release_lease(&self, workflow_id: Uuid, owner: &str) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE workflows SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3",
+            )
+            .bind(Utc::now() - chrono::Duration::seconds(1))
+            .bind(workflow_id)
+            .bind(owner)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    pub async fn step(&self, step_id: Uuid) -> Result<Option<StepState>, StoreError> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {STEP_COLUMNS} FROM steps WHERE id = $1"
+            )))
+            .bind(step_id)
+            .fetch_optional(pool)
+            .await?
+        }))
+    }
+
+    /// Records that a step started.
+    pub async fn step_started(&self, step_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let event = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(Uuid, String)> = sqlx::query_as(
+                "UPDATE steps SET status = 'running', started_at = $1 \
+                 WHERE id = $2 AND status = 'queued' RETURNING pipeline_id, name",
+            )
+            .bind(at)
+            .bind(step_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let event = match row {
+                Some((pipeline_id, name)) => Some(
+                    insert_event(&mut *tx, new_event(pipeline_id, Subject::Step, step_id, name, Status::Running, at))
+                        .await?,
+                ),
+                None => None,
+            };
+            tx.commit().await?;
+            event
+        });
+        self.publish(event.into_iter().collect());
+        Ok(())
+    }
+
+    /// Records a step's end (or that it was skipped or canceled before it started). A step
+    /// that has already finished keeps its first end.
+    pub async fn step_finished(
+        &self,
+        step_id: Uuid,
+        status: Status,
+        exit_code: Option<i32>,
+        reason: Option<String>,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let event = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(Uuid, String)> = sqlx::query_as(
+                "UPDATE steps SET status = $1, exit_code = $2, reason = $3, finished_at = $4 \
+                 WHERE id = $5 AND status IN ('queued', 'running') RETURNING pipeline_id, name",
+            )
+            .bind(status.as_str())
+            .bind(exit_code)
+            .bind(reason.as_deref())
+            .bind(at)
+            .bind(step_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let event = match row {
+                Some((pipeline_id, name)) => Some(
+                    insert_event(&mut *tx, NewEvent {
+                        exit_code,
+                        reason: reason.clone(),
+                        ..new_event(pipeline_id, Subject::Step, step_id, name, status, at)
+                    })
+                    .await?,
+                ),
+                None => None,
+            };
+            tx.commit().await?;
+            event
+        });
+        self.publish(event.into_iter().collect());
+        Ok(())
+    }
+
+    /// Records a workflow's end, then what follows from it: dependent workflows become ready
+    /// or are skipped, and the pipeline ends when all its workflows have.
+    pub async fn workflow_finished(
+        &self,
+        workflow_id: Uuid,
+        status: Status,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let mut events: Vec<Event> = Vec::new();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let row: Option<(Uuid, String)> = sqlx::query_as(
+                "UPDATE workflows SET status = $1, reason = $2, finished_at = $3, \
+                 lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id = $4 AND status = 'running' RETURNING pipeline_id, name",
+            )
+            .bind(status.as_str())
+            .bind(reason.as_deref())
+            .bind(now)
+            .bind(workflow_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((pipeline_id, name)) = row else {
+                return Ok(());
+            };
+            events.push(insert_event(&mut *tx, NewEvent {
+                reason: reason.clone(),
+                ..new_event(pipeline_id, Subject::Workflow, workflow_id, name, status, now)
+            }).await?);
+
+            // Settle dependents until nothing changes: a skipped workflow may skip others.
+            loop {
+                let siblings: Vec<SiblingRow> = sqlx::query_as(
+                    "SELECT id, name, status, ready, plan FROM workflows \
+                     WHERE pipeline_id = $1 ORDER BY position",
+                )
+                .bind(pipeline_id)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut changed = false;
+                for w in siblings.iter().filter(|w| w.status == "queued" && !w.ready) {
+                    let Some(plan) = &w.plan.0 else { continue };
+                    match dependency_outcome(plan, &siblings) {
+                        Readiness::Waiting => {}
+                        Readiness::Ready => {
+                            sqlx::query("UPDATE workflows SET ready = TRUE WHERE id = $1")
+                                .bind(w.id)
+                                .execute(&mut *tx)
+                                .await?;
+                        }
+                        Readiness::Skip(why) => {
+                            changed = true;
+                            sqlx::query(
+                                "UPDATE workflows SET status = 'skipped', reason = $1, finished_at = $2 \
+                                 WHERE id = $3",
+                            )
+                            .bind(&why)
+                            .bind(now)
+                            .bind(w.id)
+                            .execute(&mut *tx)
+                            .await?;
+                            let steps: Vec<(Uuid, String)> = sqlx::query_as(
+                                "UPDATE steps SET status = 'skipped', reason = $1, finished_at = $2 \
+                                 WHERE workflow_id = $3 AND status = 'queued' RETURNING id, name",
+                            )
+                            .bind(&why)
+                            .bind(now)
+                            .bind(w.id)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                            for (step_id, step_name) in steps {
+                                events.push(insert_event(&mut *tx, NewEvent {
+                                    reason: Some(why.clone()),
+                                    ..new_event(pipeline_id, Subject::Step, step_id, step_name, Status::Skipped, now)
+                                }).await?);
+                            }
+                            events.push(insert_event(&mut *tx, NewEvent {
+                                reason: Some(why.clone()),
+                                ..new_event(pipeline_id, Subject::Workflow, w.id, w.name.clone(), Status::Skipped, now)
+                            }).await?);
+                        }
+                    }
+                }
+                if !changed {
+                    break;
+                }
+            }
+
+            let statuses: Vec<(String, String, Option<String>)> = sqlx::query_as(
+                "SELECT name, status, reason FROM workflows WHERE pipeline_id = $1 ORDER BY position",
+            )
+            .bind(pipeline_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            if let Some((final_status, final_reason)) = pipeline_outcome(&statuses) {
+                let ended: Option<(String,)> = sqlx::query_as(
+                    "UPDATE pipelines SET status = $1, reason = $2, finished_at = $3, updated_at = $3 \
+                     WHERE id = $4 AND status IN ('queued', 'running') RETURNING name",
+                )
+                .bind(final_status.as_str())
+                .bind(final_reason.as_deref())
+                .bind(now)
+                .bind(pipeline_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((name,)) = ended {
+                    events.push(insert_event(&mut *tx, NewEvent {
+                        reason: final_reason,
+                        ..new_event(pipeline_id, Subject::Pipeline, pipeline_id, name, final_status, now)
+                    }).await?);
+                }
+            }
+            tx.commit().await?;
+        });
+        self.publish(events);
+        Ok(())
+    }
+}
+
+impl Store {
+    /// How many workflows are queued and running, for `/metrics`.
+    pub async fn workflow_counts(&self) -> Result<Vec<(Status, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT status, COUNT(*) FROM workflows \
+                 WHERE status IN ('queued', 'running') GROUP BY status",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        let mut counts = vec![(Status::Queued, 0), (Status::Running, 0)];
+        for (status, n) in rows {
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                slot.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+enum Readiness {
+    Waiting,
+    Ready,
+    Skip(String),
+}
+
+/// Whether a workflow may run now that some of its siblings have finished (DESIGN §5).
+fn dependency_outcome(plan: &WorkflowPlan, siblings: &[SiblingRow]) -> Readiness {
+    let deps: Vec<&SiblingRow> = siblings
+        .iter()
+        .filter(|s| plan.depends_on.contains(&s.name))
+        .collect();
+    let statuses: Vec<Status> = deps
+        .iter()
+        .filter_map(|d| Status::parse(&d.status))
+        .collect();
+    if statuses.len() < deps.len() || statuses.iter().any(|s| !s.is_finished()) {
+        return Readiness::Waiting;
+    }
+    let failed: Vec<&str> = deps
+        .iter()
+        .filter(|d| !matches!(d.status.as_str(), "success" | "skipped"))
+        .map(|d| d.name.as_str())
+        .collect();
+    let outcome = if failed.is_empty() {
+        pipeline::Status::Success
+    } else {
+        pipeline::Status::Failure
+    };
+    if plan.runs_on.contains(&outcome) {
+        Readiness::Ready
+    } else {
+        let mut names = failed;
+        names.dedup();
+        Readiness::Skip(format!(
+            "skipped: workflow {} did not succeed and runs_on does not include failure",
+            names.join(", ")
+        ))
+    }
+}
+
+/// The pipeline's status once every workflow has finished: an error outranks a failure,
+/// which outranks a cancel.
+fn pipeline_outcome(
+    workflows: &[(String, String, Option<String>)],
+) -> Option<(Status, Option<String>)> {
+    let statuses: Vec<Status> = workflows
+        .iter()
+        .filter_map(|(_, s, _)| Status::parse(s))
+        .collect();
+    if statuses.len() < workflows.len() || statuses.iter().any(|s| !s.is_finished()) {
+        return None;
+    }
+    for worst in [Status::Error, Status::Failure, Status::Canceled] {
+        if let Some((name, _, reason)) = workflows
+            .iter()
+            .find(|(_, s, _)| Status::parse(s) == Some(worst))
+        {
+            let why = match reason {
+                Some(r) => format!("workflow {name}: {r}"),
+                None => format!("workflow {name} ended with {worst}"),
+            };
+            return Some((worst, Some(why)));
+        }
+    }
+    if statuses.iter().all(|s| *s == Status::Skipped) {
+        return Some((Status::Skipped, Some("every workflow was skipped".into())));
+    }
+    Some((Status::Success, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wf(name: &str, status: &str) -> (String, String, Option<String>) {
+        (name.into(), status.into(), None)
+    }
+
+    #[test]
+    fn pipeline_outcome_ranks_errors_first() {
+        assert_eq!(
+            pipeline_outcome(&[wf("a", "success"), wf("b", "running")]),
+            None
+        );
+        assert_eq!(
+            pipeline_outcome(&[wf("a", "success"), wf("b", "skipped")]),
+            Some((Status::Success, None))
+        );
+        assert_eq!(
+            pipeline_outcome(&[wf("a", "failure"), wf("b", "error")]).map(|o| o.0),
+            Some(Status::Error)
+        );
+        assert_eq!(
+            pipeline_outcome(&[wf("a", "canceled"), wf("b", "failure")]).map(|o| o.0),
+            Some(Status::Failure)
+        );
+    }
+}

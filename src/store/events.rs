@@ -1,0 +1,137 @@
+//! Events: every state change, stored in the transaction that makes it, replayed by the
+//! events stream.
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use super::{Store, StoreError, on_pool};
+use crate::model::{Event, Status, Subject};
+
+/// An event before it has its sequence number.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub pipeline_id: Uuid,
+    pub subject: Subject,
+    pub id: Uuid,
+    pub name: String,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct Payload {
+    name: String,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+}
+
+fn subject_text(s: Subject) -> &'static str {
+    match s {
+        Subject::Pipeline => "pipeline",
+        Subject::Workflow => "workflow",
+        Subject::Step => "step",
+    }
+}
+
+/// Inserts the event inside the caller's transaction and returns it with its sequence number.
+pub(crate) async fn insert_event<'c, E, DB>(executor: E, e: NewEvent) -> Result<Event, sqlx::Error>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Json<Payload>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let payload = Payload {
+        name: e.name.clone(),
+        exit_code: e.exit_code,
+        reason: e.reason.clone(),
+    };
+    let seq: (i64,) = sqlx::query_as::<DB, (i64,)>(
+        "INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+    )
+    .bind(e.pipeline_id)
+    .bind(subject_text(e.subject))
+    .bind(e.id)
+    .bind(e.status.as_str())
+    .bind(Json(payload))
+    .bind(e.at)
+    .fetch_one(executor)
+    .await?;
+    Ok(Event {
+        seq: seq.0,
+        pipeline_id: e.pipeline_id,
+        subject: e.subject,
+        id: e.id,
+        name: e.name,
+        status: e.status,
+        exit_code: e.exit_code,
+        reason: e.reason,
+        at: e.at,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    seq: i64,
+    pipeline_id: Uuid,
+    subject: String,
+    subject_id: Uuid,
+    status: String,
+    payload: Json<Payload>,
+    created_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// The pipeline's events after `after` (a sequence number), oldest first.
+    pub async fn events(
+        &self,
+        pipeline_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT seq, pipeline_id, subject, subject_id, status, payload, created_at \
+                 FROM events WHERE pipeline_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(pipeline_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        rows.into_iter()
+            .map(|r| {
+                let subject = match r.subject.as_str() {
+                    "pipeline" => Subject::Pipeline,
+                    "workflow" => Subject::Workflow,
+                    "step" => Subject::Step,
+                    other => {
+                        return Err(StoreError::Corrupt(format!("unknown subject {other:?}")));
+                    }
+                };
+                Ok(Event {
+                    seq: r.seq,
+                    pipeline_id: r.pipeline_id,
+                    subject,
+                    id: r.subject_id,
+                    name: r.payload.0.name,
+                    status: Status::parse(&r.status)
+                        .ok_or_else(|| StoreError::Corrupt(format!("status {:?}", r.status)))?,
+                    exit_code: r.payload.0.exit_code,
+                    reason: r.payload.0.reason,
+                    at: r.created_at,
+                })
+            })
+            .collect()
+    }
+}

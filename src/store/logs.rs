@@ -1,0 +1,115 @@
+//! Log lines: written in batches (one statement per batch, never one per line), read back in
+//! order from any line number.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Pool, Store, StoreError, on_pool};
+use crate::model::LogLine;
+
+/// Rows per statement on SQLite, under its limit of 32766 bound parameters.
+const SQLITE_ROWS_PER_INSERT: usize = 5000;
+
+#[derive(sqlx::FromRow)]
+struct LineRow {
+    number: i64,
+    ts: DateTime<Utc>,
+    text: String,
+}
+
+impl Store {
+    /// Stores a batch of a step's lines in one transaction, then publishes it to followers.
+    pub async fn insert_log_lines(
+        &self,
+        step_id: Uuid,
+        lines: Arc<[LogLine]>,
+    ) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                // Arrays bound once and unnested server-side: one round trip for the batch.
+                let numbers: Vec<i64> = lines.iter().map(|l| l.number).collect();
+                let times: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+                let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+                sqlx::query(
+                    "INSERT INTO log_lines (step_id, number, ts, text) \
+                     SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TIMESTAMPTZ[], $4::TEXT[])",
+                )
+                .bind(step_id)
+                .bind(&numbers)
+                .bind(&times)
+                .bind(&texts)
+                .execute(pool)
+                .await?;
+            }
+            Pool::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for chunk in lines.chunks(SQLITE_ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                        "INSERT INTO log_lines (step_id, number, ts, text) ",
+                    );
+                    q.push_values(chunk, |mut row, line| {
+                        row.push_bind(step_id)
+                            .push_bind(line.number)
+                            .push_bind(line.at)
+                            .push_bind(line.text.as_str());
+                    });
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        self.hub.publish_lines(step_id, lines);
+        Ok(())
+    }
+
+    /// Up to `limit` lines after line `after`, in order.
+    pub async fn log_lines(
+        &self,
+        step_id: Uuid,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let rows: Vec<LineRow> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT number, ts, text FROM log_lines WHERE step_id = $1 AND number > $2 \
+                 ORDER BY number LIMIT $3",
+            )
+            .bind(step_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| LogLine {
+                number: r.number,
+                at: r.ts,
+                text: r.text,
+            })
+            .collect())
+    }
+
+    /// The last stored line of a step: where an adopted step's log resumes.
+    pub async fn last_log_line(&self, step_id: Uuid) -> Result<Option<LogLine>, StoreError> {
+        let row: Option<LineRow> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT number, ts, text FROM log_lines WHERE step_id = $1 \
+                 ORDER BY number DESC LIMIT 1",
+            )
+            .bind(step_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(row.map(|r| LogLine {
+            number: r.number,
+            at: r.ts,
+            text: r.text,
+        }))
+    }
+}

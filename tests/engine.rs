@@ -1,0 +1,755 @@
+//! Pipelines run end to end over HTTP with the local backend, on Postgres and SQLite: the
+//! engine, the step DAG, services, timeouts, cancel, secrets, and logs stored and streamed.
+
+mod common;
+
+use base64::Engine as _;
+use common::{
+    Db, TestApp, expect_problem, find_step, log_text, read_log_events, step_id, wait_finished,
+    wait_step,
+};
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+on_both_databases!(
+    independent_steps_run_at_the_same_time,
+    on_failure_step_sees_the_failure,
+    failure_ignore_keeps_the_workflow_green,
+    a_service_is_reached_over_localhost,
+    a_step_timeout_stops_the_step,
+    cancel_stops_a_running_step_and_its_processes,
+    secret_values_never_reach_logs_or_streams,
+    sse_resume_gets_every_line_exactly_once,
+    a_megabyte_of_output_is_stored_byte_exact,
+    a_silent_step_ends_cleanly,
+    log_requests_with_bad_input_are_refused,
+    dependent_workflows_are_skipped_when_one_fails,
+    retry_runs_the_submission_again,
+    pipeline_timeout_stops_everything,
+    events_stream_every_change_and_ends,
+    metrics_count_what_happened,
+);
+
+async fn submit(app: &TestApp, body: Value) -> Value {
+    let response = app.submit_json(&body).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+async fn submit_yaml(app: &TestApp, yaml: &str) -> Value {
+    let response = app.submit_yaml(yaml).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+fn id(p: &Value) -> String {
+    p["id"].as_str().unwrap().to_string()
+}
+
+async fn independent_steps_run_at_the_same_time(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // Each step announces itself, then waits for the other: both succeed only if they run at
+    // the same time.
+    let wait_for = |other: &str| {
+        format!(
+            "for i in $(seq 1 200); do [ -f {other}.started ] && exit 0; sleep 0.05; done; exit 1"
+        )
+    };
+    let yaml = format!(
+        "\
+steps:
+  - name: a
+    image: alpine
+    commands:
+      - touch a.started
+      - '{}'
+  - name: b
+    image: alpine
+    commands:
+      - touch b.started
+      - '{}'
+  - name: c
+    image: alpine
+    depends_on: [a, b]
+    commands: [echo both done]
+",
+        wait_for("b"),
+        wait_for("a")
+    );
+    let p = submit_yaml(&app, &yaml).await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    for name in ["a", "b", "c"] {
+        assert_eq!(find_step(&done, name).unwrap()["status"], "success");
+    }
+    let started = |n: &str| {
+        find_step(&done, n).unwrap()["started_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let finished = |n: &str| {
+        find_step(&done, n).unwrap()["finished_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        started("c") >= finished("a") && started("c") >= finished("b"),
+        "c waits for both"
+    );
+}
+
+async fn on_failure_step_sees_the_failure(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "\
+steps:
+  - name: build
+    image: alpine
+    commands: [echo building, exit 2]
+  - name: deploy
+    image: alpine
+    commands: [echo deploying]
+  - name: notify
+    image: alpine
+    commands: ['echo status=$CI_PIPELINE_STATUS step=$CI_STEP_NAME']
+    when:
+      status: [failure]
+",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "failure");
+    let build = find_step(&done, "build").unwrap();
+    assert_eq!(build["status"], "failure");
+    assert_eq!(build["exit_code"], 2);
+    assert_eq!(build["reason"], "exit code 2");
+    let deploy = find_step(&done, "deploy").unwrap();
+    assert_eq!(
+        deploy["status"], "skipped",
+        "a failed step skips the steps that run on success"
+    );
+    assert_eq!(find_step(&done, "notify").unwrap()["status"], "success");
+    let log = log_text(&app, &step_id(&done, "notify")).await;
+    assert!(log.contains("status=failure step=notify\n"), "{log}");
+}
+
+async fn failure_ignore_keeps_the_workflow_green(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "\
+steps:
+  - name: flaky
+    image: alpine
+    commands: [exit 1]
+    failure: ignore
+  - name: next
+    image: alpine
+    commands: ['echo status=$CI_PIPELINE_STATUS']
+",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(find_step(&done, "flaky").unwrap()["status"], "failure");
+    assert_eq!(find_step(&done, "next").unwrap()["status"], "success");
+    let log = log_text(&app, &step_id(&done, "next")).await;
+    assert!(log.contains("status=success\n"), "{log}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn a_service_is_reached_over_localhost(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let port = free_port().to_string();
+    let p = submit(
+        &app,
+        json!({
+            "configs": [{"name": "ci", "content": "\
+services:
+  - name: web
+    image: python:3
+    commands:
+      - echo served > index.html
+      - exec python3 -m http.server ${PORT} --bind 127.0.0.1
+steps:
+  - name: fetch
+    image: alpine
+    commands:
+      - for i in $(seq 1 100); do python3 -c \"import urllib.request as u; print(u.urlopen('http://127.0.0.1:${PORT}/index.html').read().decode())\" && exit 0; sleep 0.1; done; exit 1
+"}],
+            "variables": {"PORT": port}
+        }),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let log = log_text(&app, &step_id(&done, "fetch")).await;
+    assert!(log.contains("served\n"), "{log}");
+    let web = find_step(&done, "web").unwrap();
+    assert_eq!(web["kind"], "service");
+    assert_eq!(
+        web["status"], "success",
+        "a service stopped at the end counts as success"
+    );
+}
+
+async fn a_step_timeout_stops_the_step(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "\
+steps:
+  - name: slow
+    image: alpine
+    timeout: 1s
+    commands: [echo start, sleep 60]
+",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 30).await;
+    assert_eq!(done["status"], "failure");
+    let slow = find_step(&done, "slow").unwrap();
+    assert_eq!(slow["status"], "failure");
+    assert_eq!(slow["reason"], "timed out after 1s");
+    let took = chrono::DateTime::parse_from_rfc3339(slow["finished_at"].as_str().unwrap()).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(slow["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        took.num_seconds() < 20,
+        "stopped long before the sleep ended: {took}"
+    );
+}
+
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // A zombie has exited; only its parent has yet to reap it.
+        Ok(stat) => stat
+            .split(") ")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with('Z')),
+    }
+}
+
+async fn cancel_stops_a_running_step_and_its_processes(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let dir = app.data_dir.join("cancel-probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.display();
+    let p = submit_yaml(
+        &app,
+        &format!(
+            "\
+steps:
+  - name: long
+    image: alpine
+    commands:
+      - sleep 1000 &
+      - echo $! > {d}/child
+      - echo $$ > {d}/shell
+      - wait
+  - name: later
+    image: alpine
+    commands: [echo never]
+"
+        ),
+    )
+    .await;
+    wait_step(&app, &id(&p), "long", "running", 30).await;
+    let read_pid = |name: &str| -> Option<i32> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let (shell, child) = loop {
+        if let (Some(s), Some(c)) = (read_pid("shell"), read_pid("child")) {
+            break (s, c);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never wrote its pids"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(!process_gone(child), "the child runs before the cancel");
+
+    let response = app
+        .post(&format!("/api/v1/pipelines/{}/cancel", id(&p)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let done = wait_finished(&app, &id(&p), 30).await;
+    assert_eq!(done["status"], "canceled", "{done:#}");
+    assert_eq!(find_step(&done, "long").unwrap()["status"], "canceled");
+    assert_eq!(find_step(&done, "later").unwrap()["status"], "canceled");
+    for _ in 0..100 {
+        if process_gone(shell) && process_gone(child) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(process_gone(shell), "the step's shell is gone");
+    assert!(process_gone(child), "and so is the process it started");
+
+    let again = app
+        .post(&format!("/api/v1/pipelines/{}/cancel", id(&p)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "canceling a finished pipeline answers 200"
+    );
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["status"], "canceled");
+}
+
+async fn secret_values_never_reach_logs_or_streams(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let secret = "s3cr3t V@lue/42";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+    let p = submit(
+        &app,
+        json!({
+            "configs": [{"name": "ci", "content": "\
+steps:
+  - name: leak
+    image: alpine
+    environment:
+      TOKEN:
+        from_secret: token
+    commands:
+      - echo \"plain $TOKEN\"
+      - printf '%s' \"$TOKEN\" | base64
+      - python3 -c \"import os, urllib.parse; print(urllib.parse.quote(os.environ['TOKEN'], safe=''))\"
+"}],
+            "secrets": [{"name": "token", "value": secret}]
+        }),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let step = step_id(&done, "leak");
+    let url = "s3cr3t%20V%40lue%2F42";
+    let forms = [secret, b64.as_str(), url];
+
+    let log = log_text(&app, &step).await;
+    assert_eq!(log.matches("********").count(), 3, "{log}");
+    let sse: String = read_log_events(&app, &step, None, None)
+        .await
+        .into_iter()
+        .map(|e| e.data)
+        .collect();
+    let ndjson = app
+        .get(&format!("/api/v1/steps/{step}/logs"))
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let pipeline = app
+        .get(&format!("/api/v1/pipelines/{}", id(&p)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for text in [&log, &sse, &ndjson, &pipeline] {
+        for form in forms {
+            assert!(!text.contains(form), "{form:?} leaked into {text}");
+        }
+    }
+    assert!(log.contains("plain ********\n"), "{log}");
+}
+
+async fn sse_resume_gets_every_line_exactly_once(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "\
+steps:
+  - name: count
+    image: alpine
+    commands:
+      - 'for i in $(seq 1 400); do echo line $i; if [ $((i % 50)) = 0 ]; then sleep 0.1; fi; done'
+",
+    )
+    .await;
+    let step = step_id(&p, "count");
+    // Read part of the stream live, drop the connection, and resume where it stopped.
+    let first = read_log_events(&app, &step, None, Some(120)).await;
+    assert_eq!(first.len(), 120);
+    let last = first.last().unwrap().id.clone().unwrap();
+    let rest = read_log_events(&app, &step, Some(&last), None).await;
+    let end = rest.last().unwrap();
+    assert_eq!(end.event, "end");
+    let end: Value = serde_json::from_str(&end.data).unwrap();
+    assert_eq!(
+        end,
+        json!({"status": "success", "exit_code": 0, "reason": null})
+    );
+
+    let lines: Vec<Value> = first
+        .iter()
+        .chain(rest.iter())
+        .filter(|e| e.event == "message")
+        .map(|e| serde_json::from_str(&e.data).unwrap())
+        .collect();
+    let numbers: Vec<i64> = lines
+        .iter()
+        .map(|l| l["number"].as_i64().unwrap())
+        .collect();
+    let expected: Vec<i64> = (1..=numbers.len() as i64).collect();
+    assert_eq!(numbers, expected, "no gap and no duplicate");
+    for (event, line) in first.iter().chain(rest.iter()).zip(&lines) {
+        assert_eq!(
+            event.id.as_deref(),
+            Some(line["number"].to_string().as_str()),
+            "id = line number"
+        );
+    }
+    let text: String = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        text,
+        log_text(&app, &step).await,
+        "the stream is the stored log"
+    );
+    for i in 1..=400 {
+        assert_eq!(
+            text.matches(&format!("line {i}\n")).count(),
+            1,
+            "line {i} exactly once"
+        );
+    }
+}
+
+/// Output with UTF-8, a long line, many short ones, and no newline at the end.
+fn megabyte() -> String {
+    let mut out = String::new();
+    out.push_str("héllo wörld ✓ 日本語 🚀\n");
+    out.push_str(&"long-line-".repeat(20_000));
+    out.push('\n');
+    let mut i = 0u64;
+    while out.len() < 1 << 20 {
+        i += 1;
+        out.push_str(&format!(
+            "{i} ünïcode {:x}\n",
+            i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ));
+    }
+    out.push_str("the end, without a newline");
+    out
+}
+
+async fn a_megabyte_of_output_is_stored_byte_exact(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let content = megabyte();
+    let file = app.data_dir.join("output.txt");
+    std::fs::write(&file, &content).unwrap();
+    let p = submit_yaml(
+        &app,
+        &format!(
+            "steps:\n  - name: big\n    image: alpine\n    commands: [cat {}]\n",
+            file.display()
+        ),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let log = log_text(&app, &step_id(&done, "big")).await;
+    let prefix = format!(
+        "piculet: the local backend ignores image \"alpine\"; the step runs on this host\n+ cat {}\n",
+        file.display()
+    );
+    assert!(log.starts_with(&prefix), "{}", &log[..200.min(log.len())]);
+    let stored = &log[prefix.len()..];
+    assert_eq!(stored.len(), content.len());
+    assert_eq!(
+        sha2::Sha256::digest(stored.as_bytes()),
+        sha2::Sha256::digest(content.as_bytes()),
+        "the stored log is the output, byte for byte"
+    );
+}
+
+async fn a_silent_step_ends_cleanly(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: quiet\n    image: alpine\n    entrypoint: [/bin/true]\n",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 30).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let step = step_id(&done, "quiet");
+    let log = log_text(&app, &step).await;
+    assert_eq!(
+        log, "piculet: the local backend ignores image \"alpine\"; the step runs on this host\n",
+        "nothing but the backend's notice"
+    );
+    let events = read_log_events(&app, &step, Some("1"), None).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].event, "end");
+}
+
+async fn log_requests_with_bad_input_are_refused(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let unknown = app
+        .get("/api/v1/steps/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10/logs")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unknown, 404, "not-found").await;
+    let unknown_sse = app
+        .get("/api/v1/steps/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10/logs")
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(unknown_sse, 404, "not-found").await;
+    expect_problem(
+        app.get("/api/v1/steps/nope/logs").send().await.unwrap(),
+        400,
+        "invalid-id",
+    )
+    .await;
+
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: a\n    image: alpine\n    commands: [echo hi]\n",
+    )
+    .await;
+    let step = step_id(&p, "a");
+    let bad = app
+        .get(&format!("/api/v1/steps/{step}/logs"))
+        .header("accept", "text/event-stream")
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(bad, 400, "invalid-header").await;
+    assert!(body["detail"].as_str().unwrap().contains("Last-Event-ID"));
+    let bad = app
+        .get(&format!("/api/v1/pipelines/{}/events", id(&p)))
+        .header("last-event-id", "-3")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(bad, 400, "invalid-header").await;
+    expect_problem(
+        app.get("/api/v1/pipelines/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10/events")
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+    expect_problem(
+        app.post("/api/v1/pipelines/0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10/retry")
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not-found",
+    )
+    .await;
+}
+
+async fn dependent_workflows_are_skipped_when_one_fails(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let step =
+        |cmd: &str| format!("steps:\n  - name: s\n    image: alpine\n    commands: [{cmd}]\n");
+    let p = submit(
+        &app,
+        json!({"configs": [
+            {"name": "build", "content": step("exit 1")},
+            {"name": "deploy", "content": format!("depends_on: [build]\n{}", step("echo deploy"))},
+            {"name": "report", "content": format!("depends_on: [build]\nruns_on: [success, failure]\n{}", step("echo report"))},
+            {"name": "other", "content": step("echo other")},
+        ]}),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    let statuses: Vec<(&str, &str)> = done["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| (w["name"].as_str().unwrap(), w["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("build", "failure"),
+            ("deploy", "skipped"),
+            ("report", "success"),
+            ("other", "success")
+        ]
+    );
+    assert_eq!(done["status"], "failure");
+    assert_eq!(done["workflows"][1]["steps"][0]["status"], "skipped");
+}
+
+async fn retry_runs_the_submission_again(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit(
+        &app,
+        json!({
+            "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    environment:\n      T:\n        from_secret: t\n    commands: ['test \"$T\" = abc123']\n"}],
+            "secrets": [{"name": "t", "value": "abc123"}]
+        }),
+    )
+    .await;
+    assert_eq!(wait_finished(&app, &id(&p), 60).await["status"], "success");
+    let retried = app
+        .post(&format!("/api/v1/pipelines/{}/retry", id(&p)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 201);
+    let retried: Value = retried.json().await.unwrap();
+    assert_ne!(retried["id"], p["id"]);
+    assert_eq!(retried["retry_of"], p["id"]);
+    let done = wait_finished(&app, &id(&retried), 60).await;
+    assert_eq!(done["status"], "success", "the secret came along: {done:#}");
+}
+
+async fn pipeline_timeout_stops_everything(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit(
+        &app,
+        json!({
+            "configs": [{"name": "ci", "content": "steps:\n  - name: slow\n    image: alpine\n    commands: [sleep 60]\n  - name: after\n    image: alpine\n    commands: [echo after]\n"}],
+            "timeout": "1s"
+        }),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 30).await;
+    assert_eq!(done["status"], "failure", "{done:#}");
+    let slow = find_step(&done, "slow").unwrap();
+    assert_eq!(
+        slow["reason"],
+        "timed out after 1s (the pipeline's timeout)"
+    );
+    assert_eq!(find_step(&done, "after").unwrap()["status"], "skipped");
+}
+
+async fn events_stream_every_change_and_ends(db: Db) {
+    use futures::StreamExt as _;
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(&app, "steps:\n  - name: a\n    image: alpine\n    commands: [echo a]\n  - name: b\n    image: alpine\n    commands: [exit 4]\n").await;
+    let response = app
+        .get(&format!("/api/v1/pipelines/{}/events", id(&p)))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let events: Vec<_> = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        piculet::client::sse::events(response)
+            .map(|e| e.unwrap())
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream ends");
+    let (end, changes) = events.split_last().unwrap();
+    assert_eq!(end.event, "end");
+    assert_eq!(
+        serde_json::from_str::<Value>(&end.data).unwrap()["status"],
+        "failure"
+    );
+    let seen: Vec<(String, String, String)> = changes
+        .iter()
+        .map(|e| {
+            assert_eq!(e.event, "status");
+            let v: Value = serde_json::from_str(&e.data).unwrap();
+            assert_eq!(e.id.as_deref(), Some(v["seq"].to_string().as_str()));
+            (
+                v["subject"].as_str().unwrap().into(),
+                v["name"].as_str().unwrap().into(),
+                v["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("pipeline", "pipeline", "queued"),
+        ("workflow", "pipeline", "running"),
+        ("pipeline", "pipeline", "running"),
+        ("step", "a", "running"),
+        ("step", "a", "success"),
+        ("step", "b", "running"),
+        ("step", "b", "failure"),
+        ("workflow", "pipeline", "failure"),
+        ("pipeline", "pipeline", "failure"),
+    ];
+    let expected: Vec<(String, String, String)> = expected
+        .iter()
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+        .collect();
+    assert_eq!(seen, expected);
+    let b = changes
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap())
+        .find(|v| v["name"] == "b" && v["status"] == "failure")
+        .unwrap();
+    assert_eq!(b["exit_code"], 4);
+
+    // Resuming after the third event replays the rest only.
+    let third = changes[2].id.clone().unwrap();
+    let response = app
+        .get(&format!("/api/v1/pipelines/{}/events", id(&p)))
+        .header("last-event-id", third)
+        .send()
+        .await
+        .unwrap();
+    let resumed: Vec<_> = piculet::client::sse::events(response)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(resumed.len(), changes.len() - 3 + 1);
+}
+
+async fn metrics_count_what_happened(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: a\n    image: alpine\n    commands: [echo hi]\n",
+    )
+    .await;
+    wait_finished(&app, &id(&p), 30).await;
+    let response = app
+        .client
+        .get(app.url("/api/v1/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    for metric in [
+        "piculet_workflows{status=\"queued\"}",
+        "piculet_workflows{status=\"running\"}",
+        "piculet_step_duration_seconds_bucket{status=\"success\"",
+        "piculet_submit_to_start_seconds_bucket",
+        "piculet_log_lines_stored_total",
+        "piculet_log_bytes_stored_total",
+    ] {
+        assert!(text.contains(metric), "{metric} in\n{text}");
+    }
+}
