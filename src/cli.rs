@@ -77,6 +77,21 @@ pub enum Command {
         #[arg(long = "secret", value_name = "NAME")]
         secrets: Vec<String>,
     },
+    /// Print, as YAML, the Kubernetes objects the pipeline files would create, with the
+    /// administrator's policy (the --k8s-* settings) applied; offline
+    Render {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// A variable of the submission (repeatable)
+        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+        vars: Vec<(String, String)>,
+        /// A secret of the submission (repeatable); values are shown redacted
+        #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = key_value)]
+        secrets: Vec<(String, String)>,
+        /// The namespace the submission asks for
+        #[arg(long = "namespace", value_name = "NAMESPACE")]
+        namespace: Option<String>,
+    },
     /// Submit pipeline files to the server; with --follow, print every step's log and exit 0
     /// only when the pipeline succeeded
     Submit {
@@ -212,6 +227,15 @@ pub fn main() -> ExitCode {
             vars,
             secrets,
         } => lint(files, vars, secrets),
+        Command::Render {
+            files,
+            vars,
+            secrets,
+            namespace,
+        } => match config(&cli) {
+            Ok(config) => render(&config, files, vars, secrets, namespace.clone()),
+            Err(e) => fail(e),
+        },
         Command::Serve | Command::Migrate => {
             let config = match config(&cli) {
                 Ok(c) => c,
@@ -231,6 +255,9 @@ pub fn main() -> ExitCode {
                     _ => Ok(()),
                 }
             });
+            // Blocking tasks still reading the pipes of steps left for adoption must not hold
+            // the exit.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(5));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -249,30 +276,75 @@ async fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
+fn render(
+    config: &Config,
+    files: &[PathBuf],
+    vars: &[(String, String)],
+    secrets: &[(String, String)],
+    namespace: Option<String>,
+) -> ExitCode {
+    let mut submission = match submission_from_files(files, vars, secrets) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    submission.namespace = namespace;
+    match crate::dry_run::render(&submission, &config.platform, &config.kubernetes) {
+        Ok(rendered) => {
+            let mut out = String::new();
+            for w in &rendered.workflows {
+                for object in &w.objects {
+                    out.push_str("---\n");
+                    out.push_str(&serde_saphyr::to_string(object).unwrap_or_default());
+                }
+            }
+            print!("{out}");
+            for d in &rendered.warnings {
+                eprintln!("{}: warning: {}", diagnostic_place(files, d), d.message);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(crate::dry_run::Refusal::Invalid(report)) => {
+            for d in &report.errors {
+                println!("{}: {}", diagnostic_place(files, d), d.message);
+            }
+            ExitCode::from(1)
+        }
+        Err(crate::dry_run::Refusal::Policy(violations)) => {
+            for v in &violations {
+                println!("policy: {}", v.message);
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `file:line:column` (or `file:pointer`) of a diagnostic.
+fn diagnostic_place(files: &[PathBuf], d: &Diagnostic) -> String {
+    let file = files
+        .iter()
+        .find(|f| workflow_name(f) == d.config)
+        .map(|f| f.display().to_string())
+        .unwrap_or_else(|| {
+            if d.config == SUBMISSION {
+                "(files)".into()
+            } else {
+                d.config.clone()
+            }
+        });
+    match (d.line, d.column) {
+        (Some(line), Some(column)) => format!("{file}:{line}:{column}"),
+        _ if d.pointer.is_empty() => file,
+        _ => format!("{file}:{}", d.pointer),
+    }
+}
+
 fn lint(files: &[PathBuf], vars: &[(String, String)], secrets: &[String]) -> ExitCode {
     let submission = match submission_from_files(files, vars, &[]) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
     let report = submission.lint_offline(secrets, "linux/amd64");
-    let place = |d: &Diagnostic| -> String {
-        let file = files
-            .iter()
-            .find(|f| workflow_name(f) == d.config)
-            .map(|f| f.display().to_string())
-            .unwrap_or_else(|| {
-                if d.config == SUBMISSION {
-                    "(files)".into()
-                } else {
-                    d.config.clone()
-                }
-            });
-        match (d.line, d.column) {
-            (Some(line), Some(column)) => format!("{file}:{line}:{column}"),
-            _ if d.pointer.is_empty() => file,
-            _ => format!("{file}:{}", d.pointer),
-        }
-    };
+    let place = |d: &Diagnostic| diagnostic_place(files, d);
     for w in &report.warnings {
         println!("{}: warning: {}", place(w), w.message);
     }

@@ -13,6 +13,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
+
 /// A configuration error: names the setting and says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -20,6 +22,8 @@ pub enum ConfigError {
     Invalid { setting: String, message: String },
     #[error("config file {path}: {message}")]
     File { path: String, message: String },
+    #[error(transparent)]
+    Kubernetes(#[from] SettingError),
 }
 
 /// The raw settings, as flags and environment variables. Every field is optional text: the
@@ -116,6 +120,11 @@ pub struct Settings {
     /// Log filter, as tracing's EnvFilter reads it [default: info]
     #[arg(long, env = "PICULET_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
+
+    /// The Kubernetes settings (`--k8s-*`, `PICULET_K8S_*`; a `[kubernetes]` table in the file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub kubernetes: KubernetesSettings,
 }
 
 /// Which database the store talks to.
@@ -155,6 +164,9 @@ pub struct Config {
     pub grace_period: Duration,
     pub max_log_size: usize,
     pub lease: Duration,
+    /// Rendering and policy of Kubernetes objects; read whatever the backend, since
+    /// `POST /render` and `piculet render` show them anyway.
+    pub kubernetes: KubernetesConfig,
 }
 
 /// The name a setting is known by in messages: its flag and its environment variable.
@@ -188,17 +200,23 @@ impl Settings {
 
     /// Keeps every value set here and takes the rest from `fallback`.
     fn or(self, fallback: Settings) -> Settings {
-        // Both sides serialize to a flat map of optional strings, so one loop merges every
-        // field, including the ones added later.
-        let mine = serde_json::to_value(self).unwrap_or_default();
-        let mut merged = serde_json::to_value(fallback).unwrap_or_default();
-        if let (Some(mine), Some(merged)) = (mine.as_object(), merged.as_object_mut()) {
-            for (key, value) in mine {
-                if !value.is_null() {
-                    merged.insert(key.clone(), value.clone());
+        // Both sides serialize to maps of optional strings (the Kubernetes settings nested),
+        // so one merge covers every field, including the ones added later.
+        fn merge(mine: serde_json::Value, into: &mut serde_json::Value) {
+            if let (serde_json::Value::Object(mine), Some(into)) = (mine, into.as_object_mut()) {
+                for (key, value) in mine {
+                    match into.get_mut(&key) {
+                        Some(slot) if value.is_object() => merge(value, slot),
+                        _ if value.is_null() => {}
+                        _ => {
+                            into.insert(key, value);
+                        }
+                    }
                 }
             }
         }
+        let mut merged = serde_json::to_value(fallback).unwrap_or_default();
+        merge(serde_json::to_value(self).unwrap_or_default(), &mut merged);
         serde_json::from_value(merged).unwrap_or_default()
     }
 }
@@ -372,7 +390,10 @@ impl Config {
         let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
             .map_err(|m| invalid("max_log_size", m))?;
 
+        let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
+
         Ok(Config {
+            kubernetes,
             max_timeout,
             grace_period,
             max_log_size,

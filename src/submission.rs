@@ -253,6 +253,27 @@ impl Submission {
         errors
     }
 
+    /// Checks the submission and plans its pipeline; every error at once.
+    pub fn plan(&self, default_platform: &str) -> Result<pipeline::Planned, Report> {
+        let problems = self.check();
+        match (
+            pipeline::plan(&self.sources(), &self.context(default_platform)),
+            problems.is_empty(),
+        ) {
+            (Ok(planned), true) => Ok(planned),
+            (Ok(planned), false) => Err(Report {
+                errors: problems,
+                warnings: planned.warnings,
+            }),
+            (Err(mut report), _) => {
+                let mut errors = problems;
+                errors.append(&mut report.errors);
+                report.errors = errors;
+                Err(report)
+            }
+        }
+    }
+
     /// Validates without storing anything: what `POST /lint` answers.
     pub fn lint(&self, default_platform: &str) -> Report {
         let mut report = pipeline::lint(&self.sources(), &self.context(default_platform));
@@ -331,23 +352,7 @@ impl Submission {
         default_platform: &str,
         secret_box: &SecretBox,
     ) -> Result<NewPipeline, Report> {
-        let problems = self.check();
-        let planned = pipeline::plan(&self.sources(), &self.context(default_platform));
-        let planned = match (planned, problems.is_empty()) {
-            (Ok(planned), true) => planned,
-            (Ok(planned), false) => {
-                return Err(Report {
-                    errors: problems,
-                    warnings: planned.warnings,
-                });
-            }
-            (Err(mut report), _) => {
-                let mut errors = problems;
-                errors.append(&mut report.errors);
-                report.errors = errors;
-                return Err(report);
-            }
-        };
+        let planned = self.plan(default_platform)?;
 
         let mut workflows = Vec::new();
         for w in &planned.plan.workflows {

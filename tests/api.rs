@@ -675,3 +675,81 @@ async fn every_response_carries_a_request_id(db: Db) {
         "errors too, and a given id is kept"
     );
 }
+
+on_both_databases!(render_shows_the_objects_and_applies_the_policy);
+
+async fn render_shows_the_objects_and_applies_the_policy(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let response = app
+        .post("/api/v1/render")
+        .json(&json!({
+            "configs": [{"name": "ci", "content": PIPELINE.replace("commands: [go test ./...]", "commands: [go test ./...]\n    environment:\n      TOKEN:\n        from_secret: token")}],
+            "secrets": [{"name": "token", "value": "render-secret-value"}],
+            "registries": [{"address": "registry.example.com", "username": "ci", "password": "render-registry-password"}]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(
+        !text.contains("render-secret-value"),
+        "secret values are redacted"
+    );
+    assert!(!text.contains("render-registry-password"));
+    let rendered: Value = serde_json::from_str(&text).unwrap();
+    let objects = rendered["workflows"][0]["objects"].as_array().unwrap();
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "PersistentVolumeClaim",
+            "Secret",
+            "Secret",
+            "Service",
+            "Pod",
+            "Pod",
+            "Pod",
+            "Pod"
+        ],
+        "workspace, secrets, service, then the service's pod and one per step"
+    );
+    for pod in &objects[4..] {
+        let spec = &pod["spec"];
+        assert_eq!(spec["restartPolicy"], "Never");
+        assert_eq!(spec["automountServiceAccountToken"], false);
+        assert_eq!(
+            pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "piculet"
+        );
+        let container = &spec["containers"][0];
+        assert_eq!(
+            container["securityContext"]["capabilities"]["drop"],
+            json!(["NET_RAW"])
+        );
+    }
+    assert_eq!(app.pipeline_count().await, 0, "a dry run stores nothing");
+
+    let refused = app
+        .post("/api/v1/render")
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body("steps:\n  - name: build\n    image: alpine\n    commands: [make]\n    privileged: true\n")
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(refused, 422, "policy-violation").await;
+    let violation = &body["violations"][0];
+    assert_eq!(violation["step"], "build");
+    assert_eq!(violation["field"], "privileged");
+    assert_eq!(violation["value"], "true");
+    assert!(
+        violation["rule"]
+            .as_str()
+            .unwrap()
+            .contains("PICULET_K8S_PRIVILEGED_IMAGES"),
+        "{body:#}"
+    );
+}

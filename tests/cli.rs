@@ -176,3 +176,67 @@ fn migrate_creates_the_embedded_database() {
         "migrations apply twice without harm"
     );
 }
+
+#[test]
+fn render_prints_the_objects_as_yaml() {
+    let file = temp_file(
+        "ci.yaml",
+        "services:\n  - name: db\n    image: postgres:16\nsteps:\n  - name: test\n    image: golang:1.22\n    commands: [go test]\n    environment:\n      T:\n        from_secret: t\n",
+    );
+    let out = piculet(&[
+        "render",
+        file.to_str().unwrap(),
+        "--secret",
+        "t=render-cli-secret",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(
+        !yaml.contains("render-cli-secret"),
+        "secret values are redacted"
+    );
+    let kinds: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["PersistentVolumeClaim", "Secret", "Service", "Pod", "Pod"]
+    );
+    assert_eq!(yaml.matches("---\n").count(), 5);
+}
+
+#[test]
+fn render_applies_the_administrators_policy() {
+    let file = temp_file(
+        "ci.yaml",
+        "steps:\n  - name: test\n    image: golang:1.22\n    commands: [go test]\n    backend_options:\n      kubernetes:\n        nodeSelector:\n          disk: ssd\n",
+    );
+    let path = file.to_str().unwrap();
+    let out = piculet(&["render", path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("policy: step \"test\": "), "{stdout}");
+    assert!(stdout.contains("nodeSelector"), "{stdout}");
+    let allowed = Command::new(env!("CARGO_BIN_EXE_piculet"))
+        .args(["render", path])
+        .env_clear()
+        .env("PICULET_K8S_ALLOW_FROM_STEP", "nodeSelector")
+        .output()
+        .unwrap();
+    assert!(allowed.status.success(), "{}", text(&allowed.stdout));
+    assert!(text(&allowed.stdout).contains("disk: ssd"));
+    let bad = Command::new(env!("CARGO_BIN_EXE_piculet"))
+        .args(["render", path])
+        .env_clear()
+        .env("PICULET_K8S_SERVICE_ACCOUNT_OVERWRITE_ALLOWED", "(unclosed")
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = text(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("PICULET_K8S_SERVICE_ACCOUNT_OVERWRITE_ALLOWED"),
+        "{stderr}"
+    );
+}

@@ -753,3 +753,190 @@ async fn metrics_count_what_happened(db: Db) {
         assert!(text.contains(metric), "{metric} in\n{text}");
     }
 }
+
+on_both_databases!(submit_follow_prints_every_line_and_exits_with_the_outcome);
+
+async fn submit_follow_prints_every_line_and_exits_with_the_outcome(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let dir = app.data_dir.join("cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        "steps:\n  - name: hello\n    image: alpine\n    commands: ['echo hello $WHO', 'echo $TOKEN']\n    environment:\n      TOKEN:\n        from_secret: token\n  - name: bye\n    image: alpine\n    commands: [echo bye]\n",
+    )
+    .unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "steps:\n  - name: boom\n    image: alpine\n    commands: [echo boom, exit 7]\n",
+    )
+    .unwrap();
+    let run = |file: std::path::PathBuf| {
+        let base = app.base.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_piculet"))
+                .args([
+                    "submit",
+                    "--follow",
+                    "--var",
+                    "WHO=world",
+                    "--secret",
+                    "token=cli-secret-xyz",
+                ])
+                .arg(&file)
+                .env("PICULET_SERVER", base)
+                .env("PICULET_TOKEN", common::TOKEN)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(good).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("hello | hello world\n"), "{stdout}");
+    assert!(stdout.contains("hello | ********\n"), "{stdout}");
+    assert!(stdout.contains("  bye | bye\n"), "{stdout}");
+    assert!(!stdout.contains("cli-secret-xyz"));
+
+    let out = run(bad).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed pipeline exits 1: {stdout}"
+    );
+    assert!(stdout.contains("boom | boom\n"), "{stdout}");
+}
+
+on_both_databases!(sigterm_leaves_running_work_for_the_next_replica);
+
+/// A `piculet serve` process of its own, to send signals to.
+struct Server {
+    child: std::process::Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(database_url: &str, data_dir: &std::path::Path) -> Server {
+        let port = free_port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_piculet"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--lease",
+                "2s",
+            ])
+            .env("PICULET_DATABASE_URL", database_url)
+            .env("PICULET_DATA_DIR", data_dir)
+            .env("PICULET_API_TOKENS", common::TOKEN)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        for _ in 0..200 {
+            if reqwest::get(format!("{}/api/v1/healthz", server.base))
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("piculet serve did not come up");
+    }
+
+    fn terminate(&mut self) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "a clean exit on SIGTERM: {status}");
+        started.elapsed()
+    }
+}
+
+async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
+    // The test app is only a way to get a fresh database and a client; the servers under test
+    // are real processes.
+    let app = TestApp::spawn_api(db).await;
+    let data_dir = app.data_dir.join("server");
+    let mut first = Server::start(&app.database_url, &data_dir).await;
+    let client = reqwest::Client::new();
+    let auth = format!("Bearer {}", common::TOKEN);
+    let p: Value = client
+        .post(format!("{}/api/v1/pipelines", first.base))
+        .header("authorization", &auth)
+        .header("content-type", "application/yaml")
+        .body("steps:\n  - name: long\n    image: alpine\n    commands: [echo started, sleep 600]\n  - name: next\n    image: alpine\n    commands: [echo next]\n")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pid = id(&p);
+    let long = step_id(&p, "long");
+    wait_step(&app, &pid, "long", "running", 30).await;
+    // An SSE client following the step is let go when the server stops.
+    let follower = client
+        .get(format!("{}/api/v1/steps/{long}/logs", first.base))
+        .header("authorization", &auth)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let took = first.terminate();
+    assert!(
+        took < std::time::Duration::from_secs(20),
+        "shut down in {took:?}"
+    );
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(5), follower.text()).await;
+    assert!(rest.is_ok(), "the SSE stream ended with the server");
+
+    // Nothing is half-recorded: the step is still running as far as the database knows, its
+    // output so far is stored, and the lease is free for the next replica.
+    let during: Value = app
+        .get(&format!("/api/v1/pipelines/{pid}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(find_step(&during, "long").unwrap()["status"], "running");
+    assert!(log_text(&app, &long).await.contains("started\n"));
+
+    let mut second = Server::start(&app.database_url, &data_dir).await;
+    let done = wait_finished(&app, &pid, 60).await;
+    let long_step = find_step(&done, "long").unwrap();
+    assert_eq!(long_step["status"], "error", "{done:#}");
+    assert!(
+        long_step["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("lost: piculet stopped while the step ran"),
+        "{long_step}"
+    );
+    assert_eq!(
+        find_step(&done, "next").unwrap()["status"],
+        "skipped",
+        "not run twice, not run after a failure"
+    );
+    second.terminate();
+}

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::k8s::PolicyViolation;
 use crate::pipeline::Diagnostic;
 use crate::store::StoreError;
 
@@ -31,6 +32,9 @@ pub enum ApiError {
         errors: Vec<Diagnostic>,
         warnings: Vec<Diagnostic>,
     },
+    /// 422: the submission asks for what the administrator's Kubernetes policy does not allow.
+    #[error("{} request{} of the submission {} not allowed by the administrator's policy; change the pipeline or ask the administrator", .0.len(), if .0.len() == 1 { "" } else { "s" }, if .0.len() == 1 { "is" } else { "are" })]
+    Policy(Vec<PolicyViolation>),
     /// 422: an `Idempotency-Key` already used for a different request.
     #[error(
         "Idempotency-Key {0:?} was already used for a different request; use a new key for a new submission"
@@ -86,6 +90,10 @@ pub struct Problem {
     /// For validation problems: keys accepted but not honoured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<Diagnostic>>,
+    /// For policy problems: each refused request, naming the step, the field, the value and
+    /// the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<PolicyViolation>>,
 }
 
 impl ApiError {
@@ -110,6 +118,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation-failed",
                 "The submission is invalid",
+            ),
+            ApiError::Policy(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "policy-violation",
+                "The submission breaks the administrator's policy",
             ),
             ApiError::IdempotencyKeyReused(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -170,6 +183,10 @@ impl ApiError {
             detail,
             errors,
             warnings,
+            violations: match self {
+                ApiError::Policy(v) => Some(v.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -194,6 +211,15 @@ impl IntoResponse for ApiError {
             );
         }
         response
+    }
+}
+
+impl From<crate::dry_run::Refusal> for ApiError {
+    fn from(refusal: crate::dry_run::Refusal) -> Self {
+        match refusal {
+            crate::dry_run::Refusal::Invalid(report) => validation(report.errors, report.warnings),
+            crate::dry_run::Refusal::Policy(violations) => ApiError::Policy(violations),
+        }
     }
 }
 

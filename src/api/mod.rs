@@ -11,6 +11,7 @@ mod logs;
 pub mod metrics;
 pub mod openapi;
 mod pipelines;
+mod render;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -121,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/pipelines/{id}/events", get(events::get_pipeline_events))
         .route("/steps/{id}/logs", get(logs::get_step_logs))
         .route("/lint", post(lint::lint))
+        .route("/render", post(render::render))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(health::healthz))

@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, events, health, lint, logs, metrics, pipelines};
+use super::{error, events, health, lint, logs, metrics, pipelines, render};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use super::{error, events, health, lint, logs, metrics, pipelines};
         events::get_pipeline_events,
         logs::get_step_logs,
         lint::lint,
+        render::render,
         health::healthz,
         health::readyz,
         metrics::metrics,

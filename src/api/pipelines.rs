@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::body::{RawBody, parse_submission};
 use super::error::{ApiError, Problem, validation};
+use crate::config::BackendKind;
 use crate::model::{Pipeline, PipelineSummary, Status};
 use crate::store::{Created, ListFilter};
 use crate::submission::Submission;
@@ -62,7 +63,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid submission, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid submission, refused by the Kubernetes policy (with the Kubernetes backend), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -73,6 +74,14 @@ pub async fn create_pipeline(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let parsed = parse_submission(&headers, &body)?;
+    if state.config.backend == BackendKind::Kubernetes {
+        // Refused before anything is stored or created.
+        crate::dry_run::render(
+            &parsed.submission,
+            &state.config.platform,
+            &state.config.kubernetes,
+        )?;
+    }
     let mut new = parsed
         .submission
         .prepare(&state.config.platform, &state.secret_box)

@@ -28,6 +28,18 @@ pub fn step_env(
     workflow: &WorkflowPlan,
     step: &StepSpec,
 ) -> BTreeMap<String, String> {
+    let mut env = workflow_env(ctx, workflow);
+    env.insert("CI_STEP_ID".into(), ctx.step_id.to_string());
+    env.insert("CI_STEP_NAME".into(), step.name.clone());
+    env.insert(
+        "CI_STEP_STARTED".into(),
+        ctx.step_started.timestamp().to_string(),
+    );
+    env
+}
+
+/// The variables every step of a workflow shares.
+pub fn workflow_env(ctx: &EnvContext<'_>, workflow: &WorkflowPlan) -> BTreeMap<String, String> {
     // The submission's variables first (CI_COMMIT_*, CI_REPO_*, …); piculet's own win.
     let mut env = ctx.variables.clone();
     let workspace = format!(
@@ -58,9 +70,6 @@ pub fn step_env(
     set("CI_PIPELINE_STATUS", ctx.pipeline_status.to_string());
     set("CI_WORKFLOW_ID", ctx.workflow_id.to_string());
     set("CI_WORKFLOW_NAME", workflow.name.clone());
-    set("CI_STEP_ID", ctx.step_id.to_string());
-    set("CI_STEP_NAME", step.name.clone());
-    set("CI_STEP_STARTED", ctx.step_started.timestamp().to_string());
     set("CI_WORKSPACE", workspace);
     set("CI_OS", os.to_string());
     set("CI_ARCH", arch.to_string());

@@ -7,7 +7,7 @@
 //! shutdown the workers stop claiming, store the output read so far and give their leases up,
 //! leaving the workflows for whoever claims them next.
 
-mod env;
+pub mod env;
 mod logs;
 pub mod mask;
 mod workflow;

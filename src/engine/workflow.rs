@@ -116,6 +116,7 @@ impl StepContext {
         };
         let background = step.spec.kind == pipeline::StepKind::Service || step.spec.detach;
 
+        let attaching = matches!(begin, Begin::Attach { .. });
         let (handle, first_number) = match begin {
             Begin::Start => {
                 if let Err(e) = store.step_started(id, started_at).await {
@@ -143,6 +144,27 @@ impl StepContext {
         };
         let handle: StepHandle = match handle {
             Ok(h) => h,
+            // A step that cannot be re-attached must not go on running unobserved.
+            Err(e) if attaching => {
+                let grace = self.inner.settings.grace;
+                if let Err(stop) = self.inner.backend.stop_step(&self.run, id, grace).await {
+                    tracing::warn!(error = %stop, "stopping a step that cannot be re-attached failed");
+                }
+                let reason = format!(
+                    "lost: piculet stopped while the step ran, and the {} backend cannot re-attach to it ({e}); it was stopped",
+                    self.inner.backend.name()
+                );
+                return self
+                    .finish(
+                        id,
+                        &step.spec,
+                        Status::Error,
+                        None,
+                        Some(reason),
+                        started_at,
+                    )
+                    .await;
+            }
             Err(BackendError::Refused(reason)) | Err(BackendError::Failed(reason)) => {
                 return self
                     .finish(

@@ -1,0 +1,277 @@
+//! The entry point: a planned workflow and the administrator's configuration in, the exact
+//! Kubernetes objects piculet will create out — or every policy violation. Pure and
+//! deterministic: the same input renders the same objects, byte for byte, so `POST /render`
+//! shows what a run creates, and an adopting replica finds the objects by name.
+//!
+//! Creation order: the workspace PVC (the anchor), the Secrets, the headless Service, then the
+//! pods — services first, then steps in plan order.
+//!
+//! **Owner reference.** Every object but the PVC names the workspace PVC as its controlling
+//! owner, so deleting the PVC garbage-collects the whole workflow. The PVC is the anchor
+//! because it is created first (every other object can carry the reference from its creation:
+//! no PATCH, no moment without an owner) and it lives exactly as long as the workflow. The
+//! owner's `uid` is only known once the PVC exists: rendering leaves it empty — which the API
+//! server refuses, so an object cannot be created with a wrong owner by mistake — and
+//! [`RenderedWorkflow::set_owner_uid`] fills it in. Delete the PVC with
+//! `propagationPolicy: Foreground`: the PVC carries the `kubernetes.io/pvc-protection`
+//! finalizer and stays while pods use it, and with background propagation the garbage
+//! collector would wait for it rather than delete those pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::labels;
+use super::names::{self, WorkflowNames};
+use super::policy::{PolicyViolation, Violations, allow_by_regex};
+use super::settings::KubernetesConfig;
+use super::{pod, secret, service, volume};
+use crate::pipeline::{StepKind, StepSpec, WorkflowPlan};
+
+/// Credentials for a private registry, from the submission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryCredential {
+    pub address: String,
+    pub username: String,
+    pub password: String,
+}
+
+/// Everything a workflow's objects are rendered from.
+#[derive(Clone, Debug)]
+pub struct RenderInput {
+    pub pipeline_id: Uuid,
+    pub workflow_id: Uuid,
+    /// The id of each step and service, by name. A name without an id (a dry-run before the
+    /// pipeline is stored) is labelled with the nil UUID.
+    pub step_ids: BTreeMap<String, Uuid>,
+    /// The attempt of this workflow's steps (1 for the first run); part of every pod name.
+    pub attempt: u32,
+    /// The namespace the submission asks for; allowed by
+    /// `PICULET_K8S_NAMESPACE_OVERWRITE_ALLOWED`, else the configured one is used.
+    pub namespace: Option<String>,
+    pub workflow: WorkflowPlan,
+    /// The submission's secret values by name; only those the workflow uses are rendered.
+    pub secrets: BTreeMap<String, String>,
+    pub registries: Vec<RegistryCredential>,
+    /// Built-in variables every step and service gets (`CI_*`, from the engine); they take
+    /// precedence over a step's `environment`.
+    pub environment: BTreeMap<String, String>,
+    /// Show `<redacted>` instead of secret values (dry-run). Pod specs never hold secret
+    /// values either way: they reference the Secret.
+    pub redact_secrets: bool,
+}
+
+/// A step's or service's pod.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedPod {
+    /// The step or service name, as in the plan.
+    pub step: String,
+    pub kind: StepKind,
+    pub pod: Pod,
+}
+
+/// The objects of one workflow, in creation order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RenderedWorkflow {
+    pub namespace: String,
+    /// The anchor: owner of every other object.
+    pub workspace: PersistentVolumeClaim,
+    /// The Secret of secret values (when any step uses one), then the registry pull Secret
+    /// (when the submission carries registry credentials).
+    pub secrets: Vec<Secret>,
+    /// Headless; every pod's `subdomain`.
+    pub service: Service,
+    /// Services first, then steps in plan order.
+    pub pods: Vec<RenderedPod>,
+    /// The administrator's pull policies, tried in order when a pull fails; the first (or
+    /// `Always` for a `pull: true` step) is rendered. Empty: the cluster's default.
+    pub pull_policies: Vec<String>,
+    /// Whether the workspace is ReadWriteOnce: then every pod must run on the node of the
+    /// first one (see [`pod::pin_to_node`]).
+    pub read_write_once: bool,
+}
+
+impl RenderedWorkflow {
+    /// Sets the workspace PVC's `uid` in every owner reference, once the PVC is created.
+    pub fn set_owner_uid(&mut self, uid: &str) {
+        let set = |refs: &mut Option<Vec<OwnerReference>>| {
+            for r in refs.iter_mut().flatten() {
+                r.uid = uid.to_string();
+            }
+        };
+        for s in &mut self.secrets {
+            set(&mut s.metadata.owner_references);
+        }
+        set(&mut self.service.metadata.owner_references);
+        for p in &mut self.pods {
+            set(&mut p.pod.metadata.owner_references);
+        }
+    }
+
+    /// The pod of a step or service, by name.
+    pub fn pod(&self, step: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.step == step).map(|p| &p.pod)
+    }
+
+    /// Every object exactly as it is sent to the API server (with `apiVersion` and `kind`),
+    /// in creation order.
+    pub fn to_list(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut push = |v: Result<serde_json::Value, serde_json::Error>| {
+            // k8s-openapi types always serialize; an error here would be a bug in that crate.
+            if let Ok(v) = v {
+                out.push(v);
+            }
+        };
+        push(serde_json::to_value(&self.workspace));
+        for s in &self.secrets {
+            push(serde_json::to_value(s));
+        }
+        push(serde_json::to_value(&self.service));
+        for p in &self.pods {
+            push(serde_json::to_value(&p.pod));
+        }
+        out
+    }
+}
+
+/// What every part of the rendering needs to know about the workflow.
+pub(crate) struct Ctx<'a> {
+    pub config: &'a KubernetesConfig,
+    pub input: &'a RenderInput,
+    pub names: WorkflowNames,
+    pub namespace: String,
+    /// Labels of every object.
+    pub labels: BTreeMap<String, String>,
+    pub owner: OwnerReference,
+    /// Key in the workflow Secret of each secret used, by secret name.
+    pub secret_keys: BTreeMap<String, String>,
+    pub has_registry_secret: bool,
+}
+
+impl Ctx<'_> {
+    pub fn metadata(
+        &self,
+        name: &str,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels.clone()),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..Default::default()
+        }
+    }
+}
+
+/// Renders one workflow, or refuses it with every policy violation found.
+pub fn render_workflow(
+    config: &KubernetesConfig,
+    input: &RenderInput,
+) -> Result<RenderedWorkflow, Vec<PolicyViolation>> {
+    let mut v = Violations::default();
+
+    let namespace = match &input.namespace {
+        Some(ns) if ns != &config.namespace => {
+            let allowed = allow_by_regex(
+                config.namespace_overwrite_allowed.as_ref(),
+                "namespace_overwrite_allowed",
+                None,
+                config,
+                &mut v,
+                "",
+                "namespace",
+                ns,
+            );
+            if allowed && !names::is_dns_label(ns) {
+                v.push(
+                    "",
+                    "namespace",
+                    ns,
+                    super::policy::RULE_KUBERNETES,
+                    "is not a namespace name: use lowercase letters, digits and '-', at most 63 characters",
+                );
+            }
+            ns.clone()
+        }
+        _ => config.namespace.clone(),
+    };
+
+    let names = WorkflowNames::new(&input.workflow_id);
+    let all_steps: Vec<&StepSpec> = input
+        .workflow
+        .services
+        .iter()
+        .chain(&input.workflow.steps)
+        .collect();
+    let secret_keys = secret::keys_used(&all_steps, &input.secrets, &mut v);
+
+    let ctx = Ctx {
+        config,
+        input,
+        namespace,
+        labels: labels::workflow_labels(&input.pipeline_id, &input.workflow_id),
+        owner: OwnerReference {
+            api_version: "v1".to_string(),
+            kind: "PersistentVolumeClaim".to_string(),
+            name: names.workspace.clone(),
+            uid: String::new(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        },
+        names,
+        secret_keys,
+        has_registry_secret: !input.registries.is_empty(),
+    };
+
+    let workspace = volume::workspace_claim(&ctx);
+    let mut secrets = Vec::new();
+    if let Some(s) = secret::values_secret(&ctx) {
+        secrets.push(s);
+    }
+    if let Some(s) = secret::registry_secret(&ctx) {
+        secrets.push(s);
+    }
+    let service = service::headless_service(&ctx);
+    let mut hostnames: BTreeMap<String, String> = BTreeMap::new();
+    let mut pods = Vec::new();
+    for step in &all_steps {
+        let p = pod::render_pod(&ctx, step, &mut v);
+        // Two names with the same hostname would resolve to either pod.
+        let host = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_default();
+        if let Some(other) = hostnames.insert(host.clone(), step.name.clone()) {
+            v.push(
+                &step.name,
+                "name",
+                &step.name,
+                super::policy::RULE_KUBERNETES,
+                &format!("has the same hostname \"{host}\" as \"{other}\"; rename one of them"),
+            );
+        }
+        pods.push(RenderedPod {
+            step: step.name.clone(),
+            kind: step.kind,
+            pod: p,
+        });
+    }
+
+    if !v.is_empty() {
+        return Err(v.0);
+    }
+    Ok(RenderedWorkflow {
+        namespace: ctx.namespace.clone(),
+        workspace,
+        secrets,
+        service,
+        pods,
+        pull_policies: config.pull_policies.clone(),
+        read_write_once: !config.storage_rwx,
+    })
+}
