@@ -1,0 +1,531 @@
+//! The benchmarks of the README's Performance section. Each figure is printed beside its
+//! target and, where one is asked for, beside a baseline measured in the same run on the same
+//! database. Run through `scripts/bench.sh`, which provides the Postgres and a release build.
+//!
+//! These are measurements, not tests: nothing here fails on a slow machine; it reports.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_macros)]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Db, TOKEN, TestApp, fresh_database, step_id, wait_finished};
+use futures::StreamExt as _;
+use piculet::config::Settings;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use uuid::Uuid;
+
+fn row(name: &str, value: String, target: &str, pass: Option<bool>) {
+    let verdict = match pass {
+        Some(true) => "meets the target",
+        Some(false) => "MISSES the target",
+        None => "",
+    };
+    println!("  {name:<58} {value:>14}   {target:<22} {verdict}");
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn raise_fd_limit() {
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    raise_fd_limit();
+    let only: Vec<String> = std::env::args().skip(1).collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    println!(
+        "piculet benchmarks ({} cores; Postgres {})",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        common::admin_url()
+            .split('@')
+            .next_back()
+            .unwrap_or_default()
+    );
+    if wanted("submit") {
+        submissions().await;
+    }
+    if wanted("start") {
+        submit_to_start().await;
+    }
+    if wanted("logs") {
+        log_throughput().await;
+    }
+    if wanted("sse") {
+        sse_memory().await;
+    }
+    if wanted("render") {
+        render_rate();
+    }
+}
+
+const SUBMISSION_PIPELINE: &str = "steps:\n  - name: build\n    image: golang:1.22\n    commands: [go build ./...]\n  - name: test\n    image: golang:1.22\n    commands: [go test ./...]\n  - name: lint\n    image: golang:1.22\n    commands: [go vet ./...]\n";
+
+/// Submissions per second through the HTTP API into Postgres, beside inserting the same rows
+/// with plain SQL.
+async fn submissions() {
+    println!("\nSubmissions (3-step pipeline, 32 concurrent clients, engine off)");
+    let app = TestApp::spawn_api(Db::Postgres).await;
+    let body = serde_json::to_vec(&json!({
+        "name": "bench",
+        "configs": [{"name": "ci", "content": SUBMISSION_PIPELINE}],
+        "variables": {"CI_COMMIT_BRANCH": "main"},
+        "labels": {"project": "bench"}
+    }))
+    .unwrap();
+    let client = reqwest::Client::new();
+    let url = app.url("/api/v1/pipelines");
+    let total = 5000;
+    let concurrency = 32;
+    let submit_all = |n: usize| {
+        let client = client.clone();
+        let url = url.clone();
+        let body = body.clone();
+        async move {
+            futures::stream::iter(0..n)
+                .map(|_| {
+                    let request = client
+                        .post(&url)
+                        .header("authorization", format!("Bearer {TOKEN}"))
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    async move {
+                        let r = request.send().await.unwrap();
+                        assert_eq!(r.status(), 201);
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .collect::<Vec<_>>()
+                .await;
+        }
+    };
+    submit_all(200).await; // warm-up: connections, caches
+    let started = Instant::now();
+    submit_all(total).await;
+    let api = rate(total, started.elapsed());
+
+    // The same rows, inserted with plain SQL through one pool at the same concurrency.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .connect(&app.database_url)
+        .await
+        .unwrap();
+    let plan =
+        json!({"name": "ci", "steps": [{"name": "build"}, {"name": "test"}, {"name": "lint"}]});
+    let submission =
+        json!({"name": "bench", "configs": [{"name": "ci", "content": SUBMISSION_PIPELINE}]});
+    let insert_one = || {
+        let pool = pool.clone();
+        let plan = plan.clone();
+        let submission = submission.clone();
+        async move {
+            let now = chrono::Utc::now();
+            let (p, w) = (Uuid::now_v7(), Uuid::now_v7());
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("INSERT INTO pipelines (id, name, status, submission, labels, warnings, created_at, updated_at) VALUES ($1, 'bench', 'queued', $2, $3, '[]', $4, $4)")
+                .bind(p).bind(sqlx::types::Json(&submission)).bind(sqlx::types::Json(json!({"project": "bench"}))).bind(now)
+                .execute(&mut *tx).await.unwrap();
+            sqlx::query("INSERT INTO pipeline_labels (pipeline_id, key, value) VALUES ($1, 'project', 'bench')")
+                .bind(p).execute(&mut *tx).await.unwrap();
+            sqlx::query("INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, ready, created_at) VALUES ($1, $2, 0, 'ci', '{}', $3, 'queued', TRUE, $4)")
+                .bind(w).bind(p).bind(sqlx::types::Json(&plan)).bind(now)
+                .execute(&mut *tx).await.unwrap();
+            for (i, name) in ["build", "test", "lint"].iter().enumerate() {
+                sqlx::query("INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status) VALUES ($1, $2, $3, $4, $5, 'step', 'queued')")
+                    .bind(Uuid::now_v7()).bind(w).bind(p).bind(i as i32).bind(name)
+                    .execute(&mut *tx).await.unwrap();
+            }
+            sqlx::query("INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) VALUES ($1, 'pipeline', $1, 'queued', '{}', $2)")
+                .bind(p).bind(now).execute(&mut *tx).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    };
+    futures::stream::iter(0..200)
+        .map(|_| insert_one())
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let started = Instant::now();
+    futures::stream::iter(0..total)
+        .map(|_| insert_one())
+        .buffer_unordered(concurrency)
+        .collect::<Vec<_>>()
+        .await;
+    let sql = rate(total, started.elapsed());
+    row(
+        "through the HTTP API into Postgres",
+        format!("{api:.0}/s"),
+        "≥ 2000/s",
+        Some(api >= 2000.0),
+    );
+    row(
+        "plain SQL, the same rows, same concurrency (baseline)",
+        format!("{sql:.0}/s"),
+        "",
+        None,
+    );
+    row(
+        "API / plain SQL",
+        format!("{:.2}", api / sql),
+        "≥ 0.5",
+        Some(api / sql >= 0.5),
+    );
+}
+
+/// Submit-to-first-step-started latency with the local backend, one pipeline at a time.
+async fn submit_to_start() {
+    println!("\nSubmit to first step started (local backend, one pipeline at a time)");
+    let app = TestApp::spawn(Db::Postgres).await;
+    let mut latencies = Vec::new();
+    for i in 0..220 {
+        let sent = chrono::Utc::now();
+        let p: Value = app
+            .submit_yaml("steps:\n  - name: a\n    image: alpine\n    commands: [true]\n")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let done = wait_finished(&app, p["id"].as_str().unwrap(), 60).await;
+        let started = done["workflows"][0]["steps"][0]["started_at"]
+            .as_str()
+            .unwrap();
+        let started = chrono::DateTime::parse_from_rfc3339(started).unwrap();
+        if i >= 20 {
+            // The first ones warm the engine and the database up.
+            latencies.push(
+                (started.with_timezone(&chrono::Utc) - sent)
+                    .num_microseconds()
+                    .unwrap() as f64
+                    / 1000.0,
+            );
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    row(
+        "p50, request sent to step started",
+        format!("{p50:.1} ms"),
+        "",
+        None,
+    );
+    row(
+        "p99, request sent to step started",
+        format!("{p99:.1} ms"),
+        "≤ 50 ms",
+        Some(p99 <= 50.0),
+    );
+}
+
+/// Log lines stored per second from a step printing 1,000,000 lines, beside a COPY of the
+/// same lines; and the delay until an SSE client sees the last one.
+async fn log_throughput() {
+    println!("\nLogs (one step printing 1,000,000 lines)");
+    let app = TestApp::start(
+        Db::Postgres,
+        Settings {
+            max_log_size: Some("1GiB".into()),
+            ..Settings::default()
+        },
+        true,
+    )
+    .await;
+    let lines = 1_000_000usize;
+    let p: Value = app
+        .submit_yaml(&format!(
+            "steps:\n  - name: noisy\n    image: alpine\n    commands: [\"seq -f 'log line %.0f of a noisy step' 1 {lines}\"]\n"
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let step = step_id(&p, "noisy");
+    // An SSE client follows from the start and notes when the last line arrives.
+    let follower = {
+        let request = app
+            .get(&format!("/api/v1/steps/{step}/logs"))
+            .header("accept", "text/event-stream");
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let mut events = Box::pin(piculet::client::sse::events(response));
+            let mut last: Option<(Value, chrono::DateTime<chrono::Utc>)> = None;
+            while let Some(Ok(event)) = events.next().await {
+                if event.event == "end" {
+                    break;
+                }
+                last = Some((
+                    serde_json::from_str(&event.data).unwrap(),
+                    chrono::Utc::now(),
+                ));
+            }
+            last
+        })
+    };
+    let done = wait_finished(&app, p["id"].as_str().unwrap(), 600).await;
+    let s = common::find_step(&done, "noisy").unwrap();
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(s[k].as_str().unwrap()).unwrap();
+    let took = (at("finished_at") - at("started_at")).to_std().unwrap();
+    let stored = rate(lines, took);
+    let (last_line, seen_at) = follower.await.unwrap().expect("the follower saw lines");
+    let last_at = chrono::DateTime::parse_from_rfc3339(last_line["at"].as_str().unwrap()).unwrap();
+    let sse_delay = (seen_at - last_at.with_timezone(&chrono::Utc)).num_milliseconds();
+
+    // Baseline: COPY of the same lines into a table shaped like log_lines.
+    let mut conn = {
+        use sqlx::Connection as _;
+        sqlx::PgConnection::connect(&app.database_url)
+            .await
+            .unwrap()
+    };
+    sqlx::query(
+        "CREATE TEMP TABLE copy_lines (step_id UUID, number BIGINT, ts TIMESTAMPTZ, text TEXT)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let ts = chrono::Utc::now().to_rfc3339();
+    let mut data = String::new();
+    for i in 1..=lines {
+        data.push_str(&format!(
+            "{step}\t{i}\t{ts}\tlog line {i} of a noisy step\\n\n"
+        ));
+    }
+    let started = Instant::now();
+    let mut copy = conn
+        .copy_in_raw("COPY copy_lines (step_id, number, ts, text) FROM STDIN")
+        .await
+        .unwrap();
+    copy.send(data.as_bytes()).await.unwrap();
+    copy.finish().await.unwrap();
+    let copied = rate(lines, started.elapsed());
+
+    row(
+        "lines stored per second (step start to step end)",
+        format!("{stored:.0}/s"),
+        "≥ 200000/s",
+        Some(stored >= 200_000.0),
+    );
+    row(
+        "COPY of the same lines (baseline)",
+        format!("{copied:.0}/s"),
+        "",
+        None,
+    );
+    row(
+        "stored / COPY",
+        format!("{:.2}", stored / copied),
+        "≥ 0.5",
+        Some(stored / copied >= 0.5),
+    );
+    row(
+        "last line read from the step until an SSE client has it",
+        format!("{sse_delay} ms"),
+        "",
+        None,
+    );
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Resident memory a `piculet serve` process adds for 10,000 SSE clients following one step.
+async fn sse_memory() {
+    println!(
+        "\nSSE clients (10,000 following one running step; a separate `piculet serve` process)"
+    );
+    let data_dir = std::env::temp_dir().join(format!("piculet-bench-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let database_url = fresh_database(Db::Postgres, &data_dir).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("piculet"))
+        .unwrap();
+    let mut server = std::process::Command::new(binary)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("PICULET_DATABASE_URL", &database_url)
+        .env("PICULET_DATA_DIR", &data_dir)
+        .env("PICULET_API_TOKENS", TOKEN)
+        .env("PICULET_LOG", "warn")
+        .spawn()
+        .expect("target/release/piculet; run through scripts/bench.sh");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if client
+            .get(format!("{base}/api/v1/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p: Value = client
+        .post(format!("{base}/api/v1/pipelines"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .header("content-type", "application/yaml")
+        .body(
+            "steps:\n  - name: wait\n    image: alpine\n    commands: [echo waiting, sleep 600]\n",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let step = step_id(&p, "wait");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(server.id());
+    let clients = 10_000;
+    let request = format!(
+        "GET /api/v1/steps/{step}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    let mut connections = Vec::with_capacity(clients);
+    for chunk in 0..(clients / 500) {
+        let opened: Vec<_> = futures::future::join_all((0..500).map(|_| {
+            let request = request.clone();
+            let addr = format!("127.0.0.1:{port}");
+            async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(request.as_bytes()).await.ok()?;
+                // Wait for the headers and the replayed lines: the stream is established.
+                let mut buf = [0u8; 2048];
+                let n = s.read(&mut buf).await.ok()?;
+                (n > 0).then_some(s)
+            }
+        }))
+        .await;
+        let ok = opened.iter().filter(|c| c.is_some()).count();
+        connections.extend(opened.into_iter().flatten());
+        if ok < 500 {
+            println!("  (batch {chunk}: only {ok} of 500 connections opened)");
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(server.id());
+    let followers = connections.len();
+    let per = (after.saturating_sub(before)) as f64 / followers.max(1) as f64;
+    row(
+        "clients following",
+        format!("{followers}"),
+        "10000",
+        Some(followers == clients),
+    );
+    row(
+        "server resident memory before / after",
+        format!("{} / {} MiB", before / 1024, after / 1024),
+        "",
+        None,
+    );
+    row(
+        "resident memory added per SSE client",
+        format!("{per:.1} KiB"),
+        "≤ 16 KiB",
+        Some(per <= 16.0),
+    );
+    drop(connections);
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Rendered pods per second for a 50-step workflow with every option.
+fn render_rate() {
+    use piculet::k8s::{KubernetesConfig, KubernetesSettings, RenderInput, render_workflow};
+    println!("\nKubernetes rendering (50-step workflow, every option, everything allowed)");
+    let step = include_str!("../src/k8s/testdata/every_option.yaml")
+        .trim_start_matches("steps:\n")
+        .to_string();
+    let mut yaml = String::from(
+        "services:\n  - name: db\n    image: postgres:16\n    commands: [postgres]\nsteps:\n",
+    );
+    for i in 0..50 {
+        yaml.push_str(&step.replace("name: build", &format!("name: build-{i}")));
+    }
+    let submission = piculet::submission::Submission::from_file(yaml);
+    let plan = submission
+        .plan("linux/amd64")
+        .unwrap_or_else(|r| panic!("{:#?}", r.errors))
+        .plan
+        .workflows
+        .remove(0);
+    let settings = KubernetesSettings {
+        allow_from_step: Some("nodeSelector,tolerations,affinity,serviceAccountName,runtimeClassName,labels,annotations,hostUsers,secrets".into()),
+        service_account_overwrite_allowed: Some("builder".into()),
+        ..KubernetesSettings::default()
+    };
+    let config = KubernetesConfig::from_settings(&settings).unwrap();
+    let input = RenderInput {
+        pipeline_id: Uuid::now_v7(),
+        workflow_id: Uuid::now_v7(),
+        step_ids: BTreeMap::new(),
+        attempt: 1,
+        namespace: None,
+        workflow: plan,
+        secrets: BTreeMap::new(),
+        registries: Vec::new(),
+        environment: BTreeMap::from([("CI".to_string(), "woodpecker".to_string())]),
+        redact_secrets: false,
+    };
+    let pods = render_workflow(&config, &input).unwrap().pods.len();
+    let rounds = 200;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(render_workflow(&config, &input).unwrap());
+    }
+    let elapsed = started.elapsed();
+    // Serializing the rendered objects to JSON, as they are sent: the floor any renderer pays.
+    let rendered = render_workflow(&config, &input).unwrap();
+    let started = Instant::now();
+    for _ in 0..rounds {
+        std::hint::black_box(serde_json::to_vec(&rendered.to_list()).unwrap());
+    }
+    let serialize = started.elapsed();
+    row(
+        "pods rendered per second",
+        format!("{:.0}/s", rate(pods * rounds, elapsed)),
+        "",
+        None,
+    );
+    row(
+        "pods serialized to JSON per second (baseline)",
+        format!("{:.0}/s", rate(pods * rounds, serialize)),
+        "",
+        None,
+    );
+}
