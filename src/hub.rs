@@ -33,6 +33,27 @@ struct Channels {
     pipelines: HashMap<Uuid, broadcast::Sender<Arc<Event>>>,
 }
 
+/// A follower's receiver; the last one to go removes its channel, so that following a finished
+/// or unknown step leaves nothing behind.
+pub struct Subscription<T> {
+    rx: broadcast::Receiver<T>,
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl<T: Clone> Subscription<T> {
+    pub async fn recv(&mut self) -> Result<T, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
 /// Cheap to clone; one per process.
 #[derive(Clone, Default)]
 pub struct Hub {
@@ -51,20 +72,50 @@ impl Hub {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn subscribe_step(&self, step_id: Uuid) -> broadcast::Receiver<StepFeed> {
-        self.lock()
+    pub fn subscribe_step(&self, step_id: Uuid) -> Subscription<StepFeed> {
+        let rx = self
+            .lock()
             .steps
             .entry(step_id)
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        let hub = self.clone();
+        Subscription {
+            rx,
+            release: Some(Box::new(move || {
+                let mut channels = hub.lock();
+                if channels
+                    .steps
+                    .get(&step_id)
+                    .is_some_and(|s| s.receiver_count() <= 1)
+                {
+                    channels.steps.remove(&step_id);
+                }
+            })),
+        }
     }
 
-    pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> broadcast::Receiver<Arc<Event>> {
-        self.lock()
+    pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> Subscription<Arc<Event>> {
+        let rx = self
+            .lock()
             .pipelines
             .entry(pipeline_id)
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        let hub = self.clone();
+        Subscription {
+            rx,
+            release: Some(Box::new(move || {
+                let mut channels = hub.lock();
+                if channels
+                    .pipelines
+                    .get(&pipeline_id)
+                    .is_some_and(|s| s.receiver_count() <= 1)
+                {
+                    channels.pipelines.remove(&pipeline_id);
+                }
+            })),
+        }
     }
 
     /// Publishes stored lines; costs nothing when nobody follows the step.
@@ -98,7 +149,8 @@ impl Hub {
     }
 
     /// Followers of step logs and pipeline events right now.
-    pub fn followers(&self) -> usize {
+    #[cfg(test)]
+    fn followers(&self) -> usize {
         let channels = self.lock();
         channels
             .steps
@@ -150,7 +202,22 @@ mod tests {
             matches!(rx.recv().await.unwrap(), StepFeed::End(e) if e.status == Status::Success)
         );
         assert!(rx.recv().await.is_err(), "closed after the end");
+        drop(rx);
         assert_eq!(hub.followers(), 0);
+    }
+
+    #[test]
+    fn a_follower_that_leaves_removes_its_channel() {
+        let hub = Hub::default();
+        let step = Uuid::now_v7();
+        let first = hub.subscribe_step(step);
+        let second = hub.subscribe_step(step);
+        drop(first);
+        assert_eq!(hub.lock().steps.len(), 1, "the other follower keeps it");
+        drop(second);
+        assert!(hub.lock().steps.is_empty());
+        drop(hub.subscribe_pipeline(step));
+        assert!(hub.lock().pipelines.is_empty());
     }
 
     #[test]

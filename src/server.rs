@@ -53,8 +53,11 @@ fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
 }
 
 pub async fn app(config: Config) -> Result<App, ServeError> {
-    // Installed before anything records a metric.
+    // Installed before anything records a metric; the metrics that change rarely are shown
+    // from the start.
     api::metrics::recorder();
+    metrics::gauge!("piculet_sse_clients").increment(0.0);
+    metrics::counter!("piculet_lease_takeovers_total").increment(0);
     let backend = backend(&config)?;
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await?;

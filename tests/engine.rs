@@ -726,31 +726,47 @@ async fn events_stream_every_change_and_ends(db: Db) {
     assert_eq!(resumed.len(), changes.len() - 3 + 1);
 }
 
+/// The value of an unlabelled (or fully labelled) sample in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn metrics_count_what_happened(db: Db) {
     let app = TestApp::spawn(db).await;
-    let p = submit_yaml(
-        &app,
-        "steps:\n  - name: a\n    image: alpine\n    commands: [echo hi]\n",
-    )
-    .await;
-    wait_finished(&app, &id(&p), 30).await;
-    let response = app
+    let scrape = || async {
+        let response = app.get("/api/v1/metrics").send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    };
+    let unauthenticated = app
         .client
         .get(app.url("/api/v1/metrics"))
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401, "metrics need the token");
+    let before = scrape().await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: a\n    image: alpine\n    commands: ['seq 1 100']\n",
+    )
+    .await;
+    wait_finished(&app, &id(&p), 30).await;
+    let after = scrape().await;
+    // Other tests of this binary run at the same time and count too: at least ours.
+    let grew = |name: &str| sample(&after, name) - sample(&before, name);
+    assert!(grew("piculet_log_lines_stored_total") >= 102.0, "{after}");
+    assert!(grew("piculet_log_bytes_stored_total") >= 292.0);
+    assert!(grew("piculet_step_duration_seconds_count{status=\"success\"}") >= 1.0);
+    assert!(grew("piculet_submit_to_start_seconds_count") >= 1.0);
     for metric in [
         "piculet_workflows{status=\"queued\"}",
         "piculet_workflows{status=\"running\"}",
-        "piculet_step_duration_seconds_bucket{status=\"success\"",
-        "piculet_submit_to_start_seconds_bucket",
-        "piculet_log_lines_stored_total",
-        "piculet_log_bytes_stored_total",
     ] {
-        assert!(text.contains(metric), "{metric} in\n{text}");
+        assert!(after.contains(metric), "{metric} in\n{after}");
     }
 }
 
@@ -879,11 +895,15 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
     let mut first = Server::start(&app.database_url, &data_dir).await;
     let client = reqwest::Client::new();
     let auth = format!("Bearer {}", common::TOKEN);
+    // Two workflows at once: one step that keeps printing (it dies with the server's pipe)
+    // and one that is silent (it outlives the server).
     let p: Value = client
         .post(format!("{}/api/v1/pipelines", first.base))
         .header("authorization", &auth)
-        .header("content-type", "application/yaml")
-        .body("steps:\n  - name: long\n    image: alpine\n    commands: [echo started, sleep 600]\n  - name: next\n    image: alpine\n    commands: [echo next]\n")
+        .json(&json!({"configs": [
+            {"name": "chatty", "content": "steps:\n  - name: ticking\n    image: alpine\n    commands: ['while true; do echo tick; sleep 0.05; done']\n  - name: after-ticking\n    image: alpine\n    commands: [echo after]\n"},
+            {"name": "quiet", "content": "steps:\n  - name: sleeping\n    image: alpine\n    commands: [echo started, sleep 600]\n  - name: after-sleeping\n    image: alpine\n    commands: [echo after]\n"}
+        ]}))
         .send()
         .await
         .unwrap()
@@ -891,11 +911,13 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
         .await
         .unwrap();
     let pid = id(&p);
-    let long = step_id(&p, "long");
-    wait_step(&app, &pid, "long", "running", 30).await;
-    // An SSE client following the step is let go when the server stops.
+    let sleeping = step_id(&p, "sleeping");
+    wait_step(&app, &pid, "sleeping", "running", 30).await;
+    wait_step(&app, &pid, "ticking", "running", 30).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // An SSE client following a step is let go when the server stops.
     let follower = client
-        .get(format!("{}/api/v1/steps/{long}/logs", first.base))
+        .get(format!("{}/api/v1/steps/{sleeping}/logs", first.base))
         .header("authorization", &auth)
         .header("accept", "text/event-stream")
         .send()
@@ -909,8 +931,8 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
     let rest = tokio::time::timeout(std::time::Duration::from_secs(5), follower.text()).await;
     assert!(rest.is_ok(), "the SSE stream ended with the server");
 
-    // Nothing is half-recorded: the step is still running as far as the database knows, its
-    // output so far is stored, and the lease is free for the next replica.
+    // Nothing is half-recorded: the steps are still running as far as the database knows,
+    // their output so far is stored, and the leases are free for the next replica.
     let during: Value = app
         .get(&format!("/api/v1/pipelines/{pid}"))
         .send()
@@ -919,24 +941,104 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
         .json()
         .await
         .unwrap();
-    assert_eq!(find_step(&during, "long").unwrap()["status"], "running");
-    assert!(log_text(&app, &long).await.contains("started\n"));
+    assert_eq!(find_step(&during, "sleeping").unwrap()["status"], "running");
+    assert_eq!(find_step(&during, "ticking").unwrap()["status"], "running");
+    assert!(log_text(&app, &sleeping).await.contains("started\n"));
+    let ticking = step_id(&p, "ticking");
+    let ticks_before = log_text(&app, &ticking).await;
+    assert!(ticks_before.contains("tick\n"));
 
     let mut second = Server::start(&app.database_url, &data_dir).await;
     let done = wait_finished(&app, &pid, 60).await;
-    let long_step = find_step(&done, "long").unwrap();
-    assert_eq!(long_step["status"], "error", "{done:#}");
-    assert!(
-        long_step["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("lost: piculet stopped while the step ran"),
-        "{long_step}"
-    );
-    assert_eq!(
-        find_step(&done, "next").unwrap()["status"],
-        "skipped",
-        "not run twice, not run after a failure"
-    );
+    for (step, after) in [("sleeping", "after-sleeping"), ("ticking", "after-ticking")] {
+        let s = find_step(&done, step).unwrap();
+        assert_eq!(s["status"], "error", "{done:#}");
+        assert!(
+            s["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("lost: piculet stopped while the step ran"),
+            "{s}"
+        );
+        assert_eq!(
+            find_step(&done, after).unwrap()["status"],
+            "skipped",
+            "not run after the loss"
+        );
+    }
+    // Not run twice: the log of the step that died is what it printed before, nothing more.
+    assert_eq!(log_text(&app, &ticking).await, ticks_before);
     second.terminate();
+}
+
+on_both_databases!(a_log_over_its_size_cap_ends_with_a_notice);
+
+async fn a_log_over_its_size_cap_ends_with_a_notice(db: Db) {
+    let app = TestApp::start(
+        db,
+        piculet::config::Settings {
+            max_log_size: Some("2KiB".into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: chatty\n    image: alpine\n    commands: ['seq 1 5000', 'echo still running']\n",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(
+        done["status"], "success",
+        "the step is not cut short, only its log: {done:#}"
+    );
+    let log = log_text(&app, &step_id(&done, "chatty")).await;
+    assert!(log.len() <= 2048 + 200, "{} bytes", log.len());
+    assert!(
+        log.ends_with("piculet: the log reached its limit of 2048 bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n"),
+        "{log}"
+    );
+    assert!(!log.contains("still running"));
+}
+
+on_both_databases!(odd_output_and_log_queries);
+
+async fn odd_output_and_log_queries(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: odd\n    image: alpine\n    commands: [\"printf 'a\\\\0b\\\\n'\", echo done]\n",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 30).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let step = step_id(&done, "odd");
+    let log = log_text(&app, &step).await;
+    assert!(
+        log.contains("a\u{FFFD}b\n"),
+        "a NUL byte is shown, not stored: {log:?}"
+    );
+    assert!(log.ends_with("done\n"));
+
+    let tail = app
+        .get(&format!("/api/v1/steps/{step}/logs?after=3"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.ends_with(&tail) && tail.len() < log.len() && !tail.is_empty(),
+        "{tail:?}"
+    );
+    for bad in ["after=abc", "after=-1", "from=3"] {
+        let response = app
+            .get(&format!("/api/v1/steps/{step}/logs?{bad}"))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(response, 400, "invalid-query").await;
+    }
 }

@@ -16,6 +16,7 @@ CREATE TABLE pipelines (
     request_hash     TEXT,
     retry_of         UUID REFERENCES pipelines (id) ON DELETE SET NULL,
     cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+    event_count      BIGINT NOT NULL DEFAULT 0,
     created_at       TIMESTAMPTZ NOT NULL,
     started_at       TIMESTAMPTZ,
     finished_at      TIMESTAMPTZ,
@@ -79,13 +80,15 @@ CREATE TABLE log_lines (
     PRIMARY KEY (step_id, number)
 );
 
+-- Events are numbered per pipeline (pipelines.event_count), in commit order: every
+-- transaction that records one locks its pipeline's row first.
 CREATE TABLE events (
-    seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     pipeline_id UUID NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    seq         BIGINT NOT NULL,
     subject     TEXT NOT NULL,
     subject_id  UUID NOT NULL,
     status      TEXT NOT NULL,
     payload     JSONB NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL
+    created_at  TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (pipeline_id, seq)
 );
-CREATE INDEX events_pipeline_seq ON events (pipeline_id, seq);

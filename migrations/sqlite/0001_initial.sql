@@ -16,6 +16,7 @@ CREATE TABLE pipelines (
     request_hash     TEXT,
     retry_of         BLOB REFERENCES pipelines (id) ON DELETE SET NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    event_count      BIGINT NOT NULL DEFAULT 0,
     created_at       TEXT NOT NULL,
     started_at       TEXT,
     finished_at      TEXT,
@@ -79,13 +80,15 @@ CREATE TABLE log_lines (
     PRIMARY KEY (step_id, number)
 );
 
+-- Events are numbered per pipeline (pipelines.event_count), in commit order: every
+-- transaction that records one locks its pipeline's row first.
 CREATE TABLE events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
     pipeline_id BLOB NOT NULL REFERENCES pipelines (id) ON DELETE CASCADE,
+    seq         BIGINT NOT NULL,
     subject     TEXT NOT NULL,
     subject_id  BLOB NOT NULL,
     status      TEXT NOT NULL,
     payload     TEXT NOT NULL,
-    created_at  TEXT NOT NULL
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (pipeline_id, seq)
 );
-CREATE INDEX events_pipeline_seq ON events (pipeline_id, seq);

@@ -58,10 +58,6 @@ impl Feed for PipelineEvents {
             Live::Items(vec![(event.seq, sse_event(&event))])
         }
     }
-
-    fn contiguous(&self) -> bool {
-        false
-    }
 }
 
 /// Follow a pipeline's state changes.

@@ -1,7 +1,8 @@
 //! Following a feed over Server-Sent Events without gap or duplicate: subscribe to the live
 //! feed first, replay from the database after `Last-Event-ID`, then pass live items on,
 //! dropping those already replayed; a client that lags behind the live feed re-reads from the
-//! database. Used by step logs and pipeline events alike.
+//! database. Used by step logs and pipeline events alike: both are numbered from 1 without
+//! gaps, in commit order, so a gap in the live feed means items to fetch first.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -10,6 +11,8 @@ use std::time::Duration;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use tokio::sync::broadcast;
+
+use crate::hub::Subscription;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::StoreError;
@@ -37,11 +40,6 @@ pub trait Feed: Send + Sync + 'static {
     async fn end(&self) -> Result<Option<Event>, StoreError>;
 
     fn live(&self, item: Self::Item) -> Live;
-
-    /// Whether sequence numbers have no gaps (log lines), so that a gap in the live feed means
-    /// items to fetch. Event numbers come from one sequence shared by all pipelines, and
-    /// concurrent transactions may commit them out of order: those are deduplicated instead.
-    fn contiguous(&self) -> bool;
 }
 
 enum Phase {
@@ -54,12 +52,10 @@ enum Phase {
 
 struct State<F: Feed> {
     feed: F,
-    rx: broadcast::Receiver<F::Item>,
+    rx: Subscription<F::Item>,
     last: i64,
     phase: Phase,
     out: VecDeque<Event>,
-    /// Sequence numbers sent, for feeds that are not contiguous.
-    sent: std::collections::HashSet<i64>,
     shutdown: CancellationToken,
     _gauge: FollowerGauge,
 }
@@ -85,12 +81,9 @@ impl<F: Feed> State<F> {
     async fn replay_page(&mut self) -> Result<usize, StoreError> {
         let items = self.feed.page(self.last).await?;
         let n = items.len();
-        let contiguous = self.feed.contiguous();
         for (seq, event) in items {
-            self.last = self.last.max(seq);
-            if contiguous || self.sent.insert(seq) {
-                self.out.push_back(event);
-            }
+            self.last = seq;
+            self.out.push_back(event);
         }
         Ok(n)
     }
@@ -126,14 +119,6 @@ impl<F: Feed> State<F> {
                     };
                     match received {
                         Ok(item) => match self.feed.live(item) {
-                            Live::Items(items) if !self.feed.contiguous() => {
-                                for (seq, event) in items {
-                                    if self.sent.insert(seq) {
-                                        self.last = self.last.max(seq);
-                                        self.out.push_back(event);
-                                    }
-                                }
-                            }
                             Live::Items(items) => {
                                 for (seq, event) in items {
                                     if seq > self.last {
@@ -185,7 +170,7 @@ pub fn last_event_id(
 /// feed's end or at shutdown.
 pub fn sse<F: Feed>(
     feed: F,
-    rx: broadcast::Receiver<F::Item>,
+    rx: Subscription<F::Item>,
     after: i64,
     shutdown: CancellationToken,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -195,7 +180,6 @@ pub fn sse<F: Feed>(
         last: after,
         phase: Phase::Replay,
         out: VecDeque::new(),
-        sent: std::collections::HashSet::new(),
         shutdown,
         _gauge: FollowerGauge::new(),
     };

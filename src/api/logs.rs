@@ -1,11 +1,11 @@
 //! `GET /steps/{id}/logs`: a step's log as plain text, JSON lines, or a live SSE stream.
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -28,11 +28,41 @@ pub struct LogEnd {
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
+/// Query of `GET /steps/{id}/logs`; documented here, parsed by hand so that a bad value is a
+/// problem like every other.
+#[derive(Debug, IntoParams)]
 #[into_params(parameter_in = Query)]
-pub struct LogQuery {
+#[allow(dead_code)]
+struct LogQuery {
     /// Only lines after this line number (the SSE stream also honours `Last-Event-ID`).
     after: Option<i64>,
+}
+
+fn after_param(query: Option<&str>) -> Result<Option<i64>, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))?;
+    let mut after = None;
+    for (name, value) in pairs {
+        match name.as_str() {
+            "after" => {
+                after = Some(
+                    value
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|n| *n >= 0)
+                        .ok_or_else(|| {
+                            ApiError::InvalidQuery(format!("after {value:?} is not a line number"))
+                        })?,
+                )
+            }
+            other => {
+                return Err(ApiError::InvalidQuery(format!(
+                    "unknown query parameter {other:?}; use after"
+                )));
+            }
+        }
+    }
+    Ok(after)
 }
 
 fn line_event(line: &LogLine) -> Event {
@@ -77,15 +107,12 @@ impl Feed for StepLog {
             StepFeed::End(_) => Live::End,
         }
     }
-
-    fn contiguous(&self) -> bool {
-        true
-    }
 }
 
 /// Where to resume: `Last-Event-ID` (an SSE reconnect) wins over `?after=`.
-fn resume_after(headers: &HeaderMap, query: &LogQuery) -> Result<i64, ApiError> {
-    Ok(follow::last_event_id(headers)?.unwrap_or(query.after.unwrap_or(0).max(0)))
+fn resume_after(headers: &HeaderMap, query: Option<&str>) -> Result<i64, ApiError> {
+    let after = after_param(query)?;
+    Ok(follow::last_event_id(headers)?.unwrap_or(after.unwrap_or(0)))
 }
 
 enum Format {
@@ -142,7 +169,7 @@ pub async fn find_step(store: &Store, id: Uuid) -> Result<StepState, ApiError> {
             (LogLine = "application/x-ndjson"),
             (String = "text/event-stream"),
         )),
-        (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id, Last-Event-ID or query", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such step", body = Problem, content_type = "application/problem+json"),
     ),
@@ -151,11 +178,11 @@ pub async fn find_step(store: &Store, id: Uuid) -> Result<StepState, ApiError> {
 pub async fn get_step_logs(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(query): Query<LogQuery>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let after = resume_after(&headers, &query)?;
+    let after = resume_after(&headers, query.as_deref())?;
     let format = format(&headers);
     // Subscribe before anything is read, so that nothing falls between replay and live.
     let rx = matches!(format, Format::Sse).then(|| state.store.hub().subscribe_step(id));

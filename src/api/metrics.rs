@@ -35,7 +35,11 @@ pub fn recorder() -> &'static PrometheusHandle {
     path = "/api/v1/metrics",
     tag = "operations",
     operation_id = "get_metrics",
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+    responses(
+        (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or wrong token", body = super::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.workflow_counts().await?;

@@ -123,11 +123,11 @@ pub fn router(state: AppState) -> Router {
         .route("/steps/{id}/logs", get(logs::get_step_logs))
         .route("/lint", post(lint::lint))
         .route("/render", post(render::render))
+        .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     let open = Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics));
+        .route("/readyz", get(health::readyz));
     let api = protected
         .merge(open)
         .method_not_allowed_fallback(no_method)

@@ -15,7 +15,7 @@ use super::body::{RawBody, parse_submission};
 use super::error::{ApiError, Problem, validation};
 use crate::config::BackendKind;
 use crate::model::{Pipeline, PipelineSummary, Status};
-use crate::store::{Created, ListFilter};
+use crate::store::{Created, ListFilter, NewPipeline};
 use crate::submission::Submission;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -74,18 +74,7 @@ pub async fn create_pipeline(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let parsed = parse_submission(&headers, &body)?;
-    if state.config.backend == BackendKind::Kubernetes {
-        // Refused before anything is stored or created.
-        crate::dry_run::render(
-            &parsed.submission,
-            &state.config.platform,
-            &state.config.kubernetes,
-        )?;
-    }
-    let mut new = parsed
-        .submission
-        .prepare(&state.config.platform, &state.secret_box)
-        .map_err(|report| validation(report.errors, report.warnings))?;
+    let mut new = prepare(&state, &parsed.submission)?;
     new.idempotency = key.clone().map(|k| (k, parsed.request_hash.clone()));
 
     let (pipeline, replayed) = match state.store.create_pipeline(&new).await? {
@@ -109,6 +98,17 @@ pub async fn create_pipeline(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Checks and plans a submission, and with the Kubernetes backend applies the policy: a
+/// refused submission is refused before anything is stored or created.
+fn prepare(state: &AppState, submission: &Submission) -> Result<NewPipeline, ApiError> {
+    if state.config.backend == BackendKind::Kubernetes {
+        crate::dry_run::render(submission, &state.config.platform, &state.config.kubernetes)?;
+    }
+    submission
+        .prepare(&state.config.platform, &state.secret_box)
+        .map_err(|report| validation(report.errors, report.warnings))
 }
 
 fn created(pipeline: Pipeline) -> Response {
@@ -152,9 +152,7 @@ pub async fn retry_pipeline(
         .ok_or_else(|| not_found(id))?;
     let submission = Submission::restore(kept, sealed.as_deref(), &state.secret_box)
         .map_err(|e| ApiError::Internal(crate::store::StoreError::Corrupt(e)))?;
-    let mut new = submission
-        .prepare(&state.config.platform, &state.secret_box)
-        .map_err(|report| validation(report.errors, report.warnings))?;
+    let mut new = prepare(&state, &submission)?;
     new.retry_of = Some(id);
     let pipeline = match state.store.create_pipeline(&new).await? {
         Created::New(p) | Created::Existing { pipeline: p, .. } => p,

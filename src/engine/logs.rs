@@ -25,7 +25,8 @@ pub struct Pumped {
 }
 
 /// Reads a step's output to its end (or until `stop`) and stores it; returns once every line
-/// read is stored.
+/// read is stored. One batch is written while the next is read, so that reading never waits on
+/// the database longer than one write.
 pub async fn pump(
     store: &Store,
     step_id: Uuid,
@@ -35,91 +36,137 @@ pub async fn pump(
     mut output: mpsc::Receiver<OutputLine>,
     stop: CancellationToken,
 ) -> Pumped {
-    let mut batch: Vec<LogLine> = Vec::new();
-    let mut batch_bytes = 0usize;
+    let mut batch = Batch {
+        step_id,
+        masker,
+        max_bytes,
+        next: first_number,
+        lines: Vec::new(),
+        bytes: 0,
+        stored_bytes: 0,
+        done: Pumped::default(),
+    };
     let mut deadline: Option<Instant> = None;
-    let mut next = first_number;
-    let mut done = Pumped::default();
-    let mut stored_bytes = 0usize;
-
+    let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         // Far enough away to never fire when no batch is waiting.
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let received = tokio::select! {
-            line = output.recv() => Some(line),
-            () = tokio::time::sleep_until(flush_at), if deadline.is_some() => None,
-            // Abandoned (shutdown): store what was read, leave the rest to whoever adopts
-            // the step.
-            () = stop.cancelled() => Some(None),
+        let flush = tokio::select! {
+            line = output.recv() => match line {
+                Some(line) => {
+                    batch.accept(line);
+                    if deadline.is_none() && !batch.lines.is_empty() {
+                        deadline = Some(Instant::now() + BATCH_DELAY);
+                    }
+                    batch.bytes >= BATCH_BYTES
+                }
+                None => break,
+            },
+            () = tokio::time::sleep_until(flush_at), if deadline.is_some() => true,
+            // Abandoned (shutdown): store what was already read, leave the rest to whoever
+            // adopts the step.
+            () = stop.cancelled() => {
+                while let Ok(line) = output.try_recv() {
+                    batch.accept(line);
+                }
+                break;
+            }
         };
-        match received {
-            // The batch is old enough: write it.
-            None => {
-                write(store, step_id, &mut batch).await;
-                batch_bytes = 0;
-                deadline = None;
+        if flush {
+            if let Some(previous) = writing.take() {
+                let _ = previous.await;
             }
-            // The step's output ended.
-            Some(None) => break,
-            Some(Some(line)) => {
-                if done.truncated {
-                    continue; // keep draining so that the step is never blocked on its pipe
-                }
-                let text = masker.mask(line.text);
-                if stored_bytes + text.len() > max_bytes {
-                    done.truncated = true;
-                    let notice = format!(
-                        "piculet: the log reached its limit of {max_bytes} bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n"
-                    );
-                    batch.push(LogLine {
-                        number: next,
-                        at: line.at,
-                        text: notice,
-                    });
-                    next += 1;
-                    continue;
-                }
-                stored_bytes += text.len();
-                batch_bytes += text.len();
-                done.lines += 1;
-                done.bytes += text.len() as u64;
-                batch.push(LogLine {
-                    number: next,
-                    at: line.at,
-                    text,
-                });
-                next += 1;
-                if batch_bytes >= BATCH_BYTES {
-                    write(store, step_id, &mut batch).await;
-                    batch_bytes = 0;
-                    deadline = None;
-                } else if deadline.is_none() {
-                    deadline = Some(Instant::now() + BATCH_DELAY);
-                }
-            }
+            let lines = batch.take();
+            let store = store.clone();
+            writing = Some(tokio::spawn(
+                async move { write(&store, step_id, lines).await },
+            ));
+            deadline = None;
         }
     }
-    write(store, step_id, &mut batch).await;
-    metrics::counter!("piculet_log_lines_stored_total").increment(done.lines);
-    metrics::counter!("piculet_log_bytes_stored_total").increment(done.bytes);
-    done
+    if let Some(previous) = writing.take() {
+        let _ = previous.await;
+    }
+    let lines = batch.take();
+    write(store, step_id, lines).await;
+    metrics::counter!("piculet_log_lines_stored_total").increment(batch.done.lines);
+    metrics::counter!("piculet_log_bytes_stored_total").increment(batch.done.bytes);
+    batch.done
 }
 
-/// Writes and empties the batch, retrying while the database is unreachable: a line that was
-/// read is never dropped.
-async fn write(store: &Store, step_id: Uuid, batch: &mut Vec<LogLine>) {
-    if batch.is_empty() {
+/// The lines read and not yet written.
+struct Batch<'a> {
+    step_id: Uuid,
+    masker: &'a Masker,
+    max_bytes: usize,
+    next: i64,
+    lines: Vec<LogLine>,
+    bytes: usize,
+    stored_bytes: usize,
+    done: Pumped,
+}
+
+impl Batch<'_> {
+    fn accept(&mut self, line: OutputLine) {
+        if self.done.truncated {
+            return; // drained, so that the step is never blocked on its pipe
+        }
+        let mut text = self.masker.mask(line.text);
+        if text.contains('\0') {
+            // Postgres text cannot hold NUL; show where one was.
+            text = text.replace('\0', "\u{FFFD}");
+        }
+        if self.stored_bytes + text.len() > self.max_bytes {
+            self.done.truncated = true;
+            text = format!(
+                "piculet: the log reached its limit of {} bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n",
+                self.max_bytes
+            );
+            tracing::info!(step_id = %self.step_id, "log truncated at its size limit");
+        } else {
+            self.stored_bytes += text.len();
+            self.done.lines += 1;
+            self.done.bytes += text.len() as u64;
+        }
+        self.bytes += text.len();
+        self.lines.push(LogLine {
+            number: self.next,
+            at: line.at,
+            text,
+        });
+        self.next += 1;
+    }
+
+    fn take(&mut self) -> Vec<LogLine> {
+        self.bytes = 0;
+        std::mem::take(&mut self.lines)
+    }
+}
+
+/// Writes a batch, retrying while the database is unreachable. A batch the database refuses
+/// outright, or that still fails after about a minute, is given up with an error in the
+/// server log rather than holding the step forever.
+async fn write(store: &Store, step_id: Uuid, lines: Vec<LogLine>) {
+    if lines.is_empty() {
         return;
     }
-    let lines: std::sync::Arc<[LogLine]> = std::mem::take(batch).into();
+    let lines: std::sync::Arc<[LogLine]> = lines.into();
     let mut delay = Duration::from_millis(100);
-    loop {
+    for attempt in 1..=12 {
         match store.insert_log_lines(step_id, lines.clone()).await {
             Ok(()) => return,
             Err(e) => {
+                let refused = matches!(
+                    &e,
+                    crate::store::StoreError::Database(sqlx::Error::Database(_))
+                );
+                if refused || attempt == 12 {
+                    tracing::error!(%step_id, error = %e, lines = lines.len(), "log lines could not be stored");
+                    return;
+                }
                 tracing::warn!(%step_id, error = %e, "storing log lines failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                delay = (delay * 2).min(Duration::from_secs(8));
             }
         }
     }

@@ -8,13 +8,15 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_S
 /// What a masked value becomes.
 pub const MASK: &str = "********";
 
-/// Values this short would mask ordinary text everywhere (`1`, `ok`); they are not masked.
-const MIN_LEN: usize = 3;
-
-/// Replaces secret values in text; built once per workflow.
+/// Replaces secret values in text; built once per workflow. Every value is masked, however
+/// short: a one-character secret blots that character out of the log, which is the price of
+/// never showing it.
 #[derive(Debug, Clone)]
 pub struct Masker {
     matcher: Option<AhoCorasick>,
+    /// The patterns again, for the (theoretical) case the automaton cannot be built: masking
+    /// then falls back on plain replacement rather than showing anything.
+    fallback: Vec<String>,
 }
 
 fn url_encode(value: &str) -> String {
@@ -37,7 +39,7 @@ impl Masker {
             let pieces = std::iter::once(value).chain(value.lines().filter(|l| l != &value));
             for piece in pieces {
                 let piece = piece.trim_end_matches('\r');
-                if piece.len() < MIN_LEN {
+                if piece.is_empty() {
                     continue;
                 }
                 patterns.push(piece.to_string());
@@ -58,13 +60,27 @@ impl Masker {
                 .build(&patterns)
                 .ok()
         };
-        Masker { matcher }
+        let fallback = if matcher.is_none() {
+            // Longest first, so that a value is replaced before its own parts.
+            patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            patterns
+        } else {
+            Vec::new()
+        };
+        Masker { matcher, fallback }
     }
 
     pub fn mask(&self, text: String) -> String {
         match &self.matcher {
             Some(m) if m.is_match(&text) => m.replace_all(&text, &vec![MASK; m.patterns_len()]),
-            _ => text,
+            Some(_) => text,
+            None => self.fallback.iter().fold(text, |text, p| {
+                if text.contains(p.as_str()) {
+                    text.replace(p.as_str(), MASK)
+                } else {
+                    text
+                }
+            }),
         }
     }
 }
@@ -94,8 +110,10 @@ mod tests {
     }
 
     #[test]
-    fn very_short_values_are_left_alone() {
-        let m = Masker::new(["1", ""]);
-        assert_eq!(m.mask("1 2 3\n".into()), "1 2 3\n");
+    fn short_values_are_masked_too() {
+        let m = Masker::new(["7", ""]);
+        assert_eq!(m.mask("1 7 3\n".into()), "1 ******** 3\n");
+        let none = Masker::new([""]);
+        assert_eq!(none.mask("1 7 3\n".into()), "1 7 3\n");
     }
 }

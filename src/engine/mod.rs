@@ -202,6 +202,7 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
                 let _ = inner
                     .store
                     .step_finished(
+                        claimed.pipeline_id,
                         s.id,
                         crate::model::Status::Error,
                         None,
@@ -212,7 +213,12 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
             }
             let _ = inner
                 .store
-                .workflow_finished(workflow_id, crate::model::Status::Error, Some(reason))
+                .workflow_finished(
+                    claimed.pipeline_id,
+                    workflow_id,
+                    crate::model::Status::Error,
+                    Some(reason),
+                )
                 .await;
             return;
         }
@@ -259,6 +265,7 @@ async fn keep_lease(
     done: CancellationToken,
 ) {
     let every = (inner.settings.lease / 3).min(Duration::from_secs(2));
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {},
@@ -275,11 +282,21 @@ async fn keep_lease(
                 return;
             }
             Ok(state) => {
+                renewed = tokio::time::Instant::now();
                 if state.cancel_requested {
                     cancel.cancel();
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "renewing the lease failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing the lease failed");
+                // Past its expiry another replica may have taken the workflow over: two
+                // replicas must never run it side by side.
+                if renewed.elapsed() >= inner.settings.lease {
+                    tracing::error!("the lease expired without renewal; leaving the workflow");
+                    abandon.cancel();
+                    return;
+                }
+            }
         }
     }
 }

@@ -119,7 +119,10 @@ impl StepContext {
         let attaching = matches!(begin, Begin::Attach { .. });
         let (handle, first_number) = match begin {
             Begin::Start => {
-                if let Err(e) = store.step_started(id, started_at).await {
+                if let Err(e) = store
+                    .step_started(self.run.pipeline_id, id, started_at)
+                    .await
+                {
                     tracing::error!(error = %e, "recording the step's start failed");
                 }
                 if !self
@@ -272,7 +275,14 @@ impl StepContext {
         if let Err(e) = self
             .inner
             .store
-            .step_finished(id, status, exit_code, reason.clone(), now)
+            .step_finished(
+                self.run.pipeline_id,
+                id,
+                status,
+                exit_code,
+                reason.clone(),
+                now,
+            )
             .await
         {
             tracing::error!(error = %e, "recording the step's end failed");
@@ -383,19 +393,32 @@ pub(super) async fn run(
         let reason = format!("could not set the workflow up: {e}");
         for s in claimed.steps.iter().filter(|s| !s.status.0.is_finished()) {
             let _ = store
-                .step_finished(s.id, Status::Error, None, Some(reason.clone()), Utc::now())
+                .step_finished(
+                    claimed.pipeline_id,
+                    s.id,
+                    Status::Error,
+                    None,
+                    Some(reason.clone()),
+                    Utc::now(),
+                )
                 .await;
         }
         let _ = store
-            .workflow_finished(workflow_id, Status::Error, Some(reason))
+            .workflow_finished(
+                claimed.pipeline_id,
+                workflow_id,
+                Status::Error,
+                Some(reason),
+            )
             .await;
         expiry.abort();
         return;
     }
 
-    // Steps that ran under an earlier lease: re-attach where the backend can, else stop them
-    // and say so. None is started twice.
+    // Steps that ran under an earlier lease: re-attach where the backend can; one gone from
+    // the backend is lost. None is started twice.
     let mut adopted: HashSet<Uuid> = HashSet::new();
+    let mut lost: HashSet<Uuid> = HashSet::new();
     if claimed.takeover {
         metrics::counter!("piculet_lease_takeovers_total").increment(1);
         let alive = inner
@@ -410,39 +433,32 @@ pub(super) async fn run(
         {
             if alive.contains(&s.id) {
                 adopted.insert(s.id);
-            } else {
-                let _ = store
-                    .step_finished(
-                        s.id,
-                        Status::Error,
-                        None,
-                        Some(format!(
-                            "lost: piculet stopped while the step ran, and the step is gone from the {} backend",
-                            inner.backend.name()
-                        )),
-                        Utc::now(),
-                    )
-                    .await;
+                continue;
             }
+            lost.insert(s.id);
+            let reason = format!(
+                "lost: piculet stopped while the step ran, and the step is gone from the {} backend",
+                inner.backend.name()
+            );
+            let _ = store
+                .step_finished(
+                    claimed.pipeline_id,
+                    s.id,
+                    Status::Error,
+                    None,
+                    Some(reason),
+                    Utc::now(),
+                )
+                .await;
         }
     }
-    // The status each step had when the workflow was claimed.
+    // The status each step had when the workflow was claimed; `None` for a step still to run.
     let claimed_status = |s: &StepState| -> Option<Status> {
-        (s.status.0 != Status::Queued && !adopted.contains(&s.id)).then_some(s.status.0)
-    };
-
-    let mut background: JoinSet<Outcome> = JoinSet::new();
-    let spawn_step = |set: &mut JoinSet<(String, Outcome)>,
-                      name: String,
-                      id: Uuid,
-                      spec: StepSpec,
-                      status: &'static str,
-                      begin: Begin| {
-        let ctx = ctx.clone();
-        let span = tracing::info_span!("step", step_id = %id, step = %spec.name);
-        set.spawn(
-            async move { (name, ctx.run_step(id, spec, status, begin).await) }.instrument(span),
-        );
+        if lost.contains(&s.id) {
+            Some(Status::Error)
+        } else {
+            (s.status.0 != Status::Queued && !adopted.contains(&s.id)).then_some(s.status.0)
+        }
     };
     let adopted = &adopted;
     let begin_for = |id: Uuid| async move {
@@ -457,6 +473,25 @@ pub(super) async fn run(
         }
     };
 
+    // Step tasks, foreground (the DAG waits for them) and background (services and detached
+    // steps, which end with the workflow); a task's id names its step should it panic.
+    let mut tasks: HashMap<tokio::task::Id, (String, Uuid)> = HashMap::new();
+    let spawn = |set: &mut JoinSet<Outcome>,
+                 tasks: &mut HashMap<tokio::task::Id, (String, Uuid)>,
+                 id: Uuid,
+                 spec: StepSpec,
+                 pipeline_status: &'static str,
+                 begin: Begin| {
+        let ctx = ctx.clone();
+        let span = tracing::info_span!("step", step_id = %id, step = %spec.name);
+        let name = spec.name.clone();
+        let handle = set.spawn(
+            async move { ctx.run_step(id, spec, pipeline_status, begin).await }.instrument(span),
+        );
+        tasks.insert(handle.id(), (name, id));
+    };
+    let mut background: JoinSet<Outcome> = JoinSet::new();
+
     // Services first, for the life of the workflow.
     for spec in &plan.services {
         let Some(state) = service_ids.get(&spec.name) else {
@@ -466,11 +501,14 @@ pub(super) async fn run(
             continue;
         }
         let begin = begin_for(state.id).await;
-        let ctx = ctx.clone();
-        let (id, spec) = (state.id, spec.clone());
-        let span = tracing::info_span!("service", step_id = %id, service = %spec.name);
-        background
-            .spawn(async move { ctx.run_step(id, spec, "success", begin).await }.instrument(span));
+        spawn(
+            &mut background,
+            &mut tasks,
+            state.id,
+            spec.clone(),
+            "success",
+            begin,
+        );
     }
 
     // The step DAG.
@@ -487,11 +525,12 @@ pub(super) async fn run(
             _ => pending.push(spec),
         }
     }
-    let mut running: JoinSet<(String, Outcome)> = JoinSet::new();
+    let mut running: JoinSet<Outcome> = JoinSet::new();
     let mut abandoned = false;
     loop {
-        // Start every step whose dependencies are done, until no more can start.
-        let mut progressed = true;
+        // Start every step whose dependencies are done, until no more can start; nothing new
+        // starts once this replica gives the workflow up.
+        let mut progressed = !abandon.is_cancelled();
         while progressed {
             progressed = false;
             let ready: Vec<&StepSpec> = pending
@@ -538,7 +577,14 @@ pub(super) async fn run(
                     && !adopted.contains(&id)
                 {
                     let _ = store
-                        .step_finished(id, status, None, Some(reason), Utc::now())
+                        .step_finished(
+                            claimed.pipeline_id,
+                            id,
+                            status,
+                            None,
+                            Some(reason),
+                            Utc::now(),
+                        )
                         .await;
                     done.insert(spec.name.clone(), status);
                     continue;
@@ -547,18 +593,19 @@ pub(super) async fn run(
                 let begin = begin_for(id).await;
                 if spec.detach {
                     // A detached step runs beside the rest; its dependents go on at once.
-                    let ctx = ctx.clone();
-                    let owned = spec.clone();
-                    let span = tracing::info_span!("step", step_id = %id, step = %spec.name);
-                    background.spawn(
-                        async move { ctx.run_step(id, owned, pipeline_status, begin).await }
-                            .instrument(span),
+                    spawn(
+                        &mut background,
+                        &mut tasks,
+                        id,
+                        spec.clone(),
+                        pipeline_status,
+                        begin,
                     );
                     done.insert(spec.name.clone(), Status::Running);
                 } else {
-                    spawn_step(
+                    spawn(
                         &mut running,
-                        spec.name.clone(),
+                        &mut tasks,
                         id,
                         spec.clone(),
                         pipeline_status,
@@ -567,25 +614,42 @@ pub(super) async fn run(
                 }
             }
         }
-        let Some(joined) = running.join_next().await else {
+        let Some(joined) = running.join_next_with_id().await else {
             break;
         };
-        let Ok((name, outcome)) = joined else {
-            tracing::error!("a step task failed");
-            continue;
-        };
-        match outcome {
-            Outcome::Finished { status, .. } => {
-                if let Some(spec) = specs.get(name.as_str()) {
-                    failed |= fails_workflow(status, spec);
-                }
-                done.insert(name, status);
+        let (name, status) = match joined {
+            Ok((task, Outcome::Finished { status, .. })) => (
+                tasks.get(&task).map(|t| t.0.clone()).unwrap_or_default(),
+                status,
+            ),
+            Ok((_, Outcome::Abandoned)) => {
+                abandoned = true;
+                continue;
             }
-            Outcome::Abandoned => abandoned = true,
+            Err(e) => {
+                // A bug of piculet's, not of the step: record it rather than leave the step
+                // running and its dependents waiting forever.
+                let (name, id) = tasks.get(&e.id()).cloned().unwrap_or_default();
+                tracing::error!(step = %name, error = %e, "a step task failed");
+                let reason =
+                    "piculet failed while running the step; see the server log".to_string();
+                let _ = store
+                    .step_finished(
+                        claimed.pipeline_id,
+                        id,
+                        Status::Error,
+                        None,
+                        Some(reason),
+                        Utc::now(),
+                    )
+                    .await;
+                (name, Status::Error)
+            }
+        };
+        if let Some(spec) = specs.get(name.as_str()) {
+            failed |= fails_workflow(status, spec);
         }
-        if abandon.is_cancelled() {
-            abandoned = true;
-        }
+        done.insert(name, status);
     }
 
     // Services and detached steps end with the workflow.
@@ -595,6 +659,9 @@ pub(super) async fn run(
             abandoned = true;
         }
     }
+    // Steps never started because the workflow was given up are left queued for whoever
+    // adopts it.
+    abandoned |= abandon.is_cancelled() && !pending.is_empty();
     expiry.abort();
     if abandoned || abandon.is_cancelled() {
         tracing::info!("workflow left for adoption");
@@ -610,9 +677,14 @@ pub(super) async fn run(
         cancel.is_cancelled(),
         pipeline_expired.is_cancelled(),
     );
-    if let Err(e) = store.workflow_finished(workflow_id, status, reason).await {
+    if let Err(e) = store
+        .workflow_finished(claimed.pipeline_id, workflow_id, status, reason)
+        .await
+    {
         tracing::error!(error = %e, "recording the workflow's end failed");
     }
+    // Workflows that depended on this one may be ready now.
+    inner.control.wake();
     tracing::info!(%status, "workflow finished");
 }
 

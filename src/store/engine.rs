@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::events::{NewEvent, insert_event};
+use super::events::{NewEvent, insert_event, lock_pipeline};
 use super::{Store, StoreError, on_pool};
 use crate::model::{Event, Status, StepKind, Subject};
 use crate::pipeline::{self, WorkflowPlan};
@@ -147,8 +147,11 @@ impl Store {
             "UPDATE workflows SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
              started_at = COALESCE(started_at, $3), claims = claims + 1 \
              WHERE id = (SELECT id FROM workflows \
-                         WHERE (status = 'queued' AND ready) \
-                            OR (status = 'running' AND lease_expires_at < $3) \
+                         WHERE ((status = 'queued' AND ready) \
+                            OR (status = 'running' AND lease_expires_at < $3)) \
+                           AND NOT EXISTS (SELECT 1 FROM pipelines p \
+                                           WHERE p.id = workflows.pipeline_id \
+                                             AND p.cancel_requested AND workflows.status = 'queued') \
                          ORDER BY created_at, position LIMIT 1{lock}) \
              RETURNING id, pipeline_id, plan, claims"
         );
@@ -166,7 +169,7 @@ impl Store {
             };
             let takeover = row.claims > 1;
             if !takeover {
-                events.push(insert_event(&mut *tx, new_event(
+                events.push(insert_event(&mut tx, new_event(
                     row.pipeline_id, Subject::Workflow, row.id, row.plan.0.name.clone(), Status::Running, now,
                 )).await?);
             }
@@ -179,7 +182,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some((name,)) = started {
-                events.push(insert_event(&mut *tx, new_event(
+                events.push(insert_event(&mut tx, new_event(
                     row.pipeline_id, Subject::Pipeline, row.pipeline_id, name, Status::Running, now,
                 )).await?);
             }
@@ -285,9 +288,15 @@ impl Store {
     }
 
     /// Records that a step started.
-    pub async fn step_started(&self, step_id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn step_started(
+        &self,
+        pipeline_id: Uuid,
+        step_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
         let event = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            lock_pipeline(&mut *tx, pipeline_id).await?;
             let row: Option<(Uuid, String)> = sqlx::query_as(
                 "UPDATE steps SET status = 'running', started_at = $1 \
                  WHERE id = $2 AND status = 'queued' RETURNING pipeline_id, name",
@@ -298,7 +307,7 @@ impl Store {
             .await?;
             let event = match row {
                 Some((pipeline_id, name)) => Some(
-                    insert_event(&mut *tx, new_event(pipeline_id, Subject::Step, step_id, name, Status::Running, at))
+                    insert_event(&mut tx, new_event(pipeline_id, Subject::Step, step_id, name, Status::Running, at))
                         .await?,
                 ),
                 None => None,
@@ -314,6 +323,7 @@ impl Store {
     /// that has already finished keeps its first end.
     pub async fn step_finished(
         &self,
+        pipeline_id: Uuid,
         step_id: Uuid,
         status: Status,
         exit_code: Option<i32>,
@@ -322,6 +332,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let event = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            lock_pipeline(&mut *tx, pipeline_id).await?;
             let row: Option<(Uuid, String)> = sqlx::query_as(
                 "UPDATE steps SET status = $1, exit_code = $2, reason = $3, finished_at = $4 \
                  WHERE id = $5 AND status IN ('queued', 'running') RETURNING pipeline_id, name",
@@ -335,7 +346,7 @@ impl Store {
             .await?;
             let event = match row {
                 Some((pipeline_id, name)) => Some(
-                    insert_event(&mut *tx, NewEvent {
+                    insert_event(&mut tx, NewEvent {
                         exit_code,
                         reason: reason.clone(),
                         ..new_event(pipeline_id, Subject::Step, step_id, name, status, at)
@@ -355,6 +366,7 @@ impl Store {
     /// or are skipped, and the pipeline ends when all its workflows have.
     pub async fn workflow_finished(
         &self,
+        pipeline_id: Uuid,
         workflow_id: Uuid,
         status: Status,
         reason: Option<String>,
@@ -363,6 +375,7 @@ impl Store {
         let mut events: Vec<Event> = Vec::new();
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            lock_pipeline(&mut *tx, pipeline_id).await?;
             let row: Option<(Uuid, String)> = sqlx::query_as(
                 "UPDATE workflows SET status = $1, reason = $2, finished_at = $3, \
                  lease_owner = NULL, lease_expires_at = NULL \
@@ -377,7 +390,7 @@ impl Store {
             let Some((pipeline_id, name)) = row else {
                 return Ok(());
             };
-            events.push(insert_event(&mut *tx, NewEvent {
+            events.push(insert_event(&mut tx, NewEvent {
                 reason: reason.clone(),
                 ..new_event(pipeline_id, Subject::Workflow, workflow_id, name, status, now)
             }).await?);
@@ -423,12 +436,12 @@ impl Store {
                             .fetch_all(&mut *tx)
                             .await?;
                             for (step_id, step_name) in steps {
-                                events.push(insert_event(&mut *tx, NewEvent {
+                                events.push(insert_event(&mut tx, NewEvent {
                                     reason: Some(why.clone()),
                                     ..new_event(pipeline_id, Subject::Step, step_id, step_name, Status::Skipped, now)
                                 }).await?);
                             }
-                            events.push(insert_event(&mut *tx, NewEvent {
+                            events.push(insert_event(&mut tx, NewEvent {
                                 reason: Some(why.clone()),
                                 ..new_event(pipeline_id, Subject::Workflow, w.id, w.name.clone(), Status::Skipped, now)
                             }).await?);
@@ -458,7 +471,7 @@ impl Store {
                 .fetch_optional(&mut *tx)
                 .await?;
                 if let Some((name,)) = ended {
-                    events.push(insert_event(&mut *tx, NewEvent {
+                    events.push(insert_event(&mut tx, NewEvent {
                         reason: final_reason,
                         ..new_event(pipeline_id, Subject::Pipeline, pipeline_id, name, final_status, now)
                     }).await?);

@@ -36,38 +36,70 @@ fn subject_text(s: Subject) -> &'static str {
     }
 }
 
-/// Inserts the event inside the caller's transaction and returns it with its sequence number.
-pub(crate) async fn insert_event<'c, E, DB>(executor: E, e: NewEvent) -> Result<Event, sqlx::Error>
+/// Locks the pipeline's row for the rest of the caller's transaction. Every transaction that
+/// records an event takes this lock first, so that events are numbered in commit order and
+/// the transactions of one pipeline never wait on each other in a cycle.
+pub(crate) async fn lock_pipeline<'c, E, DB>(
+    executor: E,
+    pipeline_id: Uuid,
+) -> Result<(), sqlx::Error>
 where
     DB: sqlx::Database,
     E: sqlx::Executor<'c, Database = DB>,
     for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
     for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    sqlx::query::<DB>("UPDATE pipelines SET event_count = event_count WHERE id = $1")
+        .bind(pipeline_id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// Inserts the event inside the caller's transaction (which holds the pipeline's lock) and
+/// returns it with its number.
+pub(crate) async fn insert_event<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    e: NewEvent,
+) -> Result<Event, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'t> &'t mut <DB as sqlx::Database>::Connection: sqlx::Executor<'t, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> Json<Payload>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
+    let (seq,): (i64,) = sqlx::query_as::<DB, (i64,)>(
+        "UPDATE pipelines SET event_count = event_count + 1 WHERE id = $1 RETURNING event_count",
+    )
+    .bind(e.pipeline_id)
+    .fetch_one(&mut **tx)
+    .await?;
     let payload = Payload {
         name: e.name.clone(),
         exit_code: e.exit_code,
         reason: e.reason.clone(),
     };
-    let seq: (i64,) = sqlx::query_as::<DB, (i64,)>(
-        "INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+    sqlx::query::<DB>(
+        "INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(e.pipeline_id)
+    .bind(seq)
     .bind(subject_text(e.subject))
     .bind(e.id)
     .bind(e.status.as_str())
     .bind(Json(payload))
     .bind(e.at)
-    .fetch_one(executor)
+    .execute(&mut **tx)
     .await?;
     Ok(Event {
-        seq: seq.0,
+        seq,
         pipeline_id: e.pipeline_id,
         subject: e.subject,
         id: e.id,
@@ -91,7 +123,7 @@ struct EventRow {
 }
 
 impl Store {
-    /// The pipeline's events after `after` (a sequence number), oldest first.
+    /// The pipeline's events after number `after`, oldest first.
     pub async fn events(
         &self,
         pipeline_id: Uuid,

@@ -12,6 +12,19 @@ use crate::model::LogLine;
 /// Rows per statement on SQLite, under its limit of 32766 bound parameters.
 const SQLITE_ROWS_PER_INSERT: usize = 5000;
 
+/// Escapes text for COPY's text format.
+fn copy_escape(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct LineRow {
     number: i64,
@@ -31,20 +44,23 @@ impl Store {
         }
         match &self.pool {
             Pool::Postgres(pool) => {
-                // Arrays bound once and unnested server-side: one round trip for the batch.
-                let numbers: Vec<i64> = lines.iter().map(|l| l.number).collect();
-                let times: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
-                let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO log_lines (step_id, number, ts, text) \
-                     SELECT $1, * FROM UNNEST($2::BIGINT[], $3::TIMESTAMPTZ[], $4::TEXT[])",
-                )
-                .bind(step_id)
-                .bind(&numbers)
-                .bind(&times)
-                .bind(&texts)
-                .execute(pool)
-                .await?;
+                // COPY: the fastest way into Postgres, one round trip for the batch.
+                let mut data = String::with_capacity(lines.iter().map(|l| l.text.len() + 80).sum());
+                for line in lines.iter() {
+                    data.push_str(&format!(
+                        "{step_id}\t{}\t{}\t",
+                        line.number,
+                        line.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    ));
+                    copy_escape(&line.text, &mut data);
+                    data.push('\n');
+                }
+                let mut conn = pool.acquire().await?;
+                let mut copy = conn
+                    .copy_in_raw("COPY log_lines (step_id, number, ts, text) FROM STDIN")
+                    .await?;
+                copy.send(data.as_bytes()).await?;
+                copy.finish().await?;
             }
             Pool::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::events::{NewEvent, insert_event};
+use super::events::{NewEvent, insert_event, lock_pipeline};
 use super::{Store, StoreError, on_pool};
 use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Subject, Workflow};
 use crate::pipeline::Diagnostic;
@@ -272,7 +272,7 @@ impl Store {
                     .await?;
                 }
             }
-            let event = insert_event(&mut *tx, NewEvent {
+            let event = insert_event(&mut tx, NewEvent {
                 pipeline_id: new.id,
                 subject: Subject::Pipeline,
                 id: new.id,
@@ -407,77 +407,95 @@ impl Store {
         rows.into_iter().map(PipelineRow::into_summary).collect()
     }
 
-    /// Cancels a pipeline: a queued one, and its queued workflows and steps, become `canceled`
-    /// at once; a running one is marked for the engine to stop. A finished pipeline is left
-    /// as it is. Returns `None` when there is no such pipeline.
+    /// Cancels a pipeline: its queued workflows and steps become `canceled` at once, and a
+    /// workflow already running is marked for the engine to stop (no queued one is claimed
+    /// after this). A finished pipeline is left as it is. Returns `None` when there is no such
+    /// pipeline.
     pub async fn cancel_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
         let now = Utc::now();
+        let reason = "canceled before it started";
         let mut events = Vec::new();
         let found = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let current: Option<(String,)> = sqlx::query_as("SELECT status FROM pipelines WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let found = match current.as_ref().map(|(s,)| status(s)).transpose()? {
+            // First the flag, on its own: from its commit on, no worker claims a queued
+            // workflow of this pipeline. Writing first also takes the write lock at once on
+            // SQLite, where a read-then-write transaction may fail under concurrent writers.
+            let flagged: Option<(String,)> = sqlx::query_as(
+                "UPDATE pipelines SET cancel_requested = TRUE, updated_at = $1 WHERE id = $2 \
+                 RETURNING status",
+            )
+            .bind(now)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            match flagged.as_ref().map(|(s,)| status(s)).transpose()? {
                 None => false,
-                Some(Status::Queued) => {
-                    // Conditional updates: whatever the engine claimed in the meantime is
-                    // left for it to stop.
-                    let canceled = Status::Canceled.as_str();
-                    let queued = Status::Queued.as_str();
-                    let reason = "canceled before it started";
-                    let steps: Vec<(Uuid, String)> = sqlx::query_as(
-                        "SELECT id, name FROM steps WHERE pipeline_id = $1 AND status = $2",
-                    )
-                    .bind(id).bind(queued)
+                Some(s) if s.is_finished() => true,
+                Some(_) => {
+                    let mut tx = pool.begin().await?;
+                    lock_pipeline(&mut *tx, id).await?;
+                    // A workflow a worker is claiming right now is skipped: it runs, sees the
+                    // flag at its first lease renewal, and stops.
+                    let lock = if matches!(self.pool, super::Pool::Postgres(_)) { " FOR UPDATE SKIP LOCKED" } else { "" };
+                    let workflows: Vec<(Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "UPDATE workflows SET status = 'canceled', reason = $1, finished_at = $2 \
+                         WHERE id IN (SELECT id FROM workflows WHERE pipeline_id = $3 \
+                                      AND status = 'queued'{lock}) RETURNING id, name"
+                    )))
+                    .bind(reason).bind(now).bind(id)
                     .fetch_all(&mut *tx).await?;
-                    let workflows: Vec<(Uuid, String)> = sqlx::query_as(
-                        "UPDATE workflows SET status = $1, reason = $2, finished_at = $3 \
-                         WHERE pipeline_id = $4 AND status = $5 RETURNING id, name",
-                    )
-                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
-                    .fetch_all(&mut *tx).await?;
-                    sqlx::query(
-                        "UPDATE steps SET status = $1, reason = $2, finished_at = $3 \
-                         WHERE pipeline_id = $4 AND status = $5",
-                    )
-                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
-                    .execute(&mut *tx).await?;
-                    let done: Option<(String,)> = sqlx::query_as(
-                        "UPDATE pipelines SET status = $1, reason = $2, finished_at = $3, \
-                         updated_at = $3, cancel_requested = TRUE WHERE id = $4 AND status = $5 \
-                         RETURNING name",
-                    )
-                    .bind(canceled).bind(reason).bind(now).bind(id).bind(queued)
-                    .fetch_optional(&mut *tx).await?;
-                    let changes = steps.into_iter().map(|(sid, name)| (Subject::Step, sid, name))
-                        .chain(workflows.into_iter().map(|(wid, name)| (Subject::Workflow, wid, name)))
-                        .chain(done.map(|(name,)| (Subject::Pipeline, id, name)));
-                    for (subject, subject_id, name) in changes {
-                        events.push(insert_event(&mut *tx, NewEvent {
-                            pipeline_id: id,
-                            subject,
-                            id: subject_id,
-                            name,
-                            status: Status::Canceled,
-                            exit_code: None,
-                            reason: Some(reason.to_string()),
-                            at: now,
-                        }).await?);
+                    for (workflow_id, workflow_name) in &workflows {
+                        let steps: Vec<(Uuid, String)> = sqlx::query_as(
+                            "UPDATE steps SET status = 'canceled', reason = $1, finished_at = $2 \
+                             WHERE workflow_id = $3 AND status = 'queued' RETURNING id, name",
+                        )
+                        .bind(reason).bind(now).bind(workflow_id)
+                        .fetch_all(&mut *tx).await?;
+                        let changes = steps.into_iter().map(|(sid, name)| (Subject::Step, sid, name))
+                            .chain(std::iter::once((Subject::Workflow, *workflow_id, workflow_name.clone())));
+                        for (subject, subject_id, name) in changes {
+                            events.push(insert_event(&mut tx, NewEvent {
+                                pipeline_id: id,
+                                subject,
+                                id: subject_id,
+                                name,
+                                status: Status::Canceled,
+                                exit_code: None,
+                                reason: Some(reason.to_string()),
+                                at: now,
+                            }).await?);
+                        }
                     }
+                    let (unfinished,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM workflows WHERE pipeline_id = $1 \
+                         AND status IN ('queued', 'running')",
+                    )
+                    .bind(id)
+                    .fetch_one(&mut *tx).await?;
+                    if unfinished == 0 {
+                        let ended: Option<(String,)> = sqlx::query_as(
+                            "UPDATE pipelines SET status = 'canceled', reason = $1, finished_at = $2, \
+                             updated_at = $2 WHERE id = $3 AND status IN ('queued', 'running') \
+                             RETURNING name",
+                        )
+                        .bind(reason).bind(now).bind(id)
+                        .fetch_optional(&mut *tx).await?;
+                        if let Some((name,)) = ended {
+                            events.push(insert_event(&mut tx, NewEvent {
+                                pipeline_id: id,
+                                subject: Subject::Pipeline,
+                                id,
+                                name,
+                                status: Status::Canceled,
+                                exit_code: None,
+                                reason: Some(reason.to_string()),
+                                at: now,
+                            }).await?);
+                        }
+                    }
+                    tx.commit().await?;
                     true
                 }
-                Some(Status::Running) => {
-                    sqlx::query("UPDATE pipelines SET cancel_requested = TRUE, updated_at = $1 WHERE id = $2")
-                        .bind(now).bind(id)
-                        .execute(&mut *tx).await?;
-                    true
-                }
-                Some(_) => true,
-            };
-            tx.commit().await?;
-            found
+            }
         });
         self.publish(events);
         if !found {
