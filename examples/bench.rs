@@ -144,7 +144,7 @@ async fn submissions() {
             let now = chrono::Utc::now();
             let (p, w) = (Uuid::now_v7(), Uuid::now_v7());
             let mut tx = pool.begin().await.unwrap();
-            sqlx::query("INSERT INTO pipelines (id, name, status, submission, labels, warnings, created_at, updated_at) VALUES ($1, 'bench', 'queued', $2, $3, '[]', $4, $4)")
+            sqlx::query("INSERT INTO pipelines (id, name, status, submission, labels, warnings, event_count, created_at, updated_at) VALUES ($1, 'bench', 'queued', $2, $3, '[]', 1, $4, $4)")
                 .bind(p).bind(sqlx::types::Json(&submission)).bind(sqlx::types::Json(json!({"project": "bench"}))).bind(now)
                 .execute(&mut *tx).await.unwrap();
             sqlx::query("INSERT INTO pipeline_labels (pipeline_id, key, value) VALUES ($1, 'project', 'bench')")
@@ -157,7 +157,7 @@ async fn submissions() {
                     .bind(Uuid::now_v7()).bind(w).bind(p).bind(i as i32).bind(name)
                     .execute(&mut *tx).await.unwrap();
             }
-            sqlx::query("INSERT INTO events (pipeline_id, subject, subject_id, status, payload, created_at) VALUES ($1, 'pipeline', $1, 'queued', '{}', $2)")
+            sqlx::query("INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) VALUES ($1, 1, 'pipeline', $1, 'queued', '{}', $2)")
                 .bind(p).bind(now).execute(&mut *tx).await.unwrap();
             tx.commit().await.unwrap();
         }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use chrono::Utc;
+use chrono::{SubsecRound as _, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -424,7 +424,8 @@ impl Submission {
                 .map(|d| d.as_secs() as i64),
             idempotency: None,
             retry_of: None,
-            created_at: Utc::now(),
+            // Microseconds: what Postgres keeps, so that the answer equals a later read.
+            created_at: Utc::now().trunc_subsecs(6),
             workflows,
         })
     }

@@ -54,6 +54,55 @@ pub struct NewStep {
     pub reason: Option<String>,
 }
 
+impl NewPipeline {
+    /// The pipeline as [`Store::get_pipeline`] reads it right after insertion.
+    fn as_pipeline(&self) -> Pipeline {
+        let finished = |status: Status| status.is_finished().then_some(self.created_at);
+        Pipeline {
+            summary: PipelineSummary {
+                id: self.id,
+                name: self.name.clone(),
+                status: Status::Queued,
+                reason: None,
+                labels: self.labels.clone(),
+                namespace: self.namespace.clone(),
+                created_at: self.created_at,
+                started_at: None,
+                finished_at: None,
+            },
+            retry_of: self.retry_of,
+            warnings: self.warnings.clone(),
+            workflows: self
+                .workflows
+                .iter()
+                .map(|w| Workflow {
+                    id: w.id,
+                    name: w.name.clone(),
+                    matrix: w.matrix.clone(),
+                    status: w.status,
+                    reason: w.reason.clone(),
+                    started_at: None,
+                    finished_at: finished(w.status),
+                    steps: w
+                        .steps
+                        .iter()
+                        .map(|s| Step {
+                            id: s.id,
+                            name: s.name.clone(),
+                            kind: s.kind,
+                            status: s.status,
+                            reason: s.reason.clone(),
+                            exit_code: None,
+                            started_at: None,
+                            finished_at: None,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What [`Store::create_pipeline`] did.
 #[derive(Debug)]
 pub enum Created {
@@ -169,11 +218,8 @@ impl Store {
             }
             Err(e) => return Err(e),
         }
-        let pipeline = self
-            .get_pipeline(new.id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("inserted pipeline vanished".into()))?;
-        Ok(Created::New(pipeline))
+        // What was just inserted, without reading it back.
+        Ok(Created::New(new.as_pipeline()))
     }
 
     async fn find_idempotent(&self, new: &NewPipeline) -> Result<Option<Created>, StoreError> {
