@@ -656,10 +656,10 @@ struct Output {
 
 impl Output {
     async fn send(&mut self, text: String) {
-        if let Some(tx) = &self.tx {
-            if tx.send(line(text)).await.is_err() {
-                self.tx = None;
-            }
+        if let Some(tx) = &self.tx
+            && tx.send(line(text)).await.is_err()
+        {
+            self.tx = None;
         }
     }
 }
