@@ -71,6 +71,8 @@ pub fn render(
             password: r.password.clone(),
         })
         .collect();
+    // The clone step's CI_REPO_*/CI_COMMIT_* come from `repo`, as in a run.
+    let repo = serde_json::to_value(&submission.repo).ok();
     let mut workflows = Vec::new();
     let mut violations = Vec::new();
     for plan in &planned.plan.workflows {
@@ -85,7 +87,7 @@ pub fn render(
                 step_started: now,
                 pipeline_status: "success",
                 variables: &submission.variables,
-                repo: None,
+                repo: repo.as_ref().filter(|r| !r.is_null()),
             },
             plan,
         );

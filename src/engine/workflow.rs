@@ -383,7 +383,11 @@ pub(super) async fn run(
         pipeline_started: claimed.pipeline_started_at,
         variables,
         repo: claimed.submission.get("repo").cloned(),
-        first_start: std::sync::atomic::AtomicBool::new(claimed.takeover),
+        // Submit-to-start is measured once per workflow that could start at once: not after a
+        // takeover, nor for a workflow that waited for others.
+        first_start: std::sync::atomic::AtomicBool::new(
+            claimed.takeover || !claimed.plan.depends_on.is_empty(),
+        ),
     });
     let store = &inner.store;
     let plan = &claimed.plan;
