@@ -48,19 +48,23 @@ pub async fn pump(
     };
     let mut deadline: Option<Instant> = None;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut received = Vec::with_capacity(512);
     loop {
         // Far enough away to never fire when no batch is waiting.
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let flush = tokio::select! {
-            line = output.recv() => match line {
-                Some(line) => {
-                    batch.accept(line);
-                    if deadline.is_none() && !batch.lines.is_empty() {
-                        deadline = Some(Instant::now() + BATCH_DELAY);
-                    }
-                    batch.bytes >= BATCH_BYTES
+            // Whatever is waiting, in one wake-up: a step printing fast fills the channel.
+            n = output.recv_many(&mut received, 512) => {
+                if n == 0 {
+                    break;
                 }
-                None => break,
+                for line in received.drain(..) {
+                    batch.accept(line);
+                }
+                if deadline.is_none() && !batch.lines.is_empty() {
+                    deadline = Some(Instant::now() + BATCH_DELAY);
+                }
+                batch.bytes >= BATCH_BYTES
             },
             () = tokio::time::sleep_until(flush_at), if deadline.is_some() => true,
             // Abandoned (shutdown): store what was already read, leave the rest to whoever

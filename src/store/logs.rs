@@ -14,6 +14,16 @@ const SQLITE_ROWS_PER_INSERT: usize = 5000;
 
 /// Escapes text for COPY's text format.
 fn copy_escape(text: &str, out: &mut String) {
+    // The common case, a line with nothing to escape but its own newline, without a scan
+    // character by character.
+    let body = text.strip_suffix('\n').unwrap_or(text);
+    if !body.contains(['\\', '\n', '\r', '\t']) {
+        out.push_str(body);
+        if body.len() != text.len() {
+            out.push_str("\\n");
+        }
+        return;
+    }
     for c in text.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -46,12 +56,15 @@ impl Store {
             Pool::Postgres(pool) => {
                 // COPY: the fastest way into Postgres, one round trip for the batch.
                 let mut data = String::with_capacity(lines.iter().map(|l| l.text.len() + 80).sum());
+                let step = step_id.to_string();
                 for line in lines.iter() {
-                    data.push_str(&format!(
-                        "{step_id}\t{}\t{}\t",
+                    use std::fmt::Write as _;
+                    let _ = write!(
+                        data,
+                        "{step}\t{}\t{}\t",
                         line.number,
-                        line.at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-                    ));
+                        line.at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                    );
                     copy_escape(&line.text, &mut data);
                     data.push('\n');
                 }
@@ -127,5 +140,23 @@ impl Store {
             at: r.ts,
             text: r.text,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_escape;
+
+    #[test]
+    fn copy_escapes_what_the_text_format_needs() {
+        let escaped = |t: &str| {
+            let mut out = String::new();
+            copy_escape(t, &mut out);
+            out
+        };
+        assert_eq!(escaped("plain line\n"), "plain line\\n");
+        assert_eq!(escaped("no newline"), "no newline");
+        assert_eq!(escaped("a\tb\\c\r\n"), "a\\tb\\\\c\\r\\n");
+        assert_eq!(escaped("two\nlines\n"), "two\\nlines\\n");
     }
 }
