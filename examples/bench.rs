@@ -126,7 +126,8 @@ async fn submissions() {
     submit_all(total).await;
     let api = rate(total, started.elapsed());
 
-    // The same rows, inserted with plain SQL through one pool at the same concurrency.
+    // The same rows, inserted with plain SQL through one pool at the same concurrency, with
+    // the statements piculet uses (one per table).
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
         .connect(&app.database_url)
@@ -152,11 +153,10 @@ async fn submissions() {
             sqlx::query("INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, ready, created_at) VALUES ($1, $2, 0, 'ci', '{}', $3, 'queued', TRUE, $4)")
                 .bind(w).bind(p).bind(sqlx::types::Json(&plan)).bind(now)
                 .execute(&mut *tx).await.unwrap();
-            for (i, name) in ["build", "test", "lint"].iter().enumerate() {
-                sqlx::query("INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status) VALUES ($1, $2, $3, $4, $5, 'step', 'queued')")
-                    .bind(Uuid::now_v7()).bind(w).bind(p).bind(i as i32).bind(name)
-                    .execute(&mut *tx).await.unwrap();
-            }
+            // One statement for the three steps, as piculet does.
+            sqlx::query("INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status) VALUES ($1, $4, $5, 0, 'build', 'step', 'queued'), ($2, $4, $5, 1, 'test', 'step', 'queued'), ($3, $4, $5, 2, 'lint', 'step', 'queued')")
+                .bind(Uuid::now_v7()).bind(Uuid::now_v7()).bind(Uuid::now_v7()).bind(w).bind(p)
+                .execute(&mut *tx).await.unwrap();
             sqlx::query("INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) VALUES ($1, 1, 'pipeline', $1, 'queued', '{}', $2)")
                 .bind(p).bind(now).execute(&mut *tx).await.unwrap();
             tx.commit().await.unwrap();

@@ -80,6 +80,25 @@ where
     .bind(e.pipeline_id)
     .fetch_one(&mut **tx)
     .await?;
+    insert_numbered_event(tx, e, seq).await
+}
+
+/// Inserts an event whose number the caller already took from `pipelines.event_count`.
+pub(crate) async fn insert_numbered_event<'c, DB>(
+    tx: &mut sqlx::Transaction<'c, DB>,
+    e: NewEvent,
+    seq: i64,
+) -> Result<Event, sqlx::Error>
+where
+    DB: sqlx::Database,
+    for<'t> &'t mut <DB as sqlx::Database>::Connection: sqlx::Executor<'t, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+    for<'q> Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> Json<Payload>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     let payload = Payload {
         name: e.name.clone(),
         exit_code: e.exit_code,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::events::{NewEvent, insert_event, lock_pipeline};
+use super::events::{NewEvent, insert_event, insert_numbered_event, lock_pipeline};
 use super::{Store, StoreError, on_pool};
 use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Subject, Workflow};
 use crate::pipeline::Diagnostic;
@@ -190,6 +190,9 @@ impl PipelineRow {
     }
 }
 
+/// Rows per multi-row insert: 11 parameters a row stays under SQLite's limit of 32766.
+const ROWS_PER_INSERT: usize = 1000;
+
 const PIPELINE_COLUMNS: &str =
     "id, name, status, reason, labels, namespace, created_at, started_at, finished_at";
 
@@ -255,8 +258,8 @@ impl Store {
             sqlx::query(
                 "INSERT INTO pipelines (id, name, status, submission, sealed_secrets, labels, \
                  warnings, namespace, timeout_seconds, idempotency_key, request_hash, retry_of, \
-                 created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13)",
+                 event_count, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13)",
             )
             .bind(new.id)
             .bind(&new.name)
@@ -273,52 +276,59 @@ impl Store {
             .bind(new.created_at)
             .execute(&mut *tx)
             .await?;
-            for (key, value) in &new.labels {
-                sqlx::query("INSERT INTO pipeline_labels (pipeline_id, key, value) VALUES ($1, $2, $3)")
-                    .bind(new.id)
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *tx)
-                    .await?;
+            // One statement per table, whatever the size of the pipeline (in chunks under the
+            // databases' limits on bound parameters).
+            if !new.labels.is_empty() {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO pipeline_labels (pipeline_id, key, value) ");
+                q.push_values(&new.labels, |mut row, (key, value)| {
+                    row.push_bind(new.id).push_bind(key).push_bind(value);
+                });
+                q.build().execute(&mut *tx).await?;
             }
-            for (position, w) in new.workflows.iter().enumerate() {
-                let finished = w.status.is_finished().then_some(new.created_at);
-                sqlx::query(
+            let workflows: Vec<(usize, &NewWorkflow)> = new.workflows.iter().enumerate().collect();
+            for chunk in workflows.chunks(ROWS_PER_INSERT) {
+                let mut q = sqlx::QueryBuilder::new(
                     "INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, \
-                     reason, ready, created_at, finished_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                )
-                .bind(w.id)
-                .bind(new.id)
-                .bind(position as i32)
-                .bind(&w.name)
-                .bind(Json(&w.matrix))
-                .bind(Json(&w.plan))
-                .bind(w.status.as_str())
-                .bind(w.reason.as_deref())
-                .bind(w.ready)
-                .bind(new.created_at)
-                .bind(finished)
-                .execute(&mut *tx)
-                .await?;
-                for (position, s) in w.steps.iter().enumerate() {
-                    sqlx::query(
-                        "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, \
-                         status, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    )
-                    .bind(s.id)
-                    .bind(w.id)
-                    .bind(new.id)
-                    .bind(position as i32)
-                    .bind(&s.name)
-                    .bind(s.kind.as_str())
-                    .bind(s.status.as_str())
-                    .bind(s.reason.as_deref())
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                     reason, ready, created_at, finished_at) ",
+                );
+                q.push_values(chunk, |mut row, (position, w)| {
+                    row.push_bind(w.id)
+                        .push_bind(new.id)
+                        .push_bind(*position as i32)
+                        .push_bind(&w.name)
+                        .push_bind(Json(&w.matrix))
+                        .push_bind(Json(&w.plan))
+                        .push_bind(w.status.as_str())
+                        .push_bind(w.reason.as_deref())
+                        .push_bind(w.ready)
+                        .push_bind(new.created_at)
+                        .push_bind(w.status.is_finished().then_some(new.created_at));
+                });
+                q.build().execute(&mut *tx).await?;
             }
-            let event = insert_event(&mut tx, NewEvent {
+            let steps: Vec<(Uuid, usize, &NewStep)> = new
+                .workflows
+                .iter()
+                .flat_map(|w| w.steps.iter().enumerate().map(move |(i, s)| (w.id, i, s)))
+                .collect();
+            for chunk in steps.chunks(ROWS_PER_INSERT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason) ",
+                );
+                q.push_values(chunk, |mut row, (workflow_id, position, s)| {
+                    row.push_bind(s.id)
+                        .push_bind(*workflow_id)
+                        .push_bind(new.id)
+                        .push_bind(*position as i32)
+                        .push_bind(&s.name)
+                        .push_bind(s.kind.as_str())
+                        .push_bind(s.status.as_str())
+                        .push_bind(s.reason.as_deref());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            // The pipeline row was inserted with event_count 1: this is event 1.
+            let event = insert_numbered_event(&mut tx, NewEvent {
                 pipeline_id: new.id,
                 subject: Subject::Pipeline,
                 id: new.id,
@@ -327,7 +337,7 @@ impl Store {
                 exit_code: None,
                 reason: None,
                 at: new.created_at,
-            })
+            }, 1)
             .await?;
             tx.commit().await?;
             self.publish(vec![event]);
