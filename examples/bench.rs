@@ -282,8 +282,7 @@ async fn log_throughput() {
                 }
                 last = Some((event.data, chrono::Utc::now()));
             }
-            let last = last.map(|(data, at)| (serde_json::from_str::<Value>(&data).unwrap(), at));
-            last
+            last.map(|(data, at)| (serde_json::from_str::<Value>(&data).unwrap(), at))
         })
     };
     let done = wait_finished(&app, p["id"].as_str().unwrap(), 600).await;
