@@ -73,33 +73,21 @@ impl Hub {
     }
 
     pub fn subscribe_step(&self, step_id: Uuid) -> Subscription<StepFeed> {
-        let rx = self
-            .lock()
-            .steps
-            .entry(step_id)
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
-            .subscribe();
-        let hub = self.clone();
-        Subscription {
-            rx,
-            release: Some(Box::new(move || {
-                let mut channels = hub.lock();
-                if channels
-                    .steps
-                    .get(&step_id)
-                    .is_some_and(|s| s.receiver_count() <= 1)
-                {
-                    channels.steps.remove(&step_id);
-                }
-            })),
-        }
+        self.subscribe(step_id, |c| &mut c.steps)
     }
 
     pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> Subscription<Arc<Event>> {
-        let rx = self
-            .lock()
-            .pipelines
-            .entry(pipeline_id)
+        self.subscribe(pipeline_id, |c| &mut c.pipelines)
+    }
+
+    /// Joins (or opens) the channel of `id` in the map `channel` picks.
+    fn subscribe<T: Clone + Send + 'static>(
+        &self,
+        id: Uuid,
+        channel: fn(&mut Channels) -> &mut HashMap<Uuid, broadcast::Sender<T>>,
+    ) -> Subscription<T> {
+        let rx = channel(&mut self.lock())
+            .entry(id)
             .or_insert_with(|| broadcast::channel(CAPACITY).0)
             .subscribe();
         let hub = self.clone();
@@ -107,12 +95,9 @@ impl Hub {
             rx,
             release: Some(Box::new(move || {
                 let mut channels = hub.lock();
-                if channels
-                    .pipelines
-                    .get(&pipeline_id)
-                    .is_some_and(|s| s.receiver_count() <= 1)
-                {
-                    channels.pipelines.remove(&pipeline_id);
+                let map = channel(&mut channels);
+                if map.get(&id).is_some_and(|s| s.receiver_count() <= 1) {
+                    map.remove(&id);
                 }
             })),
         }

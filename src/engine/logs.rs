@@ -16,12 +16,12 @@ use crate::store::Store;
 const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(250);
 
-/// What the pump did, for metrics and the step's record.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pumped {
-    pub lines: u64,
-    pub bytes: u64,
-    pub truncated: bool,
+/// What the pump stored, for metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pumped {
+    lines: u64,
+    bytes: u64,
+    truncated: bool,
 }
 
 /// Reads a step's output to its end (or until `stop`) and stores it; returns once every line
@@ -35,7 +35,7 @@ pub async fn pump(
     first_number: i64,
     mut output: mpsc::Receiver<OutputLine>,
     stop: CancellationToken,
-) -> Pumped {
+) {
     let mut batch = Batch {
         step_id,
         masker,
@@ -95,7 +95,6 @@ pub async fn pump(
     write(store, step_id, lines).await;
     metrics::counter!("piculet_log_lines_stored_total").increment(batch.done.lines);
     metrics::counter!("piculet_log_bytes_stored_total").increment(batch.done.bytes);
-    batch.done
 }
 
 /// The lines read and not yet written.

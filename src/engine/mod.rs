@@ -85,11 +85,8 @@ impl Control {
     }
 }
 
-/// Secret values of a run, opened from the store.
-#[derive(Clone, Default)]
-pub(crate) struct Secrets {
-    pub values: BTreeMap<String, String>,
-}
+/// Secret values of a run by name, opened from the store.
+pub(crate) type Secrets = BTreeMap<String, String>;
 
 pub(crate) struct Inner {
     pub store: Store,
@@ -303,14 +300,12 @@ async fn keep_lease(
 
 fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Secrets, String> {
     let Some(sealed) = sealed else {
-        return Ok(Secrets::default());
+        return Ok(Secrets::new());
     };
     let sealed = crate::submission::open_sealed(secret_box, sealed)?;
-    Ok(Secrets {
-        values: sealed
-            .secrets
-            .into_iter()
-            .map(|s| (s.name, s.value))
-            .collect(),
-    })
+    Ok(sealed
+        .secrets
+        .into_iter()
+        .map(|s| (s.name, s.value))
+        .collect())
 }

@@ -360,7 +360,7 @@ pub(super) async fn run(
         pipeline_id: claimed.pipeline_id,
         workflow_id,
         plan: claimed.plan.clone(),
-        secrets: secrets.values.clone(),
+        secrets: secrets.clone(),
     };
     let variables: BTreeMap<String, String> = claimed
         .submission
@@ -375,7 +375,7 @@ pub(super) async fn run(
         end_of_workflow: CancellationToken::new(),
     };
     let ctx = Arc::new(StepContext {
-        masker: Masker::new(secrets.values.values().map(String::as_str)),
+        masker: Masker::new(secrets.values().map(String::as_str)),
         inner: inner.clone(),
         run,
         stops: stops.clone(),
