@@ -699,7 +699,8 @@ fn outcome(
     canceled: bool,
     expired: bool,
 ) -> (Status, Option<String>) {
-    if canceled {
+    // A cancel that came after every step had ended changes nothing.
+    if canceled && done.values().any(|s| *s == Status::Canceled) {
         return (Status::Canceled, Some("canceled".into()));
     }
     let counted = |wanted: Status| {
@@ -725,4 +726,83 @@ fn outcome(
         );
     }
     (Status::Success, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(steps: &[(&str, Failure)]) -> pipeline::WorkflowPlan {
+        let source = pipeline::Source {
+            name: "ci".into(),
+            content: pipeline::SourceContent::Text(
+                "steps:\n  - name: a\n    image: x\n    commands: [true]\n".into(),
+            ),
+        };
+        let mut plan = pipeline::plan(&[source], &pipeline::Context::default())
+            .map(|p| p.plan.workflows[0].clone())
+            .unwrap_or_else(|r| panic!("{r:?}"));
+        let template = plan.steps[0].clone();
+        plan.steps = steps
+            .iter()
+            .map(|(name, failure)| StepSpec {
+                name: (*name).into(),
+                failure: *failure,
+                ..template.clone()
+            })
+            .collect();
+        plan
+    }
+
+    #[test]
+    fn the_workflow_status_follows_its_steps() {
+        let p = plan(&[
+            ("a", Failure::Fail),
+            ("b", Failure::Ignore),
+            ("c", Failure::Fail),
+        ]);
+        let done = |s: &[(&str, Status)]| -> HashMap<String, Status> {
+            s.iter().map(|(n, st)| ((*n).to_string(), *st)).collect()
+        };
+        let ok = done(&[
+            ("a", Status::Success),
+            ("b", Status::Failure),
+            ("c", Status::Success),
+        ]);
+        assert_eq!(
+            outcome(&p, &ok, false, false),
+            (Status::Success, None),
+            "failure: ignore"
+        );
+        assert_eq!(
+            outcome(&p, &ok, true, false),
+            (Status::Success, None),
+            "a cancel after the end changes nothing"
+        );
+        let canceled = done(&[
+            ("a", Status::Success),
+            ("b", Status::Canceled),
+            ("c", Status::Canceled),
+        ]);
+        assert_eq!(outcome(&p, &canceled, true, false).0, Status::Canceled);
+        let failed = done(&[
+            ("a", Status::Failure),
+            ("b", Status::Success),
+            ("c", Status::Skipped),
+        ]);
+        assert_eq!(
+            outcome(&p, &failed, false, false),
+            (Status::Failure, Some("step a failed".into()))
+        );
+        let errored = done(&[
+            ("a", Status::Failure),
+            ("b", Status::Success),
+            ("c", Status::Error),
+        ]);
+        assert_eq!(
+            outcome(&p, &errored, false, false).0,
+            Status::Error,
+            "an error outranks a failure"
+        );
+    }
 }
