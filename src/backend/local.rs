@@ -19,7 +19,6 @@
 //! reason the group is killed once the step's main process has ended: in a container,
 //! background processes die with the container's first process.
 
-use base64::Engine as _;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
@@ -29,6 +28,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use tokio::io::AsyncReadExt;
@@ -1017,10 +1017,9 @@ fn redact_userinfo(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use indexmap::IndexMap;
 
     use super::*;
-    use crate::pipeline::{Failure, KubernetesOptions, Status, WorkflowPlan, Workspace};
+    use crate::pipeline::{Status, WorkflowPlan, Workspace};
 
     /// A directory removed at the end of the test, whatever happens.
     struct TempDir(PathBuf);
@@ -1042,27 +1041,8 @@ mod tests {
 
     fn spec(name: &str, commands: &[&str]) -> StepSpec {
         StepSpec {
-            name: name.to_string(),
-            kind: StepKind::Step,
-            image: String::new(),
             commands: commands.iter().map(|c| c.to_string()).collect(),
-            entrypoint: None,
-            settings: IndexMap::new(),
-            directory: None,
-            environment: BTreeMap::new(),
-            depends_on: Vec::new(),
-            when_status: vec![Status::Success],
-            failure: Failure::Fail,
-            detach: false,
-            privileged: false,
-            pull: false,
-            volumes: Vec::new(),
-            extra_hosts: Vec::new(),
-            dns: Vec::new(),
-            dns_search: Vec::new(),
-            timeout: None,
-            ports: Vec::new(),
-            backend_options: KubernetesOptions::default(),
+            ..StepSpec::new(name, StepKind::Step, "")
         }
     }
 
@@ -1711,9 +1691,7 @@ mod tests {
     }
 
     fn clone_spec(settings: &[(&str, &str)]) -> StepSpec {
-        let mut s = spec("clone", &[]);
-        s.kind = StepKind::Clone;
-        s.image = DEFAULT_CLONE_IMAGE.to_string();
+        let mut s = StepSpec::new("clone", StepKind::Clone, DEFAULT_CLONE_IMAGE);
         s.settings = settings
             .iter()
             .map(|(k, v)| {

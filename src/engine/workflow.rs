@@ -733,25 +733,24 @@ mod tests {
     use super::*;
 
     fn plan(steps: &[(&str, Failure)]) -> pipeline::WorkflowPlan {
-        let source = pipeline::Source {
+        pipeline::WorkflowPlan {
             name: "ci".into(),
-            content: pipeline::SourceContent::Text(
-                "steps:\n  - name: a\n    image: x\n    commands: [true]\n".into(),
-            ),
-        };
-        let mut plan = pipeline::plan(&[source], &pipeline::Context::default())
-            .map(|p| p.plan.workflows[0].clone())
-            .unwrap_or_else(|r| panic!("{r:?}"));
-        let template = plan.steps[0].clone();
-        plan.steps = steps
-            .iter()
-            .map(|(name, failure)| StepSpec {
-                name: (*name).into(),
-                failure: *failure,
-                ..template.clone()
-            })
-            .collect();
-        plan
+            matrix: Default::default(),
+            platform: "linux/amd64".into(),
+            workspace: Default::default(),
+            labels: Default::default(),
+            depends_on: Vec::new(),
+            runs_on: vec![pipeline::Status::Success],
+            services: Vec::new(),
+            steps: steps
+                .iter()
+                .map(|(name, failure)| StepSpec {
+                    failure: *failure,
+                    ..StepSpec::new(name, pipeline::StepKind::Step, "alpine")
+                })
+                .collect(),
+            dropped_steps: Vec::new(),
+        }
     }
 
     #[test]

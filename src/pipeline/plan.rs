@@ -149,6 +149,36 @@ pub struct StepSpec {
     pub backend_options: KubernetesOptions,
 }
 
+impl StepSpec {
+    /// A step with every option at its default: no commands, no dependencies, runs on
+    /// success, fails the workflow when it fails.
+    pub fn new(name: &str, kind: StepKind, image: &str) -> StepSpec {
+        StepSpec {
+            name: name.to_string(),
+            kind,
+            image: image.to_string(),
+            commands: Vec::new(),
+            entrypoint: None,
+            settings: IndexMap::new(),
+            directory: None,
+            environment: BTreeMap::new(),
+            depends_on: Vec::new(),
+            when_status: vec![Status::Success],
+            failure: Failure::Fail,
+            detach: false,
+            privileged: false,
+            pull: false,
+            volumes: Vec::new(),
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            timeout: None,
+            ports: Vec::new(),
+            backend_options: KubernetesOptions::default(),
+        }
+    }
+}
+
 /// Validates a submission without planning it: every error and warning.
 pub fn lint(sources: &[Source], ctx: &Context) -> Report {
     run(sources, ctx).1
@@ -546,27 +576,8 @@ fn implicit_clone(repo: &RepoSpec) -> StepSpec {
         );
     }
     StepSpec {
-        name: "clone".to_string(),
-        kind: StepKind::Clone,
-        image: DEFAULT_CLONE_IMAGE.to_string(),
-        commands: Vec::new(),
-        entrypoint: None,
         settings,
-        directory: None,
-        environment: BTreeMap::new(),
-        depends_on: Vec::new(),
-        when_status: vec![Status::Success],
-        failure: Failure::Fail,
-        detach: false,
-        privileged: false,
-        pull: false,
-        volumes: Vec::new(),
-        extra_hosts: Vec::new(),
-        dns: Vec::new(),
-        dns_search: Vec::new(),
-        timeout: None,
-        ports: Vec::new(),
-        backend_options: KubernetesOptions::default(),
+        ..StepSpec::new("clone", StepKind::Clone, DEFAULT_CLONE_IMAGE)
     }
 }
 
