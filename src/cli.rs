@@ -80,14 +80,8 @@ pub enum Command {
     /// Print, as YAML, the Kubernetes objects the pipeline files would create, with the
     /// administrator's policy (the --k8s-* settings) applied; offline
     Render {
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// A variable of the submission (repeatable)
-        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
-        vars: Vec<(String, String)>,
-        /// A secret of the submission (repeatable); values are shown redacted
-        #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = key_value)]
-        secrets: Vec<(String, String)>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// The namespace the submission asks for
         #[arg(long = "namespace", value_name = "NAMESPACE")]
         namespace: Option<String>,
@@ -95,14 +89,8 @@ pub enum Command {
     /// Submit pipeline files to the server; with --follow, print every step's log and exit 0
     /// only when the pipeline succeeded
     Submit {
-        #[arg(required = true, value_name = "FILE")]
-        files: Vec<PathBuf>,
-        /// A variable of the submission (repeatable)
-        #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
-        vars: Vec<(String, String)>,
-        /// A secret of the submission (repeatable)
-        #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = key_value)]
-        secrets: Vec<(String, String)>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
         /// Follow the pipeline: print every step's lines, prefixed by its name
         #[arg(long)]
         follow: bool,
@@ -124,6 +112,27 @@ pub enum Command {
         #[arg(value_name = "PIPELINE_ID")]
         pipeline: String,
     },
+}
+
+/// Pipeline files with the variables and secrets of their submission, as `submit` and
+/// `render` take them.
+#[derive(Debug, clap::Args)]
+pub struct PipelineArgs {
+    /// Pipeline files (.woodpecker.yaml, .woodpecker/*.yaml, JSON); each is one workflow, named by its file stem
+    #[arg(required = true, value_name = "FILE")]
+    files: Vec<PathBuf>,
+    /// A variable of the submission (repeatable)
+    #[arg(long = "var", value_name = "KEY=VALUE", value_parser = key_value)]
+    vars: Vec<(String, String)>,
+    /// A secret of the submission (repeatable); its value is never shown
+    #[arg(long = "secret", value_name = "NAME=VALUE", value_parser = key_value)]
+    secrets: Vec<(String, String)>,
+}
+
+impl PipelineArgs {
+    fn submission(&self) -> Result<crate::submission::Submission, ClientError> {
+        submission_from_files(&self.files, &self.vars, &self.secrets)
+    }
 }
 
 fn key_value(text: &str) -> Result<(String, String), String> {
@@ -164,13 +173,8 @@ fn client_command(cli: &Cli) -> ExitCode {
     let client = Client::new(&cli.server, cli.token.clone());
     let result: Result<ExitCode, ClientError> = runtime.block_on(async {
         match &cli.command {
-            Command::Submit {
-                files,
-                vars,
-                secrets,
-                follow,
-            } => {
-                let submission = submission_from_files(files, vars, secrets)?;
+            Command::Submit { pipeline, follow } => {
+                let submission = pipeline.submission()?;
                 let pipeline = client.submit(&submission).await?;
                 eprintln!("piculet: submitted pipeline {}", pipeline.summary.id);
                 if !follow {
@@ -228,12 +232,10 @@ pub fn main() -> ExitCode {
             secrets,
         } => lint(files, vars, secrets),
         Command::Render {
-            files,
-            vars,
-            secrets,
+            pipeline,
             namespace,
         } => match config(&cli) {
-            Ok(config) => render(&config, files, vars, secrets, namespace.clone()),
+            Ok(config) => render(&config, pipeline, namespace.clone()),
             Err(e) => fail(e),
         },
         Command::Serve | Command::Migrate => {
@@ -276,14 +278,9 @@ async fn migrate(config: &Config) -> Result<(), String> {
     Ok(())
 }
 
-fn render(
-    config: &Config,
-    files: &[PathBuf],
-    vars: &[(String, String)],
-    secrets: &[(String, String)],
-    namespace: Option<String>,
-) -> ExitCode {
-    let mut submission = match submission_from_files(files, vars, secrets) {
+fn render(config: &Config, args: &PipelineArgs, namespace: Option<String>) -> ExitCode {
+    let files = &args.files;
+    let mut submission = match args.submission() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
