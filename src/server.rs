@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::backend::Backend;
+use crate::backend::kubernetes::KubernetesBackend;
 use crate::backend::local::LocalBackend;
 use crate::config::{BackendKind, Config};
 use crate::engine::{Control, Engine, EngineSettings};
@@ -41,14 +42,15 @@ pub struct App {
     pub shutdown: CancellationToken,
 }
 
-fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
+async fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
     match config.backend {
         BackendKind::Local => Ok(Arc::new(LocalBackend::new(config.data_dir.clone()))),
-        BackendKind::Kubernetes => Err(ServeError::Backend(
-            "--backend (PICULET_BACKEND): the kubernetes backend is not available in this version \
-             yet; use local"
-                .into(),
-        )),
+        BackendKind::Kubernetes => {
+            let backend = KubernetesBackend::connect(config.kubernetes.clone())
+                .await
+                .map_err(ServeError::Backend)?;
+            Ok(Arc::new(backend))
+        }
     }
 }
 
@@ -58,7 +60,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     api::metrics::recorder();
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
-    let backend = backend(&config)?;
+    let backend = backend(&config).await?;
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await?;
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
@@ -66,7 +68,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     let shutdown = CancellationToken::new();
     let engine = Engine::new(
         store.clone(),
-        backend,
+        backend.clone(),
         secret_box.clone(),
         EngineSettings {
             max_workflows: config.max_workflows,
@@ -80,6 +82,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     );
     let state = AppState::new(
         store.clone(),
+        backend,
         Arc::new(config),
         secret_box,
         control,

@@ -31,7 +31,9 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// Readiness: the database answers.
+/// Readiness: the database answers, and the backend can run steps (for Kubernetes: the API
+/// answers and piculet holds every permission it uses in its namespace; a missing one is
+/// named).
 #[utoipa::path(
     get,
     path = "/api/v1/readyz",
@@ -39,13 +41,17 @@ pub async fn healthz() -> Json<Health> {
     operation_id = "get_readiness",
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database does not answer, or the backend cannot run steps (the detail says why)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     state.store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::Unavailable(format!("the database does not answer: {e}"))
+    })?;
+    state.backend.readiness().await.map_err(|reason| {
+        tracing::warn!(%reason, "readiness check failed");
+        ApiError::Unavailable(reason)
     })?;
     Ok(Json(Health {
         status: "ready",

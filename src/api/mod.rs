@@ -23,6 +23,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sha2::{Digest, Sha256};
+
+use crate::backend::Backend;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use utoipa::OpenApi as _;
@@ -42,6 +44,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Asked by `/readyz` whether it can run steps.
+    pub backend: Arc<dyn Backend>,
     pub config: Arc<Config>,
     pub secret_box: SecretBox,
     /// Tells the engine of new work and cancels.
@@ -54,6 +58,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         store: Store,
+        backend: Arc<dyn Backend>,
         config: Arc<Config>,
         secret_box: SecretBox,
         control: Arc<Control>,
@@ -63,6 +68,7 @@ impl AppState {
         let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
         AppState {
             store,
+            backend,
             config,
             secret_box,
             control,

@@ -1066,6 +1066,9 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            step_ids: BTreeMap::new(),
+            namespace: None,
+            registries: Vec::new(),
         }
     }
 

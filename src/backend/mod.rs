@@ -22,6 +22,7 @@
 //!
 //! Every method may be called from several tasks at once for different steps.
 
+pub mod kubernetes;
 pub mod lines;
 pub mod local;
 
@@ -33,6 +34,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::k8s::RegistryCredential;
 use crate::pipeline::{StepSpec, WorkflowPlan};
 
 /// A workflow as the engine hands it to a backend.
@@ -43,6 +45,12 @@ pub struct WorkflowRun {
     pub plan: WorkflowPlan,
     /// Secret values by name, for this run only; steps get them through `from_secret`.
     pub secrets: BTreeMap<String, String>,
+    /// The id of each step and service, by name.
+    pub step_ids: BTreeMap<String, Uuid>,
+    /// The namespace the submission asks for (Kubernetes; the policy allowed it at submit).
+    pub namespace: Option<String>,
+    /// The submission's registry credentials.
+    pub registries: Vec<RegistryCredential>,
 }
 
 impl std::fmt::Debug for WorkflowRun {
@@ -136,4 +144,19 @@ pub trait Backend: Send + Sync + 'static {
         step: &StepRun,
         after: Option<DateTime<Utc>>,
     ) -> Result<StepHandle, BackendError>;
+
+    /// Whether the backend can run steps now; the error says what is missing (`/readyz`).
+    async fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// The workflows that own objects in the backend (for the reaper at start-up).
+    async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Removes every object of a workflow that no replica runs any more (the reaper).
+    async fn remove_workflow(&self, _workflow_id: Uuid) -> Result<(), BackendError> {
+        Ok(())
+    }
 }

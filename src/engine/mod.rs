@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::k8s::RegistryCredential;
 use crate::secrets::SecretBox;
 use crate::store::{ClaimedWorkflow, Store};
 
@@ -131,6 +132,7 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(inner.settings.max_workflows));
         let mut workers: JoinSet<()> = JoinSet::new();
         tracing::info!(owner = %inner.owner, backend = inner.backend.name(), "engine started");
+        reap(&inner).await;
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
@@ -187,11 +189,44 @@ impl Engine {
     }
 }
 
+/// Removes what the backend still holds of workflows that are finished or unknown to the
+/// database: left behind by a replica that died during a teardown, or by a deleted pipeline.
+/// Workflows still queued or running are left to their owner (or to whoever takes them over).
+async fn reap(inner: &Inner) {
+    let managed = match inner.backend.managed_workflows().await {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "the reaper cannot list the backend's objects");
+            return;
+        }
+    };
+    if managed.is_empty() {
+        return;
+    }
+    let alive = match inner.store.unfinished_workflows().await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "the reaper cannot read the workflows");
+            return;
+        }
+    };
+    for workflow_id in managed.into_iter().filter(|id| !alive.contains(id)) {
+        match inner.backend.remove_workflow(workflow_id).await {
+            Ok(()) => {
+                tracing::info!(%workflow_id, "reaped the objects of a finished or unknown workflow")
+            }
+            Err(e) => {
+                tracing::warn!(%workflow_id, error = %e, "reaping a workflow's objects failed")
+            }
+        }
+    }
+}
+
 /// Runs one claimed workflow with its lease keeper.
 async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: CancellationToken) {
     let workflow_id = claimed.workflow_id;
     let pipeline_id = claimed.pipeline_id;
-    let secrets = match open_secrets(&inner.secret_box, claimed.sealed_secrets.as_deref()) {
+    let opened = match open_secrets(&inner.secret_box, claimed.sealed_secrets.as_deref()) {
         Ok(s) => s,
         Err(reason) => {
             tracing::error!(%reason, "cannot open the pipeline's secrets");
@@ -236,7 +271,7 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
     workflow::run(
         inner.clone(),
         claimed,
-        secrets,
+        opened,
         cancel.clone(),
         abandon.clone(),
     )
@@ -298,14 +333,34 @@ async fn keep_lease(
     }
 }
 
-fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Secrets, String> {
+/// A run's secret values and registry credentials, opened from the store.
+pub(crate) struct Opened {
+    pub secrets: Secrets,
+    pub registries: Vec<RegistryCredential>,
+}
+
+fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Opened, String> {
     let Some(sealed) = sealed else {
-        return Ok(Secrets::new());
+        return Ok(Opened {
+            secrets: Secrets::new(),
+            registries: Vec::new(),
+        });
     };
     let sealed = crate::submission::open_sealed(secret_box, sealed)?;
-    Ok(sealed
-        .secrets
-        .into_iter()
-        .map(|s| (s.name, s.value))
-        .collect())
+    Ok(Opened {
+        secrets: sealed
+            .secrets
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect(),
+        registries: sealed
+            .registries
+            .into_iter()
+            .map(|r| RegistryCredential {
+                address: r.address,
+                username: r.username,
+                password: r.password,
+            })
+            .collect(),
+    })
 }

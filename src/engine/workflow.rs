@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::env::{EnvContext, step_env};
 use super::logs::pump;
 use super::mask::Masker;
-use super::{Inner, Secrets};
+use super::{Inner, Opened};
 use crate::backend::{BackendError, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::model::{Status, StepKind};
 use crate::pipeline::{self, Failure, StepSpec};
@@ -333,7 +333,7 @@ fn fails_workflow(status: Status, spec: &StepSpec) -> bool {
 pub(super) async fn run(
     inner: Arc<Inner>,
     claimed: ClaimedWorkflow,
-    secrets: Secrets,
+    opened: Opened,
     cancel: CancellationToken,
     abandon: CancellationToken,
 ) {
@@ -356,11 +356,26 @@ pub(super) async fn run(
         })
     };
 
+    let Opened {
+        secrets,
+        registries,
+    } = opened;
     let run = WorkflowRun {
         pipeline_id: claimed.pipeline_id,
         workflow_id,
         plan: claimed.plan.clone(),
         secrets: secrets.clone(),
+        step_ids: claimed
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), s.id))
+            .collect(),
+        namespace: claimed
+            .submission
+            .get("namespace")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        registries,
     };
     let variables: BTreeMap<String, String> = claimed
         .submission

@@ -107,6 +107,28 @@ pub fn working_dir(base: &str, path: &str, directory: Option<&str>) -> String {
     format!("/{}", parts.join("/"))
 }
 
+/// Sets variables on a rendered pod's container, as rendering gives the built-ins: they win
+/// over what the step sets. The backend renders a workflow once and sets each step's own
+/// `CI_*` values (its id, its start, the pipeline status so far) when it starts the step.
+pub fn set_environment(pod: &mut Pod, environment: &BTreeMap<String, String>) {
+    let Some(container) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
+        return;
+    };
+    let env = container.env.get_or_insert_with(Vec::new);
+    for (name, value) in environment {
+        let var = EnvVar {
+            name: name.clone(),
+            value: Some(escape_expansion(value)),
+            value_from: None,
+        };
+        // Rendering keeps the variables sorted by name.
+        match env.binary_search_by(|e| e.name.as_str().cmp(name)) {
+            Ok(i) => env[i] = var,
+            Err(i) => env.insert(i, var),
+        }
+    }
+}
+
 /// Pins a pod to a node: with a ReadWriteOnce workspace, every pod of a workflow must run on
 /// the node of the first one. Uses the node's name (`metadata.name`), as DaemonSets do, since
 /// the `kubernetes.io/hostname` label need not equal it.

@@ -485,6 +485,18 @@ impl Store {
 }
 
 impl Store {
+    /// The workflows not finished yet: what the reaper must leave alone.
+    pub async fn unfinished_workflows(
+        &self,
+    ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+        let rows: Vec<(Uuid,)> = on_pool!(self, pool => {
+            sqlx::query_as("SELECT id FROM workflows WHERE status IN ('queued', 'running')")
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// How many workflows are queued and running, for `/metrics`.
     pub async fn workflow_counts(&self) -> Result<Vec<(Status, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = on_pool!(self, pool => {

@@ -283,7 +283,8 @@ impl Faults {
         self.lock().image_pull_failures.contains(image)
     }
 
-    /// The scheduler finds no node for the pod named `pod` (recording 26's
+    /// The scheduler finds no node for the pod named `pod` (or any pod named
+    /// `pod-…`, as piculet names a step's pod `<step>-<hash>`) (recording 26's
     /// message). A `nodeSelector` that the node's labels do not satisfy has the
     /// same effect without a knob.
     pub fn unschedulable(&self, pod: &str) {
@@ -291,7 +292,7 @@ impl Faults {
     }
 
     pub(super) fn is_unschedulable(&self, pod: &str) -> bool {
-        self.lock().unschedulable.contains(pod)
+        self.lock().unschedulable.iter().any(|k| names_pod(k, pod))
     }
 
     /// Sets a label on the node `vm` (nodeSelector matching).
@@ -310,7 +311,11 @@ impl Faults {
     }
 
     pub(super) fn oom_kill_after(&self, pod: &str) -> Option<Duration> {
-        self.lock().oom_kill.get(pod).copied()
+        let s = self.lock();
+        s.oom_kill
+            .iter()
+            .find(|(k, _)| names_pod(k, pod))
+            .map(|(_, d)| *d)
     }
 
     /// The next `times` log streams of the pod named `pod` end after
@@ -324,7 +329,11 @@ impl Faults {
 
     pub(super) fn take_log_cut(&self, pod: &str) -> Option<usize> {
         let mut s = self.lock();
-        let entry = s.log_cuts.get_mut(pod)?;
+        let entry = s
+            .log_cuts
+            .iter_mut()
+            .find(|(k, _)| names_pod(k, pod))
+            .map(|(_, e)| e)?;
         if entry.1 == 0 {
             return None;
         }
@@ -358,4 +367,13 @@ fn take<T: Clone>(rules: &mut Vec<Counted<T>>, verb: &str, resource: &str) -> Op
         rules.remove(idx);
     }
     Some(what)
+}
+
+/// Whether a knob set for `key` applies to the pod `pod`: its exact name, or
+/// a pod named `key-…` (piculet's pods are `<step>-<hash>`).
+fn names_pod(key: &str, pod: &str) -> bool {
+    pod == key
+        || pod
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.starts_with('-') && !rest[1..].contains('-'))
 }

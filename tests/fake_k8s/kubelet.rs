@@ -1117,6 +1117,75 @@ impl PodTask {
         true
     }
 
+    /// Cluster DNS, as far as this machine can have it: the fake runs no DNS
+    /// server, so the kubelet writes what cluster DNS would answer this pod
+    /// into a hosts file named by `FAKE_CLUSTER_HOSTS`, and a script resolves
+    /// through it. The rules are the real ones: a pod with `hostname` and
+    /// `subdomain` has the name `<hostname>.<subdomain>.<ns>.svc.<domain>`
+    /// when a headless Service named like the subdomain selects it; short
+    /// names resolve through the pod's search list (the ClusterFirst
+    /// defaults, then `dnsConfig.searches`). Every pod's processes run on this
+    /// machine, so each name resolves to 127.0.0.1.
+    fn cluster_hosts(&self) -> String {
+        let store = self.shared.store();
+        let ns = &self.ns;
+        let domain = "cluster.local";
+        let mut searches = vec![
+            format!("{ns}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.to_string(),
+        ];
+        for d in self.spec["dnsConfig"]["searches"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(d) = d.as_str() {
+                searches.push(d.to_string());
+            }
+        }
+        let mut lines = String::new();
+        for pod in store.list(Resource::Pods, Some(ns)) {
+            let (Some(host), Some(sub)) = (
+                pod["spec"]["hostname"].as_str(),
+                pod["spec"]["subdomain"].as_str(),
+            ) else {
+                continue;
+            };
+            let Some(svc) = store.get(Resource::Services, ns, sub) else {
+                continue;
+            };
+            let headless = svc["spec"]["clusterIP"].as_str() == Some("None");
+            let selects = svc["spec"]["selector"].as_object().is_some_and(|sel| {
+                !sel.is_empty()
+                    && sel
+                        .iter()
+                        .all(|(k, v)| pod["metadata"]["labels"][k.as_str()] == *v)
+            });
+            if !headless || !selects {
+                continue;
+            }
+            let fqdn = format!("{host}.{sub}.{ns}.svc.{domain}");
+            let mut names = vec![fqdn.clone()];
+            for d in &searches {
+                if let Some(short) = fqdn.strip_suffix(&format!(".{d}")) {
+                    names.push(short.to_string());
+                }
+            }
+            lines.push_str(&format!("127.0.0.1 {}\n", names.join(" ")));
+        }
+        let dir = self
+            .shared
+            .config
+            .fs_root
+            .clone()
+            .unwrap_or_else(std::env::temp_dir);
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join(format!("fake-k8s-hosts-{}", self.uid));
+        let _ = std::fs::write(&path, lines);
+        path.display().to_string()
+    }
+
     /// The container's environment: the kubelet's service variables, then
     /// `envFrom`, then `env` (later wins), Secrets read from the store.
     fn resolve_env(&self, i: usize) -> Result<Vec<(String, String)>, String> {
@@ -1139,6 +1208,7 @@ impl PodTask {
                 "HOME".into(),
                 std::env::var("HOME").unwrap_or_else(|_| "/root".into()),
             ),
+            ("FAKE_CLUSTER_HOSTS".into(), self.cluster_hosts()),
             ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into()),
             ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
             ("KUBERNETES_PORT".into(), "tcp://10.96.0.1:443".into()),

@@ -1,0 +1,723 @@
+//! The Kubernetes backend: each step and service a pod, as [`crate::k8s::render_workflow`]
+//! renders it (what `POST /render` shows), watched through one shared watch per namespace,
+//! its log followed with timestamps, and every object of a workflow deleted at its end.
+//!
+//! - [`client`]: connection, rate limits, retries;
+//! - [`watch`]: the shared pod watch;
+//! - [`status`]: what a pod's status means for its step (pure);
+//! - [`logs`]: following and resuming a log stream (the resume rule is pure);
+//! - [`access`]: the permission check behind `/readyz`.
+//!
+//! API calls per step: the pod create, the log stream (a second read when a stream ends while
+//! the container ran, to catch what a broken stream missed), nothing to poll; the pods of a
+//! workflow are deleted together with one `deletecollection` at its end.
+
+pub mod access;
+pub mod client;
+pub mod logs;
+pub mod status;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use self::client::{Kube, describe, status_code};
+use self::logs::{Cursor, StreamEnd, read_log};
+use self::status::{PodState, pod_state};
+use self::watch::{PodWatch, Seen};
+use super::{Backend, BackendError, StepExit, StepHandle, StepRun, WorkflowRun};
+use crate::k8s::labels::{MANAGED_BY, MANAGER, STEP_ID, WORKFLOW_ID};
+use crate::k8s::pod::{pin_to_node, set_environment};
+use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
+use crate::pipeline::StepKind;
+
+/// A workflow's objects as created, and what its steps learned.
+struct WorkflowState {
+    rendered: RenderedWorkflow,
+    /// The pod of each started step.
+    pods: Mutex<HashMap<Uuid, String>>,
+    /// With a ReadWriteOnce workspace: the node the first pod landed on.
+    node: tokio::sync::watch::Sender<Option<String>>,
+    /// Whether a pod was created already (the next ones wait for its node when RWO).
+    created_one: AtomicBool,
+    /// Whether a step failed: failed workflows keep their objects when the administrator
+    /// asks for it.
+    failed: AtomicBool,
+}
+
+pub struct KubernetesBackend {
+    kube: Kube,
+    config: Arc<KubernetesConfig>,
+    watch: Arc<PodWatch>,
+    workflows: Mutex<HashMap<Uuid, Arc<WorkflowState>>>,
+    access: access::AccessCache,
+}
+
+fn failed(what: &str, e: &kube::Error) -> BackendError {
+    BackendError::Failed(format!("{what}: {}", describe(e)))
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    status_code(e) == Some(409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    status_code(e) == Some(404)
+}
+
+impl KubernetesBackend {
+    /// Connects to the cluster as configured.
+    pub async fn connect(config: KubernetesConfig) -> Result<KubernetesBackend, String> {
+        let kube = Kube::connect(&config).await?;
+        Ok(KubernetesBackend::new(kube, config))
+    }
+
+    pub fn new(kube: Kube, config: KubernetesConfig) -> KubernetesBackend {
+        let watch = Arc::new(PodWatch::new(kube.client.clone()));
+        watch.ensure(&config.namespace);
+        KubernetesBackend {
+            access: access::AccessCache::default(),
+            watch,
+            kube,
+            config: Arc::new(config),
+            workflows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn state(&self, workflow_id: Uuid) -> Result<Arc<WorkflowState>, BackendError> {
+        self.workflows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&workflow_id)
+            .cloned()
+            .ok_or_else(|| BackendError::Failed("the workflow was not set up".into()))
+    }
+
+    fn pods(&self, namespace: &str) -> Api<Pod> {
+        Api::namespaced(self.kube.client.clone(), namespace)
+    }
+
+    /// Creates an object, or finds the one an earlier attempt created.
+    async fn create_or_get<K>(&self, api: &Api<K>, object: &K) -> Result<K, kube::Error>
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        let name = object.meta().name.clone().unwrap_or_default();
+        let post = PostParams::default();
+        let created = self.kube.call(|| api.create(&post, object)).await;
+        match created {
+            Err(e) if is_conflict(&e) => self.kube.call(|| api.get(&name)).await,
+            other => other,
+        }
+    }
+
+    /// The pod of a step, ready to create: the step's own built-ins set, pinned to the
+    /// workspace's node when it is ReadWriteOnce.
+    async fn step_pod(&self, state: &WorkflowState, step: &StepRun) -> Result<Pod, BackendError> {
+        let is_service = step.spec.kind == StepKind::Service;
+        let mut pod = state
+            .rendered
+            .pods
+            .iter()
+            .find(|p| p.step == step.spec.name && (p.kind == StepKind::Service) == is_service)
+            .map(|p| p.pod.clone())
+            .ok_or_else(|| {
+                BackendError::Failed(format!("no pod was rendered for {}", step.spec.name))
+            })?;
+        set_environment(&mut pod, &step.env);
+        if state.rendered.read_write_once {
+            let mut node = state.node.subscribe();
+            if state.created_one.swap(true, Ordering::SeqCst) {
+                // The workspace can only be mounted on the node of the first pod: wait until
+                // that one is scheduled.
+                let wait = node.wait_for(Option::is_some);
+                if let Ok(Ok(n)) = tokio::time::timeout(self.config.start_timeout, wait).await
+                    && let Some(n) = n.clone()
+                {
+                    pin_to_node(&mut pod, &n);
+                }
+            }
+        }
+        Ok(pod)
+    }
+
+    /// Follows a created pod: its log to the channel, then its exit.
+    fn drive(
+        &self,
+        state: Arc<WorkflowState>,
+        namespace: String,
+        name: String,
+        subscription: tokio::sync::watch::Receiver<Seen>,
+        cursor: Cursor,
+    ) -> StepHandle {
+        let (out_tx, out_rx) = mpsc::channel(1024);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let driver = Driver {
+            pods: self.pods(&namespace),
+            watch: self.watch.clone(),
+            namespace,
+            name,
+            seen: subscription,
+            state,
+            start_timeout: self.config.start_timeout,
+        };
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let exit = driver.run(cursor, out_tx).await;
+                let _ = exit_tx.send(exit);
+            },
+            span,
+        ));
+        StepHandle {
+            output: out_rx,
+            exit: exit_rx
+                .map(|r| {
+                    r.unwrap_or(StepExit::Error {
+                        reason: "the Kubernetes backend stopped following the step".into(),
+                    })
+                })
+                .boxed(),
+        }
+    }
+
+    /// Deletes every object of a workflow by its label: pods, Service, Secrets, then the
+    /// workspace (foreground, so that the garbage collector takes whatever was missed).
+    /// `pod_grace`: the pods' grace period, `None` for their own.
+    async fn delete_workflow_objects(
+        &self,
+        namespace: &str,
+        workflow_id: Uuid,
+        pod_grace: Option<u32>,
+    ) -> Result<(), BackendError> {
+        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
+        let list = ListParams::default().labels(&selector);
+        let client = self.kube.client.clone();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let delete = DeleteParams {
+            grace_period_seconds: pod_grace,
+            ..DeleteParams::default()
+        };
+        self.kube
+            .call(|| pods.delete_collection(&delete, &list))
+            .await
+            .map_err(|e| failed("deleting the pods", &e))?;
+        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, namespace);
+        for name in self.names_by_label(&services, &list).await? {
+            self.delete_one(&services, &name, &DeleteParams::default())
+                .await?;
+        }
+        for name in self.names_by_label(&secrets, &list).await? {
+            self.delete_one(&secrets, &name, &DeleteParams::default())
+                .await?;
+        }
+        let foreground = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            ..DeleteParams::default()
+        };
+        for name in self.names_by_label(&claims, &list).await? {
+            self.delete_one(&claims, &name, &foreground).await?;
+        }
+        Ok(())
+    }
+
+    async fn names_by_label<K>(
+        &self,
+        api: &Api<K>,
+        list: &ListParams,
+    ) -> Result<Vec<String>, BackendError>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let objects = self
+            .kube
+            .call(|| api.list_metadata(list))
+            .await
+            .map_err(|e| failed("listing the workflow's objects", &e))?;
+        Ok(objects
+            .items
+            .into_iter()
+            .filter_map(|o| o.metadata.name)
+            .collect())
+    }
+
+    async fn delete_one<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        params: &DeleteParams,
+    ) -> Result<(), BackendError>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        match self.kube.call(|| api.delete(name, params)).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(failed(&format!("deleting {name}"), &e)),
+        }
+    }
+
+    fn render(&self, run: &WorkflowRun) -> Result<RenderedWorkflow, BackendError> {
+        let input = RenderInput {
+            pipeline_id: run.pipeline_id,
+            workflow_id: run.workflow_id,
+            step_ids: run.step_ids.clone(),
+            attempt: 1,
+            namespace: run.namespace.clone(),
+            workflow: run.plan.clone(),
+            secrets: run.secrets.clone(),
+            registries: run.registries.clone(),
+            // Each step's built-ins are set when it starts.
+            environment: Default::default(),
+            redact_secrets: false,
+        };
+        render_workflow(&self.config, &input).map_err(|violations| {
+            BackendError::Refused(
+                violations
+                    .iter()
+                    .map(|v| v.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for KubernetesBackend {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    async fn setup_workflow(&self, run: &WorkflowRun) -> Result<(), BackendError> {
+        let mut rendered = self.render(run)?;
+        let ns = rendered.namespace.clone();
+        self.watch.ensure(&ns);
+        let client = self.kube.client.clone();
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let claim = self
+            .create_or_get(&claims, &rendered.workspace)
+            .await
+            .map_err(|e| failed("creating the workspace volume", &e))?;
+        let uid = claim.metadata.uid.clone().unwrap_or_default();
+        rendered.set_owner_uid(&uid);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for secret in &rendered.secrets {
+            self.create_or_get(&secrets, secret)
+                .await
+                .map_err(|e| failed("creating the workflow's Secret", &e))?;
+        }
+        let services: Api<Service> = Api::namespaced(client, &ns);
+        self.create_or_get(&services, &rendered.service)
+            .await
+            .map_err(|e| failed("creating the workflow's Service", &e))?;
+        let state = Arc::new(WorkflowState {
+            rendered,
+            pods: Mutex::new(HashMap::new()),
+            node: tokio::sync::watch::Sender::new(None),
+            created_one: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        });
+        self.workflows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.workflow_id, state);
+        Ok(())
+    }
+
+    async fn start_step(
+        &self,
+        run: &WorkflowRun,
+        step: &StepRun,
+    ) -> Result<StepHandle, BackendError> {
+        let state = self.state(run.workflow_id)?;
+        let pod = self.step_pod(&state, step).await?;
+        let ns = state.rendered.namespace.clone();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        // Subscribed before the create, so the pod's first states are not missed.
+        let subscription = self.watch.subscribe(&ns, &name);
+        let pods = self.pods(&ns);
+        let post = PostParams::default();
+        let created = self.kube.create_pod(|| pods.create(&post, &pod)).await;
+        match created {
+            Ok(_) => {}
+            // The same step attempt was created before (a retried request, an adoption): the
+            // name is deterministic, so the pod is this step's.
+            Err(e) if is_conflict(&e) => {}
+            Err(e) => {
+                self.watch.forget(&ns, &name);
+                state.failed.store(true, Ordering::SeqCst);
+                let reason = match status_code(&e) {
+                    Some(403 | 422) => format!("the cluster refused the pod: {}", describe(&e)),
+                    _ => format!("creating the pod failed: {}", describe(&e)),
+                };
+                return Err(BackendError::Refused(reason));
+            }
+        }
+        state
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step.step_id, name.clone());
+        tracing::debug!(pod = %name, "pod created");
+        Ok(self.drive(state, ns, name, subscription, Cursor::default()))
+    }
+
+    async fn stop_step(
+        &self,
+        run: &WorkflowRun,
+        step_id: Uuid,
+        grace: Duration,
+    ) -> Result<(), BackendError> {
+        let state = self.state(run.workflow_id)?;
+        let Some(name) = state
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&step_id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let params = DeleteParams {
+            grace_period_seconds: Some(u32::try_from(grace.as_secs()).unwrap_or(u32::MAX)),
+            ..DeleteParams::default()
+        };
+        let pods = self.pods(&state.rendered.namespace);
+        self.delete_one(&pods, &name, &params).await
+    }
+
+    async fn teardown_workflow(&self, run: &WorkflowRun) -> Result<(), BackendError> {
+        let Some(state) = self
+            .workflows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run.workflow_id)
+        else {
+            return Ok(());
+        };
+        for name in state
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            self.watch.forget(&state.rendered.namespace, name);
+        }
+        if self.config.keep_failed_pods && state.failed.load(Ordering::SeqCst) {
+            tracing::info!(
+                namespace = %state.rendered.namespace,
+                workspace = state.rendered.workspace.metadata.name.as_deref().unwrap_or_default(),
+                "a step failed: the workflow's objects are kept for debugging \
+                 (PICULET_K8S_KEEP_FAILED_PODS); delete the workspace claim to remove them"
+            );
+            return Ok(());
+        }
+        // Every step has ended and its log was read: nothing is left to stop gently.
+        self.delete_workflow_objects(&state.rendered.namespace, run.workflow_id, Some(0))
+            .await
+    }
+
+    async fn running_steps(&self, run: &WorkflowRun) -> Result<Vec<Uuid>, BackendError> {
+        let ns = match self.state(run.workflow_id) {
+            Ok(s) => s.rendered.namespace.clone(),
+            Err(_) => self.render(run)?.namespace,
+        };
+        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={}", run.workflow_id);
+        let pods = self.pods(&ns);
+        let params = ListParams::default().labels(&selector);
+        let list = self
+            .kube
+            .call(|| pods.list_metadata(&params))
+            .await
+            .map_err(|e| failed("listing the workflow's pods", &e))?;
+        // A pod that ended while no replica followed it still holds its log and exit code:
+        // it is re-attached too, and reports how it ended.
+        Ok(list
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.labels.as_ref()?.get(STEP_ID)?.parse().ok())
+            .collect())
+    }
+
+    async fn attach_step(
+        &self,
+        run: &WorkflowRun,
+        step: &StepRun,
+        after: Option<DateTime<Utc>>,
+    ) -> Result<StepHandle, BackendError> {
+        let state = self.state(run.workflow_id)?;
+        let pod = self.step_pod(&state, step).await?;
+        let ns = state.rendered.namespace.clone();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        state
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(step.step_id, name.clone());
+        let subscription = self.watch.subscribe(&ns, &name);
+        Ok(self.drive(state, ns, name, subscription, Cursor::after(after)))
+    }
+
+    async fn readiness(&self) -> Result<(), String> {
+        self.access.check(&self.kube, &self.config.namespace).await
+    }
+
+    async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
+        let client = self.kube.client.clone();
+        let ns = &self.config.namespace;
+        let list = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
+        let mut ids = std::collections::BTreeSet::new();
+        let mut add = |items: Vec<kube::core::PartialObjectMeta<_>>| {
+            for o in items {
+                let o: kube::core::PartialObjectMeta<Pod> = o;
+                if let Some(id) = o
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(WORKFLOW_ID))
+                    .and_then(|v| v.parse().ok())
+                {
+                    ids.insert(id);
+                }
+            }
+        };
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        add(self
+            .kube
+            .call(|| pods.list_metadata(&list))
+            .await
+            .map_err(|e| failed("listing piculet's pods", &e))?
+            .items);
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let services: Api<Service> = Api::namespaced(client, ns);
+        let mut labels = Vec::new();
+        for items in [
+            self.kube
+                .call(|| claims.list_metadata(&list))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|o| o.metadata.labels)
+                        .collect::<Vec<_>>()
+                }),
+            self.kube
+                .call(|| secrets.list_metadata(&list))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|o| o.metadata.labels)
+                        .collect::<Vec<_>>()
+                }),
+            self.kube
+                .call(|| services.list_metadata(&list))
+                .await
+                .map(|l| {
+                    l.items
+                        .into_iter()
+                        .map(|o| o.metadata.labels)
+                        .collect::<Vec<_>>()
+                }),
+        ] {
+            labels.extend(items.map_err(|e| failed("listing piculet's objects", &e))?);
+        }
+        for l in labels.into_iter().flatten() {
+            if let Some(id) = l.get(WORKFLOW_ID).and_then(|v| v.parse().ok()) {
+                ids.insert(id);
+            }
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    async fn remove_workflow(&self, workflow_id: Uuid) -> Result<(), BackendError> {
+        // Nobody follows these pods: no log to wait for.
+        self.delete_workflow_objects(&self.config.namespace, workflow_id, Some(0))
+            .await
+    }
+}
+
+/// The task that follows one step's pod.
+struct Driver {
+    pods: Api<Pod>,
+    watch: Arc<PodWatch>,
+    namespace: String,
+    name: String,
+    seen: tokio::sync::watch::Receiver<Seen>,
+    state: Arc<WorkflowState>,
+    start_timeout: Duration,
+}
+
+/// What the watch last said, as a step state; `None` before the pod was seen.
+enum Observed {
+    NotYet,
+    Pod(PodState),
+    Gone,
+}
+
+impl Driver {
+    fn observe(&mut self) -> Observed {
+        let seen = self.seen.borrow_and_update().clone();
+        match seen {
+            Seen::NotYet => Observed::NotYet,
+            Seen::Gone => Observed::Gone,
+            Seen::Present(pod, _) => {
+                if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                    self.state.node.send_if_modified(|n| {
+                        if n.is_none() {
+                            *n = Some(node);
+                            true
+                        } else {
+                            false
+                        }
+                    });
+                }
+                Observed::Pod(pod_state(&pod))
+            }
+        }
+    }
+
+    /// Waits for the next change the watch reports; `false` when the watch dropped the pod.
+    async fn changed(&mut self) -> bool {
+        self.seen.changed().await.is_ok()
+    }
+
+    async fn run(mut self, cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
+        let exit = self.follow(cursor, out).await;
+        if !matches!(exit, StepExit::Exited { code: 0, .. }) {
+            self.state.failed.store(true, Ordering::SeqCst);
+        }
+        drop(self.seen);
+        self.watch.forget(&self.namespace, &self.name);
+        exit
+    }
+
+    async fn follow(&mut self, mut cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
+        // 1. Until the container starts, or cannot.
+        let deadline = Instant::now() + self.start_timeout;
+        let mut waiting_for: Option<String> = None;
+        let running_at_open = loop {
+            match self.observe() {
+                Observed::Pod(PodState::Running) => break true,
+                Observed::Pod(PodState::Terminated { .. }) => break false,
+                Observed::Pod(PodState::StartFailed(reason) | PodState::Lost(reason)) => {
+                    return StepExit::Error { reason };
+                }
+                Observed::Pod(PodState::Waiting { reason }) => {
+                    if reason.is_some() {
+                        waiting_for = reason;
+                    }
+                }
+                Observed::Gone => {
+                    return StepExit::Error {
+                        reason: "the pod was deleted before its container started".into(),
+                    };
+                }
+                Observed::NotYet => {}
+            }
+            tokio::select! {
+                alive = self.changed() => if !alive {
+                    return StepExit::Error {
+                        reason: "the pod was deleted before its container started".into(),
+                    };
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    return StepExit::Error {
+                        reason: format!(
+                            "the pod did not start within {}: {}",
+                            humantime::format_duration(self.start_timeout),
+                            waiting_for.unwrap_or_else(|| "it stayed Pending".into()),
+                        ),
+                    };
+                }
+            }
+        };
+
+        // 2. The log, followed and resumed while the container runs. A stream that ends looks
+        // the same whether the container ended or the connection broke: once the watch says
+        // the container ended, one plain read of the rest catches what a break just before
+        // the end would have lost.
+        let mut live = running_at_open;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let end = read_log(&self.pods, &self.name, live, &mut cursor, &out).await;
+            match &end {
+                StreamEnd::ReceiverGone => break,
+                StreamEnd::Failed(e) if is_not_found(e) => break,
+                StreamEnd::Failed(e) => {
+                    tracing::debug!(pod = %self.name, error = %describe(e), "reading the log failed");
+                }
+                StreamEnd::Closed => {}
+            }
+            if !live {
+                break;
+            }
+            // The watch may trail the stream's end by a moment.
+            let ended = tokio::time::timeout(Duration::from_millis(250), async {
+                loop {
+                    if !matches!(self.observe(), Observed::Pod(PodState::Running)) {
+                        return;
+                    }
+                    if !self.changed().await {
+                        return;
+                    }
+                }
+            })
+            .await
+            .is_ok();
+            if ended {
+                live = false;
+                continue;
+            }
+            tracing::info!(pod = %self.name, "the log stream broke while the container runs; resuming");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        drop(out);
+
+        // 3. The exit, from the container's status.
+        loop {
+            match self.observe() {
+                Observed::Pod(PodState::Terminated { code, reason }) => {
+                    return StepExit::Exited { code, reason };
+                }
+                Observed::Pod(PodState::Lost(reason) | PodState::StartFailed(reason)) => {
+                    return StepExit::Error { reason };
+                }
+                Observed::Gone => {
+                    return StepExit::Error {
+                        reason: "the pod was deleted before its container ended".into(),
+                    };
+                }
+                _ => {}
+            }
+            if !self.changed().await {
+                return StepExit::Error {
+                    reason: "the pod was deleted before its container ended".into(),
+                };
+            }
+        }
+    }
+}
+
+use super::OutputLine;

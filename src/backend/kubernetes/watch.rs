@@ -1,0 +1,173 @@
+//! One shared watch over piculet's pods, per namespace in use, feeding every running step: no
+//! step polls. kube's watcher lists, then watches from the list's resourceVersion, and relists
+//! when the server answers 410 Expired; a pod missing from a relist was deleted while the watch
+//! was down and is reported gone.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::runtime::WatchStreamExt as _;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::k8s::labels::{MANAGED_BY, MANAGER};
+
+/// What the watch knows of one pod.
+#[derive(Clone, Debug)]
+pub enum Seen {
+    /// Not (yet) seen on the watch.
+    NotYet,
+    /// Its latest state, and when the watch delivered it.
+    Present(Arc<Pod>, Instant),
+    /// Deleted.
+    Gone,
+}
+
+#[derive(Default)]
+struct Pods {
+    by_name: HashMap<String, watch::Sender<Seen>>,
+}
+
+/// The watch of one namespace.
+struct NamespaceWatch {
+    pods: Mutex<Pods>,
+    task: tokio::task::AbortHandle,
+}
+
+impl NamespaceWatch {
+    fn pods(&self) -> MutexGuard<'_, Pods> {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for NamespaceWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The shared pod watches.
+pub struct PodWatch {
+    client: kube::Client,
+    namespaces: Mutex<HashMap<String, Arc<NamespaceWatch>>>,
+}
+
+impl PodWatch {
+    pub fn new(client: kube::Client) -> PodWatch {
+        PodWatch {
+            client,
+            namespaces: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts the watch of a namespace now rather than at its first subscriber.
+    pub fn ensure(&self, namespace: &str) {
+        self.namespace(namespace);
+    }
+
+    fn namespace(&self, namespace: &str) -> Arc<NamespaceWatch> {
+        let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = all.get(namespace) {
+            return w.clone();
+        }
+        let w = Arc::new_cyclic(|weak: &std::sync::Weak<NamespaceWatch>| {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let weak = weak.clone();
+            let ns = namespace.to_string();
+            let task = tokio::spawn(async move { run(api, weak, ns).await });
+            NamespaceWatch {
+                pods: Mutex::new(Pods::default()),
+                task: task.abort_handle(),
+            }
+        });
+        all.insert(namespace.to_string(), w.clone());
+        w
+    }
+
+    /// Follows one pod's state. Subscribe before creating the pod so that no change is missed.
+    pub fn subscribe(&self, namespace: &str, pod: &str) -> watch::Receiver<Seen> {
+        let ns = self.namespace(namespace);
+        let mut pods = ns.pods();
+        pods.by_name
+            .entry(pod.to_string())
+            .or_insert_with(|| watch::Sender::new(Seen::NotYet))
+            .subscribe()
+    }
+
+    /// Drops what is known of a pod once no step follows it.
+    pub fn forget(&self, namespace: &str, pod: &str) {
+        let ns = self.namespace(namespace);
+        let mut pods = ns.pods();
+        if let Some(tx) = pods.by_name.get(pod)
+            && tx.receiver_count() == 0
+        {
+            pods.by_name.remove(pod);
+        }
+    }
+}
+
+fn pod_name(pod: &Pod) -> Option<String> {
+    pod.metadata.name.clone()
+}
+
+async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: String) {
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
+    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut listed: HashSet<String> = HashSet::new();
+    while let Some(event) = events.next().await {
+        let Some(ns) = ns.upgrade() else {
+            return;
+        };
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(%namespace, error = %e, "watching pods failed; retrying");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let mut pods = ns.pods();
+        match event {
+            Event::Init => listed.clear(),
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                let Some(name) = pod_name(&pod) else { continue };
+                listed.insert(name.clone());
+                let seen = Seen::Present(Arc::new(pod), now);
+                match pods.by_name.get(&name) {
+                    Some(tx) => {
+                        tx.send_replace(seen);
+                    }
+                    None => {
+                        pods.by_name.insert(name, watch::Sender::new(seen));
+                    }
+                }
+            }
+            Event::Delete(pod) => {
+                let Some(name) = pod_name(&pod) else { continue };
+                if let Some(tx) = pods.by_name.remove(&name) {
+                    tx.send_replace(Seen::Gone);
+                }
+            }
+            Event::InitDone => {
+                // Pods seen before that the new list lacks were deleted in the meantime.
+                let gone: Vec<String> = pods
+                    .by_name
+                    .iter()
+                    .filter(|(name, tx)| {
+                        matches!(*tx.borrow(), Seen::Present(..)) && !listed.contains(*name)
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in gone {
+                    if let Some(tx) = pods.by_name.remove(&name) {
+                        tx.send_replace(Seen::Gone);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,552 @@
+//! End to end with `PICULET_BACKEND=kubernetes`: piculet over HTTP, connected through a
+//! kubeconfig to the fake API server in `tests/fake_k8s` (over TCP), whose kubelet really runs
+//! each container's script. Every pod piculet creates is the one `POST /render` shows.
+
+mod common;
+mod fake_k8s;
+
+use std::time::Duration;
+
+use common::{Db, TestApp, find_step, log_text, step_id, wait_finished, wait_step};
+use fake_k8s::{FakeCluster, FakeConfig, Resource};
+use piculet::config::Settings;
+use serde_json::{Value, json};
+
+const NS: &str = "piculet";
+
+/// A fake cluster and piculet connected to it.
+struct Env {
+    cluster: FakeCluster,
+    app: TestApp,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("piculet-k8s-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Writes a kubeconfig for the fake's URL.
+fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+             users:\n- name: fake\n  user:\n    token: test-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+impl Env {
+    async fn start(db: Db, tune: impl FnOnce(&mut Settings)) -> Env {
+        let dir = temp_dir();
+        // Containers' working directories (/woodpecker/…) are taken inside the test's own.
+        let cluster = FakeCluster::start_with(FakeConfig {
+            fs_root: Some(dir.join("fs")),
+            ..FakeConfig::default()
+        });
+        Env::start_in(cluster, dir, db, tune).await
+    }
+
+    async fn start_on(cluster: FakeCluster, db: Db, tune: impl FnOnce(&mut Settings)) -> Env {
+        Env::start_in(cluster, temp_dir(), db, tune).await
+    }
+
+    async fn start_in(
+        cluster: FakeCluster,
+        dir: std::path::PathBuf,
+        db: Db,
+        tune: impl FnOnce(&mut Settings),
+    ) -> Env {
+        let url = cluster.serve_tcp().await.unwrap();
+        let mut settings = Settings {
+            backend: Some("kubernetes".into()),
+            grace_period: Some("1s".into()),
+            ..Settings::default()
+        };
+        settings.kubernetes.kubeconfig = Some(kubeconfig(&dir, &url).display().to_string());
+        settings.kubernetes.namespace = Some(NS.into());
+        settings.kubernetes.start_timeout = Some("3s".into());
+        tune(&mut settings);
+        let app = TestApp::start(db, settings, true).await;
+        Env {
+            cluster,
+            app,
+            _dir: TempDir(dir),
+        }
+    }
+
+    async fn submit(&self, yaml: &str) -> String {
+        let r = self.app.submit_yaml(yaml).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let body: Value = r.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    async fn run(&self, yaml: &str) -> Value {
+        let id = self.submit(yaml).await;
+        wait_finished(&self.app, &id, 60).await
+    }
+
+    /// piculet's objects left in the namespace, by kind.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for (resource, kind) in [
+            (Resource::Pods, "pod"),
+            (Resource::Secrets, "secret"),
+            (Resource::Services, "service"),
+            (Resource::PersistentVolumeClaims, "pvc"),
+        ] {
+            for o in self.cluster.objects(resource, Some(NS)) {
+                if o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "piculet" {
+                    left.push(format!(
+                        "{kind}/{}",
+                        o["metadata"]["name"].as_str().unwrap()
+                    ));
+                }
+            }
+        }
+        left
+    }
+
+    /// Waits until no object of piculet is left; returns what is left after the wait.
+    async fn wait_clean(&self) -> Vec<String> {
+        for _ in 0..200 {
+            if self.leftovers().is_empty() {
+                return Vec::new();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.leftovers()
+    }
+
+    /// The pod of a step (by its label), once it exists.
+    async fn pod_of(&self, step_id: &str) -> Value {
+        for _ in 0..400 {
+            if let Some(p) = self
+                .cluster
+                .objects(Resource::Pods, Some(NS))
+                .into_iter()
+                .find(|p| p["metadata"]["labels"]["piculet.dev/step-id"] == step_id)
+            {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no pod for step {step_id}");
+    }
+}
+
+fn step(p: &Value, name: &str) -> Value {
+    find_step(p, name).unwrap_or_else(|| panic!("no step {name}: {p:#}"))
+}
+
+#[tokio::test]
+async fn a_pipeline_runs_as_pods_and_leaves_nothing_behind() {
+    for db in [Db::Postgres, Db::Sqlite] {
+        let env = Env::start(db, |_| {}).await;
+        let p = env
+            .run(
+                "\
+steps:
+  - name: build
+    image: busybox:1.36
+    environment:
+      GREETING: hello
+    commands:
+      - echo \"$GREETING from $CI_STEP_NAME\"
+      - printf 'no newline at the end'
+",
+            )
+            .await;
+        assert_eq!(p["status"], "success", "{p:#}");
+        let build = step(&p, "build");
+        assert_eq!(build["exit_code"], 0);
+        let log = log_text(&env.app, build["id"].as_str().unwrap()).await;
+        assert!(log.contains("hello from build\n"), "{log}");
+        assert!(log.ends_with("no newline at the end"), "{log:?}");
+        assert_eq!(env.wait_clean().await, Vec::<String>::new());
+        // What ran was what /render shows: one PVC, one Service, then the pod.
+        let created: Vec<String> = env
+            .cluster
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "create" && r.resource != "selfsubjectaccessreviews")
+            .map(|r| r.resource.clone())
+            .collect();
+        assert_eq!(created, ["persistentvolumeclaims", "services", "pods"]);
+    }
+}
+
+#[tokio::test]
+async fn a_failing_step_reports_its_exit_code() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let p = env
+        .run(
+            "\
+steps:
+  - name: test
+    image: busybox:1.36
+    commands:
+      - echo failing
+      - exit 3
+  - name: notify
+    image: busybox:1.36
+    when:
+      status: [failure]
+    commands:
+      - echo \"pipeline status $CI_PIPELINE_STATUS\"
+",
+        )
+        .await;
+    assert_eq!(p["status"], "failure", "{p:#}");
+    assert_eq!(step(&p, "test")["status"], "failure");
+    assert_eq!(step(&p, "test")["exit_code"], 3);
+    let notify = step(&p, "notify");
+    assert_eq!(notify["status"], "success", "{p:#}");
+    let log = log_text(&env.app, notify["id"].as_str().unwrap()).await;
+    assert!(log.contains("pipeline status failure"), "{log}");
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn independent_steps_run_as_parallel_pods() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    // Each waits for the other's marker: both succeed only if their pods run at once.
+    let dir = env._dir.0.display().to_string();
+    let wait_for = |other: &str| {
+        format!(
+            "for i in $(seq 1 100); do [ -f {dir}/{other} ] && exit 0; sleep 0.05; done; exit 1"
+        )
+    };
+    let p = env
+        .run(&format!(
+            "\
+steps:
+  - name: a
+    image: busybox:1.36
+    commands:
+      - touch {dir}/a
+      - '{}'
+  - name: b
+    image: busybox:1.36
+    commands:
+      - touch {dir}/b
+      - '{}'
+  - name: c
+    image: busybox:1.36
+    depends_on: [a, b]
+    commands: [echo both done]
+",
+            wait_for("b"),
+            wait_for("a")
+        ))
+        .await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    for name in ["a", "b", "c"] {
+        assert_eq!(step(&p, name)["status"], "success", "{p:#}");
+    }
+}
+
+#[tokio::test]
+async fn a_step_reaches_a_service_by_its_name() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The fake has no DNS server: `resolve` looks the name up in what cluster DNS would
+    // answer this pod (see FAKE_CLUSTER_HOSTS in tests/fake_k8s/kubelet.rs).
+    let r = env
+        .app
+        .submit_json(&json!({
+            "configs": [{"name": "ci", "content": format!("\
+services:
+  - name: web
+    image: python:3
+    commands:
+      - echo served > index.html
+      - exec python3 -m http.server {port} --bind 127.0.0.1
+steps:
+  - name: fetch
+    image: python:3
+    commands:
+      - resolve() {{ awk -v n=\"$1\" '{{for (i = 2; i <= NF; i++) if ($i == n) {{print $1; exit}}}}' \"$FAKE_CLUSTER_HOSTS\"; }}
+      - echo \"web is $(resolve web)\"
+      - for i in $(seq 1 100); do python3 -c \"import urllib.request as u; print(u.urlopen('http://$(resolve web):{port}/index.html').read().decode())\" && exit 0; sleep 0.1; done; exit 1
+")}]
+        }))
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let p = wait_finished(&env.app, &id, 60).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "fetch")).await;
+    assert!(log.contains("web is 127.0.0.1\n"), "{log}");
+    assert!(log.contains("served\n"), "{log}");
+    assert_eq!(step(&p, "web")["status"], "success", "{p:#}");
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn start_failures_become_errors_in_the_clusters_words() {
+    let env = Env::start(Db::Postgres, |s| {
+        s.kubernetes.allow_from_step = Some("secrets".into());
+    })
+    .await;
+    env.cluster
+        .faults()
+        .fail_image_pull("registry.example/missing:1");
+    let p = env
+        .run(
+            "\
+steps:
+  - name: pull
+    image: registry.example/missing:1
+    depends_on: []
+    commands: [echo never]
+  - name: bad-name
+    image: 'busybox:1.36:extra'
+    depends_on: []
+    commands: [echo never]
+  - name: secret
+    image: busybox:1.36
+    depends_on: []
+    commands: [echo never]
+    backend_options:
+      kubernetes:
+        secrets:
+          - name: no-such-secret
+            key: token
+            target:
+              env: TOKEN
+",
+        )
+        .await;
+    // A step that could not run makes the pipeline an error, not a failure.
+    assert_eq!(p["status"], "error", "{p:#}");
+    let pull = step(&p, "pull");
+    assert_eq!(pull["status"], "error");
+    let reason = pull["reason"].as_str().unwrap();
+    assert!(
+        (reason.starts_with("ErrImagePull") || reason.starts_with("ImagePullBackOff"))
+            && reason.contains("registry.example/missing:1"),
+        "{reason}"
+    );
+    let bad = step(&p, "bad-name");
+    assert_eq!(bad["status"], "error");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("InvalidImageName: image \"busybox:1.36:extra\""),
+        "{bad:#}"
+    );
+    let secret = step(&p, "secret");
+    assert_eq!(secret["status"], "error");
+    assert_eq!(
+        secret["reason"],
+        "CreateContainerConfigError: secret \"no-such-secret\" not found"
+    );
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_unschedulable_pod_fails_after_the_start_timeout_with_the_schedulers_message() {
+    let env = Env::start(Db::Postgres, |s| {
+        s.kubernetes.node_selector = Some("disktype=ssd".into());
+        s.kubernetes.start_timeout = Some("1s".into());
+    })
+    .await;
+    let p = env
+        .run("steps:\n  - name: build\n    image: busybox:1.36\n    commands: [echo never]\n")
+        .await;
+    let build = step(&p, "build");
+    assert_eq!(build["status"], "error", "{p:#}");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(
+        reason
+            .starts_with("the pod did not start within 1s: Unschedulable: 0/1 nodes are available"),
+        "{reason}"
+    );
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_broken_log_stream_is_resumed_with_every_line_exactly_once() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    // Two cuts: after 5 lines, then after 5 more of the resumed stream.
+    env.cluster.faults().cut_log_stream("printer", 5, 2);
+    let p = env
+        .run(
+            "\
+steps:
+  - name: printer
+    image: busybox:1.36
+    commands:
+      - for i in $(seq 1 40); do echo line $i; sleep 0.02; done
+",
+        )
+        .await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "printer")).await;
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("line ")).collect();
+    let expected: Vec<String> = (1..=40).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines, expected, "{log}");
+    assert!(
+        env.cluster.count("get", "pods/log") >= 3,
+        "the stream was resumed: {:?}",
+        env.cluster.verb_counts()
+    );
+}
+
+#[tokio::test]
+async fn an_oom_killed_container_fails_with_its_reason() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    env.cluster
+        .faults()
+        .oom_kill("hungry", Duration::from_millis(300));
+    let p = env
+        .run("steps:\n  - name: hungry\n    image: busybox:1.36\n    commands: [echo eating, sleep 30]\n")
+        .await;
+    let hungry = step(&p, "hungry");
+    assert_eq!(hungry["status"], "failure", "{p:#}");
+    assert_eq!(hungry["exit_code"], 137);
+    assert_eq!(hungry["reason"], "exit code 137 (OOMKilled)", "{hungry:#}");
+}
+
+#[tokio::test]
+async fn an_evicted_pod_is_never_a_success() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let id = env
+        .submit("steps:\n  - name: long\n    image: busybox:1.36\n    commands: [echo started, sleep 30]\n")
+        .await;
+    let running = wait_step(&env.app, &id, "long", "running", 30).await;
+    let pod = env.pod_of(running["id"].as_str().unwrap()).await;
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    env.cluster
+        .wait_for_pod(NS, name, Duration::from_secs(10), |p| {
+            p["status"]["phase"] == "Running"
+        })
+        .await
+        .expect("the pod runs");
+    assert!(env.cluster.evict_pod(NS, name));
+    let p = wait_finished(&env.app, &id, 30).await;
+    let long = step(&p, "long");
+    assert_eq!(long["status"], "error", "{p:#}");
+    assert!(
+        long["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the pod was evicted: The node was low on resource: memory."),
+        "{long:#}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_deletes_the_pods() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let id = env
+        .submit("steps:\n  - name: long\n    image: busybox:1.36\n    commands: [sleep 60]\n")
+        .await;
+    let running = wait_step(&env.app, &id, "long", "running", 30).await;
+    env.pod_of(running["id"].as_str().unwrap()).await;
+    let r = env
+        .app
+        .post(&format!("/api/v1/pipelines/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let p = wait_finished(&env.app, &id, 30).await;
+    assert_eq!(p["status"], "canceled", "{p:#}");
+    assert!(
+        env.cluster.count("delete", "pods") >= 1,
+        "{:?}",
+        env.cluster.verb_counts()
+    );
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn the_reaper_removes_objects_of_unknown_workflows_at_start_up() {
+    let cluster = FakeCluster::start();
+    let orphan = uuid::Uuid::now_v7().to_string();
+    let labels = json!({
+        "app.kubernetes.io/managed-by": "piculet",
+        "piculet.dev/workflow-id": orphan,
+    });
+    cluster
+        .create(
+            Resource::Secrets,
+            NS,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "piculet-orphan-secrets", "labels": labels},
+                   "data": {}}),
+        )
+        .unwrap();
+    cluster
+        .create(
+            Resource::Pods,
+            NS,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "orphan-step", "labels": labels},
+                   "spec": {"restartPolicy": "Never",
+                            "containers": [{"name": "step", "image": "busybox:1.36",
+                                            "command": ["sleep", "60"]}]}}),
+        )
+        .unwrap();
+    // Not piculet's: left alone.
+    cluster
+        .create(
+            Resource::Secrets,
+            NS,
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "someone-elses"}, "data": {}}),
+        )
+        .unwrap();
+    let env = Env::start_on(cluster, Db::Postgres, |_| {}).await;
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+    assert!(
+        env.cluster
+            .object(Resource::Secrets, NS, "someone-elses")
+            .is_some()
+    );
+}
+
+#[tokio::test]
+async fn readyz_names_a_missing_permission() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let r = env.app.get("/api/v1/readyz").send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // A fresh server: the answer is cached for a while.
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    env.cluster.faults().set_access("delete", "pods", "", false);
+    env.cluster.faults().set_access("get", "pods", "log", false);
+    let r = env.app.get("/api/v1/readyz").send().await.unwrap();
+    let problem = common::expect_problem(r, 503, "unavailable").await;
+    assert_eq!(
+        problem["detail"],
+        "piculet lacks permissions in namespace piculet: delete pods, get pods/log; grant them \
+         with a Role such as deploy/role.yaml"
+    );
+}
