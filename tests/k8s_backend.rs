@@ -370,6 +370,33 @@ steps:
 }
 
 #[tokio::test]
+async fn a_failed_pull_is_tried_again_with_the_next_pull_policy() {
+    let env = Env::start(Db::Postgres, |s| {
+        s.kubernetes.pull_policy = Some("IfNotPresent,Always".into());
+    })
+    .await;
+    env.cluster.faults().fail_image_pull("registry.example/missing:1");
+    let p = env
+        .run("steps:\n  - name: pull\n    image: registry.example/missing:1\n    commands: [echo never]\n")
+        .await;
+    let pull = step(&p, "pull");
+    assert_eq!(pull["status"], "error", "{p:#}");
+    assert!(
+        pull["reason"].as_str().unwrap().contains("registry.example/missing:1"),
+        "{pull:#}"
+    );
+    let policies: Vec<String> = env
+        .cluster
+        .requests()
+        .iter()
+        .filter(|r| r.verb == "create" && r.resource == "pods")
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(policies.len(), 2, "one pod per pull policy: {policies:?}");
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn an_unschedulable_pod_fails_after_the_start_timeout_with_the_schedulers_message() {
     let env = Env::start(Db::Postgres, |s| {
         s.kubernetes.node_selector = Some("disktype=ssd".into());
@@ -549,4 +576,37 @@ async fn readyz_names_a_missing_permission() {
         "piculet lacks permissions in namespace piculet: delete pods, get pods/log; grant them \
          with a Role such as deploy/role.yaml"
     );
+}
+
+#[test]
+fn deploy_role_grants_exactly_what_the_backend_checks() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/role.yaml"))
+        .unwrap();
+    let role: Value = serde_saphyr::from_str(&text).unwrap();
+    let mut granted = Vec::new();
+    for rule in role["rules"].as_array().unwrap() {
+        assert_eq!(rule["apiGroups"], json!([""]), "{rule}");
+        for resource in rule["resources"].as_array().unwrap() {
+            for verb in rule["verbs"].as_array().unwrap() {
+                granted.push(format!(
+                    "{} {}",
+                    verb.as_str().unwrap(),
+                    resource.as_str().unwrap()
+                ));
+            }
+        }
+    }
+    let mut required: Vec<String> = piculet::backend::kubernetes::access::REQUIRED
+        .iter()
+        .map(|(verb, resource, sub)| {
+            if sub.is_empty() {
+                format!("{verb} {resource}")
+            } else {
+                format!("{verb} {resource}/{sub}")
+            }
+        })
+        .collect();
+    granted.sort();
+    required.sort();
+    assert_eq!(granted, required);
 }

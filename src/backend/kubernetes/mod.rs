@@ -37,7 +37,7 @@ use self::logs::{Cursor, StreamEnd, read_log};
 use self::status::{PodState, pod_state};
 use self::watch::{PodWatch, Seen};
 use super::{Backend, BackendError, StepExit, StepHandle, StepRun, WorkflowRun};
-use crate::k8s::labels::{MANAGED_BY, MANAGER, STEP_ID, WORKFLOW_ID};
+use crate::k8s::labels::{MANAGED_BY, MANAGER, PULL_POLICIES_ANNOTATION, STEP_ID, WORKFLOW_ID};
 use crate::k8s::pod::{pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
 use crate::pipeline::StepKind;
@@ -160,14 +160,17 @@ impl KubernetesBackend {
     fn drive(
         &self,
         state: Arc<WorkflowState>,
-        namespace: String,
-        name: String,
+        pod: Pod,
         subscription: tokio::sync::watch::Receiver<Seen>,
         cursor: Cursor,
     ) -> StepHandle {
+        let namespace = state.rendered.namespace.clone();
+        let name = pod.metadata.name.clone().unwrap_or_default();
         let (out_tx, out_rx) = mpsc::channel(1024);
         let (exit_tx, exit_rx) = oneshot::channel();
         let driver = Driver {
+            kube: self.kube.clone(),
+            pod,
             pods: self.pods(&namespace),
             watch: self.watch.clone(),
             namespace,
@@ -377,7 +380,7 @@ impl Backend for KubernetesBackend {
             .unwrap_or_else(|e| e.into_inner())
             .insert(step.step_id, name.clone());
         tracing::debug!(pod = %name, "pod created");
-        Ok(self.drive(state, ns, name, subscription, Cursor::default()))
+        Ok(self.drive(state, pod, subscription, Cursor::default()))
     }
 
     async fn stop_step(
@@ -474,7 +477,7 @@ impl Backend for KubernetesBackend {
             .unwrap_or_else(|e| e.into_inner())
             .insert(step.step_id, name.clone());
         let subscription = self.watch.subscribe(&ns, &name);
-        Ok(self.drive(state, ns, name, subscription, Cursor::after(after)))
+        Ok(self.drive(state, pod, subscription, Cursor::after(after)))
     }
 
     async fn readiness(&self) -> Result<(), String> {
@@ -559,6 +562,9 @@ impl Backend for KubernetesBackend {
 
 /// The task that follows one step's pod.
 struct Driver {
+    kube: Kube,
+    /// The pod as created: created again with the next pull policy when a pull fails.
+    pod: Pod,
     pods: Api<Pod>,
     watch: Arc<PodWatch>,
     namespace: String,
@@ -597,6 +603,63 @@ impl Driver {
         }
     }
 
+    /// The pull policy to try after `reason`, a failed pull, when the administrator listed
+    /// one after the pod's current policy.
+    fn next_pull_policy(&self, reason: &str) -> Option<String> {
+        if !(reason.starts_with("ErrImagePull") || reason.starts_with("ImagePullBackOff")) {
+            return None;
+        }
+        let listed = self
+            .pod
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(PULL_POLICIES_ANNOTATION)?;
+        let policies: Vec<&str> = listed.split(',').collect();
+        let current = self
+            .pod
+            .spec
+            .as_ref()?
+            .containers
+            .first()?
+            .image_pull_policy
+            .as_deref()?;
+        let at = policies.iter().position(|p| *p == current)?;
+        policies.get(at + 1).map(|p| p.to_string())
+    }
+
+    /// Deletes the pod and creates it again with another pull policy, as GitLab Runner does.
+    async fn recreate(&mut self, policy: &str) -> Result<(), String> {
+        tracing::info!(pod = %self.name, %policy, "the image pull failed; trying the next pull policy");
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        match self.kube.call(|| self.pods.delete(&self.name, &now)).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(describe(&e)),
+        }
+        // The name is the step attempt's: the new pod can only be created once the old one
+        // is gone.
+        while !matches!(self.observe(), Observed::Gone) {
+            if !self.changed().await {
+                break;
+            }
+        }
+        self.seen = self.watch.subscribe(&self.namespace, &self.name);
+        if let Some(c) = self.pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+            c.image_pull_policy = Some(policy.to_string());
+        }
+        let post = PostParams::default();
+        let pod = self.pod.clone();
+        self.kube
+            .create_pod(|| self.pods.create(&post, &pod))
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e))
+    }
+
     /// Waits for the next change the watch reports; `false` when the watch dropped the pod.
     async fn changed(&mut self) -> bool {
         self.seen.changed().await.is_ok()
@@ -620,7 +683,20 @@ impl Driver {
             match self.observe() {
                 Observed::Pod(PodState::Running) => break true,
                 Observed::Pod(PodState::Terminated { .. }) => break false,
-                Observed::Pod(PodState::StartFailed(reason) | PodState::Lost(reason)) => {
+                Observed::Pod(PodState::StartFailed(reason)) => {
+                    match self.next_pull_policy(&reason) {
+                        Some(policy) => {
+                            if let Err(e) = self.recreate(&policy).await {
+                                return StepExit::Error {
+                                    reason: format!("{reason}; trying pull policy {policy}: {e}"),
+                                };
+                            }
+                            continue;
+                        }
+                        None => return StepExit::Error { reason },
+                    }
+                }
+                Observed::Pod(PodState::Lost(reason)) => {
                     return StepExit::Error { reason };
                 }
                 Observed::Pod(PodState::Waiting { reason }) => {
