@@ -375,14 +375,19 @@ async fn a_failed_pull_is_tried_again_with_the_next_pull_policy() {
         s.kubernetes.pull_policy = Some("IfNotPresent,Always".into());
     })
     .await;
-    env.cluster.faults().fail_image_pull("registry.example/missing:1");
+    env.cluster
+        .faults()
+        .fail_image_pull("registry.example/missing:1");
     let p = env
         .run("steps:\n  - name: pull\n    image: registry.example/missing:1\n    commands: [echo never]\n")
         .await;
     let pull = step(&p, "pull");
     assert_eq!(pull["status"], "error", "{p:#}");
     assert!(
-        pull["reason"].as_str().unwrap().contains("registry.example/missing:1"),
+        pull["reason"]
+            .as_str()
+            .unwrap()
+            .contains("registry.example/missing:1"),
         "{pull:#}"
     );
     let policies: Vec<String> = env
@@ -429,7 +434,7 @@ steps:
   - name: printer
     image: busybox:1.36
     commands:
-      - for i in $(seq 1 40); do echo line $i; sleep 0.02; done
+      - for i in $(seq 1 40); do echo line $i; sleep 0.1; done
 ",
         )
         .await;
@@ -580,8 +585,8 @@ async fn readyz_names_a_missing_permission() {
 
 #[test]
 fn deploy_role_grants_exactly_what_the_backend_checks() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/role.yaml"))
-        .unwrap();
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/role.yaml")).unwrap();
     let role: Value = serde_saphyr::from_str(&text).unwrap();
     let mut granted = Vec::new();
     for rule in role["rules"].as_array().unwrap() {

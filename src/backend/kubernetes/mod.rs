@@ -241,6 +241,51 @@ impl KubernetesBackend {
         Ok(())
     }
 
+    /// Deletes the objects of a workflow this replica set up: the pods with one
+    /// `deletecollection`, the rest by name (no list needed).
+    async fn delete_rendered(
+        &self,
+        rendered: &RenderedWorkflow,
+        workflow_id: Uuid,
+    ) -> Result<(), BackendError> {
+        let ns = &rendered.namespace;
+        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
+        let list = ListParams::default().labels(&selector);
+        let client = self.kube.client.clone();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        // Every step has ended and its log was read: nothing is left to stop gently.
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        self.kube
+            .call(|| pods.delete_collection(&now, &list))
+            .await
+            .map_err(|e| failed("deleting the pods", &e))?;
+        let services: Api<Service> = Api::namespaced(client.clone(), ns);
+        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            m.name.clone().unwrap_or_default()
+        };
+        self.delete_one(
+            &services,
+            &name(&rendered.service.metadata),
+            &DeleteParams::default(),
+        )
+        .await?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        for secret in &rendered.secrets {
+            self.delete_one(&secrets, &name(&secret.metadata), &DeleteParams::default())
+                .await?;
+        }
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, ns);
+        let foreground = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Foreground),
+            ..DeleteParams::default()
+        };
+        self.delete_one(&claims, &name(&rendered.workspace.metadata), &foreground)
+            .await
+    }
+
     async fn names_by_label<K>(
         &self,
         api: &Api<K>,
@@ -433,9 +478,7 @@ impl Backend for KubernetesBackend {
             );
             return Ok(());
         }
-        // Every step has ended and its log was read: nothing is left to stop gently.
-        self.delete_workflow_objects(&state.rendered.namespace, run.workflow_id, Some(0))
-            .await
+        self.delete_rendered(&state.rendered, run.workflow_id).await
     }
 
     async fn running_steps(&self, run: &WorkflowRun) -> Result<Vec<Uuid>, BackendError> {
@@ -648,7 +691,12 @@ impl Driver {
             }
         }
         self.seen = self.watch.subscribe(&self.namespace, &self.name);
-        if let Some(c) = self.pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+        if let Some(c) = self
+            .pod
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers.first_mut())
+        {
             c.image_pull_policy = Some(policy.to_string());
         }
         let post = PostParams::default();
@@ -748,8 +796,8 @@ impl Driver {
             if !live {
                 break;
             }
-            // The watch may trail the stream's end by a moment.
-            let ended = tokio::time::timeout(Duration::from_millis(250), async {
+            // The watch may trail the stream's end by a moment, more so on a busy cluster.
+            let ended = tokio::time::timeout(Duration::from_secs(1), async {
                 loop {
                     if !matches!(self.observe(), Observed::Pod(PodState::Running)) {
                         return;

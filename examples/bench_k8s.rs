@@ -1,0 +1,367 @@
+//! The Kubernetes backend's figures of the README's Performance section, against the fake API
+//! server of `tests/fake_k8s` (its kubelet runs each container's script as a local process).
+//! The fake runs in a child process (this binary with `--fake`), so the memory figure is
+//! piculet's alone. Run through `scripts/bench.sh k8s`.
+//!
+//! A measurement, not a test: nothing fails on a slow machine; it reports.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_macros)]
+mod common;
+#[path = "../tests/fake_k8s/mod.rs"]
+mod fake_k8s;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{Db, TestApp, wait_finished};
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+use piculet::config::Settings;
+use serde_json::Value;
+use tokio::io::AsyncBufReadExt as _;
+
+const NS: &str = "piculet";
+
+/// When our watch saw a step's pod created, and its container ended.
+type Seen = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+const IN_FLIGHT: usize = 200;
+
+fn row(name: &str, value: String, target: &str, pass: Option<bool>) {
+    let verdict = match pass {
+        Some(true) => "meets the target",
+        Some(false) => "MISSES the target",
+        None => "",
+    };
+    println!("  {name:<58} {value:>14}   {target:<22} {verdict}");
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--fake") {
+        return serve_fake().await;
+    }
+    println!("\nKubernetes backend (fake API server in a child process; {IN_FLIGHT} workflows)");
+    let dir = std::env::temp_dir().join(format!("piculet-bench-k8s-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut fake = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--fake")
+        .arg(dir.join("fs"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(fake.stdout.take().unwrap()).lines();
+    let url = out.next_line().await.unwrap().expect("the fake's URL");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+             users:\n- name: fake\n  user:\n    token: bench\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
+        ),
+    )
+    .unwrap();
+    let mut settings = Settings {
+        backend: Some("kubernetes".into()),
+        max_workflows: Some(IN_FLIGHT.to_string()),
+        ..Settings::default()
+    };
+    settings.kubernetes.kubeconfig = Some(kubeconfig.display().to_string());
+    settings.kubernetes.namespace = Some(NS.into());
+    // The rate limiter is measured apart: here it must not be what is measured.
+    settings.kubernetes.qps = Some("5000".into());
+    settings.kubernetes.burst = Some("10000".into());
+    let app = TestApp::start(Db::Postgres, settings, true).await;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+
+    // Warm-up: connections, prepared statements, the shared watch.
+    let id = submit(
+        &app,
+        "steps:\n  - name: a\n    image: busybox\n    commands: [true]\n",
+    )
+    .await;
+    wait_finished(&app, &id, 60).await;
+    let base = rss_kib();
+    let requests_before = fake_requests(&url).await;
+
+    // Our own watch sees what piculet's sees, at the same moment: pod creations and ends.
+    let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
+    let watch_task = {
+        let seen = seen.clone();
+        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+            while let Some(Ok(e)) = events.next().await {
+                let now = Utc::now();
+                let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = e else {
+                    continue;
+                };
+                let Some(step) = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("piculet.dev/step-id").cloned())
+                else {
+                    continue;
+                };
+                let ended = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|s| s.terminated.is_some());
+                let mut seen = seen.lock().unwrap();
+                let entry = seen.entry(step).or_default();
+                entry.0.get_or_insert(now);
+                if ended {
+                    entry.1.get_or_insert(now);
+                }
+            }
+        })
+    };
+
+    // 200 workflows in flight, each: a step that sleeps (idle, so the cores stay free for
+    // piculet and the fake), then a second step.
+    let pipeline = "steps:\n  - name: hold\n    image: busybox\n    commands: [sleep 6]\n  - name: after\n    image: busybox\n    commands: [echo done]\n";
+    let mut ids = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        ids.push(submit(&app, pipeline).await);
+    }
+    // SSE followers of every pipeline's events record when each step's end arrives.
+    let delivered: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Arc::default();
+    for id in &ids {
+        let delivered = delivered.clone();
+        let request = app
+            .get(&format!("/api/v1/pipelines/{id}/events"))
+            .header("accept", "text/event-stream");
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let mut events = std::pin::pin!(piculet::client::sse::events(response));
+            while let Some(Ok(e)) = events.next().await {
+                let now = Utc::now();
+                let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
+                    continue;
+                };
+                if v["subject"] == "step"
+                    && let Some(step) = v["id"].as_str()
+                    && matches!(v["status"].as_str(), Some("success" | "failure" | "error"))
+                {
+                    delivered
+                        .lock()
+                        .unwrap()
+                        .entry(step.to_string())
+                        .or_insert(now);
+                }
+            }
+        });
+    }
+    // Every workflow's first step runs: measure piculet's memory now.
+    let mut running = 0;
+    for _ in 0..240 {
+        running = count_running(&app, &ids).await;
+        if running == IN_FLIGHT {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let during = rss_kib();
+    let mut finished = Vec::new();
+    for id in &ids {
+        finished.push(wait_finished(&app, id, 300).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch_task.abort();
+    let requests_after = fake_requests(&url).await;
+
+    // Runnable (the engine stamps started_at) → pod seen created on the watch.
+    let seen = seen.lock().unwrap().clone();
+    let delivered = delivered.lock().unwrap().clone();
+    let mut to_create = Vec::new();
+    let mut watch_to_sse = Vec::new();
+    let mut steps = 0usize;
+    for p in &finished {
+        for s in p["workflows"][0]["steps"].as_array().unwrap() {
+            steps += 1;
+            let id = s["id"].as_str().unwrap();
+            let started: DateTime<Utc> = s["started_at"].as_str().unwrap().parse().unwrap();
+            if let Some((Some(created), ended)) = seen.get(id) {
+                to_create.push((*created - started).num_microseconds().unwrap() as f64 / 1000.0);
+                if let (Some(ended), Some(got)) = (ended, delivered.get(id)) {
+                    watch_to_sse.push((*got - *ended).num_microseconds().unwrap() as f64 / 1000.0);
+                }
+            }
+        }
+    }
+    to_create.sort_by(f64::total_cmp);
+    watch_to_sse.sort_by(f64::total_cmp);
+    let ok = finished.iter().filter(|p| p["status"] == "success").count();
+    row("workflows succeeded", format!("{ok}/{IN_FLIGHT}"), "", None);
+    let calls: HashMap<String, usize> = diff(&requests_before, &requests_after);
+    let per_step_calls = calls.get("create pods").copied().unwrap_or(0)
+        + calls.get("get pods/log").copied().unwrap_or(0);
+    let all_calls: usize = calls
+        .iter()
+        .filter(|(k, _)| !k.starts_with("watch "))
+        .map(|(_, v)| v)
+        .sum();
+    row(
+        "API calls per step: pod create + log reads",
+        format!("{:.2}", per_step_calls as f64 / steps as f64),
+        "≤ 3 besides the watch",
+        Some(per_step_calls as f64 / steps as f64 <= 3.0),
+    );
+    row(
+        "API calls per step: everything but the watch",
+        format!("{:.2}", all_calls as f64 / steps as f64),
+        "",
+        None,
+    );
+    let mut breakdown: Vec<_> = calls.iter().collect();
+    breakdown.sort();
+    println!(
+        "    ({steps} steps: {})",
+        breakdown
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if !to_create.is_empty() {
+        row(
+            "runnable → pod created, p50",
+            format!("{:.1} ms", percentile(&to_create, 0.5)),
+            "",
+            None,
+        );
+        let p99 = percentile(&to_create, 0.99);
+        row(
+            "runnable → pod created, p99",
+            format!("{p99:.1} ms"),
+            "≤ 30 ms",
+            Some(p99 <= 30.0),
+        );
+    }
+    if !watch_to_sse.is_empty() {
+        row(
+            "container ended on the watch → SSE event, p50",
+            format!("{:.1} ms", percentile(&watch_to_sse, 0.5)),
+            "",
+            None,
+        );
+        row(
+            "container ended on the watch → SSE event, p99",
+            format!("{:.1} ms", percentile(&watch_to_sse, 0.99)),
+            "",
+            None,
+        );
+    }
+    row(
+        &format!("memory per running workflow ({running} in flight)"),
+        format!(
+            "{:.1} KiB",
+            during.saturating_sub(base) as f64 / running.max(1) as f64
+        ),
+        "",
+        None,
+    );
+    drop(app);
+    let _ = fake.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn submit(app: &TestApp, yaml: &str) -> String {
+    let p: Value = app.submit_yaml(yaml).await.json().await.unwrap();
+    p["id"].as_str().unwrap().to_string()
+}
+
+async fn count_running(app: &TestApp, ids: &[String]) -> usize {
+    let mut n = 0;
+    for id in ids {
+        let p: Value = app
+            .get(&format!("/api/v1/pipelines/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p["workflows"][0]["steps"][0]["status"] == "running" {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// The fake's request counts by `verb resource`, from its debug endpoint.
+async fn fake_requests(url: &str) -> HashMap<String, usize> {
+    reqwest::get(format!("{url}/fake/requests"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn diff(before: &HashMap<String, usize>, after: &HashMap<String, usize>) -> HashMap<String, usize> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// The child: serves the fake API server, prints its URL, and runs until killed.
+async fn serve_fake() {
+    let root = std::env::args().nth(2).map(std::path::PathBuf::from);
+    let cluster = Arc::new(fake_k8s::FakeCluster::start_with(fake_k8s::FakeConfig {
+        fs_root: root,
+        ..fake_k8s::FakeConfig::default()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = cluster.clone();
+    let router = cluster.router().route(
+        "/fake/requests",
+        axum::routing::get(move || {
+            let counts = counts.clone();
+            async move {
+                let mut by: HashMap<String, usize> = HashMap::new();
+                for r in counts.requests() {
+                    *by.entry(format!("{} {}", r.verb, r.resource)).or_default() += 1;
+                }
+                axum::Json(by)
+            }
+        }),
+    );
+    println!("http://{addr}");
+    axum::serve(listener, router).await.unwrap();
+}
