@@ -8,7 +8,7 @@ mod fake_k8s;
 use std::time::Duration;
 
 use common::{Db, TestApp, find_step, log_text, step_id, wait_finished, wait_step};
-use fake_k8s::{FakeCluster, FakeConfig, Resource};
+use fake_k8s::{ApiFailure, FakeCluster, FakeConfig, RequestMatch, Resource};
 use piculet::config::Settings;
 use serde_json::{Value, json};
 
@@ -190,6 +190,49 @@ steps:
             .collect();
         assert_eq!(created, ["persistentvolumeclaims", "services", "pods"]);
     }
+}
+
+#[tokio::test]
+async fn throttled_and_failing_api_answers_are_retried() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let faults = env.cluster.faults();
+    faults.fail_requests(
+        RequestMatch::new("create", "pods"),
+        ApiFailure::TooManyRequests {
+            retry_after_secs: 1,
+        },
+        1,
+    );
+    faults.fail_requests(
+        RequestMatch::new("create", "persistentvolumeclaims"),
+        ApiFailure::InternalError,
+        2,
+    );
+    faults.fail_requests(
+        RequestMatch::new("get", "pods/log"),
+        ApiFailure::InternalError,
+        1,
+    );
+    let p = env
+        .run("steps:\n  - name: build\n    image: busybox:1.36\n    commands: [echo built]\n")
+        .await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "build")).await;
+    assert!(log.contains("built\n"), "{log}");
+    let statuses = |verb: &str, resource: &str| -> Vec<u16> {
+        env.cluster
+            .requests()
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .map(|r| r.status)
+            .collect()
+    };
+    assert_eq!(statuses("create", "pods"), [429, 201]);
+    assert_eq!(
+        statuses("create", "persistentvolumeclaims"),
+        [500, 500, 201]
+    );
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
 }
 
 #[tokio::test]

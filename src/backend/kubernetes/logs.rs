@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::LogParams;
 use tokio::sync::mpsc;
 
+use super::client::Kube;
 use crate::backend::OutputLine;
 use crate::backend::lines::LineSplitter;
 use crate::k8s::names::CONTAINER;
@@ -112,6 +113,7 @@ pub enum StreamEnd {
 /// Reads the log from the cursor on, sending new lines: following it while the container runs
 /// (`follow`), or the whole rest of an ended container's log. Returns when the stream ends.
 pub async fn read_log(
+    kube: &Kube,
     pods: &Api<Pod>,
     pod: &str,
     follow: bool,
@@ -127,7 +129,7 @@ pub async fn read_log(
             .and_then(|t| jiff::Timestamp::from_second(t.timestamp()).ok()),
         ..LogParams::default()
     };
-    let stream = match pods.log_stream(pod, &params).await {
+    let stream = match kube.call(|| pods.log_stream(pod, &params)).await {
         Ok(s) => s,
         Err(e) => return StreamEnd::Failed(e),
     };

@@ -784,7 +784,7 @@ impl Driver {
         let mut live = running_at_open;
         let mut pause = Duration::from_millis(50);
         loop {
-            let end = read_log(&self.pods, &self.name, live, &mut cursor, &out).await;
+            let end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out).await;
             match &end {
                 StreamEnd::ReceiverGone => break,
                 StreamEnd::Failed(e) if is_not_found(e) => break,
