@@ -119,10 +119,15 @@ impl StepContext {
         let attaching = matches!(begin, Begin::Attach { .. });
         let (handle, first_number) = match begin {
             Begin::Start => {
-                if let Err(e) = store
-                    .step_started(self.run.pipeline_id, id, started_at)
-                    .await
-                {
+                // Recorded while the backend starts the step, not before: a replica that dies
+                // in between leaves the step queued, and whoever adopts the workflow starts it
+                // again, which a backend with deterministic names (Kubernetes) answers with
+                // the step already running.
+                let (recorded, started) = tokio::join!(
+                    store.step_started(self.run.pipeline_id, id, started_at),
+                    self.inner.backend.start_step(&self.run, &step)
+                );
+                if let Err(e) = recorded {
                     tracing::error!(error = %e, "recording the step's start failed");
                 }
                 if !self
@@ -135,7 +140,7 @@ impl StepContext {
                     metrics::histogram!("piculet_submit_to_start_seconds")
                         .record(waited.as_secs_f64());
                 }
-                (self.inner.backend.start_step(&self.run, &step).await, 1)
+                (started, 1)
             }
             Begin::Attach { after, next_number } => (
                 self.inner

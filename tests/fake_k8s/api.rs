@@ -355,6 +355,20 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Err(e) => HashMap::from([("__invalid".to_string(), e.to_string())]),
     };
     let (verb, resource) = verb_and_resource(&parts.method, &target, &query);
+    // A create names its object in the body: read it first, for the request log.
+    let (body, created) = if parts.method == Method::POST {
+        match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
+            Ok(bytes) => {
+                let created = serde_json::from_slice::<Value>(&bytes)
+                    .ok()
+                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
+                (Body::from(bytes), created)
+            }
+            Err(_) => (Body::empty(), None),
+        }
+    } else {
+        (body, None)
+    };
     let (ns, name) = match &target {
         Target::Collection { ns, .. } => (ns.clone(), None),
         Target::Object { ns, name, .. }
@@ -370,6 +384,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         resource: resource.clone(),
         namespace: ns.clone(),
         name: name.clone(),
+        created,
+        at: chrono::Utc::now(),
         status: 0,
     });
 
@@ -716,9 +732,9 @@ fn list(
         ));
     }
     let mut items: Vec<Value> = store
-        .list(resource, ns)
-        .into_iter()
+        .iter(resource, ns)
         .filter(|o| labels.matches(o) && fields.matches(o))
+        .cloned()
         .collect();
     let mut rv = store.current_rv();
     drop(store);

@@ -1145,7 +1145,7 @@ impl PodTask {
             }
         }
         let mut lines = String::new();
-        for pod in store.list(Resource::Pods, Some(ns)) {
+        for pod in store.iter(Resource::Pods, Some(ns)) {
             let (Some(host), Some(sub)) = (
                 pod["spec"]["hostname"].as_str(),
                 pod["spec"]["subdomain"].as_str(),

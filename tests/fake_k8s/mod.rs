@@ -66,6 +66,10 @@ pub struct RequestRecord {
     pub resource: String,
     pub namespace: Option<String>,
     pub name: Option<String>,
+    /// For a create: the name of the object in the body.
+    pub created: Option<String>,
+    /// When the request arrived.
+    pub at: chrono::DateTime<chrono::Utc>,
     /// The answer's status code (0 while it is being served).
     pub status: u16,
 }

@@ -901,7 +901,7 @@ pub(super) fn release_pvc_when_unused(shared: Arc<Shared>, ns: String, name: Str
             {
                 return;
             }
-            let in_use = store.list(Resource::Pods, Some(&ns)).iter().any(|p| {
+            let in_use = store.iter(Resource::Pods, Some(&ns)).any(|p| {
                 p["spec"]["volumes"].as_array().is_some_and(|vs| {
                     vs.iter()
                         .any(|v| v["persistentVolumeClaim"]["claimName"] == name.as_str())
@@ -943,7 +943,7 @@ pub(super) fn collect_dependents(shared: &Arc<Shared>, uid: &str) {
                 Resource::PersistentVolumeClaims,
             ]
             .into_iter()
-            .flat_map(|r| store.list(r, None).into_iter().map(move |o| (r, o)))
+            .flat_map(|r| store.iter(r, None).map(move |o| (r, o)))
             .filter(|(_, o)| {
                 o["metadata"]["ownerReferences"]
                     .as_array()

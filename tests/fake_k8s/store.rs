@@ -152,11 +152,19 @@ impl Store {
     /// Objects of one resource, in one namespace (or all when `ns` is None),
     /// sorted by namespace then name as etcd's key order sorts them.
     pub fn list(&self, resource: Resource, ns: Option<&str>) -> Vec<Value> {
+        self.iter(resource, ns).cloned().collect()
+    }
+
+    /// [`Store::list`] without copies, for controllers that only look.
+    pub fn iter<'a>(
+        &'a self,
+        resource: Resource,
+        ns: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Value> + 'a {
         self.objects
             .iter()
-            .filter(|((r, n, _), _)| *r == resource && ns.is_none_or(|ns| ns == n))
-            .map(|(_, v)| v.clone())
-            .collect()
+            .filter(move |((r, n, _), _)| *r == resource && ns.is_none_or(|ns| ns == n))
+            .map(|(_, v)| v)
     }
 
     fn next_rv(&mut self) -> u64 {

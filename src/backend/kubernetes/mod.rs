@@ -42,6 +42,9 @@ use crate::k8s::pod::{pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
 use crate::pipeline::StepKind;
 
+/// How long a log stream may stay open after the container ended.
+const STALLED_STREAM: Duration = Duration::from_secs(5);
+
 /// A workflow's objects as created, and what its steps learned.
 struct WorkflowState {
     rendered: RenderedWorkflow,
@@ -784,7 +787,30 @@ impl Driver {
         let mut live = running_at_open;
         let mut pause = Duration::from_millis(50);
         loop {
-            let end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out).await;
+            // A stream the kubelet fails to close after the container ended must not hold
+            // the step: a while after the end, the rest is read plainly.
+            let stalled = {
+                let mut seen = self.seen.clone();
+                async move {
+                    loop {
+                        let ended = match &*seen.borrow_and_update() {
+                            Seen::Present(pod, _) => pod_state(pod).is_final(),
+                            _ => true,
+                        };
+                        if ended || seen.changed().await.is_err() {
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(STALLED_STREAM).await;
+                }
+            };
+            let end = tokio::select! {
+                end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out) => end,
+                () = stalled => {
+                    tracing::warn!(pod = %self.name, "the log stream stayed open after the container ended; reading the rest");
+                    StreamEnd::Closed
+                }
+            };
             match &end {
                 StreamEnd::ReceiverGone => break,
                 StreamEnd::Failed(e) if is_not_found(e) => break,

@@ -35,7 +35,7 @@ struct Pods {
 /// The watch of one namespace.
 struct NamespaceWatch {
     pods: Mutex<Pods>,
-    task: tokio::task::AbortHandle,
+    task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl NamespaceWatch {
@@ -46,7 +46,9 @@ impl NamespaceWatch {
 
 impl Drop for NamespaceWatch {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
     }
 }
 
@@ -74,16 +76,14 @@ impl PodWatch {
         if let Some(w) = all.get(namespace) {
             return w.clone();
         }
-        let w = Arc::new_cyclic(|weak: &std::sync::Weak<NamespaceWatch>| {
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-            let weak = weak.clone();
-            let ns = namespace.to_string();
-            let task = tokio::spawn(async move { run(api, weak, ns).await });
-            NamespaceWatch {
-                pods: Mutex::new(Pods::default()),
-                task: task.abort_handle(),
-            }
+        let w = Arc::new(NamespaceWatch {
+            pods: Mutex::new(Pods::default()),
+            task: std::sync::OnceLock::new(),
         });
+        // The task holds the watch weakly: dropping the PodWatch ends it.
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let task = tokio::spawn(run(api, Arc::downgrade(&w), namespace.to_string()));
+        let _ = w.task.set(task.abort_handle());
         all.insert(namespace.to_string(), w.clone());
         w
     }
