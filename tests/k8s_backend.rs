@@ -18,6 +18,8 @@ const NS: &str = "piculet";
 struct Env {
     cluster: FakeCluster,
     app: TestApp,
+    /// What the app was started with, for a second replica.
+    settings: Settings,
     _dir: TempDir,
 }
 
@@ -82,10 +84,11 @@ impl Env {
         settings.kubernetes.namespace = Some(NS.into());
         settings.kubernetes.start_timeout = Some("3s".into());
         tune(&mut settings);
-        let app = TestApp::start(db, settings, true).await;
+        let app = TestApp::start(db, settings.clone(), true).await;
         Env {
             cluster,
             app,
+            settings,
             _dir: TempDir(dir),
         }
     }
@@ -559,6 +562,123 @@ async fn cancel_deletes_the_pods() {
         env.cluster.verb_counts()
     );
     assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn another_replica_adopts_a_running_step_and_reads_its_log_on() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: counter
+    image: busybox:1.36
+    commands:
+      - for i in $(seq 1 30); do echo line $i; sleep 0.1; done
+",
+        )
+        .await;
+    let running = wait_step(&env.app, &id, "counter", "running", 30).await;
+    let step = running["id"].as_str().unwrap().to_string();
+    for _ in 0..200 {
+        if log_text(&env.app, &step).await.contains("line 5\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The first replica stops (as on SIGTERM): it gives the workflow up, the pod runs on.
+    env.app.shutdown.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = TestApp::start_sharing(&env.app, env.settings.clone(), true).await;
+    let p = wait_finished(&second, &id, 60).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&second, &step).await;
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("line ")).collect();
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}")).collect();
+    assert_eq!(
+        lines, expected,
+        "every line exactly once across the hand-over: {log}"
+    );
+    assert_eq!(
+        env.cluster.count("create", "pods"),
+        1,
+        "the step was not started twice"
+    );
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn with_a_read_write_once_workspace_later_pods_follow_the_first_to_its_node() {
+    let env = Env::start(Db::Postgres, |s| {
+        s.kubernetes.storage_rwx = Some("false".into());
+    })
+    .await;
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: first
+    image: busybox:1.36
+    commands: [sleep 1]
+  - name: second
+    image: busybox:1.36
+    depends_on: []
+    commands: [sleep 1]
+",
+        )
+        .await;
+    let pipeline: Value = env
+        .app
+        .get(&format!("/api/v1/pipelines/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pods = [
+        env.pod_of(&step_id(&pipeline, "first")).await,
+        env.pod_of(&step_id(&pipeline, "second")).await,
+    ];
+    let pinned: Vec<&Value> = pods
+        .iter()
+        .filter(|p| {
+            p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+                ["nodeSelectorTerms"][0]["matchFields"][0]
+                == json!({"key": "metadata.name", "operator": "In", "values": ["vm"]})
+        })
+        .collect();
+    assert_eq!(
+        pinned.len(),
+        1,
+        "the second pod is pinned to the first's node: {pods:#?}"
+    );
+    let p = wait_finished(&env.app, &id, 30).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+}
+
+#[tokio::test]
+async fn failed_workflows_keep_their_objects_when_asked() {
+    let env = Env::start(Db::Postgres, |s| {
+        s.kubernetes.keep_failed_pods = Some("true".into());
+    })
+    .await;
+    let ok = env
+        .run("steps:\n  - name: fine\n    image: busybox:1.36\n    commands: [true]\n")
+        .await;
+    assert_eq!(ok["status"], "success", "{ok:#}");
+    assert_eq!(env.wait_clean().await, Vec::<String>::new());
+    let failed = env
+        .run("steps:\n  - name: broken\n    image: busybox:1.36\n    commands: [exit 1]\n")
+        .await;
+    assert_eq!(failed["status"], "failure", "{failed:#}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left = env.leftovers();
+    assert!(
+        left.iter().any(|o| o.starts_with("pod/broken-"))
+            && left.iter().any(|o| o.starts_with("pvc/")),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]

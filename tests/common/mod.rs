@@ -130,10 +130,35 @@ impl TestApp {
         Self::start(db, settings, false).await
     }
 
-    pub async fn start(db: Db, mut settings: Settings, engine: bool) -> TestApp {
+    pub async fn start(db: Db, settings: Settings, engine: bool) -> TestApp {
         let data_dir = std::env::temp_dir().join(format!("piculet-test-{}", Uuid::now_v7()));
         std::fs::create_dir_all(&data_dir).unwrap();
         let database_url = fresh_database(db, &data_dir).await;
+        Self::launch(db, database_url, data_dir, settings, engine, true).await
+    }
+
+    /// A second replica: another server on the database (and data directory, with its secret
+    /// key) of `other`, which keeps owning the database.
+    pub async fn start_sharing(other: &TestApp, settings: Settings, engine: bool) -> TestApp {
+        Self::launch(
+            other.db,
+            other.database_url.clone(),
+            other.data_dir.clone(),
+            settings,
+            engine,
+            false,
+        )
+        .await
+    }
+
+    async fn launch(
+        db: Db,
+        database_url: String,
+        data_dir: std::path::PathBuf,
+        mut settings: Settings,
+        engine: bool,
+        owns_database: bool,
+    ) -> TestApp {
         settings.listen.get_or_insert("127.0.0.1:0".into());
         settings.database_url = Some(database_url.clone());
         settings.data_dir = Some(data_dir.display().to_string());
@@ -155,7 +180,7 @@ impl TestApp {
         });
         TestApp {
             shutdown: app.shutdown,
-            postgres_database: (db == Db::Postgres).then(|| {
+            postgres_database: (owns_database && db == Db::Postgres).then(|| {
                 database_url
                     .rsplit('/')
                     .next()
