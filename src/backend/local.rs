@@ -1082,6 +1082,7 @@ mod tests {
         StepRun {
             step_id: Uuid::now_v7(),
             attempt: 1,
+            runnable_at: std::time::Instant::now(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

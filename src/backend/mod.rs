@@ -72,6 +72,8 @@ pub struct StepRun {
     /// The built-in `CI_*` variables and the submission's variables. The step's own
     /// `environment` (with its secrets) is in `spec` and resolved by the backend.
     pub env: BTreeMap<String, String>,
+    /// When the engine found the step runnable: a backend measures its own delay from here.
+    pub runnable_at: std::time::Instant,
 }
 
 /// One line of a step's output: stdout and stderr merged in the order they were written.

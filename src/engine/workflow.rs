@@ -92,6 +92,7 @@ impl StepContext {
         begin: Begin,
     ) -> Outcome {
         let store = &self.inner.store;
+        let runnable_at = std::time::Instant::now();
         let started_at = Utc::now();
         let env = step_env(
             &EnvContext {
@@ -113,6 +114,7 @@ impl StepContext {
             attempt: 1,
             spec,
             env,
+            runnable_at,
         };
         let background = step.spec.kind == pipeline::StepKind::Service || step.spec.detach;
 

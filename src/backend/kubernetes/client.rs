@@ -85,7 +85,7 @@ impl Kube {
     /// Runs one API call through the rate limiter, retrying what may succeed later.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, kube::Error>
     where
-        F: FnMut() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
         self.limited(&self.limiter, f).await
@@ -94,7 +94,7 @@ impl Kube {
     /// [`Kube::call`] for a pod create: also paced by the creation limiter.
     pub async fn create_pod<T, F, Fut>(&self, f: F) -> Result<T, kube::Error>
     where
-        F: FnMut() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
         self.creates.until_ready().await;
@@ -104,18 +104,17 @@ impl Kube {
     async fn limited<T, F, Fut>(
         &self,
         limiter: &DefaultDirectRateLimiter,
-        mut f: F,
+        f: F,
     ) -> Result<T, kube::Error>
     where
-        F: FnMut() -> Fut,
+        F: Fn() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        let attempt = || {
-            let call = f();
-            async move {
-                limiter.until_ready().await;
-                call.await
-            }
+        let f = &f;
+        // The request is made once the limiter lets it through.
+        let attempt = move || async move {
+            limiter.until_ready().await;
+            f().await
         };
         attempt
             .retry(

@@ -406,7 +406,25 @@ impl Backend for KubernetesBackend {
         let subscription = self.watch.subscribe(&ns, &name);
         let pods = self.pods(&ns);
         let post = PostParams::default();
-        let created = self.kube.create_pod(|| pods.create(&post, &pod)).await;
+        let first = AtomicBool::new(true);
+        let created = self
+            .kube
+            .create_pod(|| {
+                if first.swap(false, Ordering::Relaxed) {
+                    // The engine's own delay: from runnable to the request leaving, past the
+                    // rate limiter.
+                    let delay = step.runnable_at.elapsed();
+                    metrics::histogram!("piculet_k8s_pod_create_delay_seconds")
+                        .record(delay.as_secs_f64());
+                    tracing::debug!(
+                        pod = %name,
+                        create_delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+                        "pod create request sent"
+                    );
+                }
+                pods.create(&post, &pod)
+            })
+            .await;
         match created {
             Ok(_) => {}
             // The same step attempt was created before (a retried request, an adoption): the
