@@ -424,9 +424,43 @@ async fn a_failed_pull_is_tried_again_with_the_next_pull_policy() {
     env.cluster
         .faults()
         .fail_image_pull("registry.example/missing:1");
+    // Each pod that fails to pull is deleted; a watch of the test's own sees each one's policy.
+    let policies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let watcher = {
+        let policies = policies.clone();
+        let client = kube::Client::try_from(
+            kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(env._dir.0.join("kubeconfig")).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap(),
+        )
+        .unwrap();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, NS);
+            let mut events =
+                std::pin::pin!(kube::runtime::watcher::watcher(api, Default::default()));
+            while let Some(Ok(e)) = events.next().await {
+                if let kube::runtime::watcher::Event::Apply(p) = e {
+                    let policy = p.spec.unwrap().containers[0]
+                        .image_pull_policy
+                        .clone()
+                        .unwrap_or_default();
+                    let entry = (p.metadata.uid.unwrap_or_default(), policy);
+                    let mut seen = policies.lock().unwrap();
+                    if !seen.contains(&entry) {
+                        seen.push(entry);
+                    }
+                }
+            }
+        })
+    };
     let p = env
         .run("steps:\n  - name: pull\n    image: registry.example/missing:1\n    commands: [echo never]\n")
         .await;
+    watcher.abort();
     let pull = step(&p, "pull");
     assert_eq!(pull["status"], "error", "{p:#}");
     assert!(
@@ -436,15 +470,75 @@ async fn a_failed_pull_is_tried_again_with_the_next_pull_policy() {
             .contains("registry.example/missing:1"),
         "{pull:#}"
     );
-    let policies: Vec<String> = env
-        .cluster
-        .requests()
+    assert_eq!(
+        env.cluster.count("create", "pods"),
+        2,
+        "one pod per pull policy"
+    );
+    let tried: Vec<String> = policies
+        .lock()
+        .unwrap()
         .iter()
-        .filter(|r| r.verb == "create" && r.resource == "pods")
-        .map(|r| r.path.clone())
+        .map(|(_, p)| p.clone())
         .collect();
-    assert_eq!(policies.len(), 2, "one pod per pull policy: {policies:?}");
+    assert_eq!(
+        tried,
+        ["IfNotPresent", "Always"],
+        "in the administrator's order"
+    );
     assert_eq!(env.wait_clean().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_start_is_deleted_at_once() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    env.cluster
+        .faults()
+        .fail_image_pull("registry.example/missing:1");
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: pull
+    image: registry.example/missing:1
+    depends_on: []
+    commands: [echo never]
+  - name: slow
+    image: busybox:1.36
+    depends_on: []
+    commands: [sleep 3]
+",
+        )
+        .await;
+    let pull = wait_step(&env.app, &id, "pull", "error", 30).await;
+    let pull_id = pull["id"].as_str().unwrap().to_string();
+    let mut gone = false;
+    for _ in 0..40 {
+        gone = !env
+            .cluster
+            .objects(Resource::Pods, Some(NS))
+            .iter()
+            .any(|p| p["metadata"]["labels"]["piculet.dev/step-id"] == pull_id.as_str());
+        if gone {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let p: Value = env
+        .app
+        .get(&format!("/api/v1/pipelines/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["status"], "running", "the other step still runs: {p:#}");
+    assert!(
+        gone,
+        "the pod that could not pull is deleted before the workflow ends"
+    );
+    wait_finished(&env.app, &id, 30).await;
 }
 
 #[tokio::test]
@@ -640,18 +734,27 @@ steps:
         env.pod_of(&step_id(&pipeline, "first")).await,
         env.pod_of(&step_id(&pipeline, "second")).await,
     ];
-    let pinned: Vec<&Value> = pods
-        .iter()
-        .filter(|p| {
-            p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-                ["nodeSelectorTerms"][0]["matchFields"][0]
-                == json!({"key": "metadata.name", "operator": "In", "values": ["vm"]})
-        })
-        .collect();
+    // Whichever pod was created first is scheduled freely; the other is pinned to its node.
+    let term = |p: &Value| {
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"][0]
+            .clone()
+    };
+    let (free, pinned): (Vec<&Value>, Vec<&Value>) = pods.iter().partition(|p| term(p).is_null());
+    assert_eq!((free.len(), pinned.len()), (1, 1), "{pods:#?}");
+    let first = env
+        .cluster
+        .wait_for_pod(
+            NS,
+            free[0]["metadata"]["name"].as_str().unwrap(),
+            Duration::from_secs(10),
+            |p| p["spec"]["nodeName"].is_string(),
+        )
+        .await
+        .expect("the first pod is scheduled");
     assert_eq!(
-        pinned.len(),
-        1,
-        "the second pod is pinned to the first's node: {pods:#?}"
+        term(pinned[0]),
+        json!({"key": "metadata.name", "operator": "In", "values": [first["spec"]["nodeName"]]})
     );
     let p = wait_finished(&env.app, &id, 30).await;
     assert_eq!(p["status"], "success", "{p:#}");

@@ -6,6 +6,8 @@
 //! second. [`Cursor`] remembers the last timestamp and how many lines carried it, and drops
 //! exactly those on the way back.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use chrono::{DateTime, SubsecRound, Utc};
 use futures::{AsyncBufReadExt, StreamExt as _};
 use k8s_openapi::api::core::v1::Pod;
@@ -112,6 +114,10 @@ pub enum StreamEnd {
 
 /// Reads the log from the cursor on, sending new lines: following it while the container runs
 /// (`follow`), or the whole rest of an ended container's log. Returns when the stream ends.
+///
+/// `progress` counts the lines read, so that a caller can tell a quiet stream from a busy one.
+/// A followed stream that ends inside a line (no `\n` yet) leaves that line for the next
+/// read: the connection may have broken in the middle of it.
 pub async fn read_log(
     kube: &Kube,
     pods: &Api<Pod>,
@@ -119,6 +125,7 @@ pub async fn read_log(
     follow: bool,
     cursor: &mut Cursor,
     out: &mpsc::Sender<OutputLine>,
+    progress: &AtomicUsize,
 ) -> StreamEnd {
     let params = LogParams {
         container: Some(CONTAINER.to_string()),
@@ -139,6 +146,10 @@ pub async fn read_log(
         let Ok(raw) = line else {
             return StreamEnd::Closed;
         };
+        progress.fetch_add(1, Ordering::Relaxed);
+        if follow && !raw.ends_with(b"\n") {
+            return StreamEnd::Closed;
+        }
         let text = String::from_utf8_lossy(&raw);
         let Some((at, body)) = parse_line(&text) else {
             continue;

@@ -19,7 +19,7 @@ pub mod status;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ use crate::k8s::pod::{pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
 use crate::pipeline::StepKind;
 
-/// How long a log stream may stay open after the container ended.
+/// How long a followed log stream may stay quiet after the container ended.
 const STALLED_STREAM: Duration = Duration::from_secs(5);
 
 /// A workflow's objects as created, and what its steps learned.
@@ -149,11 +149,18 @@ impl KubernetesBackend {
                 // The workspace can only be mounted on the node of the first pod: wait until
                 // that one is scheduled.
                 let wait = node.wait_for(Option::is_some);
-                if let Ok(Ok(n)) = tokio::time::timeout(self.config.start_timeout, wait).await
-                    && let Some(n) = n.clone()
-                {
-                    pin_to_node(&mut pod, &n);
-                }
+                let n = match tokio::time::timeout(self.config.start_timeout, wait).await {
+                    Ok(Ok(n)) => n.clone(),
+                    _ => None,
+                };
+                let Some(n) = n else {
+                    return Err(BackendError::Refused(format!(
+                        "the workspace is ReadWriteOnce, and no pod of the workflow was \
+                         scheduled to a node within {}",
+                        humantime::format_duration(self.config.start_timeout)
+                    )));
+                };
+                pin_to_node(&mut pod, &n);
             }
         }
         Ok(pod)
@@ -163,9 +170,11 @@ impl KubernetesBackend {
     fn drive(
         &self,
         state: Arc<WorkflowState>,
+        step: &StepRun,
         pod: Pod,
         subscription: tokio::sync::watch::Receiver<Seen>,
         cursor: Cursor,
+        adopted: bool,
     ) -> StepHandle {
         let namespace = state.rendered.namespace.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -181,6 +190,10 @@ impl KubernetesBackend {
             seen: subscription,
             state,
             start_timeout: self.config.start_timeout,
+            adopted,
+            counts: step.spec.kind != StepKind::Service
+                && !step.spec.detach
+                && step.spec.failure == crate::pipeline::Failure::Fail,
         };
         let span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(
@@ -325,6 +338,45 @@ impl KubernetesBackend {
         }
     }
 
+    /// Creates the workspace, the Secrets and the Service, and keeps what the steps need.
+    async fn create_workflow_objects(
+        &self,
+        run: &WorkflowRun,
+        mut rendered: RenderedWorkflow,
+    ) -> Result<(), BackendError> {
+        let ns = rendered.namespace.clone();
+        let client = self.kube.client.clone();
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+        let claim = self
+            .create_or_get(&claims, &rendered.workspace)
+            .await
+            .map_err(|e| failed("creating the workspace volume", &e))?;
+        let uid = claim.metadata.uid.clone().unwrap_or_default();
+        rendered.set_owner_uid(&uid);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        for secret in &rendered.secrets {
+            self.create_or_get(&secrets, secret)
+                .await
+                .map_err(|e| failed("creating the workflow's Secret", &e))?;
+        }
+        let services: Api<Service> = Api::namespaced(client, &ns);
+        self.create_or_get(&services, &rendered.service)
+            .await
+            .map_err(|e| failed("creating the workflow's Service", &e))?;
+        let state = Arc::new(WorkflowState {
+            rendered,
+            pods: Mutex::new(HashMap::new()),
+            node: tokio::sync::watch::Sender::new(None),
+            created_one: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        });
+        self.workflows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.workflow_id, state);
+        Ok(())
+    }
+
     fn render(&self, run: &WorkflowRun) -> Result<RenderedWorkflow, BackendError> {
         let input = RenderInput {
             pipeline_id: run.pipeline_id,
@@ -358,39 +410,20 @@ impl Backend for KubernetesBackend {
     }
 
     async fn setup_workflow(&self, run: &WorkflowRun) -> Result<(), BackendError> {
-        let mut rendered = self.render(run)?;
+        let rendered = self.render(run)?;
         let ns = rendered.namespace.clone();
         self.watch.ensure(&ns);
-        let client = self.kube.client.clone();
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
-        let claim = self
-            .create_or_get(&claims, &rendered.workspace)
-            .await
-            .map_err(|e| failed("creating the workspace volume", &e))?;
-        let uid = claim.metadata.uid.clone().unwrap_or_default();
-        rendered.set_owner_uid(&uid);
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        for secret in &rendered.secrets {
-            self.create_or_get(&secrets, secret)
+        let created = self.create_workflow_objects(run, rendered).await;
+        if created.is_err() {
+            // Nothing half-made stays behind: the workflow ends here.
+            if let Err(e) = self
+                .delete_workflow_objects(&ns, run.workflow_id, Some(0))
                 .await
-                .map_err(|e| failed("creating the workflow's Secret", &e))?;
+            {
+                tracing::warn!(error = %e, "removing a workflow that could not be set up failed");
+            }
         }
-        let services: Api<Service> = Api::namespaced(client, &ns);
-        self.create_or_get(&services, &rendered.service)
-            .await
-            .map_err(|e| failed("creating the workflow's Service", &e))?;
-        let state = Arc::new(WorkflowState {
-            rendered,
-            pods: Mutex::new(HashMap::new()),
-            node: tokio::sync::watch::Sender::new(None),
-            created_one: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-        });
-        self.workflows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(run.workflow_id, state);
-        Ok(())
+        created
     }
 
     async fn start_step(
@@ -431,6 +464,7 @@ impl Backend for KubernetesBackend {
             // name is deterministic, so the pod is this step's.
             Err(e) if is_conflict(&e) => {}
             Err(e) => {
+                drop(subscription);
                 self.watch.forget(&ns, &name);
                 state.failed.store(true, Ordering::SeqCst);
                 let reason = match status_code(&e) {
@@ -446,7 +480,7 @@ impl Backend for KubernetesBackend {
             .unwrap_or_else(|e| e.into_inner())
             .insert(step.step_id, name.clone());
         tracing::debug!(pod = %name, "pod created");
-        Ok(self.drive(state, pod, subscription, Cursor::default()))
+        Ok(self.drive(state, step, pod, subscription, Cursor::default(), false))
     }
 
     async fn stop_step(
@@ -541,7 +575,7 @@ impl Backend for KubernetesBackend {
             .unwrap_or_else(|e| e.into_inner())
             .insert(step.step_id, name.clone());
         let subscription = self.watch.subscribe(&ns, &name);
-        Ok(self.drive(state, pod, subscription, Cursor::after(after)))
+        Ok(self.drive(state, step, pod, subscription, Cursor::after(after), true))
     }
 
     async fn readiness(&self) -> Result<(), String> {
@@ -636,6 +670,11 @@ struct Driver {
     seen: tokio::sync::watch::Receiver<Seen>,
     state: Arc<WorkflowState>,
     start_timeout: Duration,
+    /// Re-attached after a restart, rather than just created.
+    adopted: bool,
+    /// Whether the step's outcome counts for the workflow (not a service, a detached step
+    /// or `failure: ignore`): what `PICULET_K8S_KEEP_FAILED_PODS` looks at.
+    counts: bool,
 }
 
 /// What the watch last said, as a step state; `None` before the pod was seen.
@@ -736,7 +775,7 @@ impl Driver {
 
     async fn run(mut self, cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
         let exit = self.follow(cursor, out).await;
-        if !matches!(exit, StepExit::Exited { code: 0, .. }) {
+        if self.counts && !matches!(exit, StepExit::Exited { code: 0, .. }) {
             self.state.failed.store(true, Ordering::SeqCst);
         }
         drop(self.seen);
@@ -744,57 +783,80 @@ impl Driver {
         exit
     }
 
-    async fn follow(&mut self, mut cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
-        // 1. Until the container starts, or cannot.
+    /// Deletes the pod at once: it failed to start, and must not start later unobserved
+    /// (the kubelet keeps retrying a pull, a Pending pod may still be scheduled).
+    async fn discard(&self) {
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        match self.kube.call(|| self.pods.delete(&self.name, &now)).await {
+            Ok(_) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                tracing::warn!(pod = %self.name, error = %describe(&e), "deleting a pod that failed to start failed")
+            }
+        }
+    }
+
+    /// Until the container starts (`true`: it runs; `false`: it already ended), or cannot.
+    async fn wait_for_start(&mut self) -> Result<bool, String> {
+        const GONE: &str = "the pod was deleted before its container started";
         let deadline = Instant::now() + self.start_timeout;
+        if self.adopted {
+            // A pod the list does not show once the watch has read it is gone.
+            self.watch.synced(&self.namespace).await;
+        }
         let mut waiting_for: Option<String> = None;
-        let running_at_open = loop {
+        loop {
             match self.observe() {
-                Observed::Pod(PodState::Running) => break true,
-                Observed::Pod(PodState::Terminated { .. }) => break false,
+                Observed::Pod(PodState::Running) => return Ok(true),
+                Observed::Pod(PodState::Terminated { .. }) => return Ok(false),
                 Observed::Pod(PodState::StartFailed(reason)) => {
                     match self.next_pull_policy(&reason) {
                         Some(policy) => {
-                            if let Err(e) = self.recreate(&policy).await {
-                                return StepExit::Error {
-                                    reason: format!("{reason}; trying pull policy {policy}: {e}"),
-                                };
-                            }
+                            self.recreate(&policy).await.map_err(|e| {
+                                format!("{reason}; trying pull policy {policy}: {e}")
+                            })?;
                             continue;
                         }
-                        None => return StepExit::Error { reason },
+                        None => return Err(reason),
                     }
                 }
-                Observed::Pod(PodState::Lost(reason)) => {
-                    return StepExit::Error { reason };
-                }
+                Observed::Pod(PodState::Lost(reason)) => return Err(reason),
                 Observed::Pod(PodState::Waiting { reason }) => {
                     if reason.is_some() {
                         waiting_for = reason;
                     }
                 }
-                Observed::Gone => {
-                    return StepExit::Error {
-                        reason: "the pod was deleted before its container started".into(),
-                    };
+                Observed::Gone => return Err(GONE.into()),
+                Observed::NotYet if self.adopted => {
+                    return Err("lost: the pod is gone from the cluster".into());
                 }
                 Observed::NotYet => {}
             }
             tokio::select! {
                 alive = self.changed() => if !alive {
-                    return StepExit::Error {
-                        reason: "the pod was deleted before its container started".into(),
-                    };
+                    return Err(GONE.into());
                 },
                 () = tokio::time::sleep_until(deadline) => {
-                    return StepExit::Error {
-                        reason: format!(
-                            "the pod did not start within {}: {}",
-                            humantime::format_duration(self.start_timeout),
-                            waiting_for.unwrap_or_else(|| "it stayed Pending".into()),
-                        ),
-                    };
+                    return Err(format!(
+                        "the pod did not start within {}: {}",
+                        humantime::format_duration(self.start_timeout),
+                        waiting_for.unwrap_or_else(|| "it stayed Pending".into()),
+                    ));
                 }
+            }
+        }
+    }
+
+    async fn follow(&mut self, mut cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
+        // 1. Until the container starts, or cannot.
+        let running_at_open = match self.wait_for_start().await {
+            Ok(running) => running,
+            Err(reason) => {
+                self.discard().await;
+                return StepExit::Error { reason };
             }
         };
 
@@ -805,11 +867,17 @@ impl Driver {
         let mut live = running_at_open;
         let mut pause = Duration::from_millis(50);
         loop {
-            // A stream the kubelet fails to close after the container ended must not hold
-            // the step: a while after the end, the rest is read plainly.
+            // A followed stream the kubelet fails to close after the container ended must not
+            // hold the step: once nothing has come for a while after the end, the rest is read
+            // plainly.
+            let progress = AtomicUsize::new(0);
             let stalled = {
                 let mut seen = self.seen.clone();
+                let progress = &progress;
                 async move {
+                    if !live {
+                        return std::future::pending().await;
+                    }
                     loop {
                         let ended = match &*seen.borrow_and_update() {
                             Seen::Present(pod, _) => pod_state(pod).is_final(),
@@ -819,13 +887,21 @@ impl Driver {
                             break;
                         }
                     }
-                    tokio::time::sleep(STALLED_STREAM).await;
+                    let mut last = progress.load(Ordering::Relaxed);
+                    loop {
+                        tokio::time::sleep(STALLED_STREAM).await;
+                        let now = progress.load(Ordering::Relaxed);
+                        if now == last {
+                            return;
+                        }
+                        last = now;
+                    }
                 }
             };
             let end = tokio::select! {
-                end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out) => end,
+                end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out, &progress) => end,
                 () = stalled => {
-                    tracing::warn!(pod = %self.name, "the log stream stayed open after the container ended; reading the rest");
+                    tracing::warn!(pod = %self.name, "the log stream stayed open and quiet after the container ended; reading the rest");
                     StreamEnd::Closed
                 }
             };

@@ -35,6 +35,8 @@ struct Pods {
 /// The watch of one namespace.
 struct NamespaceWatch {
     pods: Mutex<Pods>,
+    /// Whether the first list has been read: before, a pod not seen may still exist.
+    synced: watch::Sender<bool>,
     task: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
@@ -78,6 +80,7 @@ impl PodWatch {
         }
         let w = Arc::new(NamespaceWatch {
             pods: Mutex::new(Pods::default()),
+            synced: watch::Sender::new(false),
             task: std::sync::OnceLock::new(),
         });
         // The task holds the watch weakly: dropping the PodWatch ends it.
@@ -96,6 +99,12 @@ impl PodWatch {
             .entry(pod.to_string())
             .or_insert_with(|| watch::Sender::new(Seen::NotYet))
             .subscribe()
+    }
+
+    /// Waits until the namespace's first list has been read.
+    pub async fn synced(&self, namespace: &str) {
+        let mut synced = self.namespace(namespace).synced.subscribe();
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Drops what is known of a pod once no step follows it.
@@ -117,7 +126,9 @@ fn pod_name(pod: &Pod) -> Option<String> {
 async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: String) {
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    // The names of a (re)list, while it lasts.
     let mut listed: HashSet<String> = HashSet::new();
+    let mut initial = false;
     while let Some(event) = events.next().await {
         let Some(ns) = ns.upgrade() else {
             return;
@@ -132,10 +143,15 @@ async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: Stri
         let now = Instant::now();
         let mut pods = ns.pods();
         match event {
-            Event::Init => listed.clear(),
+            Event::Init => {
+                listed.clear();
+                initial = true;
+            }
             Event::InitApply(pod) | Event::Apply(pod) => {
                 let Some(name) = pod_name(&pod) else { continue };
-                listed.insert(name.clone());
+                if initial {
+                    listed.insert(name.clone());
+                }
                 let seen = Seen::Present(Arc::new(pod), now);
                 match pods.by_name.get(&name) {
                     Some(tx) => {
@@ -153,6 +169,7 @@ async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: Stri
                 }
             }
             Event::InitDone => {
+                let listed = std::mem::take(&mut listed);
                 // Pods seen before that the new list lacks were deleted in the meantime.
                 let gone: Vec<String> = pods
                     .by_name
@@ -167,6 +184,8 @@ async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: Stri
                         tx.send_replace(Seen::Gone);
                     }
                 }
+                initial = false;
+                ns.synced.send_replace(true);
             }
         }
     }
