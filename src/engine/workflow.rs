@@ -121,10 +121,11 @@ impl StepContext {
         let attaching = matches!(begin, Begin::Attach { .. });
         let (handle, first_number) = match begin {
             Begin::Start => {
-                // Recorded while the backend starts the step, not before: a replica that dies
-                // in between leaves the step queued, and whoever adopts the workflow starts it
-                // again, which a backend with deterministic names (Kubernetes) answers with
-                // the step already running.
+                // Recorded while the backend starts the step, not before, so that the start
+                // does not wait for a database commit. A replica that dies in between leaves
+                // the step queued (started again by whoever adopts the workflow: Kubernetes
+                // pod names are deterministic, so that create meets the pod already there) or
+                // running without a pod (recorded as lost).
                 let (recorded, started) = tokio::join!(
                     store.step_started(self.run.pipeline_id, id, started_at),
                     self.inner.backend.start_step(&self.run, &step)
