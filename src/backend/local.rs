@@ -648,8 +648,10 @@ impl Supervisor {
     }
 
     async fn emit(&mut self, bytes: &[u8]) {
+        // The lines of one read arrived together: one clock reading for all of them.
+        let at = Utc::now();
         for text in self.splitter.push(bytes) {
-            self.out.send(text).await;
+            self.out.send_at(at, text).await;
         }
     }
 }
@@ -662,8 +664,12 @@ struct Output {
 
 impl Output {
     async fn send(&mut self, text: String) {
+        self.send_at(Utc::now(), text).await;
+    }
+
+    async fn send_at(&mut self, at: DateTime<Utc>, text: String) {
         if let Some(tx) = &self.tx
-            && tx.send(line(text)).await.is_err()
+            && tx.send(OutputLine { at, text }).await.is_err()
         {
             self.tx = None;
         }

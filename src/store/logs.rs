@@ -35,6 +35,35 @@ fn copy_escape(text: &str, out: &mut String) {
     }
 }
 
+/// Writes timestamps as COPY reads them (`2024-05-01T10:00:00.123456Z`), formatting the
+/// date and time once per second: the lines of a batch mostly share their second.
+#[derive(Default)]
+struct Timestamps {
+    second: Option<i64>,
+    prefix: String,
+}
+
+impl Timestamps {
+    fn push(&mut self, at: DateTime<Utc>, out: &mut String) {
+        let second = at.timestamp();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.prefix = at.format("%Y-%m-%dT%H:%M:%S").to_string();
+        }
+        out.push_str(&self.prefix);
+        let micros = at.timestamp_subsec_micros().min(999_999);
+        let mut digits = [b'0'; 6];
+        let mut n = micros;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        out.push('.');
+        out.push_str(std::str::from_utf8(&digits).unwrap_or("000000"));
+        out.push('Z');
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct LineRow {
     number: i64,
@@ -57,14 +86,12 @@ impl Store {
                 // COPY: the fastest way into Postgres, one round trip for the batch.
                 let mut data = String::with_capacity(lines.iter().map(|l| l.text.len() + 80).sum());
                 let step = step_id.to_string();
+                let mut stamps = Timestamps::default();
                 for line in lines.iter() {
                     use std::fmt::Write as _;
-                    let _ = write!(
-                        data,
-                        "{step}\t{}\t{}\t",
-                        line.number,
-                        line.at.format("%Y-%m-%dT%H:%M:%S%.6fZ")
-                    );
+                    let _ = write!(data, "{step}\t{}\t", line.number);
+                    stamps.push(line.at, &mut data);
+                    data.push('\t');
                     copy_escape(&line.text, &mut data);
                     data.push('\n');
                 }
@@ -145,7 +172,28 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::copy_escape;
+    use super::{Timestamps, copy_escape};
+    use chrono::{DateTime, Utc};
+
+    #[test]
+    fn timestamps_are_written_as_copy_reads_them() {
+        let mut stamps = Timestamps::default();
+        let mut out = String::new();
+        for t in [
+            "2024-05-01T10:00:00.000001Z",
+            "2024-05-01T10:00:00.123456Z",
+            "2024-05-01T10:00:01.999999Z",
+            "2024-12-31T23:59:59Z",
+        ] {
+            let at: DateTime<Utc> = t.parse().unwrap();
+            stamps.push(at, &mut out);
+            out.push(' ');
+        }
+        assert_eq!(
+            out,
+            "2024-05-01T10:00:00.000001Z 2024-05-01T10:00:00.123456Z 2024-05-01T10:00:01.999999Z 2024-12-31T23:59:59.000000Z "
+        );
+    }
 
     #[test]
     fn copy_escapes_what_the_text_format_needs() {
