@@ -831,6 +831,28 @@ async fn the_reaper_removes_objects_of_unknown_workflows_at_start_up() {
 }
 
 #[tokio::test]
+async fn the_reaper_of_a_starting_replica_leaves_running_workflows_alone() {
+    let env = Env::start(Db::Postgres, |_| {}).await;
+    let id = env
+        .submit("steps:\n  - name: long\n    image: busybox:1.36\n    commands: [sleep 2]\n")
+        .await;
+    let running = wait_step(&env.app, &id, "long", "running", 30).await;
+    env.pod_of(running["id"].as_str().unwrap()).await;
+    let before = env.leftovers();
+    // A second replica starts on the same database and cluster: its reaper runs.
+    let second = TestApp::start_sharing(&env.app, env.settings.clone(), true).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.leftovers(),
+        before,
+        "nothing of the running workflow was deleted"
+    );
+    let p = wait_finished(&env.app, &id, 30).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    drop(second);
+}
+
+#[tokio::test]
 async fn readyz_names_a_missing_permission() {
     let env = Env::start(Db::Postgres, |_| {}).await;
     let r = env.app.get("/api/v1/readyz").send().await.unwrap();
