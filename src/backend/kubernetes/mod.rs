@@ -363,11 +363,18 @@ impl KubernetesBackend {
         self.create_or_get(&services, &rendered.service)
             .await
             .map_err(|e| failed("creating the workflow's Service", &e))?;
+        // With a ReadWriteOnce workspace, a workflow adopted after a restart keeps the node its
+        // pods already run on.
+        let (node, created_one) = if rendered.read_write_once {
+            self.workspace_node(&ns, run.workflow_id).await?
+        } else {
+            (None, false)
+        };
         let state = Arc::new(WorkflowState {
             rendered,
             pods: Mutex::new(HashMap::new()),
-            node: tokio::sync::watch::Sender::new(None),
-            created_one: AtomicBool::new(false),
+            node: tokio::sync::watch::Sender::new(node),
+            created_one: AtomicBool::new(created_one),
             failed: AtomicBool::new(false),
         });
         self.workflows
@@ -375,6 +382,27 @@ impl KubernetesBackend {
             .unwrap_or_else(|e| e.into_inner())
             .insert(run.workflow_id, state);
         Ok(())
+    }
+
+    /// The node a workflow's existing pods were scheduled to, and whether it has pods at all.
+    async fn workspace_node(
+        &self,
+        namespace: &str,
+        workflow_id: Uuid,
+    ) -> Result<(Option<String>, bool), BackendError> {
+        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
+        let params = ListParams::default().labels(&selector);
+        let pods = self.pods(namespace);
+        let list = self
+            .kube
+            .call(|| pods.list(&params))
+            .await
+            .map_err(|e| failed("listing the workflow's pods", &e))?;
+        let node = list
+            .items
+            .iter()
+            .find_map(|p| p.spec.as_ref()?.node_name.clone());
+        Ok((node, !list.items.is_empty()))
     }
 
     fn render(&self, run: &WorkflowRun) -> Result<RenderedWorkflow, BackendError> {
