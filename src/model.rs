@@ -236,15 +236,93 @@ pub struct Event {
 pub struct LogLine {
     /// 1-based, without gaps; the SSE `id`.
     pub number: i64,
+    #[serde(serialize_with = "rfc3339::serialize")]
     pub at: DateTime<Utc>,
     /// The line with its newline; a very long line is stored in pieces, and the last line may
     /// lack the newline, so that the pieces together are the exact output.
     pub text: String,
 }
 
+/// Timestamps as chrono writes them (RFC 3339, `Z`, fraction digits 0, 3, 6 or 9 as needed),
+/// without its formatting machinery: every log line sent to a follower carries one.
+mod rfc3339 {
+    use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        let year = at.year();
+        let nanos = at.nanosecond();
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            // Signed years and leap seconds: chrono's own format.
+            return s.collect_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        }
+        let mut buf = [0u8; 30];
+        let mut put = |at: usize, value: u32, width: usize| {
+            let mut v = value;
+            for i in (0..width).rev() {
+                buf[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year as u32, 4);
+        put(5, at.month(), 2);
+        put(8, at.day(), 2);
+        put(11, at.hour(), 2);
+        put(14, at.minute(), 2);
+        put(17, at.second(), 2);
+        let end = if nanos == 0 {
+            19
+        } else if nanos.is_multiple_of(1_000_000) {
+            put(20, nanos / 1_000_000, 3);
+            23
+        } else if nanos.is_multiple_of(1_000) {
+            put(20, nanos / 1_000, 6);
+            26
+        } else {
+            put(20, nanos, 9);
+            29
+        };
+        for (i, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ] {
+            buf[i] = c;
+        }
+        buf[end] = b'Z';
+        // Only ASCII digits and separators were written.
+        s.serialize_str(std::str::from_utf8(&buf[..=end]).unwrap_or_default())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_line_times_read_as_chrono_writes_them() {
+        for t in [
+            "2026-11-24T04:43:09Z",
+            "2026-11-24T04:43:09.120Z",
+            "2026-11-24T04:43:09.123456Z",
+            "2026-11-24T04:43:09.100200Z",
+            "2026-11-24T04:43:09.123456789Z",
+            "0001-01-01T00:00:00.000000001Z",
+            "9999-12-31T23:59:59.999Z",
+        ] {
+            let at: DateTime<Utc> = t.parse().unwrap();
+            let line = LogLine {
+                number: 1,
+                at,
+                text: String::new(),
+            };
+            let ours = serde_json::to_value(&line).unwrap()["at"].clone();
+            assert_eq!(ours, serde_json::to_value(at).unwrap(), "{t}");
+        }
+    }
 
     #[test]
     fn status_text_round_trips() {

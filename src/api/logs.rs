@@ -66,9 +66,12 @@ fn after_param(query: Option<&str>) -> Result<Option<i64>, ApiError> {
 }
 
 fn line_event(line: &LogLine) -> Event {
-    Event::default()
-        .id(line.number.to_string())
-        .data(serde_json::to_string(line).unwrap_or_default())
+    // Serialized straight into the event: no intermediate string. A LogLine always
+    // serializes; the fallback only keeps the type honest.
+    match Event::default().json_data(line) {
+        Ok(e) => e.id(line.number.to_string()),
+        Err(_) => Event::default().id(line.number.to_string()).data("{}"),
+    }
 }
 
 struct StepLog {

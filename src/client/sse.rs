@@ -26,10 +26,18 @@ impl SseParser {
     pub fn feed(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
         self.buffer.extend_from_slice(chunk);
         let mut events = Vec::new();
-        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        // Lines are read where they lie; what was read is dropped once, at the end, so a chunk
+        // of many lines is not shifted once per line.
+        let buffer = std::mem::take(&mut self.buffer);
+        let mut start = 0;
+        while let Some(at) = buffer[start..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+        {
+            let end = start + at;
             // A CR LF pair ends one line; a lone CR waits for the next chunk if it is last.
-            let skip = if self.buffer[end] == b'\r' {
-                match self.buffer.get(end + 1) {
+            let skip = if buffer[end] == b'\r' {
+                match buffer.get(end + 1) {
                     Some(b'\n') => 2,
                     Some(_) => 1,
                     None => break,
@@ -37,12 +45,14 @@ impl SseParser {
             } else {
                 1
             };
-            let line: Vec<u8> = self.buffer.drain(..end + skip).take(end).collect();
-            let line = String::from_utf8_lossy(&line);
+            let line = String::from_utf8_lossy(&buffer[start..end]);
             if let Some(event) = self.line(&line) {
                 events.push(event);
             }
+            start = end + skip;
         }
+        self.buffer = buffer;
+        self.buffer.drain(..start);
         events
     }
 
