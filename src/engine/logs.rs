@@ -45,6 +45,7 @@ pub async fn pump(
         bytes: 0,
         stored_bytes: 0,
         done: Pumped::default(),
+        held: None,
     };
     let mut deadline: Option<Instant> = None;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
@@ -91,6 +92,7 @@ pub async fn pump(
     if let Some(previous) = writing.take() {
         let _ = previous.await;
     }
+    batch.finish();
     let lines = batch.take();
     write(store, step_id, lines).await;
     metrics::counter!("piculet_log_lines_stored_total").increment(batch.done.lines);
@@ -107,13 +109,56 @@ struct Batch<'a> {
     bytes: usize,
     stored_bytes: usize,
     done: Pumped,
+    /// The unfinished end of a long line (a piece without `\n`), held back while secrets are
+    /// masked, so that a secret split between two pieces is still found.
+    held: Option<OutputLine>,
 }
 
 impl Batch<'_> {
-    fn accept(&mut self, line: OutputLine) {
+    fn accept(&mut self, mut line: OutputLine) {
         if self.done.truncated {
             return; // drained, so that the step is never blocked on its pipe
         }
+        if !self.masker.is_empty() {
+            match self.held.take() {
+                // The line went on: check the boundary, and keep back what may be the start
+                // of a secret if it goes on further.
+                Some(held) => {
+                    line.text = held.text + &line.text;
+                    if !line.text.ends_with('\n') {
+                        let cut = self.masker.safe_cut(&line.text);
+                        let rest = line.text.split_off(cut);
+                        self.held = Some(OutputLine {
+                            at: line.at,
+                            text: rest,
+                        });
+                        if line.text.is_empty() {
+                            return;
+                        }
+                    }
+                }
+                // A piece that may go on (or the last line, without `\n`): held whole until
+                // the next piece or the end.
+                None if !line.text.ends_with('\n') => {
+                    self.held = Some(line);
+                    return;
+                }
+                None => {}
+            }
+        }
+        self.store(line);
+    }
+
+    /// The end of the output: what was held back is stored as it is.
+    fn finish(&mut self) {
+        if let Some(held) = self.held.take()
+            && !self.done.truncated
+        {
+            self.store(held);
+        }
+    }
+
+    fn store(&mut self, line: OutputLine) {
         let mut text = self.masker.mask(line.text);
         if text.contains('\0') {
             // Postgres text cannot hold NUL; show where one was.
@@ -172,5 +217,70 @@ async fn write(store: &Store, step_id: Uuid, lines: Vec<LogLine>) {
                 delay = (delay * 2).min(Duration::from_secs(8));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+
+    fn batch(masker: &Masker) -> Batch<'_> {
+        Batch {
+            step_id: Uuid::nil(),
+            masker,
+            max_bytes: usize::MAX,
+            next: 1,
+            lines: Vec::new(),
+            bytes: 0,
+            stored_bytes: 0,
+            done: Pumped::default(),
+            held: None,
+        }
+    }
+
+    fn piece(text: &str) -> OutputLine {
+        OutputLine {
+            at: Utc::now(),
+            text: text.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_secret_split_between_two_pieces_of_a_long_line_is_masked() {
+        let masker = Masker::new(["hunter2-secret"]);
+        let mut b = batch(&masker);
+        // A long line comes in pieces; the secret spans the boundary.
+        b.accept(piece(&format!("{}hunter2-", "x".repeat(100))));
+        b.accept(piece("secret and more\n"));
+        b.accept(piece("next line\n"));
+        b.finish();
+        let texts: Vec<String> = b.take().into_iter().map(|l| l.text).collect();
+        let all = texts.concat();
+        assert_eq!(
+            all,
+            format!("{}******** and more\nnext line\n", "x".repeat(100))
+        );
+        assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
+    }
+
+    #[test]
+    fn an_unfinished_last_line_is_stored_at_the_end_whole() {
+        let masker = Masker::new(["hunter2-secret"]);
+        let mut b = batch(&masker);
+        b.accept(piece("no newline at the end"));
+        assert!(b.lines.is_empty(), "held while it may go on");
+        b.finish();
+        let texts: Vec<String> = b.take().into_iter().map(|l| l.text).collect();
+        assert_eq!(texts, ["no newline at the end"]);
+    }
+
+    #[test]
+    fn without_secrets_nothing_is_held() {
+        let masker = Masker::new(std::iter::empty::<&str>());
+        let mut b = batch(&masker);
+        b.accept(piece("a piece of a long line"));
+        assert_eq!(b.lines.len(), 1);
     }
 }

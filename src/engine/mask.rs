@@ -14,6 +14,8 @@ pub const MASK: &str = "********";
 #[derive(Debug, Clone)]
 pub struct Masker {
     matcher: Option<AhoCorasick>,
+    /// The longest pattern, in bytes (0: nothing to mask).
+    longest: usize,
     /// The patterns again, for the (theoretical) case the automaton cannot be built: masking
     /// then falls back on plain replacement rather than showing anything.
     fallback: Vec<String>,
@@ -52,6 +54,7 @@ impl Masker {
         }
         patterns.sort();
         patterns.dedup();
+        let longest = patterns.iter().map(String::len).max().unwrap_or(0);
         let matcher = if patterns.is_empty() {
             None
         } else {
@@ -67,7 +70,50 @@ impl Masker {
         } else {
             Vec::new()
         };
-        Masker { matcher, fallback }
+        Masker {
+            matcher,
+            longest,
+            fallback,
+        }
+    }
+
+    /// Whether there is anything to mask.
+    pub fn is_empty(&self) -> bool {
+        self.longest == 0
+    }
+
+    /// Where to cut `text`, a piece of a line that goes on, so that no secret is split: the
+    /// part before the cut can be masked and stored, and the rest must wait for the next piece.
+    /// Everything after the cut is shorter than the longest secret, or part of a match that
+    /// runs to the end.
+    pub fn safe_cut(&self, text: &str) -> usize {
+        if self.longest == 0 {
+            return text.len();
+        }
+        let mut cut = text.len().saturating_sub(self.longest - 1);
+        let straddling = |start: usize, end: usize, cut: usize| start < cut && cut < end;
+        match &self.matcher {
+            Some(m) => {
+                for found in m.find_iter(text) {
+                    if straddling(found.start(), found.end(), cut) {
+                        cut = found.end();
+                    }
+                }
+            }
+            None => {
+                for p in &self.fallback {
+                    for (start, _) in text.match_indices(p.as_str()) {
+                        if straddling(start, start + p.len(), cut) {
+                            cut = cut.max(start + p.len());
+                        }
+                    }
+                }
+            }
+        }
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        cut
     }
 
     pub fn mask(&self, text: String) -> String {
@@ -88,6 +134,20 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_never_splits_a_secret() {
+        let m = Masker::new(["abcdef"]);
+        // The longest pattern is the base64 form, 8 bytes: everything but the last 7 bytes
+        // (a secret may start there) can go.
+        assert_eq!(m.safe_cut("0123456789"), 10 - 7);
+        // A secret straddling that point moves the cut behind it.
+        assert_eq!(m.safe_cut("0abcdef123456"), 7);
+        // Never inside a character.
+        let t = "ééééé";
+        assert!(t.is_char_boundary(m.safe_cut(t)));
+        assert_eq!(Masker::new(std::iter::empty::<&str>()).safe_cut("abc"), 3);
+    }
 
     #[test]
     fn masks_plain_base64_and_url_encoded_forms() {
