@@ -971,6 +971,43 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
     second.terminate();
 }
 
+on_both_databases!(a_secret_across_the_pieces_of_a_long_line_is_masked);
+
+async fn a_secret_across_the_pieces_of_a_long_line_is_masked(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let secret = "s3cr3t-V@lue-42";
+    // 65,530 bytes, then the secret: it spans the 64 KiB (65,536 bytes) boundary where the line
+    // is cut into pieces.
+    let p = submit(
+        &app,
+        json!({
+            "configs": [{"name": "ci", "content": "\
+steps:
+  - name: long
+    image: alpine
+    environment:
+      TOKEN:
+        from_secret: token
+    commands:
+      - python3 -c \"import os; print('x' * 65530 + os.environ['TOKEN'] + ' end')\"
+"}],
+            "secrets": [{"name": "token", "value": secret}]
+        }),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let log = log_text(&app, &step_id(&done, "long")).await;
+    assert!(
+        !log.contains("s3cr3t"),
+        "no part of the secret's start is stored"
+    );
+    assert!(
+        log.contains(&format!("{}******** end\n", "x".repeat(10))),
+        "masked in place"
+    );
+}
+
 on_both_databases!(a_log_over_its_size_cap_ends_with_a_notice);
 
 async fn a_log_over_its_size_cap_ends_with_a_notice(db: Db) {
