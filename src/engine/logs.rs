@@ -128,10 +128,12 @@ impl Batch<'_> {
                     if !line.text.ends_with('\n') {
                         let cut = self.masker.safe_cut(&line.text);
                         let rest = line.text.split_off(cut);
-                        self.held = Some(OutputLine {
-                            at: line.at,
-                            text: rest,
-                        });
+                        if !rest.is_empty() {
+                            self.held = Some(OutputLine {
+                                at: line.at,
+                                text: rest,
+                            });
+                        }
                         if line.text.is_empty() {
                             return;
                         }
@@ -153,6 +155,7 @@ impl Batch<'_> {
     fn finish(&mut self) {
         if let Some(held) = self.held.take()
             && !self.done.truncated
+            && !held.text.is_empty()
         {
             self.store(held);
         }
@@ -263,6 +266,23 @@ mod tests {
             format!("{}******** and more\nnext line\n", "x".repeat(100))
         );
         assert!(texts.iter().all(|t| !t.contains("hunter2")), "{texts:?}");
+    }
+
+    #[test]
+    fn a_secret_between_the_second_and_third_pieces_is_masked() {
+        let masker = Masker::new(["hunter2-secret"]);
+        let mut b = batch(&masker);
+        b.accept(piece(&"a".repeat(200)));
+        b.accept(piece(&format!("{}hunter2-s", "b".repeat(200))));
+        b.accept(piece("ecret tail\n"));
+        b.finish();
+        let texts: Vec<String> = b.take().into_iter().map(|l| l.text).collect();
+        assert_eq!(
+            texts.concat(),
+            format!("{}{}******** tail\n", "a".repeat(200), "b".repeat(200))
+        );
+        assert!(texts.iter().all(|t| !t.contains("hunter")), "{texts:?}");
+        assert!(texts.iter().all(|t| !t.is_empty()), "{texts:?}");
     }
 
     #[test]

@@ -45,6 +45,11 @@ struct Timestamps {
 
 impl Timestamps {
     fn push(&mut self, at: DateTime<Utc>, out: &mut String) {
+        if at.timestamp_subsec_nanos() >= 1_000_000_000 {
+            // A leap second: chrono's own formatting.
+            out.push_str(&at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string());
+            return;
+        }
         let second = at.timestamp();
         if self.second != Some(second) {
             self.second = Some(second);

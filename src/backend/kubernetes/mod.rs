@@ -130,8 +130,14 @@ impl KubernetesBackend {
     }
 
     /// The pod of a step, ready to create: the step's own built-ins set, pinned to the
-    /// workspace's node when it is ReadWriteOnce.
-    async fn step_pod(&self, state: &WorkflowState, step: &StepRun) -> Result<Pod, BackendError> {
+    /// workspace's node when it is ReadWriteOnce. `attaching`: the pod exists already (an
+    /// adoption), so nothing waits for a node; its own state will tell the node.
+    async fn step_pod(
+        &self,
+        state: &WorkflowState,
+        step: &StepRun,
+        attaching: bool,
+    ) -> Result<Pod, BackendError> {
         let is_service = step.spec.kind == StepKind::Service;
         let mut pod = state
             .rendered
@@ -143,7 +149,11 @@ impl KubernetesBackend {
                 BackendError::Failed(format!("no pod was rendered for {}", step.spec.name))
             })?;
         set_environment(&mut pod, &step.env);
-        if state.rendered.read_write_once {
+        if state.rendered.read_write_once && attaching {
+            if let Some(n) = state.node.borrow().clone() {
+                pin_to_node(&mut pod, &n);
+            }
+        } else if state.rendered.read_write_once {
             let mut node = state.node.subscribe();
             if state.created_one.swap(true, Ordering::SeqCst) {
                 // The workspace can only be mounted on the node of the first pod: wait until
@@ -366,7 +376,13 @@ impl KubernetesBackend {
         // With a ReadWriteOnce workspace, a workflow adopted after a restart keeps the node its
         // pods already run on.
         let (node, created_one) = if rendered.read_write_once {
-            self.workspace_node(&ns, run.workflow_id).await?
+            // Not knowing only costs the pinning of an adopted workflow: no reason to fail.
+            self.workspace_node(&ns, run.workflow_id)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot tell the node of the workflow's pods");
+                    (None, false)
+                })
         } else {
             (None, false)
         };
@@ -402,7 +418,9 @@ impl KubernetesBackend {
             .items
             .iter()
             .find_map(|p| p.spec.as_ref()?.node_name.clone());
-        Ok((node, !list.items.is_empty()))
+        // Pods without a node yet: the next pod waits for the node the first lands on, which
+        // the watch reports once that pod is followed again.
+        Ok((node.clone(), node.is_some()))
     }
 
     fn render(&self, run: &WorkflowRun) -> Result<RenderedWorkflow, BackendError> {
@@ -460,7 +478,7 @@ impl Backend for KubernetesBackend {
         step: &StepRun,
     ) -> Result<StepHandle, BackendError> {
         let state = self.state(run.workflow_id)?;
-        let pod = self.step_pod(&state, step).await?;
+        let pod = self.step_pod(&state, step, false).await?;
         let ns = state.rendered.namespace.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         // Subscribed before the create, so the pod's first states are not missed.
@@ -594,7 +612,7 @@ impl Backend for KubernetesBackend {
         after: Option<DateTime<Utc>>,
     ) -> Result<StepHandle, BackendError> {
         let state = self.state(run.workflow_id)?;
-        let pod = self.step_pod(&state, step).await?;
+        let pod = self.step_pod(&state, step, true).await?;
         let ns = state.rendered.namespace.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
         state
