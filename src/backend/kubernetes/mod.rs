@@ -26,6 +26,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams, PropagationPolicy};
 use tokio::sync::{mpsc, oneshot};
@@ -36,7 +37,7 @@ use self::client::{Kube, describe, status_code};
 use self::logs::{Cursor, StreamEnd, read_log};
 use self::status::{PodState, pod_state};
 use self::watch::{PodWatch, Seen};
-use super::{Backend, BackendError, StepExit, StepHandle, StepRun, WorkflowRun};
+use super::{Backend, BackendError, OutputLine, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::k8s::labels::{MANAGED_BY, MANAGER, PULL_POLICIES_ANNOTATION, STEP_ID, WORKFLOW_ID};
 use crate::k8s::pod::{pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
@@ -77,6 +78,38 @@ fn is_conflict(e: &kube::Error) -> bool {
 
 fn is_not_found(e: &kube::Error) -> bool {
     status_code(e) == Some(404)
+}
+
+/// The objects of one workflow: what it was labelled with when it was rendered.
+fn workflow_objects(workflow_id: Uuid) -> ListParams {
+    ListParams::default().labels(&format!(
+        "{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}"
+    ))
+}
+
+/// Delete at once, for what no one reads any more (an ended workflow, a pod that failed to
+/// start, an orphan).
+fn now() -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    }
+}
+
+/// Deletes an object; one already gone is fine.
+async fn delete_if_present<K>(
+    kube: &Kube,
+    api: &Api<K>,
+    name: &str,
+    params: &DeleteParams,
+) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match kube.call(|| api.delete(name, params)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
 }
 
 impl KubernetesBackend {
@@ -225,98 +258,97 @@ impl KubernetesBackend {
         }
     }
 
-    /// Deletes every object of a workflow by its label: pods, Service, Secrets, then the
-    /// workspace (foreground, so that the garbage collector takes whatever was missed).
-    /// `pod_grace`: the pods' grace period, `None` for their own.
+    /// Deletes every object of a workflow, found by its label: pods, Service, Secrets, then
+    /// the workspace. For a workflow this replica did not set up (a failed setup, an orphan).
     async fn delete_workflow_objects(
         &self,
         namespace: &str,
         workflow_id: Uuid,
-        pod_grace: Option<u32>,
     ) -> Result<(), BackendError> {
-        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
-        let list = ListParams::default().labels(&selector);
+        let list = workflow_objects(workflow_id);
         let client = self.kube.client.clone();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-        let delete = DeleteParams {
-            grace_period_seconds: pod_grace,
-            ..DeleteParams::default()
+        let names = |items: Vec<ObjectMeta>| -> Vec<String> {
+            items.into_iter().filter_map(|m| m.name).collect()
         };
-        self.kube
-            .call(|| pods.delete_collection(&delete, &list))
-            .await
-            .map_err(|e| failed("deleting the pods", &e))?;
         let services: Api<Service> = Api::namespaced(client.clone(), namespace);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, namespace);
-        for name in self.names_by_label(&services, &list).await? {
-            self.delete_one(&services, &name, &DeleteParams::default())
-                .await?;
-        }
-        for name in self.names_by_label(&secrets, &list).await? {
-            self.delete_one(&secrets, &name, &DeleteParams::default())
-                .await?;
-        }
-        let foreground = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Foreground),
-            ..DeleteParams::default()
-        };
-        for name in self.names_by_label(&claims, &list).await? {
-            self.delete_one(&claims, &name, &foreground).await?;
-        }
-        Ok(())
+        let services_named = names(self.metadata(&services, &list).await?);
+        let secrets_named = names(self.metadata(&secrets, &list).await?);
+        let claims_named = names(self.metadata(&claims, &list).await?);
+        self.delete_objects(
+            namespace,
+            workflow_id,
+            &services_named,
+            &secrets_named,
+            &claims_named,
+        )
+        .await
     }
 
-    /// Deletes the objects of a workflow this replica set up: the pods with one
-    /// `deletecollection`, the rest by name (no list needed).
+    /// Deletes the objects of a workflow this replica set up, by the names it rendered.
     async fn delete_rendered(
         &self,
         rendered: &RenderedWorkflow,
         workflow_id: Uuid,
     ) -> Result<(), BackendError> {
-        let ns = &rendered.namespace;
-        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
-        let list = ListParams::default().labels(&selector);
+        let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
+        let secrets: Vec<String> = rendered.secrets.iter().map(|s| name(&s.metadata)).collect();
+        self.delete_objects(
+            &rendered.namespace,
+            workflow_id,
+            &[name(&rendered.service.metadata)],
+            &secrets,
+            &[name(&rendered.workspace.metadata)],
+        )
+        .await
+    }
+
+    /// The pods with one `deletecollection` (nothing is left to stop gently), then the
+    /// Services, the Secrets, and the workspace claims (foreground, so that the garbage
+    /// collector takes whatever was missed).
+    async fn delete_objects(
+        &self,
+        namespace: &str,
+        workflow_id: Uuid,
+        services: &[String],
+        secrets: &[String],
+        claims: &[String],
+    ) -> Result<(), BackendError> {
         let client = self.kube.client.clone();
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        // Every step has ended and its log was read: nothing is left to stop gently.
-        let now = DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        };
+        let pods = self.pods(namespace);
+        let list = workflow_objects(workflow_id);
+        let at_once = now();
         self.kube
-            .call(|| pods.delete_collection(&now, &list))
+            .call(|| pods.delete_collection(&at_once, &list))
             .await
             .map_err(|e| failed("deleting the pods", &e))?;
-        let services: Api<Service> = Api::namespaced(client.clone(), ns);
-        let name = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            m.name.clone().unwrap_or_default()
-        };
-        self.delete_one(
-            &services,
-            &name(&rendered.service.metadata),
-            &DeleteParams::default(),
-        )
-        .await?;
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-        for secret in &rendered.secrets {
-            self.delete_one(&secrets, &name(&secret.metadata), &DeleteParams::default())
-                .await?;
+        let plain = DeleteParams::default();
+        let service_api: Api<Service> = Api::namespaced(client.clone(), namespace);
+        for name in services {
+            self.delete_one(&service_api, name, &plain).await?;
         }
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client, ns);
+        let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        for name in secrets {
+            self.delete_one(&secret_api, name, &plain).await?;
+        }
         let foreground = DeleteParams {
             propagation_policy: Some(PropagationPolicy::Foreground),
             ..DeleteParams::default()
         };
-        self.delete_one(&claims, &name(&rendered.workspace.metadata), &foreground)
-            .await
+        let claim_api: Api<PersistentVolumeClaim> = Api::namespaced(client, namespace);
+        for name in claims {
+            self.delete_one(&claim_api, name, &foreground).await?;
+        }
+        Ok(())
     }
 
-    async fn names_by_label<K>(
+    /// The metadata of the objects a list selects.
+    async fn metadata<K>(
         &self,
         api: &Api<K>,
         list: &ListParams,
-    ) -> Result<Vec<String>, BackendError>
+    ) -> Result<Vec<ObjectMeta>, BackendError>
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
@@ -324,12 +356,8 @@ impl KubernetesBackend {
             .kube
             .call(|| api.list_metadata(list))
             .await
-            .map_err(|e| failed("listing the workflow's objects", &e))?;
-        Ok(objects
-            .items
-            .into_iter()
-            .filter_map(|o| o.metadata.name)
-            .collect())
+            .map_err(|e| failed("listing piculet's objects", &e))?;
+        Ok(objects.items.into_iter().map(|o| o.metadata).collect())
     }
 
     async fn delete_one<K>(
@@ -341,11 +369,9 @@ impl KubernetesBackend {
     where
         K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     {
-        match self.kube.call(|| api.delete(name, params)).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(failed(&format!("deleting {name}"), &e)),
-        }
+        delete_if_present(&self.kube, api, name, params)
+            .await
+            .map_err(|e| failed(&format!("deleting {name}"), &e))
     }
 
     /// Creates the workspace, the Secrets and the Service, and keeps what the steps need.
@@ -406,8 +432,7 @@ impl KubernetesBackend {
         namespace: &str,
         workflow_id: Uuid,
     ) -> Result<(Option<String>, bool), BackendError> {
-        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}");
-        let params = ListParams::default().labels(&selector);
+        let params = workflow_objects(workflow_id);
         let pods = self.pods(namespace);
         let list = self
             .kube
@@ -462,10 +487,7 @@ impl Backend for KubernetesBackend {
         let created = self.create_workflow_objects(run, rendered).await;
         if created.is_err() {
             // Nothing half-made stays behind: the workflow ends here.
-            if let Err(e) = self
-                .delete_workflow_objects(&ns, run.workflow_id, Some(0))
-                .await
-            {
+            if let Err(e) = self.delete_workflow_objects(&ns, run.workflow_id).await {
                 tracing::warn!(error = %e, "removing a workflow that could not be set up failed");
             }
         }
@@ -587,21 +609,15 @@ impl Backend for KubernetesBackend {
             Ok(s) => s.rendered.namespace.clone(),
             Err(_) => self.render(run)?.namespace,
         };
-        let selector = format!("{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={}", run.workflow_id);
-        let pods = self.pods(&ns);
-        let params = ListParams::default().labels(&selector);
-        let list = self
-            .kube
-            .call(|| pods.list_metadata(&params))
-            .await
-            .map_err(|e| failed("listing the workflow's pods", &e))?;
+        let pods = self
+            .metadata(&self.pods(&ns), &workflow_objects(run.workflow_id))
+            .await?;
         // A pod that ended while no replica followed it still holds its log and exit code:
         // it is re-attached too, and reports how it ended.
-        Ok(list
-            .items
+        Ok(pods
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| p.metadata.labels.as_ref()?.get(STEP_ID)?.parse().ok())
+            .filter(|p| p.deletion_timestamp.is_none())
+            .filter_map(|p| p.labels.as_ref()?.get(STEP_ID)?.parse().ok())
             .collect())
     }
 
@@ -632,74 +648,22 @@ impl Backend for KubernetesBackend {
         let client = self.kube.client.clone();
         let ns = &self.config.namespace;
         let list = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
-        let mut ids = std::collections::BTreeSet::new();
-        let mut add = |items: Vec<kube::core::PartialObjectMeta<_>>| {
-            for o in items {
-                let o: kube::core::PartialObjectMeta<Pod> = o;
-                if let Some(id) = o
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(WORKFLOW_ID))
-                    .and_then(|v| v.parse().ok())
-                {
-                    ids.insert(id);
-                }
-            }
-        };
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        add(self
-            .kube
-            .call(|| pods.list_metadata(&list))
-            .await
-            .map_err(|e| failed("listing piculet's pods", &e))?
-            .items);
+        let mut objects = self.metadata(&self.pods(ns), &list).await?;
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        objects.extend(self.metadata(&claims, &list).await?);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        objects.extend(self.metadata(&secrets, &list).await?);
         let services: Api<Service> = Api::namespaced(client, ns);
-        let mut labels = Vec::new();
-        for items in [
-            self.kube
-                .call(|| claims.list_metadata(&list))
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .map(|o| o.metadata.labels)
-                        .collect::<Vec<_>>()
-                }),
-            self.kube
-                .call(|| secrets.list_metadata(&list))
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .map(|o| o.metadata.labels)
-                        .collect::<Vec<_>>()
-                }),
-            self.kube
-                .call(|| services.list_metadata(&list))
-                .await
-                .map(|l| {
-                    l.items
-                        .into_iter()
-                        .map(|o| o.metadata.labels)
-                        .collect::<Vec<_>>()
-                }),
-        ] {
-            labels.extend(items.map_err(|e| failed("listing piculet's objects", &e))?);
-        }
-        for l in labels.into_iter().flatten() {
-            if let Some(id) = l.get(WORKFLOW_ID).and_then(|v| v.parse().ok()) {
-                ids.insert(id);
-            }
-        }
+        objects.extend(self.metadata(&services, &list).await?);
+        let ids: std::collections::BTreeSet<Uuid> = objects
+            .iter()
+            .filter_map(|m| m.labels.as_ref()?.get(WORKFLOW_ID)?.parse().ok())
+            .collect();
         Ok(ids.into_iter().collect())
     }
 
     async fn remove_workflow(&self, workflow_id: Uuid) -> Result<(), BackendError> {
-        // Nobody follows these pods: no log to wait for.
-        self.delete_workflow_objects(&self.config.namespace, workflow_id, Some(0))
+        self.delete_workflow_objects(&self.config.namespace, workflow_id)
             .await
     }
 }
@@ -736,7 +700,7 @@ impl Driver {
         match seen {
             Seen::NotYet => Observed::NotYet,
             Seen::Gone => Observed::Gone,
-            Seen::Present(pod, _) => {
+            Seen::Present(pod) => {
                 if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
                     self.state.node.send_if_modified(|n| {
                         if n.is_none() {
@@ -780,15 +744,9 @@ impl Driver {
     /// Deletes the pod and creates it again with another pull policy, as GitLab Runner does.
     async fn recreate(&mut self, policy: &str) -> Result<(), String> {
         tracing::info!(pod = %self.name, %policy, "the image pull failed; trying the next pull policy");
-        let now = DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        };
-        match self.kube.call(|| self.pods.delete(&self.name, &now)).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => return Err(describe(&e)),
-        }
+        delete_if_present(&self.kube, &self.pods, &self.name, &now())
+            .await
+            .map_err(|e| describe(&e))?;
         // The name is the step attempt's: the new pod can only be created once the old one
         // is gone.
         while !matches!(self.observe(), Observed::Gone) {
@@ -832,16 +790,8 @@ impl Driver {
     /// Deletes the pod at once: it failed to start, and must not start later unobserved
     /// (the kubelet keeps retrying a pull, a Pending pod may still be scheduled).
     async fn discard(&self) {
-        let now = DeleteParams {
-            grace_period_seconds: Some(0),
-            ..DeleteParams::default()
-        };
-        match self.kube.call(|| self.pods.delete(&self.name, &now)).await {
-            Ok(_) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                tracing::warn!(pod = %self.name, error = %describe(&e), "deleting a pod that failed to start failed")
-            }
+        if let Err(e) = delete_if_present(&self.kube, &self.pods, &self.name, &now()).await {
+            tracing::warn!(pod = %self.name, error = %describe(&e), "deleting a pod that failed to start failed");
         }
     }
 
@@ -926,7 +876,7 @@ impl Driver {
                     }
                     loop {
                         let ended = match &*seen.borrow_and_update() {
-                            Seen::Present(pod, _) => pod_state(pod).is_final(),
+                            Seen::Present(pod) => pod_state(pod).is_final(),
                             _ => true,
                         };
                         if ended || seen.changed().await.is_err() {
@@ -1009,5 +959,3 @@ impl Driver {
         }
     }
 }
-
-use super::OutputLine;

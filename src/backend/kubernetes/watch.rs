@@ -12,7 +12,6 @@ use kube::Api;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 use crate::k8s::labels::{MANAGED_BY, MANAGER};
 
@@ -21,8 +20,8 @@ use crate::k8s::labels::{MANAGED_BY, MANAGER};
 pub enum Seen {
     /// Not (yet) seen on the watch.
     NotYet,
-    /// Its latest state, and when the watch delivered it.
-    Present(Arc<Pod>, Instant),
+    /// Its latest state.
+    Present(Arc<Pod>),
     /// Deleted.
     Gone,
 }
@@ -140,7 +139,6 @@ async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: Stri
                 continue;
             }
         };
-        let now = Instant::now();
         let mut pods = ns.pods();
         match event {
             Event::Init => {
@@ -152,7 +150,7 @@ async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: Stri
                 if initial {
                     listed.insert(name.clone());
                 }
-                let seen = Seen::Present(Arc::new(pod), now);
+                let seen = Seen::Present(Arc::new(pod));
                 match pods.by_name.get(&name) {
                     Some(tx) => {
                         tx.send_replace(seen);
