@@ -7,6 +7,7 @@
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_macros)]
 mod common;
+mod report;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -14,26 +15,13 @@ use std::time::{Duration, Instant};
 use common::{Db, TOKEN, TestApp, fresh_database, step_id, wait_finished};
 use futures::StreamExt as _;
 use piculet::config::Settings;
+use report::{percentile, row, rss_kib};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use uuid::Uuid;
 
-fn row(name: &str, value: String, target: &str, pass: Option<bool>) {
-    let verdict = match pass {
-        Some(true) => "meets the target",
-        Some(false) => "MISSES the target",
-        None => "",
-    };
-    println!("  {name:<58} {value:>14}   {target:<22} {verdict}");
-}
-
 fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn raise_fd_limit() {
@@ -351,15 +339,6 @@ async fn log_throughput() {
         "",
         None,
     );
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Resident memory a `piculet serve` process adds for 10,000 SSE clients following one step.

@@ -10,6 +10,7 @@
 mod common;
 #[path = "../tests/fake_k8s/mod.rs"]
 mod fake_k8s;
+mod report;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 use piculet::config::Settings;
+use report::{percentile, row, rss_kib};
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt as _;
 
@@ -34,29 +36,6 @@ fn in_flight() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200)
-}
-
-fn row(name: &str, value: String, target: &str, pass: Option<bool>) {
-    let verdict = match pass {
-        Some(true) => "meets the target",
-        Some(false) => "MISSES the target",
-        None => "",
-    };
-    println!("  {name:<58} {value:>14}   {target:<22} {verdict}");
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// Collects the engine's own create delays from piculet's `pod create request sent` events.
@@ -111,16 +90,7 @@ async fn main() {
     let mut out = tokio::io::BufReader::new(fake.stdout.take().unwrap()).lines();
     let url = out.next_line().await.unwrap().expect("the fake's URL");
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: {url}\n\
-             users:\n- name: fake\n  user:\n    token: bench\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
-        ),
-    )
-    .unwrap();
+    fake_k8s::write_kubeconfig(&kubeconfig, &url).unwrap();
     let mut settings = Settings {
         backend: Some("kubernetes".into()),
         max_workflows: Some(in_flight.to_string()),
@@ -149,7 +119,7 @@ async fn main() {
     )
     .await;
     wait_finished(&app, &id, 60).await;
-    let base = rss_kib();
+    let base = rss_kib(std::process::id());
     create_delays.lock().unwrap().clear();
     let requests_before = fake_requests(&url).await;
 
@@ -235,7 +205,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let during = rss_kib();
+    let during = rss_kib(std::process::id());
     let mut finished = Vec::new();
     for id in &ids {
         finished.push(wait_finished(&app, id, 300).await);
@@ -372,14 +342,7 @@ async fn submit(app: &TestApp, yaml: &str) -> String {
 async fn count_running(app: &TestApp, ids: &[String]) -> usize {
     let mut n = 0;
     for id in ids {
-        let p: Value = app
-            .get(&format!("/api/v1/pipelines/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = app.pipeline(id).await;
         if p["workflows"][0]["steps"][0]["status"] == "running" {
             n += 1;
         }

@@ -37,22 +37,6 @@ fn temp_dir() -> std::path::PathBuf {
     dir
 }
 
-/// Writes a kubeconfig for the fake's URL.
-fn kubeconfig(dir: &std::path::Path, server: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-             clusters:\n- name: fake\n  cluster:\n    server: {server}\n\
-             users:\n- name: fake\n  user:\n    token: test-token\n\
-             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NS}\n"
-        ),
-    )
-    .unwrap();
-    path
-}
-
 impl Env {
     async fn start(db: Db, tune: impl FnOnce(&mut Settings)) -> Env {
         let dir = temp_dir();
@@ -80,7 +64,9 @@ impl Env {
             grace_period: Some("1s".into()),
             ..Settings::default()
         };
-        settings.kubernetes.kubeconfig = Some(kubeconfig(&dir, &url).display().to_string());
+        let kubeconfig = dir.join("kubeconfig");
+        fake_k8s::write_kubeconfig(&kubeconfig, &url).unwrap();
+        settings.kubernetes.kubeconfig = Some(kubeconfig.display().to_string());
         settings.kubernetes.namespace = Some(NS.into());
         settings.kubernetes.start_timeout = Some("3s".into());
         tune(&mut settings);
@@ -428,15 +414,7 @@ async fn a_failed_pull_is_tried_again_with_the_next_pull_policy() {
     let policies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
     let watcher = {
         let policies = policies.clone();
-        let client = kube::Client::try_from(
-            kube::Config::from_custom_kubeconfig(
-                kube::config::Kubeconfig::read_from(env._dir.0.join("kubeconfig")).unwrap(),
-                &Default::default(),
-            )
-            .await
-            .unwrap(),
-        )
-        .unwrap();
+        let client = env.cluster.client();
         tokio::spawn(async move {
             use futures::StreamExt as _;
             let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, NS);
@@ -524,15 +502,7 @@ steps:
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let p: Value = env
-        .app
-        .get(&format!("/api/v1/pipelines/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let p = env.app.pipeline(&id).await;
     assert_eq!(p["status"], "running", "the other step still runs: {p:#}");
     assert!(
         gone,
@@ -721,15 +691,7 @@ steps:
 ",
         )
         .await;
-    let pipeline: Value = env
-        .app
-        .get(&format!("/api/v1/pipelines/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let pipeline = env.app.pipeline(&id).await;
     let pods = [
         env.pod_of(&step_id(&pipeline, "first")).await,
         env.pod_of(&step_id(&pipeline, "second")).await,

@@ -214,6 +214,17 @@ impl TestApp {
             .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
     }
 
+    /// A pipeline as `GET /pipelines/{id}` answers.
+    pub async fn pipeline(&self, id: &str) -> serde_json::Value {
+        self.get(&format!("/api/v1/pipelines/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn submit_yaml(&self, yaml: &str) -> reqwest::Response {
         self.post("/api/v1/pipelines")
             .header(CONTENT_TYPE, "application/yaml")
@@ -280,14 +291,7 @@ pub async fn expect_problem(
 pub async fn wait_finished(app: &TestApp, id: &str, seconds: u64) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
-        let p: serde_json::Value = app
-            .get(&format!("/api/v1/pipelines/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = app.pipeline(id).await;
         let status = p["status"].as_str().unwrap_or_default();
         if !matches!(status, "queued" | "running") {
             return p;
@@ -310,14 +314,7 @@ pub async fn wait_step(
 ) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     loop {
-        let p: serde_json::Value = app
-            .get(&format!("/api/v1/pipelines/{pipeline}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let p = app.pipeline(pipeline).await;
         if let Some(s) = find_step(&p, step)
             && s["status"] == wanted
         {

@@ -43,6 +43,20 @@ pub use kubelet::KubeletTiming;
 #[allow(unused_imports)]
 pub use store::Resource;
 
+/// Writes a kubeconfig that points at a fake served over TCP (`server`, from
+/// [`FakeCluster::serve_tcp`]), for a client that connects as a real one would.
+pub fn write_kubeconfig(path: &std::path::Path, server: &str) -> std::io::Result<()> {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+             users:\n- name: fake\n  user:\n    token: fake-token\n\
+             contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n"
+        ),
+    )
+}
+
 /// How a fake cluster is set up.
 #[derive(Clone, Debug, Default)]
 pub struct FakeConfig {
