@@ -5,22 +5,24 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::Event as SseEvent;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::follow::{self, Feed, Live, PAGE};
+use super::follow::{self, Feed, Live, PAGE, Record, write_event};
 use super::pipelines::parse_id;
 use crate::model::{Event, Subject};
 use crate::store::{Store, StoreError};
 
-fn sse_event(event: &Event) -> SseEvent {
-    SseEvent::default()
-        .id(event.seq.to_string())
-        .event("status")
-        .data(serde_json::to_string(event).unwrap_or_default())
+impl Record for Event {
+    fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        write_event(out, Some(self.seq), Some("status"), self);
+    }
 }
 
 struct PipelineEvents {
@@ -31,31 +33,29 @@ struct PipelineEvents {
 #[async_trait::async_trait]
 impl Feed for PipelineEvents {
     type Item = Arc<Event>;
+    type Record = Event;
 
-    async fn page(&self, after: i64) -> Result<Vec<(i64, SseEvent)>, StoreError> {
-        let events = self.store.events(self.pipeline_id, after, PAGE).await?;
-        Ok(events.iter().map(|e| (e.seq, sse_event(e))).collect())
+    async fn page(&self, after: i64) -> Result<Vec<Event>, StoreError> {
+        self.store.events(self.pipeline_id, after, PAGE).await
     }
 
-    async fn end(&self) -> Result<Option<SseEvent>, StoreError> {
+    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         let pipeline = self.store.get_pipeline(self.pipeline_id).await?;
-        Ok(pipeline
-            .filter(|p| p.summary.status.is_finished())
-            .map(|p| {
-                SseEvent::default().event("end").data(
-                    serde_json::json!({"status": p.summary.status, "reason": p.summary.reason})
-                        .to_string(),
-                )
-            }))
+        let Some(pipeline) = pipeline.filter(|p| p.summary.status.is_finished()) else {
+            return Ok(false);
+        };
+        let end = serde_json::json!({"status": pipeline.summary.status, "reason": pipeline.summary.reason});
+        write_event(out, None, Some("end"), &end);
+        Ok(true)
     }
 
-    fn live(&self, event: Arc<Event>) -> Live {
+    fn live(&self, event: Arc<Event>) -> Live<Event> {
         let finished = event.subject == Subject::Pipeline && event.status.is_finished();
         if finished {
             // Replaying from the database picks this last event up, then the end.
             Live::End
         } else {
-            Live::Items(vec![(event.seq, sse_event(&event))])
+            Live::Items(Arc::from([Event::clone(&event)]))
         }
     }
 }
@@ -103,6 +103,5 @@ pub async fn get_pipeline_events(
         rx,
         after,
         state.shutdown.clone(),
-    )
-    .into_response())
+    ))
 }

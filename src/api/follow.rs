@@ -4,26 +4,61 @@
 //! database. Used by step logs and pipeline events alike: both are numbered from 1 without
 //! gaps, in commit order, so a gap in the live feed means items to fetch first.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
+use serde::Serialize;
 use tokio::sync::broadcast;
-
-use crate::hub::Subscription;
 use tokio_util::sync::CancellationToken;
 
+use crate::hub::Subscription;
 use crate::store::StoreError;
 
 /// Items fetched from the database per query while replaying.
 pub const PAGE: i64 = 1000;
 
+/// A quiet stream sends a comment this often, so that proxies keep it open.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One numbered item of a followed stream and how it reads as an SSE event.
+pub trait Record: Send + Sync + 'static {
+    /// Its sequence number: the event's `id`.
+    fn seq(&self) -> i64;
+    /// Appends it as one SSE event (see [`write_event`]).
+    fn write(&self, out: &mut Vec<u8>);
+}
+
+/// Appends one SSE event: its `id`, its name unless it is a plain message, and its data as
+/// one line of compact JSON (which never holds a raw line break).
+pub fn write_event(out: &mut Vec<u8>, id: Option<i64>, name: Option<&str>, data: &impl Serialize) {
+    if let Some(id) = id {
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+        out.push(b'\n');
+    }
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    // Serializing our own types into a Vec cannot fail; an empty object keeps the event whole.
+    let mark = out.len();
+    if serde_json::to_writer(&mut *out, data).is_err() {
+        out.truncate(mark);
+        out.extend_from_slice(b"{}");
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 /// What the live feed delivered, in the followed stream's terms.
-pub enum Live {
-    /// Items with their sequence numbers, in order.
-    Items(Vec<(i64, Event)>),
+pub enum Live<R> {
+    /// Records in order.
+    Items(Arc<[R]>),
     /// The followed thing finished: replay what is left, then end.
     End,
 }
@@ -31,15 +66,17 @@ pub enum Live {
 /// A followed stream: its stored items and its end.
 #[async_trait::async_trait]
 pub trait Feed: Send + Sync + 'static {
+    /// What the hub delivers.
     type Item: Clone + Send + 'static;
+    type Record: Record;
 
-    /// Stored items after sequence number `after`, at most [`PAGE`].
-    async fn page(&self, after: i64) -> Result<Vec<(i64, Event)>, StoreError>;
+    /// Stored records after sequence number `after`, at most [`PAGE`].
+    async fn page(&self, after: i64) -> Result<Vec<Self::Record>, StoreError>;
 
-    /// The final event, when the followed thing has finished.
-    async fn end(&self) -> Result<Option<Event>, StoreError>;
+    /// Appends the final event when the followed thing has finished; says whether it had.
+    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError>;
 
-    fn live(&self, item: Self::Item) -> Live;
+    fn live(&self, item: Self::Item) -> Live<Self::Record>;
 }
 
 enum Phase {
@@ -55,7 +92,9 @@ struct State<F: Feed> {
     rx: Subscription<F::Item>,
     last: i64,
     phase: Phase,
-    out: VecDeque<Event>,
+    /// Events not sent yet: whatever is ready goes out as one frame, so that a batch of
+    /// lines costs one write, not one per line. Taken whole, so an idle stream holds nothing.
+    out: Vec<u8>,
     shutdown: CancellationToken,
     _gauge: FollowerGauge,
 }
@@ -77,15 +116,30 @@ impl Drop for FollowerGauge {
 }
 
 impl<F: Feed> State<F> {
-    /// Appends stored items after `last`; returns how many.
+    /// Appends stored records after `last`; returns how many.
     async fn replay_page(&mut self) -> Result<usize, StoreError> {
-        let items = self.feed.page(self.last).await?;
-        let n = items.len();
-        for (seq, event) in items {
-            self.last = seq;
-            self.out.push_back(event);
+        let records = self.feed.page(self.last).await?;
+        for record in &records {
+            self.last = record.seq();
+            record.write(&mut self.out);
         }
-        Ok(n)
+        Ok(records.len())
+    }
+
+    /// Appends live records after `last`; false at a gap, which means records were stored
+    /// before we subscribed and after our replay read them: those are fetched first.
+    fn take_live(&mut self, records: &[F::Record]) -> bool {
+        for record in records {
+            let seq = record.seq();
+            if seq > self.last {
+                if seq > self.last + 1 {
+                    return false;
+                }
+                self.last = seq;
+                record.write(&mut self.out);
+            }
+        }
+        true
     }
 
     /// Moves the state machine until there is something to send or nothing more will come.
@@ -95,17 +149,16 @@ impl<F: Feed> State<F> {
                 Phase::Done => return Ok(()),
                 Phase::Replay => {
                     if self.replay_page().await? == 0 {
-                        self.phase = match self.feed.end().await? {
-                            Some(_) => Phase::Ending,
-                            None => Phase::Live,
+                        let mut end = Vec::new();
+                        self.phase = match self.feed.end(&mut end).await? {
+                            true => Phase::Ending,
+                            false => Phase::Live,
                         };
                     }
                 }
                 Phase::Ending => {
                     if self.replay_page().await? == 0 {
-                        if let Some(end) = self.feed.end().await? {
-                            self.out.push_back(end);
-                        }
+                        self.feed.end(&mut self.out).await?;
                         self.phase = Phase::Done;
                     }
                 }
@@ -116,21 +169,16 @@ impl<F: Feed> State<F> {
                             self.phase = Phase::Done;
                             continue;
                         }
+                        () = tokio::time::sleep(KEEP_ALIVE) => {
+                            self.out.extend_from_slice(b": keep-alive\n\n");
+                            continue;
+                        }
                     };
                     match received {
                         Ok(item) => match self.feed.live(item) {
-                            Live::Items(items) => {
-                                for (seq, event) in items {
-                                    if seq > self.last {
-                                        // A gap means lines were stored before we subscribed
-                                        // and after our replay read: fetch them first.
-                                        if seq > self.last + 1 {
-                                            self.phase = Phase::Replay;
-                                            break;
-                                        }
-                                        self.last = seq;
-                                        self.out.push_back(event);
-                                    }
+                            Live::Items(records) => {
+                                if !self.take_live(&records) {
+                                    self.phase = Phase::Replay;
                                 }
                             }
                             Live::End => self.phase = Phase::Ending,
@@ -173,13 +221,13 @@ pub fn sse<F: Feed>(
     rx: Subscription<F::Item>,
     after: i64,
     shutdown: CancellationToken,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+) -> Response {
     let state = State {
         feed,
         rx,
         last: after,
         phase: Phase::Replay,
-        out: VecDeque::new(),
+        out: Vec::new(),
         shutdown,
         _gauge: FollowerGauge::new(),
     };
@@ -188,12 +236,158 @@ pub fn sse<F: Feed>(
             tracing::warn!(error = %e, "following a stream failed; ending it");
             return None;
         }
-        let event = state.out.pop_front()?;
-        Some((Ok(event), state))
+        if state.out.is_empty() {
+            return None;
+        }
+        let frame = Bytes::from(std::mem::take(&mut state.out));
+        Some((Ok::<_, Infallible>(frame), state))
     });
-    Sse::new(stream).keep_alive(
-        KeepAlive::new()
-            .interval(Duration::from_secs(15))
-            .text("keep-alive"),
-    )
+    let mut response = Response::new(Body::from_stream(stream));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The media type of an SSE stream.
+pub const EVENT_STREAM: &str = "text/event-stream";
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures::StreamExt as _;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::hub::{Hub, StepFeed};
+    use crate::model::LogLine;
+
+    /// A feed over lines kept in memory, standing in for the database.
+    struct Lines {
+        stored: Arc<Mutex<Vec<LogLine>>>,
+        finished: Arc<Mutex<bool>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Feed for Lines {
+        type Item = StepFeed;
+        type Record = LogLine;
+
+        async fn page(&self, after: i64) -> Result<Vec<LogLine>, StoreError> {
+            let stored = self.stored.lock().unwrap();
+            Ok(stored
+                .iter()
+                .filter(|l| l.number > after)
+                .cloned()
+                .collect())
+        }
+
+        async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+            let finished = *self.finished.lock().unwrap();
+            if finished {
+                write_event(out, None, Some("end"), &"done");
+            }
+            Ok(finished)
+        }
+
+        fn live(&self, item: StepFeed) -> Live<LogLine> {
+            match item {
+                StepFeed::Lines(lines) => Live::Items(lines),
+                StepFeed::End(_) => Live::End,
+            }
+        }
+    }
+
+    fn line(number: i64) -> LogLine {
+        LogLine {
+            number,
+            at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+            text: format!("line {number}\n"),
+        }
+    }
+
+    fn ids(frame: &[u8]) -> Vec<i64> {
+        std::str::from_utf8(frame)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|n| n.parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replay_live_gap_and_end_come_as_whole_frames_without_gap_or_duplicate() {
+        let hub = Hub::default();
+        let step = Uuid::now_v7();
+        let stored = Arc::new(Mutex::new((1..=3).map(line).collect::<Vec<_>>()));
+        let finished = Arc::new(Mutex::new(false));
+        let feed = Lines {
+            stored: stored.clone(),
+            finished: finished.clone(),
+        };
+        let response = sse(feed, hub.subscribe_step(step), 1, CancellationToken::new());
+        assert_eq!(response.headers()[header::CONTENT_TYPE], EVENT_STREAM);
+        let mut body = response.into_body().into_data_stream();
+
+        // The replay after line 1 is one frame.
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(ids(&frame), [2, 3]);
+        assert!(std::str::from_utf8(&frame).unwrap().starts_with(
+            "id: 2\ndata: {\"number\":2,\"at\":\"2023-11-14T22:13:20Z\",\"text\":\"line 2\\n\"}\n\n"
+        ));
+
+        // A live batch overlapping the replay: only the new lines, in one frame.
+        stored.lock().unwrap().extend([line(4), line(5)]);
+        hub.publish_lines(step, Arc::from(vec![line(3), line(4), line(5)]));
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [4, 5]);
+
+        // Line 6 was stored but never reached the live feed: line 7 shows the gap, and the
+        // stream reads 6 and 7 from the store.
+        stored.lock().unwrap().extend([line(6), line(7)]);
+        hub.publish_lines(step, Arc::from(vec![line(7)]));
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [6, 7]);
+
+        // Quiet for the keep-alive interval: a comment.
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(&frame[..], b": keep-alive\n\n");
+
+        // The end: what is left, then the end event, then nothing.
+        stored.lock().unwrap().push(line(8));
+        *finished.lock().unwrap() = true;
+        hub.publish_event(crate::model::Event {
+            seq: 9,
+            pipeline_id: Uuid::now_v7(),
+            subject: crate::model::Subject::Step,
+            id: step,
+            name: "step".into(),
+            status: crate::model::Status::Success,
+            exit_code: Some(0),
+            reason: None,
+            at: chrono::Utc::now(),
+        });
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [8]);
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_live_stream() {
+        let hub = Hub::default();
+        let feed = Lines {
+            stored: Arc::default(),
+            finished: Arc::default(),
+        };
+        let shutdown = CancellationToken::new();
+        let response = sse(
+            feed,
+            hub.subscribe_step(Uuid::now_v7()),
+            0,
+            shutdown.clone(),
+        );
+        shutdown.cancel();
+        let mut body = response.into_body().into_data_stream();
+        assert!(body.next().await.is_none());
+    }
 }

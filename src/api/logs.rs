@@ -3,7 +3,6 @@
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +10,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::follow::{self, Feed, Live, PAGE};
+use super::follow::{self, Feed, Live, PAGE, Record, write_event};
 use super::pipelines::parse_id;
 use crate::hub::StepFeed;
 use crate::model::{LogLine, Status};
@@ -65,12 +64,13 @@ fn after_param(query: Option<&str>) -> Result<Option<i64>, ApiError> {
     Ok(after)
 }
 
-fn line_event(line: &LogLine) -> Event {
-    // Serialized straight into the event: no intermediate string. A LogLine always
-    // serializes; the fallback only keeps the type honest.
-    match Event::default().json_data(line) {
-        Ok(e) => e.id(line.number.to_string()),
-        Err(_) => Event::default().id(line.number.to_string()).data("{}"),
+impl Record for LogLine {
+    fn seq(&self) -> i64 {
+        self.number
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        write_event(out, Some(self.number), None, self);
     }
 }
 
@@ -82,31 +82,29 @@ struct StepLog {
 #[async_trait::async_trait]
 impl Feed for StepLog {
     type Item = StepFeed;
+    type Record = LogLine;
 
-    async fn page(&self, after: i64) -> Result<Vec<(i64, Event)>, StoreError> {
-        let lines = self.store.log_lines(self.step_id, after, PAGE).await?;
-        Ok(lines.iter().map(|l| (l.number, line_event(l))).collect())
+    async fn page(&self, after: i64) -> Result<Vec<LogLine>, StoreError> {
+        self.store.log_lines(self.step_id, after, PAGE).await
     }
 
-    async fn end(&self) -> Result<Option<Event>, StoreError> {
+    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
         let step = self.store.step(self.step_id).await?;
-        Ok(step.filter(|s| s.status.0.is_finished()).map(|s| {
-            let end = LogEnd {
-                status: s.status.0,
-                exit_code: s.exit_code,
-                reason: s.reason,
-            };
-            Event::default()
-                .event("end")
-                .data(serde_json::to_string(&end).unwrap_or_default())
-        }))
+        let Some(step) = step.filter(|s| s.status.0.is_finished()) else {
+            return Ok(false);
+        };
+        let end = LogEnd {
+            status: step.status.0,
+            exit_code: step.exit_code,
+            reason: step.reason,
+        };
+        write_event(out, None, Some("end"), &end);
+        Ok(true)
     }
 
-    fn live(&self, item: StepFeed) -> Live {
+    fn live(&self, item: StepFeed) -> Live<LogLine> {
         match item {
-            StepFeed::Lines(lines) => {
-                Live::Items(lines.iter().map(|l| (l.number, line_event(l))).collect())
-            }
+            StepFeed::Lines(lines) => Live::Items(lines),
             StepFeed::End(_) => Live::End,
         }
     }
@@ -197,8 +195,7 @@ pub async fn get_step_logs(
             rx,
             after,
             state.shutdown.clone(),
-        )
-        .into_response(),
+        ),
         (format, _) => {
             let json = matches!(format, Format::JsonLines);
             let pages = futures::stream::unfold(Some(after), move |cursor| {
