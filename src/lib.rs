@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod dry_run;
 pub mod engine;
+pub mod http1;
 pub mod hub;
 pub mod k8s;
 pub mod model;

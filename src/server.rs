@@ -121,8 +121,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             shutdown.cancel();
         }
     };
-    let served = axum::serve(listener, per_connection(router))
-        .with_graceful_shutdown(signal)
+    let served = crate::http1::serve(listener, router, signal)
         .await
         .map_err(ServeError::Serve);
     shutdown.cancel();
@@ -130,14 +129,6 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     store.close().await;
     tracing::info!("stopped");
     served
-}
-
-/// The router as a service that costs one reference count per connection. Handed to
-/// `axum::serve` as it is, a router is re-assembled for every connection (every route cloned,
-/// its tables rebuilt): some 20 KiB each, which an SSE client following a log holds for hours.
-pub fn per_connection(router: axum::Router) -> tower::make::Shared<axum::Router> {
-    // Turning every route into its final form once, here.
-    tower::make::Shared::new(router.with_state(()))
 }
 
 async fn shutdown_signal() {

@@ -173,8 +173,7 @@ impl TestApp {
         }
         let router = app.router;
         tokio::spawn(async move {
-            axum::serve(listener, piculet::server::per_connection(router))
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            piculet::http1::serve(listener, router, async move { shutdown.cancelled().await })
                 .await
                 .unwrap();
         });

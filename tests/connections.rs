@@ -1,0 +1,225 @@
+//! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
+//! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
+//! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
+//! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
+//! other test here opens no stream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Db, TOKEN, TestApp};
+use piculet::client::sse::{SseEvent, SseParser};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+fn addr(app: &TestApp) -> String {
+    app.base.trim_start_matches("http://").to_string()
+}
+
+fn get(path: &str, version: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/{version}\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+    )
+}
+
+/// Sends `request` and reads until the server closes the connection.
+async fn exchange(app: &TestApp, request: &str) -> (String, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr(app)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection at the end of the answer")
+        .unwrap();
+    split_head(&answer)
+}
+
+fn split_head(answer: &[u8]) -> (String, Vec<u8>) {
+    let at = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    (
+        String::from_utf8(answer[..at + 2].to_vec())
+            .unwrap()
+            .to_lowercase(),
+        answer[at + 4..].to_vec(),
+    )
+}
+
+/// The body of a chunked message; panics unless it ends with the last chunk.
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line = body.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..line]).unwrap(), 16).unwrap();
+        body = &body[line + 2..];
+        if size == 0 {
+            assert_eq!(body, b"\r\n", "nothing after the last chunk");
+            return out;
+        }
+        out.extend_from_slice(&body[..size]);
+        assert_eq!(&body[size..size + 2], b"\r\n");
+        body = &body[size + 2..];
+    }
+}
+
+fn events(body: &[u8]) -> Vec<SseEvent> {
+    SseParser::default().feed(body)
+}
+
+async fn followers(app: &TestApp) -> f64 {
+    let text = app
+        .get("/api/v1/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("piculet_sse_clients "))
+        .expect("the gauge is shown")
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn event_streams_are_written_lean_and_let_go() {
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let p: Value = app
+        .submit_yaml(
+            "steps:\n  - name: say\n    image: alpine\n    commands: [echo one, echo two]\n  - name: wait\n    image: alpine\n    depends_on: [say]\n    commands: [sleep 60]\n",
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let pipeline = p["id"].as_str().unwrap().to_string();
+    let say = common::step_id(&p, "say");
+    common::wait_step(&app, &pipeline, "wait", "running", 30).await;
+    let path = format!("/api/v1/steps/{say}/logs");
+
+    // HTTP/1.1: chunked, closed after the end event.
+    let (head, body) = exchange(&app, &get(&path, "1.1", "")).await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    for line in [
+        "content-type: text/event-stream\r\n",
+        "cache-control: no-cache\r\n",
+        "connection: close\r\n",
+        "transfer-encoding: chunked\r\n",
+        "x-request-id: ",
+        "date: ",
+    ] {
+        assert!(head.contains(line), "{line:?} in {head}");
+    }
+    let got = events(&dechunk(&body));
+    let (end, lines) = got.split_last().unwrap();
+    let ids: Vec<&str> = lines.iter().filter_map(|e| e.id.as_deref()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"], "{got:?}");
+    assert!(lines[4].data.contains(r#""text":"two\n""#), "{got:?}");
+    assert_eq!(end.event, "end");
+    assert!(end.data.contains(r#""status":"success""#));
+
+    // HTTP/1.0 has no chunks: the body ends with the connection. Resumes after line 4.
+    let (head, body) = exchange(&app, &get(&path, "1.0", "Last-Event-ID: 4\r\n")).await;
+    assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    let got = events(&body);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].id.as_deref(), Some("5"));
+    assert_eq!(got[1].event, "end");
+
+    // A refusal through the same writer: its length, its problem, then the close.
+    let unknown = uuid::Uuid::now_v7();
+    let (head, body) = exchange(
+        &app,
+        &get(&format!("/api/v1/steps/{unknown}/logs"), "1.1", ""),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 404 not found\r\n"), "{head}");
+    assert!(head.contains("content-type: application/problem+json\r\n"));
+    assert!(head.contains(&format!("content-length: {}\r\n", body.len())));
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["status"], 404);
+    let (head, _) = exchange(&app, &get(&path, "1.1", "Last-Event-ID: soon\r\n")).await;
+    assert!(head.starts_with("http/1.1 400 "), "{head}");
+
+    // A follower of the running step holds a stream until it hangs up.
+    let wait = common::step_id(&p, "wait");
+    assert_eq!(followers(&app).await, 0.0);
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    let request = get(&format!("/api/v1/steps/{wait}/logs"), "1.1", "");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(first[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(followers(&app).await, 1.0);
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while followers(&app).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream of a client that hung up is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A head too big for the lean writer is hyper's: still answered, and kept alive.
+    let big = format!("X-Padding: {}\r\n", "p".repeat(10 * 1024));
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    stream
+        .write_all(get(&format!("/api/v1/steps/{unknown}/logs"), "1.1", &big).as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).await.unwrap();
+    let head = String::from_utf8_lossy(&answer[..n]).to_lowercase();
+    assert!(head.starts_with("http/1.1 404 not found\r\n"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    app.post(&format!("/api/v1/pipelines/{pipeline}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    common::wait_finished(&app, &pipeline, 30).await;
+}
+
+#[tokio::test]
+async fn other_requests_keep_hyper_keep_alive_and_bodies_in_pieces() {
+    let app = TestApp::spawn_api(Db::Sqlite).await;
+    let body = "steps:\n  - name: build\n    image: alpine\n    commands: [make]\n";
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    // The head and half the body, then the rest: the bytes read while looking at the head
+    // reach hyper in front of the rest.
+    let (first, rest) = body.split_at(20);
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/pipelines HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/yaml\r\nContent-Length: {}\r\n\r\n{first}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    // A second request on the same connection, which the server then closes.
+    stream
+        .write_all(b"GET /api/v1/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201 Created\r\n"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
+    assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert_eq!(app.pipeline_count().await, 1);
+}
