@@ -121,14 +121,12 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             shutdown.cancel();
         }
     };
-    let served = crate::http1::serve(listener, router, signal)
-        .await
-        .map_err(ServeError::Serve);
+    crate::http1::serve(listener, router, signal).await;
     shutdown.cancel();
     let _ = engine.await;
     store.close().await;
     tracing::info!("stopped");
-    served
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -39,14 +39,17 @@ impl Feed for PipelineEvents {
         self.store.events(self.pipeline_id, after, PAGE).await
     }
 
-    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let pipeline = self.store.get_pipeline(self.pipeline_id).await?;
-        let Some(pipeline) = pipeline.filter(|p| p.summary.status.is_finished()) else {
-            return Ok(false);
-        };
-        let end = serde_json::json!({"status": pipeline.summary.status, "reason": pipeline.summary.reason});
-        write_event(out, None, Some("end"), &end);
-        Ok(true)
+        Ok(pipeline
+            .filter(|p| p.summary.status.is_finished())
+            .map(|p| {
+                let end =
+                    serde_json::json!({"status": p.summary.status, "reason": p.summary.reason});
+                let mut out = Vec::new();
+                write_event(&mut out, None, Some("end"), &end);
+                out
+            }))
     }
 
     fn live(&self, event: Arc<Event>) -> Live<Event> {

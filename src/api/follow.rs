@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::Subscription;
 use crate::store::StoreError;
 
+/// The media type of an SSE stream.
+pub const EVENT_STREAM: &str = "text/event-stream";
+
 /// Items fetched from the database per query while replaying.
 pub const PAGE: i64 = 1000;
 
@@ -73,8 +76,8 @@ pub trait Feed: Send + Sync + 'static {
     /// Stored records after sequence number `after`, at most [`PAGE`].
     async fn page(&self, after: i64) -> Result<Vec<Self::Record>, StoreError>;
 
-    /// Appends the final event when the followed thing has finished; says whether it had.
-    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError>;
+    /// The final event, written as SSE, once the followed thing has finished.
+    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError>;
 
     fn live(&self, item: Self::Item) -> Live<Self::Record>;
 }
@@ -149,16 +152,17 @@ impl<F: Feed> State<F> {
                 Phase::Done => return Ok(()),
                 Phase::Replay => {
                     if self.replay_page().await? == 0 {
-                        let mut end = Vec::new();
-                        self.phase = match self.feed.end(&mut end).await? {
-                            true => Phase::Ending,
-                            false => Phase::Live,
+                        self.phase = match self.feed.end().await? {
+                            Some(_) => Phase::Ending,
+                            None => Phase::Live,
                         };
                     }
                 }
                 Phase::Ending => {
                     if self.replay_page().await? == 0 {
-                        self.feed.end(&mut self.out).await?;
+                        if let Some(end) = self.feed.end().await? {
+                            self.out.extend_from_slice(&end);
+                        }
                         self.phase = Phase::Done;
                     }
                 }
@@ -249,9 +253,6 @@ pub fn sse<F: Feed>(
     response
 }
 
-/// The media type of an SSE stream.
-pub const EVENT_STREAM: &str = "text/event-stream";
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
@@ -283,12 +284,13 @@ mod tests {
                 .collect())
         }
 
-        async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+        async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
             let finished = *self.finished.lock().unwrap();
-            if finished {
-                write_event(out, None, Some("end"), &"done");
-            }
-            Ok(finished)
+            Ok(finished.then(|| {
+                let mut out = Vec::new();
+                write_event(&mut out, None, Some("end"), &"done");
+                out
+            }))
         }
 
         fn live(&self, item: StepFeed) -> Live<LogLine> {

@@ -88,18 +88,18 @@ impl Feed for StepLog {
         self.store.log_lines(self.step_id, after, PAGE).await
     }
 
-    async fn end(&self, out: &mut Vec<u8>) -> Result<bool, StoreError> {
+    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
         let step = self.store.step(self.step_id).await?;
-        let Some(step) = step.filter(|s| s.status.0.is_finished()) else {
-            return Ok(false);
-        };
-        let end = LogEnd {
-            status: step.status.0,
-            exit_code: step.exit_code,
-            reason: step.reason,
-        };
-        write_event(out, None, Some("end"), &end);
-        Ok(true)
+        Ok(step.filter(|s| s.status.0.is_finished()).map(|step| {
+            let end = LogEnd {
+                status: step.status.0,
+                exit_code: step.exit_code,
+                reason: step.reason,
+            };
+            let mut out = Vec::new();
+            write_event(&mut out, None, Some("end"), &end);
+            out
+        }))
     }
 
     fn live(&self, item: StepFeed) -> Live<LogLine> {
@@ -127,7 +127,7 @@ fn format(headers: &HeaderMap) -> Format {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if accept.contains("text/event-stream") {
+    if accept.contains(follow::EVENT_STREAM) {
         Format::Sse
     } else if accept.contains(NDJSON)
         || accept.contains("application/jsonl")

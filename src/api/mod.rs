@@ -4,7 +4,7 @@
 mod body;
 pub mod error;
 mod events;
-mod follow;
+pub mod follow;
 mod health;
 mod lint;
 mod logs;

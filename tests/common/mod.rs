@@ -174,8 +174,7 @@ impl TestApp {
         let router = app.router;
         tokio::spawn(async move {
             piculet::http1::serve(listener, router, async move { shutdown.cancelled().await })
-                .await
-                .unwrap();
+                .await;
         });
         TestApp {
             shutdown: app.shutdown,
