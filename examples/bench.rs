@@ -115,7 +115,7 @@ async fn submissions() {
     let api = rate(total, started.elapsed());
 
     // The same rows, inserted with plain SQL through one pool at the same concurrency, with
-    // the statements piculet uses (one per table).
+    // the statement piculet uses.
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
         .connect(&app.database_url)
@@ -132,22 +132,48 @@ async fn submissions() {
         async move {
             let now = chrono::Utc::now();
             let (p, w) = (Uuid::now_v7(), Uuid::now_v7());
-            let mut tx = pool.begin().await.unwrap();
-            sqlx::query("INSERT INTO pipelines (id, name, status, submission, labels, warnings, event_count, created_at, updated_at) VALUES ($1, 'bench', 'queued', $2, $3, '[]', 1, $4, $4)")
-                .bind(p).bind(sqlx::types::Json(&submission)).bind(sqlx::types::Json(json!({"project": "bench"}))).bind(now)
-                .execute(&mut *tx).await.unwrap();
-            sqlx::query("INSERT INTO pipeline_labels (pipeline_id, key, value) VALUES ($1, 'project', 'bench')")
-                .bind(p).execute(&mut *tx).await.unwrap();
-            sqlx::query("INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, ready, created_at) VALUES ($1, $2, 0, 'ci', '{}', $3, 'queued', TRUE, $4)")
-                .bind(w).bind(p).bind(sqlx::types::Json(&plan)).bind(now)
-                .execute(&mut *tx).await.unwrap();
-            // One statement for the three steps, as piculet does.
-            sqlx::query("INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status) VALUES ($1, $4, $5, 0, 'build', 'step', 'queued'), ($2, $4, $5, 1, 'test', 'step', 'queued'), ($3, $4, $5, 2, 'lint', 'step', 'queued')")
-                .bind(Uuid::now_v7()).bind(Uuid::now_v7()).bind(Uuid::now_v7()).bind(w).bind(p)
-                .execute(&mut *tx).await.unwrap();
-            sqlx::query("INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) VALUES ($1, 1, 'pipeline', $1, 'queued', '{}', $2)")
-                .bind(p).bind(now).execute(&mut *tx).await.unwrap();
-            tx.commit().await.unwrap();
+            let none: Option<&str> = None;
+            let never: Option<chrono::DateTime<chrono::Utc>> = None;
+            // piculet's own statement, every parameter bound as piculet binds it.
+            sqlx::query(piculet::store::INSERT_PIPELINE)
+                .bind(p)
+                .bind("bench")
+                .bind("queued")
+                .bind(sqlx::types::Json(&submission))
+                .bind(None::<Vec<u8>>)
+                .bind(sqlx::types::Json(json!({"project": "bench"})))
+                .bind(sqlx::types::Json(json!([])))
+                .bind(none)
+                .bind(None::<i64>)
+                .bind(none)
+                .bind(none)
+                .bind(None::<Uuid>)
+                .bind(now)
+                .bind(vec!["project"])
+                .bind(vec!["bench"])
+                .bind(vec![w])
+                .bind(vec![0i32])
+                .bind(vec!["ci"])
+                .bind(vec![sqlx::types::Json(json!({}))])
+                .bind(vec![sqlx::types::Json(&plan)])
+                .bind(vec!["queued"])
+                .bind(vec![none])
+                .bind(vec![true])
+                .bind(vec![never])
+                .bind(vec![Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()])
+                .bind(vec![w, w, w])
+                .bind(vec![0i32, 1, 2])
+                .bind(vec!["build", "test", "lint"])
+                .bind(vec!["step"; 3])
+                .bind(vec!["queued"; 3])
+                .bind(vec![none; 3])
+                .bind("pipeline")
+                .bind(sqlx::types::Json(
+                    json!({"name": "bench", "exit_code": null, "reason": null}),
+                ))
+                .execute(&pool)
+                .await
+                .unwrap();
         }
     };
     futures::stream::iter(0..200)

@@ -28,7 +28,33 @@ pub(crate) struct Payload {
     reason: Option<String>,
 }
 
-fn subject_text(s: Subject) -> &'static str {
+impl NewEvent {
+    /// What the `payload` column holds.
+    pub(crate) fn payload(&self) -> Json<Payload> {
+        Json(Payload {
+            name: self.name.clone(),
+            exit_code: self.exit_code,
+            reason: self.reason.clone(),
+        })
+    }
+
+    /// The event as stored with sequence number `seq`.
+    pub(crate) fn numbered(self, seq: i64) -> Event {
+        Event {
+            seq,
+            pipeline_id: self.pipeline_id,
+            subject: self.subject,
+            id: self.id,
+            name: self.name,
+            status: self.status,
+            exit_code: self.exit_code,
+            reason: self.reason,
+            at: self.at,
+        }
+    }
+}
+
+pub(crate) fn subject_text(s: Subject) -> &'static str {
     match s {
         Subject::Pipeline => "pipeline",
         Subject::Workflow => "workflow",
@@ -99,11 +125,6 @@ where
     for<'q> Json<Payload>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    let payload = Payload {
-        name: e.name.clone(),
-        exit_code: e.exit_code,
-        reason: e.reason.clone(),
-    };
     sqlx::query::<DB>(
         "INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -113,21 +134,11 @@ where
     .bind(subject_text(e.subject))
     .bind(e.id)
     .bind(e.status.as_str())
-    .bind(Json(payload))
+    .bind(e.payload())
     .bind(e.at)
     .execute(&mut **tx)
     .await?;
-    Ok(Event {
-        seq,
-        pipeline_id: e.pipeline_id,
-        subject: e.subject,
-        id: e.id,
-        name: e.name,
-        status: e.status,
-        exit_code: e.exit_code,
-        reason: e.reason,
-        at: e.at,
-    })
+    Ok(e.numbered(seq))
 }
 
 #[derive(sqlx::FromRow)]

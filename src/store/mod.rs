@@ -13,7 +13,7 @@ mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StepState};
 pub use events::NewEvent;
-pub use pipelines::{Created, ListFilter, NewPipeline, NewStep, NewWorkflow};
+pub use pipelines::{Created, INSERT_PIPELINE, ListFilter, NewPipeline, NewStep, NewWorkflow};
 
 use std::str::FromStr as _;
 use std::time::Duration;
