@@ -13,7 +13,9 @@ mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StepState};
 pub use events::NewEvent;
-pub use pipelines::{Created, INSERT_PIPELINE, ListFilter, NewPipeline, NewStep, NewWorkflow};
+pub use pipelines::{
+    Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
+};
 
 use std::str::FromStr as _;
 use std::time::Duration;
