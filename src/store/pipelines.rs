@@ -252,7 +252,6 @@ pub async fn insert_pipeline_postgres(
     new: &NewPipeline,
 ) -> Result<(), sqlx::Error> {
     let event = new.first_event();
-    let (key, hash) = new.idempotency_parts();
     let (label_keys, label_values): (Vec<&str>, Vec<&str>) = new
         .labels
         .iter()
@@ -269,20 +268,7 @@ pub async fn insert_pipeline_postgres(
         })
         .collect();
     let finished = |status: Status| status.is_finished().then_some(new.created_at);
-    sqlx::query(INSERT_PIPELINE)
-        .bind(new.id)
-        .bind(&new.name)
-        .bind(Status::Queued.as_str())
-        .bind(Json(&new.submission))
-        .bind(new.sealed_secrets.as_deref())
-        .bind(Json(&new.labels))
-        .bind(Json(&new.warnings))
-        .bind(new.namespace.as_deref())
-        .bind(new.timeout_seconds)
-        .bind(key)
-        .bind(hash)
-        .bind(new.retry_of)
-        .bind(new.created_at)
+    bind_pipeline_row(sqlx::query(INSERT_PIPELINE), new)
         .bind(label_keys)
         .bind(label_values)
         .bind(workflows.iter().map(|w| w.id).collect::<Vec<_>>())
@@ -356,33 +342,57 @@ pub async fn insert_pipeline_postgres(
     Ok(())
 }
 
+/// Binds the pipelines row, `$1` to `$13`, the same for both databases.
+fn bind_pipeline_row<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
+    new: &'q NewPipeline,
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    Uuid: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<Uuid>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q [u8]>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q BTreeMap<String, String>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q Vec<Diagnostic>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let (key, hash) = new.idempotency_parts();
+    query
+        .bind(new.id)
+        .bind(new.name.as_str())
+        .bind(Status::Queued.as_str())
+        .bind(Json(&new.submission))
+        .bind(new.sealed_secrets.as_deref())
+        .bind(Json(&new.labels))
+        .bind(Json(&new.warnings))
+        .bind(new.namespace.as_deref())
+        .bind(new.timeout_seconds)
+        .bind(key)
+        .bind(hash)
+        .bind(new.retry_of)
+        .bind(new.created_at)
+}
+
 /// SQLite has no data-modifying `WITH`: one statement per table, in one transaction (in
 /// chunks under its limit on bound parameters).
 async fn insert_pipeline_sqlite(
     pool: &sqlx::SqlitePool,
     new: &NewPipeline,
 ) -> Result<(), sqlx::Error> {
-    let (key, hash) = new.idempotency_parts();
     let mut tx = pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO pipelines (id, name, status, submission, sealed_secrets, labels, \
+    bind_pipeline_row(
+        sqlx::query(
+            "INSERT INTO pipelines (id, name, status, submission, sealed_secrets, labels, \
          warnings, namespace, timeout_seconds, idempotency_key, request_hash, retry_of, \
          event_count, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1, $13, $13)",
+        ),
+        new,
     )
-    .bind(new.id)
-    .bind(&new.name)
-    .bind(Status::Queued.as_str())
-    .bind(Json(&new.submission))
-    .bind(new.sealed_secrets.as_deref())
-    .bind(Json(&new.labels))
-    .bind(Json(&new.warnings))
-    .bind(new.namespace.as_deref())
-    .bind(new.timeout_seconds)
-    .bind(key)
-    .bind(hash)
-    .bind(new.retry_of)
-    .bind(new.created_at)
     .execute(&mut *tx)
     .await?;
     if !new.labels.is_empty() {
