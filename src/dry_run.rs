@@ -65,11 +65,8 @@ pub fn render(
     let registries: Vec<RegistryCredential> = submission
         .registries
         .iter()
-        .map(|r| RegistryCredential {
-            address: r.address.clone(),
-            username: r.username.clone(),
-            password: r.password.clone(),
-        })
+        .cloned()
+        .map(RegistryCredential::from)
         .collect();
     // The clone step's CI_REPO_*/CI_COMMIT_* come from `repo`, as in a run.
     let repo = serde_json::to_value(&submission.repo).ok();

@@ -254,7 +254,7 @@ mod rfc3339 {
         let nanos = at.nanosecond();
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
             // Signed years and leap seconds: chrono's own format.
-            return s.collect_str(&at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            return serde::Serialize::serialize(at, s);
         }
         let mut buf = [0u8; 30];
         let mut put = |at: usize, value: u32, width: usize| {

@@ -86,6 +86,16 @@ pub struct Registry {
     pub password: String,
 }
 
+impl From<Registry> for crate::k8s::RegistryCredential {
+    fn from(r: Registry) -> Self {
+        crate::k8s::RegistryCredential {
+            address: r.address,
+            username: r.username,
+            password: r.password,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Repo {

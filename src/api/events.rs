@@ -10,18 +10,16 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::follow::{self, Feed, Live, PAGE, Record, write_event};
+use super::follow::{self, Feed, Live, PAGE, Record};
 use super::pipelines::parse_id;
 use crate::model::{Event, Subject};
 use crate::store::{Store, StoreError};
 
 impl Record for Event {
+    const EVENT: Option<&'static str> = Some("status");
+
     fn seq(&self) -> i64 {
         self.seq
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        write_event(out, Some(self.seq), Some("status"), self);
     }
 }
 
@@ -34,22 +32,17 @@ struct PipelineEvents {
 impl Feed for PipelineEvents {
     type Item = Arc<Event>;
     type Record = Event;
+    type End = serde_json::Value;
 
     async fn page(&self, after: i64) -> Result<Vec<Event>, StoreError> {
         self.store.events(self.pipeline_id, after, PAGE).await
     }
 
-    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn end(&self) -> Result<Option<serde_json::Value>, StoreError> {
         let pipeline = self.store.get_pipeline(self.pipeline_id).await?;
         Ok(pipeline
             .filter(|p| p.summary.status.is_finished())
-            .map(|p| {
-                let end =
-                    serde_json::json!({"status": p.summary.status, "reason": p.summary.reason});
-                let mut out = Vec::new();
-                write_event(&mut out, None, Some("end"), &end);
-                out
-            }))
+            .map(|p| serde_json::json!({"status": p.summary.status, "reason": p.summary.reason})))
     }
 
     fn live(&self, event: Arc<Event>) -> Live<Event> {
@@ -58,7 +51,7 @@ impl Feed for PipelineEvents {
             // Replaying from the database picks this last event up, then the end.
             Live::End
         } else {
-            Live::Items(Arc::from([Event::clone(&event)]))
+            Live::One(event)
         }
     }
 }

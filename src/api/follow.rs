@@ -28,16 +28,27 @@ pub const PAGE: i64 = 1000;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One numbered item of a followed stream and how it reads as an SSE event.
-pub trait Record: Send + Sync + 'static {
+pub trait Record: Serialize + Send + Sync + 'static {
+    /// The event's name; `None` for a plain message.
+    const EVENT: Option<&'static str>;
+
     /// Its sequence number: the event's `id`.
     fn seq(&self) -> i64;
-    /// Appends it as one SSE event (see [`write_event`]).
-    fn write(&self, out: &mut Vec<u8>);
+
+    /// Appends it as one SSE event, its data the record as JSON.
+    fn write(&self, out: &mut Vec<u8>) {
+        write_event(out, Some(self.seq()), Self::EVENT, self);
+    }
 }
 
 /// Appends one SSE event: its `id`, its name unless it is a plain message, and its data as
 /// one line of compact JSON (which never holds a raw line break).
-pub fn write_event(out: &mut Vec<u8>, id: Option<i64>, name: Option<&str>, data: &impl Serialize) {
+fn write_event<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    id: Option<i64>,
+    name: Option<&str>,
+    data: &T,
+) {
     if let Some(id) = id {
         out.extend_from_slice(b"id: ");
         out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
@@ -62,6 +73,8 @@ pub fn write_event(out: &mut Vec<u8>, id: Option<i64>, name: Option<&str>, data:
 pub enum Live<R> {
     /// Records in order.
     Items(Arc<[R]>),
+    /// One record.
+    One(Arc<R>),
     /// The followed thing finished: replay what is left, then end.
     End,
 }
@@ -72,12 +85,14 @@ pub trait Feed: Send + Sync + 'static {
     /// What the hub delivers.
     type Item: Clone + Send + 'static;
     type Record: Record;
+    /// The data of the `end` event.
+    type End: Serialize + Send;
 
     /// Stored records after sequence number `after`, at most [`PAGE`].
     async fn page(&self, after: i64) -> Result<Vec<Self::Record>, StoreError>;
 
     /// The final event, written as SSE, once the followed thing has finished.
-    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError>;
+    async fn end(&self) -> Result<Option<Self::End>, StoreError>;
 
     fn live(&self, item: Self::Item) -> Live<Self::Record>;
 }
@@ -161,7 +176,7 @@ impl<F: Feed> State<F> {
                 Phase::Ending => {
                     if self.replay_page().await? == 0 {
                         if let Some(end) = self.feed.end().await? {
-                            self.out.extend_from_slice(&end);
+                            write_event(&mut self.out, None, Some("end"), &end);
                         }
                         self.phase = Phase::Done;
                     }
@@ -182,6 +197,11 @@ impl<F: Feed> State<F> {
                         Ok(item) => match self.feed.live(item) {
                             Live::Items(records) => {
                                 if !self.take_live(&records) {
+                                    self.phase = Phase::Replay;
+                                }
+                            }
+                            Live::One(record) => {
+                                if !self.take_live(std::slice::from_ref(&*record)) {
                                     self.phase = Phase::Replay;
                                 }
                             }
@@ -274,6 +294,7 @@ mod tests {
     impl Feed for Lines {
         type Item = StepFeed;
         type Record = LogLine;
+        type End = &'static str;
 
         async fn page(&self, after: i64) -> Result<Vec<LogLine>, StoreError> {
             let stored = self.stored.lock().unwrap();
@@ -284,13 +305,8 @@ mod tests {
                 .collect())
         }
 
-        async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
-            let finished = *self.finished.lock().unwrap();
-            Ok(finished.then(|| {
-                let mut out = Vec::new();
-                write_event(&mut out, None, Some("end"), &"done");
-                out
-            }))
+        async fn end(&self) -> Result<Option<&'static str>, StoreError> {
+            Ok(self.finished.lock().unwrap().then_some("done"))
         }
 
         fn live(&self, item: StepFeed) -> Live<LogLine> {

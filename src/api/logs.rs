@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::error::{ApiError, Problem};
-use super::follow::{self, Feed, Live, PAGE, Record, write_event};
+use super::follow::{self, Feed, Live, PAGE, Record};
 use super::pipelines::parse_id;
 use crate::hub::StepFeed;
 use crate::model::{LogLine, Status};
@@ -65,12 +65,10 @@ fn after_param(query: Option<&str>) -> Result<Option<i64>, ApiError> {
 }
 
 impl Record for LogLine {
+    const EVENT: Option<&'static str> = None;
+
     fn seq(&self) -> i64 {
         self.number
-    }
-
-    fn write(&self, out: &mut Vec<u8>) {
-        write_event(out, Some(self.number), None, self);
     }
 }
 
@@ -83,23 +81,21 @@ struct StepLog {
 impl Feed for StepLog {
     type Item = StepFeed;
     type Record = LogLine;
+    type End = LogEnd;
 
     async fn page(&self, after: i64) -> Result<Vec<LogLine>, StoreError> {
         self.store.log_lines(self.step_id, after, PAGE).await
     }
 
-    async fn end(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn end(&self) -> Result<Option<LogEnd>, StoreError> {
         let step = self.store.step(self.step_id).await?;
-        Ok(step.filter(|s| s.status.0.is_finished()).map(|step| {
-            let end = LogEnd {
+        Ok(step
+            .filter(|s| s.status.0.is_finished())
+            .map(|step| LogEnd {
                 status: step.status.0,
                 exit_code: step.exit_code,
                 reason: step.reason,
-            };
-            let mut out = Vec::new();
-            write_event(&mut out, None, Some("end"), &end);
-            out
-        }))
+            }))
     }
 
     fn live(&self, item: StepFeed) -> Live<LogLine> {

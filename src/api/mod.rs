@@ -4,7 +4,7 @@
 mod body;
 pub mod error;
 mod events;
-pub mod follow;
+pub(crate) mod follow;
 mod health;
 mod lint;
 mod logs;

@@ -132,7 +132,12 @@ impl Engine {
         let slots = Arc::new(Semaphore::new(inner.settings.max_workflows));
         let mut workers: JoinSet<()> = JoinSet::new();
         tracing::info!(owner = %inner.owner, backend = inner.backend.name(), "engine started");
-        reap(&inner).await;
+        // In the background: claiming must not wait for a slow listing. Objects of a workflow
+        // claimed meanwhile are either not in the listing or counted as alive.
+        workers.spawn({
+            let inner = inner.clone();
+            async move { reap(&inner).await }
+        });
         loop {
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
@@ -356,11 +361,7 @@ fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Opened,
         registries: sealed
             .registries
             .into_iter()
-            .map(|r| RegistryCredential {
-                address: r.address,
-                username: r.username,
-                password: r.password,
-            })
+            .map(RegistryCredential::from)
             .collect(),
     })
 }

@@ -32,7 +32,7 @@ pub async fn respond(
     let bodiless = parts.status.is_informational()
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED;
-    let length = http_body::Body::size_hint(&body).exact();
+    let length = axum::body::HttpBody::size_hint(&body).exact();
     // HTTP/1.0 has no chunks: its body ends when the connection closes.
     let chunked = !bodiless && length.is_none() && version == Version::HTTP_11;
     let mut head = Vec::with_capacity(256);

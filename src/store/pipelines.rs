@@ -54,7 +54,27 @@ pub struct NewStep {
     pub reason: Option<String>,
 }
 
+/// A step with its workflow's id and its position in that workflow.
+type PlacedStep<'a> = (Uuid, i32, &'a NewStep);
+
+impl NewWorkflow {
+    /// A workflow inserted already finished (skipped) finishes when it is created.
+    fn finished_at(&self, created_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.status.is_finished().then_some(created_at)
+    }
+}
+
 impl NewPipeline {
+    /// Every step of every workflow, in order.
+    fn steps(&self) -> impl Iterator<Item = PlacedStep<'_>> {
+        self.workflows.iter().flat_map(|w| {
+            w.steps
+                .iter()
+                .zip(0..)
+                .map(move |(s, position)| (w.id, position, s))
+        })
+    }
+
     /// Event 1: the pipeline is queued. The row is inserted with event_count 1.
     fn first_event(&self) -> NewEvent {
         NewEvent {
@@ -79,7 +99,6 @@ impl NewPipeline {
 
     /// The pipeline as [`Store::get_pipeline`] reads it right after insertion.
     fn as_pipeline(&self) -> Pipeline {
-        let finished = |status: Status| status.is_finished().then_some(self.created_at);
         Pipeline {
             summary: PipelineSummary {
                 id: self.id,
@@ -104,7 +123,7 @@ impl NewPipeline {
                     status: w.status,
                     reason: w.reason.clone(),
                     started_at: None,
-                    finished_at: finished(w.status),
+                    finished_at: w.finished_at(self.created_at),
                     steps: w
                         .steps
                         .iter()
@@ -258,80 +277,26 @@ pub async fn insert_pipeline_postgres(
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .unzip();
     let workflows = &new.workflows;
-    let steps: Vec<(Uuid, i32, &NewStep)> = workflows
-        .iter()
-        .flat_map(|w| {
-            w.steps
-                .iter()
-                .enumerate()
-                .map(move |(i, s)| (w.id, i as i32, s))
-        })
-        .collect();
-    let finished = |status: Status| status.is_finished().then_some(new.created_at);
+    let steps: Vec<PlacedStep<'_>> = new.steps().collect();
     bind_pipeline_row(sqlx::query(INSERT_PIPELINE), new)
         .bind(label_keys)
         .bind(label_values)
-        .bind(workflows.iter().map(|w| w.id).collect::<Vec<_>>())
+        .bind(column(workflows, |w| w.id))
         .bind((0..workflows.len() as i32).collect::<Vec<_>>())
-        .bind(
-            workflows
-                .iter()
-                .map(|w| w.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            workflows
-                .iter()
-                .map(|w| Json(&w.matrix))
-                .collect::<Vec<_>>(),
-        )
-        .bind(workflows.iter().map(|w| Json(&w.plan)).collect::<Vec<_>>())
-        .bind(
-            workflows
-                .iter()
-                .map(|w| w.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            workflows
-                .iter()
-                .map(|w| w.reason.as_deref())
-                .collect::<Vec<_>>(),
-        )
-        .bind(workflows.iter().map(|w| w.ready).collect::<Vec<_>>())
-        .bind(
-            workflows
-                .iter()
-                .map(|w| finished(w.status))
-                .collect::<Vec<_>>(),
-        )
-        .bind(steps.iter().map(|(_, _, s)| s.id).collect::<Vec<_>>())
-        .bind(steps.iter().map(|(w, _, _)| *w).collect::<Vec<_>>())
-        .bind(steps.iter().map(|(_, i, _)| *i).collect::<Vec<_>>())
-        .bind(
-            steps
-                .iter()
-                .map(|(_, _, s)| s.name.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, _, s)| s.kind.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, _, s)| s.status.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            steps
-                .iter()
-                .map(|(_, _, s)| s.reason.as_deref())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(workflows, |w| w.name.as_str()))
+        .bind(column(workflows, |w| Json(&w.matrix)))
+        .bind(column(workflows, |w| Json(&w.plan)))
+        .bind(column(workflows, |w| w.status.as_str()))
+        .bind(column(workflows, |w| w.reason.as_deref()))
+        .bind(column(workflows, |w| w.ready))
+        .bind(column(workflows, |w| w.finished_at(new.created_at)))
+        .bind(column(&steps, |(_, _, s)| s.id))
+        .bind(column(&steps, |(w, _, _)| *w))
+        .bind(column(&steps, |(_, i, _)| *i))
+        .bind(column(&steps, |(_, _, s)| s.name.as_str()))
+        .bind(column(&steps, |(_, _, s)| s.kind.as_str()))
+        .bind(column(&steps, |(_, _, s)| s.status.as_str()))
+        .bind(column(&steps, |(_, _, s)| s.reason.as_deref()))
         .bind(subject_text(event.subject))
         .bind(event.id)
         .bind(event.status.as_str())
@@ -340,6 +305,11 @@ pub async fn insert_pipeline_postgres(
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// One column of `rows`, as an array parameter.
+fn column<'a, T, U>(rows: &'a [T], value: impl FnMut(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(value).collect()
 }
 
 /// Binds the pipelines row, `$1` to `$13`, the same for both databases.
@@ -420,15 +390,11 @@ async fn insert_pipeline_sqlite(
                 .push_bind(w.reason.as_deref())
                 .push_bind(w.ready)
                 .push_bind(new.created_at)
-                .push_bind(w.status.is_finished().then_some(new.created_at));
+                .push_bind(w.finished_at(new.created_at));
         });
         q.build().execute(&mut *tx).await?;
     }
-    let steps: Vec<(Uuid, usize, &NewStep)> = new
-        .workflows
-        .iter()
-        .flat_map(|w| w.steps.iter().enumerate().map(move |(i, s)| (w.id, i, s)))
-        .collect();
+    let steps: Vec<PlacedStep<'_>> = new.steps().collect();
     for chunk in steps.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason) ",
@@ -437,7 +403,7 @@ async fn insert_pipeline_sqlite(
             row.push_bind(s.id)
                 .push_bind(*workflow_id)
                 .push_bind(new.id)
-                .push_bind(*position as i32)
+                .push_bind(*position)
                 .push_bind(&s.name)
                 .push_bind(s.kind.as_str())
                 .push_bind(s.status.as_str())
