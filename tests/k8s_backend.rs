@@ -644,10 +644,12 @@ steps:
         .await;
     let running = wait_step(&env.app, &id, "counter", "running", 30).await;
     let step = running["id"].as_str().unwrap().to_string();
-    for _ in 0..200 {
-        if log_text(&env.app, &step).await.contains("line 5\n") {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !log_text(&env.app, &step).await.contains("line 5\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first replica stored no lines to hand over"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     // The first replica stops (as on SIGTERM): it gives the workflow up, the pod runs on.
@@ -801,8 +803,15 @@ async fn the_reaper_of_a_starting_replica_leaves_running_workflows_alone() {
     let running = wait_step(&env.app, &id, "long", "running", 30).await;
     env.pod_of(running["id"].as_str().unwrap()).await;
     let before = env.leftovers();
-    // A second replica starts on the same database and cluster: its reaper runs.
+    // A second replica starts on the same database and cluster: its reaper runs (in the
+    // background: its listing ends with the Services), then has time to delete.
+    let listed = env.cluster.count("list", "services");
     let second = TestApp::start_sharing(&env.app, env.settings.clone(), true).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while env.cluster.count("list", "services") == listed {
+        assert!(std::time::Instant::now() < deadline, "the reaper never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         env.leftovers(),
