@@ -25,6 +25,11 @@ pub const PULL_POLICIES_ANNOTATION: &str = "piculet.dev/pull-policies";
 /// Prefix no administrator or step label may use: piculet finds its objects by these.
 pub const RESERVED_PREFIX: &str = "piculet.dev/";
 
+/// The label selector of everything piculet makes.
+pub fn managed_selector() -> String {
+    format!("{MANAGED_BY}={MANAGER}")
+}
+
 /// The labels of every object of a workflow.
 pub fn workflow_labels(pipeline_id: &Uuid, workflow_id: &Uuid) -> BTreeMap<String, String> {
     BTreeMap::from([

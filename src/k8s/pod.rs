@@ -110,12 +110,13 @@ pub fn working_dir(base: &str, path: &str, directory: Option<&str>) -> String {
 /// Sets variables on a rendered pod's container, as rendering gives the built-ins: they win
 /// over what the step sets. The backend renders a workflow once and sets each step's own
 /// `CI_*` values (its id, its start, the pipeline status so far) when it starts the step.
+/// The rendered script stays: a variable of that name does not replace it, as in rendering.
 pub fn set_environment(pod: &mut Pod, environment: &BTreeMap<String, String>) {
     let Some(container) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) else {
         return;
     };
     let env = container.env.get_or_insert_with(Vec::new);
-    for (name, value) in environment {
+    for (name, value) in environment.iter().filter(|(name, _)| *name != "CI_SCRIPT") {
         let var = EnvVar {
             name: name.clone(),
             value: Some(escape_expansion(value)),
@@ -722,6 +723,44 @@ fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_environment_keeps_the_rendered_script() {
+        let var = |name: &str, value: &str| EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
+            value_from: None,
+        };
+        let mut pod = Pod {
+            spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                containers: vec![k8s_openapi::api::core::v1::Container {
+                    name: "step".into(),
+                    env: Some(vec![
+                        var("CI_SCRIPT", "ZWNobyBoaQo="),
+                        var("CI_STEP_ID", ""),
+                    ]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let environment = BTreeMap::from([
+            ("CI_SCRIPT".to_string(), "cm0gLXJmIC8K".to_string()),
+            ("CI_STEP_ID".to_string(), "s-1".to_string()),
+            ("A".to_string(), "$(x)".to_string()),
+        ]);
+        set_environment(&mut pod, &environment);
+        let env = pod.spec.unwrap().containers.remove(0).env.unwrap();
+        assert_eq!(
+            env,
+            [
+                var("A", "$$(x)"),
+                var("CI_SCRIPT", "ZWNobyBoaQo="),
+                var("CI_STEP_ID", "s-1")
+            ]
+        );
+    }
 
     #[test]
     fn escapes_only_what_the_kubelet_expands() {

@@ -88,29 +88,8 @@ impl Kube {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, kube::Error>>,
     {
-        self.limited(&self.limiter, f).await
-    }
-
-    /// [`Kube::call`] for a pod create: also paced by the creation limiter.
-    pub async fn create_pod<T, F, Fut>(&self, f: F) -> Result<T, kube::Error>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, kube::Error>>,
-    {
-        self.creates.until_ready().await;
-        self.limited(&self.limiter, f).await
-    }
-
-    async fn limited<T, F, Fut>(
-        &self,
-        limiter: &DefaultDirectRateLimiter,
-        f: F,
-    ) -> Result<T, kube::Error>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, kube::Error>>,
-    {
         let f = &f;
+        let limiter = &self.limiter;
         // The request is made once the limiter lets it through.
         let attempt = move || async move {
             limiter.until_ready().await;
@@ -127,6 +106,16 @@ impl Kube {
             .when(retriable)
             .notify(|e, wait| tracing::debug!(error = %e, ?wait, "Kubernetes API call failed; retrying"))
             .await
+    }
+
+    /// [`Kube::call`] for a pod create: also paced by the creation limiter.
+    pub async fn create_pod<T, F, Fut>(&self, f: F) -> Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        self.creates.until_ready().await;
+        self.call(f).await
     }
 }
 

@@ -38,7 +38,7 @@ use self::logs::{Cursor, StreamEnd, read_log};
 use self::status::{PodState, pod_state};
 use self::watch::{PodWatch, Seen};
 use super::{Backend, BackendError, OutputLine, StepExit, StepHandle, StepRun, WorkflowRun};
-use crate::k8s::labels::{MANAGED_BY, MANAGER, PULL_POLICIES_ANNOTATION, STEP_ID, WORKFLOW_ID};
+use crate::k8s::labels::{PULL_POLICIES_ANNOTATION, STEP_ID, WORKFLOW_ID, managed_selector};
 use crate::k8s::pod::{pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
 use crate::pipeline::StepKind;
@@ -80,10 +80,14 @@ fn is_not_found(e: &kube::Error) -> bool {
     status_code(e) == Some(404)
 }
 
+/// Why a step failed whose pod vanished while its container ran.
+const DELETED_RUNNING: &str = "the pod was deleted before its container ended";
+
 /// The objects of one workflow: what it was labelled with when it was rendered.
 fn workflow_objects(workflow_id: Uuid) -> ListParams {
     ListParams::default().labels(&format!(
-        "{MANAGED_BY}={MANAGER},{WORKFLOW_ID}={workflow_id}"
+        "{},{WORKFLOW_ID}={workflow_id}",
+        managed_selector()
     ))
 }
 
@@ -605,10 +609,8 @@ impl Backend for KubernetesBackend {
     }
 
     async fn running_steps(&self, run: &WorkflowRun) -> Result<Vec<Uuid>, BackendError> {
-        let ns = match self.state(run.workflow_id) {
-            Ok(s) => s.rendered.namespace.clone(),
-            Err(_) => self.render(run)?.namespace,
-        };
+        // Called only for a workflow set up on this replica.
+        let ns = self.state(run.workflow_id)?.rendered.namespace.clone();
         let pods = self
             .metadata(&self.pods(&ns), &workflow_objects(run.workflow_id))
             .await?;
@@ -647,7 +649,7 @@ impl Backend for KubernetesBackend {
     async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
         let client = self.kube.client.clone();
         let ns = &self.config.namespace;
-        let list = ListParams::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
+        let list = ListParams::default().labels(&managed_selector());
         let mut objects = self.metadata(&self.pods(ns), &list).await?;
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
         objects.extend(self.metadata(&claims, &list).await?);
@@ -946,14 +948,14 @@ impl Driver {
                 }
                 Observed::Gone => {
                     return StepExit::Error {
-                        reason: "the pod was deleted before its container ended".into(),
+                        reason: DELETED_RUNNING.into(),
                     };
                 }
                 _ => {}
             }
             if !self.changed().await {
                 return StepExit::Error {
-                    reason: "the pod was deleted before its container ended".into(),
+                    reason: DELETED_RUNNING.into(),
                 };
             }
         }

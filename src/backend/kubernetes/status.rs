@@ -32,11 +32,6 @@ pub enum PodState {
 }
 
 impl PodState {
-    /// Whether the container has a log to read (it started at some point).
-    pub fn has_started(&self) -> bool {
-        matches!(self, PodState::Running | PodState::Terminated { .. })
-    }
-
     /// Whether nothing more will change for this step.
     pub fn is_final(&self) -> bool {
         matches!(

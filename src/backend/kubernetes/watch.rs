@@ -13,7 +13,7 @@ use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
-use crate::k8s::labels::{MANAGED_BY, MANAGER};
+use crate::k8s::labels::managed_selector;
 
 /// What the watch knows of one pod.
 #[derive(Clone, Debug)]
@@ -123,7 +123,7 @@ fn pod_name(pod: &Pod) -> Option<String> {
 }
 
 async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: String) {
-    let config = watcher::Config::default().labels(&format!("{MANAGED_BY}={MANAGER}"));
+    let config = watcher::Config::default().labels(&managed_selector());
     let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
     // The names of a (re)list, while it lasts.
     let mut listed: HashSet<String> = HashSet::new();
