@@ -519,14 +519,7 @@ async fn secret_values_are_never_shown_or_stored_in_plaintext(db: Db) {
         .as_str()
         .unwrap()
         .to_string();
-    let fetched = app
-        .get(&format!("/api/v1/pipelines/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let fetched = app.text(&format!("/api/v1/pipelines/{id}")).await;
     assert!(!fetched.contains(secret));
 
     // Read every stored column straight from the database.

@@ -71,15 +71,9 @@ fn events(body: &[u8]) -> Vec<SseEvent> {
 }
 
 async fn followers(app: &TestApp) -> f64 {
-    let text = app
-        .get("/api/v1/metrics")
-        .send()
+    app.text("/api/v1/metrics")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("piculet_sse_clients "))
         .expect("the gauge is shown")
         .parse()

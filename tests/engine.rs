@@ -363,14 +363,7 @@ steps:
         .text()
         .await
         .unwrap();
-    let pipeline = app
-        .get(&format!("/api/v1/pipelines/{}", id(&p)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pipeline = app.text(&format!("/api/v1/pipelines/{}", id(&p))).await;
     for text in [&log, &sse, &ndjson, &pipeline] {
         for form in forms {
             assert!(!text.contains(form), "{form:?} leaked into {text}");
@@ -1059,13 +1052,8 @@ async fn odd_output_and_log_queries(db: Db) {
     assert!(log.ends_with("done\n"));
 
     let tail = app
-        .get(&format!("/api/v1/steps/{step}/logs?after=3"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+        .text(&format!("/api/v1/steps/{step}/logs?after=3"))
+        .await;
     assert!(
         log.ends_with(&tail) && tail.len() < log.len() && !tail.is_empty(),
         "{tail:?}"

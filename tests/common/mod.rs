@@ -56,6 +56,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub database_url: String,
     pub data_dir: PathBuf,
+    owns_data_dir: bool,
     pub db: Db,
 }
 
@@ -90,7 +91,10 @@ pub async fn fresh_database(db: Db, data_dir: &std::path::Path) -> String {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        // A second replica leaves the data directory to the app that owns it.
+        if self.owns_data_dir {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
         let Some(name) = self.postgres_database.take() else {
             return;
         };
@@ -192,6 +196,7 @@ impl TestApp {
             client: reqwest::Client::new(),
             database_url,
             data_dir,
+            owns_data_dir: owns_database,
             db,
         }
     }
@@ -210,6 +215,11 @@ impl TestApp {
         self.client
             .post(self.url(path))
             .header(AUTHORIZATION, format!("Bearer {TOKEN}"))
+    }
+
+    /// The body of an authenticated `GET`, as text.
+    pub async fn text(&self, path: &str) -> String {
+        self.get(path).send().await.unwrap().text().await.unwrap()
     }
 
     /// A pipeline as `GET /pipelines/{id}` answers.
@@ -344,13 +354,7 @@ pub fn step_id(pipeline: &serde_json::Value, name: &str) -> String {
 
 /// The stored log of a step, as text.
 pub async fn log_text(app: &TestApp, step_id: &str) -> String {
-    app.get(&format!("/api/v1/steps/{step_id}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    app.text(&format!("/api/v1/steps/{step_id}/logs")).await
 }
 
 /// Reads a step's SSE log stream: up to `max` line events (all when `None`), after

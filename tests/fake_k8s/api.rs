@@ -357,15 +357,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let (verb, resource) = verb_and_resource(&parts.method, &target, &query);
     // A create names its object in the body: read it first, for the request log.
     let (body, created) = if parts.method == Method::POST {
-        match axum::body::to_bytes(body, 16 * 1024 * 1024).await {
-            Ok(bytes) => {
-                let created = serde_json::from_slice::<Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
-                (Body::from(bytes), created)
-            }
-            Err(_) => (Body::empty(), None),
-        }
+        let bytes = match read_bytes(body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return e.into_response(),
+        };
+        let created = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string));
+        (Body::from(bytes), created)
     } else {
         (body, None)
     };

@@ -1174,6 +1174,8 @@ impl PodTask {
             }
             lines.push_str(&format!("127.0.0.1 {}\n", names.join(" ")));
         }
+        // The file is written without holding the store: API requests do not wait on disk.
+        drop(store);
         let dir = self
             .shared
             .config
