@@ -75,6 +75,20 @@ pub struct Settings {
     )]
     pub max_body_size: Option<String>,
 
+    /// Requests parsed, validated, planned or rendered at once (lint, render, submit, retry);
+    /// more wait for a slot [default: the number of CPUs]
+    #[arg(long, env = "PICULET_MAX_PLANNING", global = true, value_name = "N")]
+    pub max_planning: Option<String>,
+
+    /// How long a request waits for a planning slot before it is refused with 503 [default: 10s]
+    #[arg(
+        long,
+        env = "PICULET_PLANNING_QUEUE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub planning_queue_timeout: Option<String>,
+
     /// Base64 of 32 bytes that encrypt stored secret values; every replica needs the same one
     /// [default: generated once into DATA_DIR/secret.key]
     #[arg(
@@ -157,6 +171,10 @@ pub struct Config {
     pub max_workflows: usize,
     pub platform: String,
     pub max_body_size: usize,
+    /// Parsing, validation, planning and rendering at once (see `api::cpu`).
+    pub max_planning: usize,
+    /// How long a request waits for one of those slots.
+    pub planning_queue_timeout: Duration,
     pub secret_key: Option<[u8; 32]>,
     pub log_format: LogFormat,
     pub log: String,
@@ -353,6 +371,22 @@ impl Config {
             ));
         }
 
+        let max_planning = match s.max_planning.as_deref() {
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(n) if (1..=1024).contains(&n) => n,
+                _ => {
+                    return Err(invalid(
+                        "max_planning",
+                        format!("{text:?} is not a number from 1 to 1024"),
+                    ));
+                }
+            },
+        };
+        let planning_queue_timeout =
+            parse_duration(s.planning_queue_timeout.as_deref().unwrap_or("10s"))
+                .map_err(|m| invalid("planning_queue_timeout", m))?;
+
         let secret_key = match s.secret_key.as_deref() {
             None | Some("") => None,
             Some(text) => {
@@ -406,6 +440,8 @@ impl Config {
             max_workflows,
             platform,
             max_body_size,
+            max_planning,
+            planning_queue_timeout,
             secret_key,
             log_format,
             log,
@@ -451,6 +487,20 @@ mod tests {
         );
         assert_eq!(c.backend, BackendKind::Local);
         assert_eq!(c.max_body_size, 4 << 20);
+        assert!(c.max_planning >= 1);
+        assert_eq!(c.planning_queue_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn planning_settings() {
+        let c = Config::from_settings(&Settings {
+            max_planning: Some("3".into()),
+            planning_queue_timeout: Some("250ms".into()),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.max_planning, 3);
+        assert_eq!(c.planning_queue_timeout, Duration::from_millis(250));
     }
 
     #[test]
@@ -527,6 +577,20 @@ mod tests {
                     ..settings()
                 },
                 "--log-format (PICULET_LOG_FORMAT): \"xml\" is not a log format; use text or json",
+            ),
+            (
+                Settings {
+                    max_planning: Some("0".into()),
+                    ..settings()
+                },
+                "--max-planning (PICULET_MAX_PLANNING): \"0\" is not a number from 1 to 1024",
+            ),
+            (
+                Settings {
+                    planning_queue_timeout: Some("soon".into()),
+                    ..settings()
+                },
+                "--planning-queue-timeout (PICULET_PLANNING_QUEUE_TIMEOUT): \"soon\" is not a duration (expected number at 0); write e.g. 30s, 10m or 1h",
             ),
         ];
         for (s, expected) in cases {

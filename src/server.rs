@@ -40,6 +40,8 @@ pub struct App {
     pub engine: Engine,
     /// Cancel to shut down: the engine stops claiming and SSE streams end.
     pub shutdown: CancellationToken,
+    /// The slots the API parses and plans in, shared with the router.
+    pub cpu: api::cpu::CpuPool,
 }
 
 async fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
@@ -89,6 +91,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
         shutdown.clone(),
     );
     Ok(App {
+        cpu: state.cpu.clone(),
         router: api::router(state),
         store,
         engine,
@@ -103,6 +106,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         store,
         engine,
         shutdown,
+        ..
     } = app(config).await?;
     let listener = TcpListener::bind(addr)
         .await

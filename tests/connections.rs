@@ -1,8 +1,9 @@
 //! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
 //! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
 //! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
+//! Planning waits for a slot, and nothing else does.
 //! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
-//! other test here opens no stream.
+//! other tests here open no stream.
 
 mod common;
 
@@ -220,4 +221,171 @@ async fn other_requests_keep_hyper_keep_alive_and_bodies_in_pieces() {
     assert_eq!(answer.matches("HTTP/1.1 ").count(), 2, "{answer}");
     assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert_eq!(app.pipeline_count().await, 1);
+}
+
+/// A server with no engine whose planning slots the test can take: it runs work of its own in
+/// them, as a slow submission would.
+struct Planner {
+    base: String,
+    cpu: piculet::api::cpu::CpuPool,
+    shutdown: tokio_util::sync::CancellationToken,
+    data_dir: std::path::PathBuf,
+    client: reqwest::Client,
+}
+
+impl Planner {
+    async fn start(max_planning: &str, queue_timeout: &str) -> Planner {
+        let data_dir = std::env::temp_dir().join(format!("piculet-test-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let settings = piculet::config::Settings {
+            listen: Some("127.0.0.1:0".into()),
+            database_url: Some(common::fresh_database(Db::Sqlite, &data_dir).await),
+            data_dir: Some(data_dir.display().to_string()),
+            api_tokens: Some(TOKEN.into()),
+            max_planning: Some(max_planning.into()),
+            planning_queue_timeout: Some(queue_timeout.into()),
+            ..Default::default()
+        };
+        let config = piculet::config::Config::from_settings(&settings).unwrap();
+        let app = piculet::server::app(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = app.shutdown.clone();
+        tokio::spawn(piculet::http1::serve(listener, app.router, {
+            let shutdown = shutdown.clone();
+            async move { shutdown.cancelled().await }
+        }));
+        Planner {
+            base,
+            cpu: app.cpu,
+            shutdown,
+            data_dir,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Takes `n` slots with work that runs until the returned senders are dropped; returns
+    /// once all of it runs.
+    async fn hold(&self, n: usize) -> Vec<std::sync::mpsc::Sender<()>> {
+        let (started, mut running) = tokio::sync::mpsc::unbounded_channel();
+        let mut releases = Vec::new();
+        for _ in 0..n {
+            let (release, held) = std::sync::mpsc::channel::<()>();
+            releases.push(release);
+            let (cpu, started) = (self.cpu.clone(), started.clone());
+            tokio::spawn(async move {
+                cpu.run(move || {
+                    started.send(()).unwrap();
+                    // Until the sender is dropped.
+                    let _ = held.recv_timeout(Duration::from_secs(60));
+                })
+                .await
+            });
+        }
+        for _ in 0..n {
+            running.recv().await.unwrap();
+        }
+        releases
+    }
+
+    fn post(&self, path: &str, yaml: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+            .body(yaml.to_string())
+    }
+
+    async fn get_status(&self, path: &str) -> u16 {
+        let get = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send();
+        tokio::time::timeout(Duration::from_secs(5), get)
+            .await
+            .unwrap_or_else(|_| panic!("{path} waited on planning"))
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for Planner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+const SMALL_PIPELINE: &str = "steps:\n  - name: build\n    image: alpine\n    commands: [make]\n";
+
+#[tokio::test]
+async fn planning_waits_for_a_slot_and_nothing_else_does() {
+    let planner = Planner::start("2", "30s").await;
+    let releases = planner.hold(2).await;
+    let lint = tokio::spawn(planner.post("/api/v1/lint", SMALL_PIPELINE).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!lint.is_finished(), "the lint did not wait for a slot");
+
+    for path in ["/api/v1/healthz", "/api/v1/readyz", "/api/v1/pipelines"] {
+        assert_eq!(planner.get_status(path).await, 200, "{path}");
+    }
+    assert!(!lint.is_finished(), "the lint still waits");
+
+    drop(releases);
+    let answer = tokio::time::timeout(Duration::from_secs(10), lint)
+        .await
+        .expect("a freed slot takes the waiting lint")
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let report: Value = answer.json().await.unwrap();
+    assert_eq!(report["valid"], true, "{report}");
+}
+
+#[tokio::test]
+async fn planning_refuses_when_no_slot_frees_in_time() {
+    let planner = Planner::start("1", "100ms").await;
+    let releases = planner.hold(1).await;
+    for path in ["/api/v1/render", "/api/v1/pipelines", "/api/v1/lint"] {
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            planner.post(path, SMALL_PIPELINE).send(),
+        )
+        .await
+        .expect("refused after the queue timeout")
+        .unwrap();
+        assert_eq!(
+            refused.headers()[reqwest::header::RETRY_AFTER],
+            "1",
+            "{path}"
+        );
+        let problem = common::expect_problem(refused, 503, "busy").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("PICULET_MAX_PLANNING"), "{detail}");
+    }
+    let page: Value = planner
+        .client
+        .get(format!("{}/api/v1/pipelines", planner.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        page["items"],
+        serde_json::json!([]),
+        "the refused submission stored nothing"
+    );
+
+    drop(releases);
+    let created = planner
+        .post("/api/v1/pipelines", SMALL_PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "with the slot free again");
 }

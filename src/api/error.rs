@@ -61,6 +61,23 @@ pub enum ApiError {
     /// 503: a dependency (the database) does not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: every planning slot stayed taken for the whole queue timeout.
+    #[error(
+        "all {slots} planning slot{} (PICULET_MAX_PLANNING) stayed busy for {}; retry after the \
+         Retry-After seconds, or ask the administrator to raise PICULET_MAX_PLANNING or \
+         PICULET_PLANNING_QUEUE_TIMEOUT",
+        if *.slots == 1 { "" } else { "s" },
+        humantime::format_duration(*.waited)
+    )]
+    Busy {
+        slots: usize,
+        waited: std::time::Duration,
+        /// Seconds, for `Retry-After`.
+        retry_after: u64,
+    },
+    /// 500: a fault of piculet's other than the store's (a panic in planning), logged.
+    #[error("{0}")]
+    Fault(String),
     /// 500: a fault of piculet's, logged; the client sees no internals.
     #[error(transparent)]
     Internal(#[from] StoreError),
@@ -154,7 +171,12 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
-            ApiError::Internal(_) => (
+            ApiError::Busy { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too many submissions being planned",
+            ),
+            ApiError::Internal(_) | ApiError::Fault(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
                 "Internal error",
@@ -165,7 +187,7 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
         let detail = match self {
-            ApiError::Internal(_) => {
+            ApiError::Internal(_) | ApiError::Fault(_) => {
                 "piculet could not complete the request; the server log has the details, under this response's x-request-id".to_string()
             }
             other => other.to_string(),
@@ -193,9 +215,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(e) = &self {
+        match &self {
             // Logged here, once, inside the request's span.
-            tracing::error!(error = %e, "request failed");
+            ApiError::Internal(e) => tracing::error!(error = %e, "request failed"),
+            ApiError::Fault(e) => tracing::error!(error = %e, "request failed"),
+            _ => {}
         }
         let problem = self.problem();
         let status =
@@ -209,6 +233,9 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"piculet\""),
             );
+        }
+        if let ApiError::Busy { retry_after, .. } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
     }

@@ -3,11 +3,13 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
 use super::body::{RawBody, parse_submission};
+use super::cpu;
 use super::error::{ApiError, Problem};
 use crate::pipeline::Diagnostic;
 use crate::submission::Submission;
@@ -48,6 +50,7 @@ pub struct LintResult {
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A JSON submission of the wrong shape", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -55,8 +58,21 @@ pub async fn lint(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    // The answer is serialized there too: a report of every error can be large.
+    let work_state = state.clone();
+    cpu::run(&state, move || {
+        lint_body(&work_state, &headers, &body).into_response()
+    })
+    .await
+}
+
+fn lint_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Json<LintResult>, ApiError> {
-    let parsed = parse_submission(&headers, &body)?;
+    let parsed = parse_submission(headers, body)?;
     let report = parsed.submission.lint(&state.config.platform);
     Ok(Json(LintResult {
         valid: report.errors.is_empty(),

@@ -1,7 +1,9 @@
 //! The HTTP API under `/api/v1`: routing, authentication, request ids and tracing. Handlers
-//! are thin: they parse, call the domain and map errors once through [`error::ApiError`].
+//! are thin: they parse, call the domain (CPU-heavy work in [`cpu`]) and map errors once
+//! through [`error::ApiError`].
 
 mod body;
+pub mod cpu;
 pub mod error;
 mod events;
 pub(crate) mod follow;
@@ -52,6 +54,8 @@ pub struct AppState {
     pub control: Arc<Control>,
     /// Ends every open SSE stream when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Where parsing, validation, planning and rendering run (see [`cpu`]).
+    pub cpu: cpu::CpuPool,
     tokens: Arc<BTreeSet<[u8; 32]>>,
 }
 
@@ -66,6 +70,7 @@ impl AppState {
     ) -> Self {
         // Tokens are compared by digest, so the comparison time says nothing about a token.
         let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
+        let cpu = cpu::CpuPool::new(config.max_planning, config.planning_queue_timeout);
         AppState {
             store,
             backend,
@@ -73,6 +78,7 @@ impl AppState {
             secret_box,
             control,
             shutdown,
+            cpu,
             tokens: Arc::new(tokens),
         }
     }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::body::{RawBody, parse_submission};
+use super::cpu;
 use super::error::{ApiError, Problem, validation};
 use crate::config::BackendKind;
 use crate::model::{Pipeline, PipelineSummary, Status};
@@ -64,6 +65,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid submission, refused by the Kubernetes policy (with the Kubernetes backend), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -73,9 +75,17 @@ pub async fn create_pipeline(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let parsed = parse_submission(&headers, &body)?;
-    let mut new = prepare(&state, &parsed.submission)?;
-    new.idempotency = key.clone().map(|k| (k, parsed.request_hash.clone()));
+    let work_state = state.clone();
+    let planned = cpu::run(&state, move || {
+        plan_body(&work_state, &headers, &body)
+            // A refusal is serialized there too: it lists every error.
+            .map_err(|refused| Box::new(refused.into_response()))
+    });
+    let (mut new, hash) = match planned.await? {
+        Ok(planned) => planned,
+        Err(refused) => return Ok(*refused),
+    };
+    new.idempotency = key.clone().map(|k| (k, hash.clone()));
 
     let (pipeline, replayed) = match state.store.create_pipeline(&new).await? {
         Created::New(p) => (p, false),
@@ -83,7 +93,7 @@ pub async fn create_pipeline(
             pipeline,
             request_hash,
         } => {
-            if request_hash.as_deref() != Some(parsed.request_hash.as_str()) {
+            if request_hash.as_deref() != Some(hash.as_str()) {
                 return Err(ApiError::IdempotencyKeyReused(key.unwrap_or_default()));
             }
             (pipeline, true)
@@ -98,6 +108,17 @@ pub async fn create_pipeline(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
+}
+
+/// Reads and plans a submitted body; returns the pipeline to insert and the request's hash.
+fn plan_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(NewPipeline, String), ApiError> {
+    let parsed = parse_submission(headers, body)?;
+    let new = prepare(state, &parsed.submission)?;
+    Ok((new, parsed.request_hash))
 }
 
 /// Checks and plans a submission, and with the Kubernetes backend applies the policy: a
@@ -137,6 +158,7 @@ fn created(pipeline: Pipeline) -> Response {
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The submission no longer plans (the server's settings changed)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -150,9 +172,13 @@ pub async fn retry_pipeline(
         .pipeline_submission(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    let submission = Submission::restore(kept, sealed.as_deref(), &state.secret_box)
-        .map_err(|e| ApiError::Internal(crate::store::StoreError::Corrupt(e)))?;
-    let mut new = prepare(&state, &submission)?;
+    let work_state = state.clone();
+    let mut new = cpu::run(&state, move || {
+        let submission = Submission::restore(kept, sealed.as_deref(), &work_state.secret_box)
+            .map_err(|e| ApiError::Internal(crate::store::StoreError::Corrupt(e)))?;
+        prepare(&work_state, &submission)
+    })
+    .await??;
     new.retry_of = Some(id);
     let pipeline = match state.store.create_pipeline(&new).await? {
         Created::New(p) | Created::Existing { pipeline: p, .. } => p,

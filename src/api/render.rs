@@ -3,9 +3,11 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 use super::body::{RawBody, parse_submission};
+use super::cpu;
 use super::error::{ApiError, Problem};
 use crate::dry_run::{self, Rendered};
 use crate::submission::Submission;
@@ -32,6 +34,7 @@ use crate::submission::Submission;
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid submission (`validation-failed`) or refused by the policy (`policy-violation`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -39,8 +42,21 @@ pub async fn render(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    // The objects are serialized there too: every pod of every workflow can be large.
+    let work_state = state.clone();
+    cpu::run(&state, move || {
+        render_body(&work_state, &headers, &body).into_response()
+    })
+    .await
+}
+
+fn render_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
 ) -> Result<Json<Rendered>, ApiError> {
-    let parsed = parse_submission(&headers, &body)?;
+    let parsed = parse_submission(headers, body)?;
     let rendered = dry_run::render(
         &parsed.submission,
         &state.config.platform,
