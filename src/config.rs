@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::api::host::HostPattern;
 use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
 
 /// A configuration error: names the setting and says what to change.
@@ -88,6 +89,17 @@ pub struct Settings {
         value_name = "DURATION"
     )]
     pub planning_queue_timeout: Option<String>,
+
+    /// Comma-separated host names (`*.example.com` for the names under one) answered besides
+    /// the loopback names; without API tokens only those are answered, with tokens any name
+    /// unless this is set
+    #[arg(
+        long,
+        env = "PICULET_ALLOWED_HOSTS",
+        global = true,
+        value_name = "HOSTS"
+    )]
+    pub allowed_hosts: Option<String>,
 
     /// Base64 of 32 bytes that encrypt stored secret values; every replica needs the same one
     /// [default: generated once into DATA_DIR/secret.key]
@@ -175,6 +187,8 @@ pub struct Config {
     pub max_planning: usize,
     /// How long a request waits for one of those slots.
     pub planning_queue_timeout: Duration,
+    /// Names answered besides loopback ones (see `api::host`).
+    pub allowed_hosts: Vec<HostPattern>,
     pub secret_key: Option<[u8; 32]>,
     pub log_format: LogFormat,
     pub log: String,
@@ -386,6 +400,9 @@ impl Config {
         let planning_queue_timeout =
             parse_duration(s.planning_queue_timeout.as_deref().unwrap_or("10s"))
                 .map_err(|m| invalid("planning_queue_timeout", m))?;
+        let allowed_hosts =
+            crate::api::host::parse_allowed_hosts(s.allowed_hosts.as_deref().unwrap_or(""))
+                .map_err(|m| invalid("allowed_hosts", m))?;
 
         let secret_key = match s.secret_key.as_deref() {
             None | Some("") => None,
@@ -442,6 +459,7 @@ impl Config {
             max_body_size,
             max_planning,
             planning_queue_timeout,
+            allowed_hosts,
             secret_key,
             log_format,
             log,
@@ -489,18 +507,21 @@ mod tests {
         assert_eq!(c.max_body_size, 4 << 20);
         assert!(c.max_planning >= 1);
         assert_eq!(c.planning_queue_timeout, Duration::from_secs(10));
+        assert!(c.allowed_hosts.is_empty());
     }
 
     #[test]
-    fn planning_settings() {
+    fn planning_and_host_settings() {
         let c = Config::from_settings(&Settings {
             max_planning: Some("3".into()),
             planning_queue_timeout: Some("250ms".into()),
+            allowed_hosts: Some("ci.example.com,*.example.org".into()),
             ..settings()
         })
         .unwrap();
         assert_eq!(c.max_planning, 3);
         assert_eq!(c.planning_queue_timeout, Duration::from_millis(250));
+        assert_eq!(c.allowed_hosts.len(), 2);
     }
 
     #[test]
@@ -591,6 +612,13 @@ mod tests {
                     ..settings()
                 },
                 "--planning-queue-timeout (PICULET_PLANNING_QUEUE_TIMEOUT): \"soon\" is not a duration (expected number at 0); write e.g. 30s, 10m or 1h",
+            ),
+            (
+                Settings {
+                    allowed_hosts: Some("ci.example.com, *".into()),
+                    ..settings()
+                },
+                "--allowed-hosts (PICULET_ALLOWED_HOSTS): \"*\" would answer every name, which is what the check prevents; list the names",
             ),
         ];
         for (s, expected) in cases {

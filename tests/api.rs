@@ -38,6 +38,7 @@ on_both_databases!(
     lint_reports_errors_and_warnings,
     probes_and_documents_are_open,
     every_response_carries_a_request_id,
+    without_tokens_only_loopback_names_are_answered,
 );
 
 async fn submit_yaml_then_read_it_back(db: Db) {
@@ -666,6 +667,74 @@ async fn every_response_carries_a_request_id(db: Db) {
         response.headers()["x-request-id"],
         "trace-me-42",
         "errors too, and a given id is kept"
+    );
+}
+
+/// DNS rebinding: a page whose name now points at 127.0.0.1 reaches a tokenless server, but
+/// its browser still sends that name as `Host`.
+async fn without_tokens_only_loopback_names_are_answered(db: Db) {
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            api_tokens: Some(String::new()),
+            ..Default::default()
+        },
+    )
+    .await;
+    // What the test client sends everywhere else: Host 127.0.0.1:port.
+    let response = app.submit_yaml(PIPELINE).await;
+    assert_eq!(response.status(), 201);
+    for host in ["localhost:8080", "ci.localhost", "[::1]:1"] {
+        let response = app
+            .client
+            .get(app.url("/api/v1/pipelines"))
+            .header(reqwest::header::HOST, host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "Host {host}");
+    }
+
+    let refused = app
+        .client
+        .post(app.url("/api/v1/pipelines"))
+        .header(reqwest::header::HOST, "rebound.example:8080")
+        .header(CONTENT_TYPE, "application/yaml")
+        .body(PIPELINE)
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(refused, 421, "misdirected-request").await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("\"rebound.example\""), "{detail}");
+    assert!(detail.contains("PICULET_ALLOWED_HOSTS"), "{detail}");
+    for path in [
+        "/api/v1/pipelines",
+        "/api/v1/openapi.json",
+        "/api/v1/nowhere",
+    ] {
+        let response = app
+            .client
+            .get(app.url(path))
+            .header(reqwest::header::HOST, "rebound.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 421, "{path}");
+    }
+    // The probes answer any name: Kubernetes sends the pod's IP.
+    let probe = app
+        .client
+        .get(app.url("/api/v1/healthz"))
+        .header(reqwest::header::HOST, "10.1.2.3:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+    assert_eq!(
+        app.pipeline_count().await,
+        1,
+        "the refused submission stored nothing"
     );
 }
 

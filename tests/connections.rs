@@ -1,7 +1,7 @@
 //! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
 //! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
 //! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
-//! Planning waits for a slot, and nothing else does.
+//! Planning waits for a slot, and nothing else does; the `Host` check holds on both writers.
 //! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
 //! other tests here open no stream.
 
@@ -388,4 +388,97 @@ async fn planning_refuses_when_no_slot_frees_in_time() {
         .await
         .unwrap();
     assert_eq!(created.status(), 201, "with the slot free again");
+}
+
+/// Sends `head` (a request head) and reads what the server answers within a few seconds, until
+/// it closes the connection or stops sending.
+async fn answer_to_head(app_addr: &str, head: &str) -> String {
+    let mut stream = TcpStream::connect(app_addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    read_for_a_while(&mut stream).await
+}
+
+/// What arrives until the server closes or is silent for half a second.
+async fn read_for_a_while(stream: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8(answer).unwrap()
+}
+
+#[tokio::test]
+async fn host_names_are_checked_on_both_writers() {
+    let app = TestApp::spawn_api_with(
+        Db::Sqlite,
+        piculet::config::Settings {
+            api_tokens: Some(String::new()),
+            allowed_hosts: Some("ci.example.com, *.build.example".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let list =
+        |host: &str| format!("GET /api/v1/pipelines HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    for (head, status) in [
+        (list("Host: evil.example\r\n"), "421 Misdirected Request"),
+        (list("Host: localhost:8080\r\n"), "200 OK"),
+        (list("Host: 127.0.0.1\r\n"), "200 OK"),
+        (list("Host: ci.example.com:443\r\n"), "200 OK"),
+        (list("Host: one.build.example\r\n"), "200 OK"),
+        (list("Host: build.example\r\n"), "421 Misdirected Request"),
+        (list(""), "400 Bad Request"),
+        (list("Host: localhost\r\nHost: evil.example\r\n"), "400 Bad Request"),
+        // HTTP/1.0 may leave the name out; a browser never does.
+        (
+            "GET /api/v1/pipelines HTTP/1.0\r\n\r\n".to_string(),
+            "200 OK",
+        ),
+        // In absolute form the target names the host, and it is checked too.
+        (
+            "GET http://evil.example/api/v1/pipelines HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_string(),
+            "421 Misdirected Request",
+        ),
+    ] {
+        let answer = answer_to_head(&addr(&app), &head).await;
+        let version = if head.contains("HTTP/1.0") { "1.0" } else { "1.1" };
+        assert!(
+            answer.starts_with(&format!("HTTP/{version} {status}\r\n")),
+            "{head}\n->\n{answer}"
+        );
+        if !status.starts_with("200") {
+            assert!(answer.contains("application/problem+json"), "{answer}");
+        }
+    }
+
+    // An event stream is answered by the lean writer, through the same check.
+    let (head, body) = exchange(
+        &app,
+        &format!(
+            "GET /api/v1/steps/{}/logs HTTP/1.1\r\nHost: evil.example\r\nAccept: text/event-stream\r\n\r\n",
+            uuid::Uuid::now_v7()
+        ),
+    )
+    .await;
+    assert!(
+        head.starts_with("http/1.1 421 misdirected request\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains("connection: close\r\n"),
+        "the lean writer's: {head}"
+    );
+    let problem: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(problem["type"], "urn:piculet:problem:misdirected-request");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"evil.example\""),
+        "{problem}"
+    );
 }

@@ -61,6 +61,9 @@ pub enum ApiError {
     /// 503: a dependency (the database) does not answer.
     #[error("{0}")]
     Unavailable(String),
+    /// 421: a `Host` this server does not answer to (see `api::host`).
+    #[error("{0}")]
+    MisdirectedRequest(String),
     /// 503: every planning slot stayed taken for the whole queue timeout.
     #[error(
         "all {slots} planning slot{} (PICULET_MAX_PLANNING) stayed busy for {}; retry after the \
@@ -170,6 +173,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            ApiError::MisdirectedRequest(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected-request",
+                "Host not served",
             ),
             ApiError::Busy { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,

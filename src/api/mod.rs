@@ -1,6 +1,6 @@
-//! The HTTP API under `/api/v1`: routing, authentication, request ids and tracing. Handlers
-//! are thin: they parse, call the domain (CPU-heavy work in [`cpu`]) and map errors once
-//! through [`error::ApiError`].
+//! The HTTP API under `/api/v1`: routing, the `Host` check, authentication, request ids and
+//! tracing. Handlers are thin: they parse, call the domain (CPU-heavy work in [`cpu`]) and map
+//! errors once through [`error::ApiError`].
 
 mod body;
 pub mod cpu;
@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 pub(crate) mod follow;
 mod health;
+pub mod host;
 mod lint;
 mod logs;
 pub mod metrics;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Where parsing, validation, planning and rendering run (see [`cpu`]).
     pub cpu: cpu::CpuPool,
+    /// The names this server answers to (see [`host`]).
+    hosts: host::HostPolicy,
     tokens: Arc<BTreeSet<[u8; 32]>>,
 }
 
@@ -71,6 +74,7 @@ impl AppState {
         // Tokens are compared by digest, so the comparison time says nothing about a token.
         let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
         let cpu = cpu::CpuPool::new(config.max_planning, config.planning_queue_timeout);
+        let hosts = host::HostPolicy::new(!config.api_tokens.is_empty(), &config.allowed_hosts);
         AppState {
             store,
             backend,
@@ -79,6 +83,7 @@ impl AppState {
             control,
             shutdown,
             cpu,
+            hosts,
             tokens: Arc::new(tokens),
         }
     }
@@ -89,7 +94,8 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 /// Checks the bearer token when tokens are configured. Without tokens the server only listens
-/// on loopback (see [`Config`]), and every local caller is trusted.
+/// on loopback (see [`Config`]) and answers only loopback names (see [`host`]), and every local
+/// caller is trusted.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if state.tokens.is_empty() {
         return next.run(request).await;
@@ -143,7 +149,7 @@ pub fn router(state: AppState) -> Router {
     let api = protected
         .merge(open)
         .method_not_allowed_fallback(no_method)
-        .with_state(state);
+        .with_state(state.clone());
 
     Router::new()
         .nest("/api/v1", api)
@@ -153,6 +159,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(body::BodyLimit(limit)))
+        // Before anything else looks at the request: a name not served.
+        .layer(middleware::from_fn_with_state(state, host::check_host))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

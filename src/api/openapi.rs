@@ -1,9 +1,10 @@
 //! The OpenAPI document, generated from the handlers and types by utoipa.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, events, health, lint, logs, metrics, pipelines, render};
+use super::{error, events, health, host, lint, logs, metrics, pipelines, render};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,7 +29,7 @@ use super::{error, events, health, lint, logs, metrics, pipelines, render};
         metrics::metrics,
     ),
     components(schemas(error::Problem, crate::pipeline::Diagnostic, logs::LogEnd, crate::model::Event)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &MisdirectedRequest),
     tags(
         (name = "pipelines", description = "Submit, inspect, follow, cancel and retry pipelines"),
         (name = "logs", description = "Step logs, stored and live"),
@@ -46,6 +47,43 @@ impl Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
             );
+        }
+    }
+}
+
+/// Every operation but the probes is refused with 421 for a `Host` the server does not answer
+/// to; said once here rather than on every handler.
+struct MisdirectedRequest;
+
+impl Modify for MisdirectedRequest {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let response = ResponseBuilder::new()
+            .description(
+                "A Host this server does not answer to: without API tokens, a name other than a \
+                 loopback one or one of PICULET_ALLOWED_HOSTS",
+            )
+            .content(
+                error::PROBLEM_JSON,
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if host::PROBES.contains(&path.as_str()) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .insert("421".into(), response.clone().into());
+            }
         }
     }
 }
