@@ -1,7 +1,8 @@
 //! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
 //! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
 //! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
-//! Planning waits for a slot, and nothing else does; the `Host` check holds on both writers.
+//! Planning waits for a slot, and nothing else does; the `Host` check holds on both writers;
+//! a body announced over the limit is refused before it is sent, `Expect: 100-continue` or not.
 //! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
 //! other tests here open no stream.
 
@@ -481,4 +482,52 @@ async fn host_names_are_checked_on_both_writers() {
             .contains("\"evil.example\""),
         "{problem}"
     );
+}
+
+#[tokio::test]
+async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
+    let app = TestApp::spawn_api(Db::Sqlite).await;
+    let post = |extra: &str, length: usize| {
+        format!(
+            "POST /api/v1/lint HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/yaml\r\nContent-Length: {length}\r\n{extra}\r\n"
+        )
+    };
+
+    // Told to wait for 100 Continue, the client sends nothing; the answer is 413 at once.
+    for head in [
+        post("Expect: 100-continue\r\n", 1_000_000_000),
+        // Without Expect, before the body comes.
+        post("", 1_000_000_000),
+        // A request the lean writer would take but for its body: hyper's, and refused alike.
+        format!(
+            "GET /api/v1/steps/{}/logs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\nExpect: 100-continue\r\nContent-Length: 1000000000\r\n\r\n",
+            uuid::Uuid::now_v7()
+        ),
+    ] {
+        let answer = answer_to_head(&addr(&app), &head).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{head}\n->\n{answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{answer}");
+        assert!(
+            answer.contains("urn:piculet:problem:payload-too-large"),
+            "{answer}"
+        );
+        assert!(answer.contains("4194304 bytes"), "the limit: {answer}");
+    }
+
+    // Within the limit, the client is told to go on, and its body is read.
+    let body = "steps:\n  - name: build\n    image: alpine\n    commands: [make]\n";
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    stream
+        .write_all(post("Expect: 100-continue\r\nConnection: close\r\n", body.len()).as_bytes())
+        .await
+        .unwrap();
+    let go_on = read_for_a_while(&mut stream).await;
+    assert_eq!(go_on, "HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let answer = read_for_a_while(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains(r#""valid":true"#), "{answer}");
 }

@@ -1,6 +1,6 @@
-//! The HTTP API under `/api/v1`: routing, the `Host` check, authentication, request ids and
-//! tracing. Handlers are thin: they parse, call the domain (CPU-heavy work in [`cpu`]) and map
-//! errors once through [`error::ApiError`].
+//! The HTTP API under `/api/v1`: routing, the `Host` check, the body limit, authentication,
+//! request ids and tracing. Handlers are thin: they parse, call the domain (CPU-heavy work in
+//! [`cpu`]) and map errors once through [`error::ApiError`].
 
 mod body;
 pub mod cpu;
@@ -118,6 +118,24 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
     }
 }
 
+/// Refuses a body announced (by its `Content-Length`) larger than the limit before anything
+/// reads it. Reading is what makes hyper answer `Expect: 100-continue` with `100 Continue`, so
+/// such a client hears 413 instead and sends nothing; any other client is spared sending
+/// megabytes only to have them refused. A body without a length is held to the limit as it
+/// is read ([`DefaultBodyLimit`]).
+async fn refuse_oversized_body(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    let limit = state.config.max_body_size;
+    if request.body().size_hint().lower() > limit as u64 {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    }
+    next.run(request).await
+}
+
 async fn no_route() -> ApiError {
     ApiError::NotFound("no such route; the API document is at /api/v1/openapi.json".into())
 }
@@ -159,7 +177,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(body::BodyLimit(limit)))
-        // Before anything else looks at the request: a name not served.
+        // Before anything else looks at the request: a name not served, then a body too big.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized_body,
+        ))
         .layer(middleware::from_fn_with_state(state, host::check_host))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
