@@ -260,6 +260,7 @@ impl Submission {
                 );
             }
         }
+        errors.extend(crate::repo::check(self.repo.as_ref(), &self.variables));
         errors
     }
 
