@@ -952,9 +952,10 @@ fn clone_plan(
     let r#ref = setting("ref")?.or_else(|| from_env("CI_COMMIT_REF"));
     let depth = match setting("depth")? {
         None => 1,
+        // The value is not repeated: it may come from a secret, and a reason is not masked.
         Some(d) => d.parse::<u32>().map_err(|_| {
             BackendError::Refused(format!(
-                "clone step {:?}: setting \"depth\" must be a whole number, not {d:?}",
+                "clone step {:?}: setting \"depth\" must be a whole number",
                 spec.name
             ))
         })?,
