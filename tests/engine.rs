@@ -335,6 +335,7 @@ steps:
     commands:
       - echo \"plain $TOKEN\"
       - printf '%s' \"$TOKEN\" | base64
+      - printf 'user:%s' \"$TOKEN\" | base64
       - python3 -c \"import os, urllib.parse; print(urllib.parse.quote(os.environ['TOKEN'], safe=''))\"
 "}],
             "secrets": [{"name": "token", "value": secret}]
@@ -345,10 +346,13 @@ steps:
     assert_eq!(done["status"], "success", "{done:#}");
     let step = step_id(&done, "leak");
     let url = "s3cr3t%20V%40lue%2F42";
-    let forms = [secret, b64.as_str(), url];
+    // HTTP Basic: the characters of base64("user:" + secret) that come from the secret alone.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{secret}"));
+    let basic_core = &basic[7..(8 * (5 + secret.len())) / 6];
+    let forms = [secret, b64.as_str(), url, basic_core];
 
     let log = log_text(&app, &step).await;
-    assert_eq!(log.matches("********").count(), 3, "{log}");
+    assert_eq!(log.matches("********").count(), 4, "{log}");
     let sse: String = read_log_events(&app, &step, None, None)
         .await
         .into_iter()
