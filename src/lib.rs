@@ -13,6 +13,7 @@ pub mod hub;
 pub mod k8s;
 pub mod model;
 pub mod pipeline;
+pub mod repo;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -260,6 +260,7 @@ impl Submission {
                 );
             }
         }
+        errors.extend(crate::repo::check(self.repo.as_ref(), &self.variables));
         errors
     }
 
@@ -451,7 +452,15 @@ pub struct Sealed {
 /// Opens what [`Submission::prepare`] sealed.
 pub fn open_sealed(secret_box: &SecretBox, sealed: &[u8]) -> Result<Sealed, String> {
     let plain = secret_box.open(sealed).map_err(|e| e.to_string())?;
-    serde_json::from_slice(&plain).map_err(|e| format!("sealed secrets are unreadable: {e}"))
+    // Not serde's message, which may quote a secret value.
+    serde_json::from_slice(&plain).map_err(|e| {
+        format!(
+            "sealed secrets are unreadable ({:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })
 }
 
 fn step_kind(kind: pipeline::StepKind) -> StepKind {

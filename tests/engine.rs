@@ -335,6 +335,7 @@ steps:
     commands:
       - echo \"plain $TOKEN\"
       - printf '%s' \"$TOKEN\" | base64
+      - printf 'user:%s' \"$TOKEN\" | base64
       - python3 -c \"import os, urllib.parse; print(urllib.parse.quote(os.environ['TOKEN'], safe=''))\"
 "}],
             "secrets": [{"name": "token", "value": secret}]
@@ -345,10 +346,13 @@ steps:
     assert_eq!(done["status"], "success", "{done:#}");
     let step = step_id(&done, "leak");
     let url = "s3cr3t%20V%40lue%2F42";
-    let forms = [secret, b64.as_str(), url];
+    // HTTP Basic: the characters of base64("user:" + secret) that come from the secret alone.
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("user:{secret}"));
+    let basic_core = &basic[7..(8 * (5 + secret.len())) / 6];
+    let forms = [secret, b64.as_str(), url, basic_core];
 
     let log = log_text(&app, &step).await;
-    assert_eq!(log.matches("********").count(), 3, "{log}");
+    assert_eq!(log.matches("********").count(), 4, "{log}");
     let sse: String = read_log_events(&app, &step, None, None)
         .await
         .into_iter()
@@ -1066,4 +1070,90 @@ async fn odd_output_and_log_queries(db: Db) {
             .unwrap();
         expect_problem(response, 400, "invalid-query").await;
     }
+}
+
+on_both_databases!(a_repository_value_never_runs_as_a_git_option);
+
+/// `repo.ref`, `repo.sha` and `repo.clone_url` are handed to git: an option in one of them is
+/// refused at submission, and the clone script itself does not run one either (a pipeline's
+/// own `clone:` settings are not validated).
+async fn a_repository_value_never_runs_as_a_git_option(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let dir = std::env::temp_dir().join(format!("piculet-hostile-clone-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("ran");
+    let hostile = format!("--upload-pack=touch {}", marker.display());
+    let url = "https://example.com/acme/api.git";
+    let config = json!([{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [ls]\n"}]);
+    for (pointer, repo) in [
+        ("/repo/ref", json!({"clone_url": url, "ref": hostile})),
+        ("/repo/sha", json!({"clone_url": url, "sha": hostile})),
+        (
+            "/repo/clone_url",
+            json!({"clone_url": hostile, "ref": "main"}),
+        ),
+        (
+            "/repo/clone_url",
+            json!({"clone_url": "ext::sh -c touch% /tmp/x"}),
+        ),
+        ("/repo/clone_url", json!({"clone_url": "file:///etc"})),
+    ] {
+        let response = app
+            .submit_json(&json!({"configs": config, "repo": repo}))
+            .await;
+        let body = expect_problem(response, 422, "validation-failed").await;
+        let errors = body["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{body:#}");
+        assert_eq!(errors[0]["pointer"], pointer, "{body:#}");
+        assert!(!body.to_string().contains("upload-pack"), "{body:#}");
+    }
+    // Lint agrees with submission.
+    let lint = app
+        .post("/api/v1/lint")
+        .json(&json!({"configs": config, "repo": {"clone_url": url, "ref": hostile}}))
+        .send()
+        .await
+        .unwrap();
+    let lint: Value = lint.json().await.unwrap();
+    assert_eq!(lint["valid"], false, "{lint:#}");
+    assert_eq!(lint["errors"][0]["pointer"], "/repo/ref", "{lint:#}");
+    assert_eq!(app.pipeline_count().await, 0, "nothing is stored");
+
+    // A repository to clone from, and a pipeline whose own clone step asks for the option.
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q", "src"]);
+    std::fs::write(dir.join("src/hello.txt"), "hello\n").unwrap();
+    git(&["-C", "src", "add", "hello.txt"]);
+    git(&["-C", "src", "commit", "-q", "-m", "one"]);
+    git(&["clone", "-q", "--bare", "src", "bare.git"]);
+    let yaml = format!(
+        "\
+clone:
+  - name: clone
+    image: woodpeckerci/plugin-git
+    settings:
+      remote: '{}'
+      ref: '{hostile}'
+      sha: '{hostile}'
+steps:
+  - name: build
+    image: alpine
+    commands: [cat hello.txt]
+",
+        dir.join("bare.git").display()
+    );
+    let p = submit_yaml(&app, &yaml).await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "failure", "{done:#}");
+    assert_eq!(find_step(&done, "clone").unwrap()["status"], "failure");
+    assert!(!marker.exists(), "the clone step ran the option");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -74,29 +74,11 @@ fn format(headers: &HeaderMap) -> Result<Format, ApiError> {
 }
 
 /// Parses the body by its Content-Type. Malformed JSON is a 400; JSON of the wrong shape
-/// (an unknown field, a wrong type) is a 422 with its line and column.
+/// (an unknown field, a wrong type) is a 422 with its pointer, line and column.
 pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<ParsedSubmission, ApiError> {
     let format = format(headers)?;
     let submission = match format {
-        Format::Json => serde_json::from_slice::<Submission>(body).map_err(|e| {
-            use serde_json::error::Category;
-            match e.classify() {
-                Category::Data => validation(
-                    vec![Diagnostic {
-                        config: SUBMISSION.into(),
-                        pointer: String::new(),
-                        line: Some(e.line() as u32),
-                        column: Some(e.column() as u32),
-                        message: strip_position(&e.to_string()),
-                    }],
-                    vec![],
-                ),
-                _ => ApiError::MalformedBody(format!(
-                    "the body is not valid JSON: {e}; check the syntax, or send a pipeline file \
-                     with Content-Type: application/yaml"
-                )),
-            }
-        })?,
+        Format::Json => read_json(body)?,
         Format::Yaml => {
             let text = std::str::from_utf8(body).map_err(|_| {
                 ApiError::MalformedBody("the pipeline file is not UTF-8 text".into())
@@ -116,6 +98,129 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<ParsedSubmis
     })
 }
 
+/// A JSON submission. No answer repeats a value of the body: serde quotes the value it could
+/// not take (`invalid type: integer `123456`, expected a string`), and that value may be a
+/// secret; the answer names its place and its JSON type instead.
+fn read_json(body: &[u8]) -> Result<Submission, ApiError> {
+    let malformed = |e: serde_json::Error| {
+        // Syntax errors name a position and what was expected there, never the text.
+        ApiError::MalformedBody(format!(
+            "the body is not valid JSON: {e}; check the syntax, or send a pipeline file with \
+             Content-Type: application/yaml"
+        ))
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let submission = match serde_path_to_error::deserialize::<_, Submission>(&mut de) {
+        Ok(s) => s,
+        Err(e) => {
+            let pointer = json_pointer(e.path());
+            let e = e.into_inner();
+            if e.classify() != serde_json::error::Category::Data {
+                return Err(malformed(e));
+            }
+            return Err(validation(
+                vec![Diagnostic {
+                    config: SUBMISSION.into(),
+                    pointer,
+                    line: Some(e.line() as u32),
+                    column: Some(e.column() as u32),
+                    message: without_value(&strip_position(&e.to_string())),
+                }],
+                vec![],
+            ));
+        }
+    };
+    de.end().map_err(malformed)?;
+    Ok(submission)
+}
+
+/// The RFC 6901 pointer of a serde path; an untracked step ends it at the last known place.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        let token = match segment {
+            Segment::Seq { index } => index.to_string(),
+            Segment::Map { key } => key.clone(),
+            Segment::Enum { variant } => variant.clone(),
+            Segment::Unknown => break,
+        };
+        pointer.push('/');
+        pointer.push_str(&token.replace('~', "~0").replace('/', "~1"));
+    }
+    pointer
+}
+
+/// serde's message about a value that does not fit, with the value left out: what was
+/// expected and the JSON type found. Messages about keys (an unknown, missing or repeated
+/// field) and lengths carry no value and are kept; anything else is replaced whole.
+fn without_value(message: &str) -> String {
+    // The expected part comes from the schema; the value comes before it.
+    let expected = message
+        .rfind(", expected ")
+        .map(|i| json_terms(&message[i + ", expected ".len()..]));
+    for (prefix, what) in [
+        ("invalid type: ", "wrong type"),
+        ("invalid value: ", "invalid value"),
+    ] {
+        if let Some(unexpected) = message.strip_prefix(prefix) {
+            let found = json_type(unexpected);
+            return match expected {
+                Some(expected) => format!("{what}: expected {expected}, found {found}"),
+                None => format!("{what}: found {found}"),
+            };
+        }
+    }
+    if message.starts_with("unknown variant ") {
+        return match expected {
+            Some(expected) => format!("unknown variant: expected {expected}"),
+            None => "unknown variant".into(),
+        };
+    }
+    if [
+        "unknown field ",
+        "missing field ",
+        "duplicate field ",
+        "invalid length ",
+    ]
+    .iter()
+    .any(|p| message.starts_with(p))
+    {
+        return message.to_string();
+    }
+    "this value does not fit the submission's schema (see GET /api/v1/openapi.json)".into()
+}
+
+/// The JSON type of the value serde describes as e.g. "integer `5`" or "string \"x\"".
+fn json_type(unexpected: &str) -> &'static str {
+    let kinds = [
+        ("integer", "a number"),
+        ("floating point", "a number"),
+        ("boolean", "a boolean"),
+        ("string", "a string"),
+        ("character", "a string"),
+        ("map", "an object"),
+        ("sequence", "an array"),
+        ("unit value", "null"),
+        ("null", "null"),
+    ];
+    kinds
+        .iter()
+        .find(|(serde, _)| unexpected.starts_with(serde))
+        .map_or("another type", |(_, json)| json)
+}
+
+/// serde's names for what a field takes, in JSON's terms.
+fn json_terms(expected: &str) -> String {
+    if expected.starts_with("struct ") || expected == "a map" {
+        "an object".into()
+    } else if expected == "a sequence" {
+        "an array".into()
+    } else {
+        expected.to_string()
+    }
+}
+
 /// serde_json appends " at line L column C"; the diagnostic carries those separately.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -132,6 +237,7 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+    use serde_json::json;
 
     fn headers(content_type: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -174,11 +280,136 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(errors[0].line, Some(1));
+        assert_eq!(errors[0].pointer, "/bogus");
         assert!(
             errors[0].message.starts_with("unknown field `bogus`"),
             "{}",
             errors[0].message
         );
+    }
+
+    /// The whole answer, as a client would read it.
+    fn answer(body: &serde_json::Value) -> (ApiError, String) {
+        let err = parse_submission(&headers("application/json"), body.to_string().as_bytes())
+            .err()
+            .expect("refused");
+        let text = serde_json::to_string(&err.problem()).unwrap();
+        (err, text)
+    }
+
+    #[test]
+    fn secret_values_of_any_type_are_never_echoed() {
+        let config = json!([{"name": "ci", "content": "steps: []"}]);
+        let cases = [
+            (json!(123456), Some("123456"), "a number"),
+            (json!(-98765.4321), Some("98765"), "a number"),
+            (json!(true), Some("true"), "a boolean"),
+            (json!({"k": "obj-s3cret"}), Some("obj-s3cret"), "an object"),
+            (json!(["arr-s3cret"]), Some("arr-s3cret"), "an array"),
+            // null is a type, not a value: the answer may say "null".
+            (json!(null), None, "null"),
+        ];
+        for (value, shown, found) in cases {
+            for (body, pointer) in [
+                (
+                    json!({"configs": config, "secrets": [{"name": "x", "value": value}]}),
+                    "/secrets/0/value",
+                ),
+                (
+                    json!({"configs": config, "registries": [
+                        {"address": "r.example.com", "username": "u", "password": value}
+                    ]}),
+                    "/registries/0/password",
+                ),
+            ] {
+                let (err, text) = answer(&body);
+                if let Some(shown) = shown {
+                    assert!(!text.contains(shown), "{shown} echoed: {text}");
+                }
+                let ApiError::Validation { errors, .. } = err else {
+                    panic!("{text}")
+                };
+                assert_eq!(errors[0].pointer, pointer, "{text}");
+                assert_eq!(
+                    errors[0].message,
+                    format!("wrong type: expected a string, found {found}")
+                );
+            }
+        }
+        // A string where an object belongs, with a quote and a backslash in it.
+        let secret = r#"qu"ote\s3cret"#;
+        let (err, text) = answer(&json!({"configs": config, "secrets": [secret]}));
+        for form in [secret, r#"qu\"ote"#, "s3cret"] {
+            assert!(!text.contains(form), "{form} echoed: {text}");
+        }
+        let ApiError::Validation { errors, .. } = err else {
+            panic!("{text}")
+        };
+        assert_eq!(errors[0].pointer, "/secrets/0");
+        assert_eq!(
+            errors[0].message,
+            "wrong type: expected an object, found a string"
+        );
+        // A well-typed secret next to an error elsewhere is not repeated either.
+        let (_, text) = answer(&json!({
+            "configs": config,
+            "secrets": [{"name": "x", "value": secret}],
+            "timeout": 5
+        }));
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("/timeout"), "{text}");
+    }
+
+    #[test]
+    fn pointers_name_the_place_and_escape_keys() {
+        let (err, _) = answer(&json!({"configs": [], "labels": {"a/b~c": 1}}));
+        let ApiError::Validation { errors, .. } = err else {
+            panic!()
+        };
+        assert_eq!(errors[0].pointer, "/labels/a~1b~0c");
+        assert_eq!(errors[0].line, Some(1));
+    }
+
+    #[test]
+    fn syntax_errors_are_malformed_and_quote_nothing() {
+        for body in [
+            &br#"{"secrets": [{"name": "x", "value": "s3cret\q"}]}"#[..],
+            br#"{"secrets": [{"name": "x", "value": "s3cret"}]} trailing-s3cret"#,
+            br#"{"secrets": [{"name": "x", "value": "s3cret"#,
+        ] {
+            let err = parse_submission(&headers("application/json"), body)
+                .err()
+                .unwrap();
+            let ApiError::MalformedBody(message) = &err else {
+                panic!("{err:?}")
+            };
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+    }
+
+    #[test]
+    fn serde_messages_lose_their_values() {
+        assert_eq!(
+            without_value("invalid type: string \"a, expected b\", expected a sequence"),
+            "wrong type: expected an array, found a string"
+        );
+        assert_eq!(
+            without_value("invalid value: integer `7`, expected a positive number"),
+            "invalid value: expected a positive number, found a number"
+        );
+        assert_eq!(
+            without_value("unknown variant `s3cret`, expected `a` or `b`"),
+            "unknown variant: expected `a` or `b`"
+        );
+        for kept in [
+            "unknown field `bogus`, expected `name` or `value`",
+            "missing field `name`",
+            "duplicate field `name`",
+            "invalid length 3, expected 2 elements",
+        ] {
+            assert_eq!(without_value(kept), kept);
+        }
+        assert!(!without_value("s3cret is bad").contains("s3cret"));
     }
 
     #[test]

@@ -909,10 +909,15 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// How the clone step runs with the host's `git`.
+///
+/// The values come from the pipeline's clone settings or the submission (validated there, see
+/// [`crate::repo`]), but the script does not rely on it: each value is passed as a variable
+/// rather than pasted into the script, so the shell never parses it, and after
+/// `--end-of-options` (git 2.24 or later; an older git refuses the script instead), so git never
+/// reads it as an option such as `--upload-pack=<command>`.
 struct ClonePlan {
     commands: Vec<String>,
-    /// The values the commands refer to, passed as variables rather than pasted into the
-    /// script: a ref or URL from a submission is never parsed by the shell.
+    /// The values the commands refer to.
     env: BTreeMap<String, String>,
     notices: Vec<String>,
 }
@@ -947,9 +952,10 @@ fn clone_plan(
     let r#ref = setting("ref")?.or_else(|| from_env("CI_COMMIT_REF"));
     let depth = match setting("depth")? {
         None => 1,
+        // The value is not repeated: it may come from a secret, and a reason is not masked.
         Some(d) => d.parse::<u32>().map_err(|_| {
             BackendError::Refused(format!(
-                "clone step {:?}: setting \"depth\" must be a whole number, not {d:?}",
+                "clone step {:?}: setting \"depth\" must be a whole number",
                 spec.name
             ))
         })?,
@@ -975,20 +981,23 @@ fn clone_plan(
     let mut env = BTreeMap::from([("PICULET_CLONE_REMOTE".to_string(), remote)]);
     let mut commands = vec![
         "git init -q".to_string(),
-        r#"git config remote.origin.url "$PICULET_CLONE_REMOTE""#.to_string(),
+        r#"git config --end-of-options remote.origin.url "$PICULET_CLONE_REMOTE""#.to_string(),
     ];
     match (sha, r#ref) {
         (Some(sha), r#ref) => {
             // Fetching a commit by its id needs the server's consent (GitHub and GitLab give
             // it); otherwise the whole ref is fetched, which holds the commit.
-            let mut fetch = format!(r#"git fetch{depth_arg} origin "$PICULET_CLONE_SHA""#);
+            let mut fetch =
+                format!(r#"git fetch{depth_arg} --end-of-options origin "$PICULET_CLONE_SHA""#);
             if let Some(r#ref) = r#ref {
-                fetch.push_str(r#" || git fetch origin "$PICULET_CLONE_REF""#);
+                fetch.push_str(r#" || git fetch --end-of-options origin "$PICULET_CLONE_REF""#);
                 env.insert("PICULET_CLONE_REF".to_string(), r#ref);
             }
             env.insert("PICULET_CLONE_SHA".to_string(), sha);
             commands.push(fetch);
-            commands.push(r#"git checkout -q "$PICULET_CLONE_SHA""#.to_string());
+            // The trailing `--`: the commit is a revision, never a path.
+            commands
+                .push(r#"git checkout -q --end-of-options "$PICULET_CLONE_SHA" --"#.to_string());
         }
         (None, r#ref) => {
             env.insert(
@@ -996,7 +1005,7 @@ fn clone_plan(
                 r#ref.unwrap_or_else(|| "HEAD".to_string()),
             );
             commands.push(format!(
-                r#"git fetch{depth_arg} origin "$PICULET_CLONE_REF""#
+                r#"git fetch{depth_arg} --end-of-options origin "$PICULET_CLONE_REF""#
             ));
             commands.push("git checkout -q FETCH_HEAD".to_string());
         }
@@ -1757,6 +1766,90 @@ mod tests {
             f.backend.start_step(&f.wf, &step_run(s)).await,
             Err(BackendError::Refused(_))
         ));
+    }
+
+    /// Values that would run a command if git read them as options: the clone script must
+    /// fail without running any, even if a submission's validation were bypassed (a pipeline's
+    /// own clone settings are not validated at all).
+    #[tokio::test]
+    async fn hostile_clone_values_never_run_as_options() {
+        let f = fixture().await;
+        let (repo, first, branch) = test_repo(&f.dir.0);
+        let bare = f.dir.0.join("bare.git");
+        git(
+            &f.dir.0,
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                &repo.display().to_string(),
+                "bare.git",
+            ],
+        );
+        let remote = bare.display().to_string();
+        let marker = |name: &str| f.dir.0.join(name);
+        let option = |name: &str| format!("--upload-pack=touch {}", marker(name).display());
+        let cases: Vec<(&str, Vec<(&str, String)>)> = vec![
+            (
+                "ref",
+                vec![("remote", remote.clone()), ("ref", option("ref"))],
+            ),
+            (
+                "sha",
+                vec![("remote", remote.clone()), ("sha", option("sha"))],
+            ),
+            (
+                "sha-then-ref",
+                vec![
+                    ("remote", remote.clone()),
+                    ("sha", option("sha-then-ref")),
+                    ("ref", option("sha-then-ref")),
+                ],
+            ),
+            (
+                "checkout",
+                // A fetch that works, then a checkout of an option-like commit.
+                vec![
+                    ("remote", remote.clone()),
+                    ("ref", branch.clone()),
+                    ("sha", "--orphan=x".to_string()),
+                ],
+            ),
+            (
+                "remote",
+                vec![("remote", option("remote")), ("ref", branch.clone())],
+            ),
+        ];
+        for (name, settings) in cases {
+            let settings: Vec<(&str, &str)> =
+                settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (lines, exit) = run(&f, clone_spec(&settings)).await;
+            assert_ne!(exit, exited(0), "{name}: {lines:?}");
+            assert!(!marker(name).exists(), "{name}: the option ran: {lines:?}");
+        }
+        // The same script with ordinary values still clones from the bare repository.
+        let s = clone_spec(&[("remote", &remote), ("ref", &branch), ("sha", &first)]);
+        let (lines, exit) = run(&f, s).await;
+        assert_eq!(exit, exited(0), "{lines:?}");
+        let workspace = f.backend.workspace_dir(&f.wf).unwrap();
+        assert_eq!(git(&workspace, &["rev-parse", "HEAD"]), first);
+    }
+
+    /// Without `--end-of-options` the same value does run: the test above would catch a script
+    /// that lost it.
+    #[test]
+    fn the_hostile_ref_runs_when_git_reads_it_as_an_option() {
+        let dir = TempDir::new();
+        let (repo, _, _) = test_repo(&dir.0);
+        let marker = dir.0.join("ran");
+        let out = std::process::Command::new("git")
+            .args(["fetch", &repo.display().to_string()])
+            .arg(format!("--upload-pack=touch {}", marker.display()))
+            .current_dir(&repo)
+            .output()
+            .expect("git");
+        assert!(!out.status.success());
+        assert!(marker.exists(), "{out:?}");
     }
 
     #[test]

@@ -40,13 +40,21 @@ fn setting_error(pairs: &[(&str, &str)]) -> String {
 }
 
 fn plan_with(yaml: &str, secrets: &[&str], repo: bool) -> WorkflowPlan {
-    let ctx = Context {
-        secret_names: secrets.iter().map(|s| s.to_string()).collect(),
-        repo: repo.then(|| RepoSpec {
+    plan_with_repo(
+        yaml,
+        secrets,
+        repo.then(|| RepoSpec {
             clone_url: "https://example.com/acme/api.git".into(),
             r#ref: "refs/heads/main".into(),
-            sha: "0123456789abcdef".into(),
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
         }),
+    )
+}
+
+fn plan_with_repo(yaml: &str, secrets: &[&str], repo: Option<RepoSpec>) -> WorkflowPlan {
+    let ctx = Context {
+        secret_names: secrets.iter().map(|s| s.to_string()).collect(),
+        repo,
         ..Context::default()
     };
     let src = [Source {
@@ -354,6 +362,7 @@ fn defaults_with_clone_service_secret_and_registry() {
         Some("docker.io/woodpeckerci/plugin-git:2.6")
     );
     assert!(clone.command.is_none());
+    assert!(clone.args.is_none());
     assert_eq!(
         env_of(&r, "clone")["PLUGIN_REMOTE"],
         "https://example.com/acme/api.git"
@@ -1341,4 +1350,45 @@ fn pin_to_node_for_read_write_once() {
         serde_json::to_value(&terms).expect("json"),
         serde_json::json!({"nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-1"]}]}]})
     );
+}
+
+/// The repository reaches the clone container as variables of the clone image, never in its
+/// command or arguments, where an option-like value would be read by a program: submission
+/// validation ([`crate::repo`]) keeps such values out, and this keeps them out of the spec
+/// even when they get past it.
+#[test]
+fn repository_values_reach_the_clone_container_only_as_variables() {
+    let hostile = "--upload-pack=touch /tmp/x";
+    let workflow = plan_with_repo(
+        "steps:\n  - name: build\n    image: golang:1.22\n    commands: [go build]\n",
+        &[],
+        Some(RepoSpec {
+            clone_url: hostile.into(),
+            r#ref: hostile.into(),
+            sha: hostile.into(),
+        }),
+    );
+    let mut input = input(workflow);
+    for name in ["CI_REPO_CLONE_URL", "CI_COMMIT_REF", "CI_COMMIT_SHA"] {
+        input.environment.insert(name.into(), hostile.into());
+    }
+    let r = render_ok(&config(&[]), &input);
+    for p in &r.pods {
+        let spec = p.pod.spec.as_ref().expect("spec");
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
+            for word in c.command.iter().chain(c.args.iter()).flatten() {
+                assert!(!word.contains(hostile), "{}: {word:?}", p.step);
+            }
+        }
+    }
+    let clone = container_of(&r, "clone");
+    assert!(clone.command.is_none() && clone.args.is_none());
+    let env = env_of(&r, "clone");
+    for name in ["PLUGIN_REMOTE", "PLUGIN_REF", "PLUGIN_SHA", "CI_COMMIT_REF"] {
+        assert_eq!(env[name], hostile, "{name}");
+    }
 }
