@@ -61,7 +61,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
     let backend = backend(&config).await?;
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
     let control = Arc::new(Control::default());

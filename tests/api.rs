@@ -746,3 +746,118 @@ async fn render_shows_the_objects_and_applies_the_policy(db: Db) {
         "{body:#}"
     );
 }
+
+on_both_databases!(blocked_requests_answer_503_in_time_and_free_their_connection);
+
+/// While the database cannot answer (a table locked on Postgres, the write lock held on
+/// SQLite), a request gives up at its class's timeout with 503 and `Retry-After`, and the
+/// database stops its statement then: the API's only connection serves the next request though
+/// the lock is still held.
+async fn blocked_requests_answer_503_in_time_and_free_their_connection(db: Db) {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            db_api_connections: Some("1".into()),
+            // The write limit under the read limit: on SQLite the statement must stop at its
+            // own deadline, not at the longest one the connection was opened with.
+            db_read_timeout: Some("1s".into()),
+            db_write_timeout: Some("300ms".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let submission = json!({
+        "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}]
+    });
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let started = std::time::Instant::now();
+        let response = request.send().await.unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        response
+    };
+    let unavailable = |response: reqwest::Response, setting: &'static str| async move {
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body = expect_problem(response, 503, "unavailable").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(setting),
+            "{body:#}"
+        );
+    };
+    // A request that needs the API's connection but not what is locked.
+    let unknown_step = format!("/api/v1/steps/{}/logs", uuid::Uuid::now_v7());
+
+    let mut postgres_locker = None;
+    let mut sqlite_locker = None;
+    match db {
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE pipelines IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let list = timed(app.get("/api/v1/pipelines")).await;
+            unavailable(list, "PICULET_DB_READ_TIMEOUT").await;
+            // The statement is stopped by the database (at the deadline, give or take a round
+            // trip), not only given up by piculet: the lock would hold it forever.
+            let stopped_by = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                let running: Vec<(String,)> = sqlx::query_as(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND pid <> pg_backend_pid()",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                if running.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < stopped_by,
+                    "piculet's statement still runs: {running:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            postgres_locker = Some(conn);
+        }
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlite_locker = Some(conn);
+        }
+    }
+    let submit = timed(app.post("/api/v1/pipelines").json(&submission)).await;
+    unavailable(submit, "PICULET_DB_WRITE_TIMEOUT").await;
+    let started = std::time::Instant::now();
+    let free = app.get(&unknown_step).send().await.unwrap();
+    assert_eq!(free.status(), 404, "the API's one connection is free again");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(700),
+        "at once: {:?}",
+        started.elapsed()
+    );
+
+    if let Some(mut conn) = postgres_locker {
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+    }
+    if let Some(mut conn) = sqlite_locker {
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+    }
+    assert_eq!(app.submit_json(&submission).await.status(), 201);
+    assert_eq!(
+        app.pipeline_count().await,
+        1,
+        "the refused submission stored nothing"
+    );
+}

@@ -254,6 +254,8 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
         (status = 200, description = "A page of pipelines", body = PipelinePage),
         (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer within PICULET_DB_READ_TIMEOUT; retry after the Retry-After seconds", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []))
 )]

@@ -424,24 +424,27 @@ impl Store {
     /// Inserts the pipeline, its workflows and steps and its first event in one transaction.
     /// With an idempotency key already used, inserts nothing and returns the existing pipeline.
     pub async fn create_pipeline(&self, new: &NewPipeline) -> Result<Created, StoreError> {
-        if let Some(existing) = self.find_idempotent(new).await? {
-            return Ok(existing);
-        }
-        match self.insert_pipeline(new).await {
-            Ok(()) => {}
-            Err(StoreError::Database(e))
-                if new.idempotency.is_some() && is_unique_violation(&e) =>
-            {
-                // Another request with the same key won the race; answer as it did.
-                if let Some(existing) = self.find_idempotent(new).await? {
-                    return Ok(existing);
-                }
-                return Err(StoreError::Database(e));
+        self.write(async {
+            if let Some(existing) = self.find_idempotent(new).await? {
+                return Ok(existing);
             }
-            Err(e) => return Err(e),
-        }
-        // What was just inserted, without reading it back.
-        Ok(Created::New(new.as_pipeline()))
+            match self.insert_pipeline(new).await {
+                Ok(()) => {}
+                Err(StoreError::Database(e))
+                    if new.idempotency.is_some() && is_unique_violation(&e) =>
+                {
+                    // Another request with the same key won the race; answer as it did.
+                    if let Some(existing) = self.find_idempotent(new).await? {
+                        return Ok(existing);
+                    }
+                    return Err(StoreError::Database(e));
+                }
+                Err(e) => return Err(e),
+            }
+            // What was just inserted, without reading it back.
+            Ok(Created::New(new.as_pipeline()))
+        })
+        .await
     }
 
     async fn find_idempotent(&self, new: &NewPipeline) -> Result<Option<Created>, StoreError> {
@@ -478,74 +481,82 @@ impl Store {
 
     /// The pipeline with its workflows and steps.
     pub async fn get_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
-        let (row, workflows, steps): (Option<PipelineDetailRow>, Vec<WorkflowRow>, Vec<StepRow>) = on_pool!(self, pool => {
-            let row = sqlx::query_as(
-                "SELECT id, name, status, reason, labels, namespace, created_at, started_at, \
-                 finished_at, retry_of, warnings FROM pipelines WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
-            if row.is_none() {
-                return Ok(None);
-            }
-            let workflows = sqlx::query_as(
-                "SELECT id, name, matrix, status, reason, started_at, finished_at \
-                 FROM workflows WHERE pipeline_id = $1 ORDER BY position",
-            )
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-            let steps = sqlx::query_as(
-                "SELECT id, workflow_id, name, kind, status, reason, exit_code, started_at, \
-                 finished_at FROM steps WHERE pipeline_id = $1 ORDER BY workflow_id, position",
-            )
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-            (row, workflows, steps)
-        });
-        let Some(row) = row else { return Ok(None) };
+        self.read(async {
+            let (row, workflows, steps): (
+                Option<PipelineDetailRow>,
+                Vec<WorkflowRow>,
+                Vec<StepRow>,
+            ) = on_pool!(self, pool => {
+                let row = sqlx::query_as(
+                    "SELECT id, name, status, reason, labels, namespace, created_at, started_at, \
+                     finished_at, retry_of, warnings FROM pipelines WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+                if row.is_none() {
+                    return Ok(None);
+                }
+                let workflows = sqlx::query_as(
+                    "SELECT id, name, matrix, status, reason, started_at, finished_at \
+                     FROM workflows WHERE pipeline_id = $1 ORDER BY position",
+                )
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
+                let steps = sqlx::query_as(
+                    "SELECT id, workflow_id, name, kind, status, reason, exit_code, started_at, \
+                     finished_at FROM steps WHERE pipeline_id = $1 ORDER BY workflow_id, position",
+                )
+                .bind(id)
+                .fetch_all(pool)
+                .await?;
+                (row, workflows, steps)
+            });
+            let Some(row) = row else { return Ok(None) };
 
-        let mut steps_by_workflow: BTreeMap<Uuid, Vec<Step>> = BTreeMap::new();
-        for s in steps {
-            let kind = StepKind::parse(&s.kind)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown step kind {:?}", s.kind)))?;
-            steps_by_workflow
-                .entry(s.workflow_id)
-                .or_default()
-                .push(Step {
-                    id: s.id,
-                    name: s.name,
-                    kind,
-                    status: status(&s.status)?,
-                    reason: s.reason,
-                    exit_code: s.exit_code,
-                    started_at: s.started_at,
-                    finished_at: s.finished_at,
-                });
-        }
-        let workflows = workflows
-            .into_iter()
-            .map(|w| {
-                Ok(Workflow {
-                    steps: steps_by_workflow.remove(&w.id).unwrap_or_default(),
-                    id: w.id,
-                    name: w.name,
-                    matrix: w.matrix.0,
-                    status: status(&w.status)?,
-                    reason: w.reason,
-                    started_at: w.started_at,
-                    finished_at: w.finished_at,
+            let mut steps_by_workflow: BTreeMap<Uuid, Vec<Step>> = BTreeMap::new();
+            for s in steps {
+                let kind = StepKind::parse(&s.kind).ok_or_else(|| {
+                    StoreError::Corrupt(format!("unknown step kind {:?}", s.kind))
+                })?;
+                steps_by_workflow
+                    .entry(s.workflow_id)
+                    .or_default()
+                    .push(Step {
+                        id: s.id,
+                        name: s.name,
+                        kind,
+                        status: status(&s.status)?,
+                        reason: s.reason,
+                        exit_code: s.exit_code,
+                        started_at: s.started_at,
+                        finished_at: s.finished_at,
+                    });
+            }
+            let workflows = workflows
+                .into_iter()
+                .map(|w| {
+                    Ok(Workflow {
+                        steps: steps_by_workflow.remove(&w.id).unwrap_or_default(),
+                        id: w.id,
+                        name: w.name,
+                        matrix: w.matrix.0,
+                        status: status(&w.status)?,
+                        reason: w.reason,
+                        started_at: w.started_at,
+                        finished_at: w.finished_at,
+                    })
                 })
-            })
-            .collect::<Result<_, StoreError>>()?;
-        Ok(Some(Pipeline {
-            retry_of: row.retry_of,
-            warnings: row.warnings.0,
-            summary: row.summary.into_summary()?,
-            workflows,
-        }))
+                .collect::<Result<_, StoreError>>()?;
+            Ok(Some(Pipeline {
+                retry_of: row.retry_of,
+                warnings: row.warnings.0,
+                summary: row.summary.into_summary()?,
+                workflows,
+            }))
+        })
+        .await
     }
 
     /// The submission as kept and its sealed secrets: what a retry submits again.
@@ -553,13 +564,16 @@ impl Store {
         &self,
         id: Uuid,
     ) -> Result<Option<(serde_json::Value, Option<Vec<u8>>)>, StoreError> {
-        let row: Option<(Json<serde_json::Value>, Option<Vec<u8>>)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT submission, sealed_secrets FROM pipelines WHERE id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row.map(|(s, sealed)| (s.0, sealed)))
+        self.read(async {
+            let row: Option<(Json<serde_json::Value>, Option<Vec<u8>>)> = on_pool!(self, pool => {
+                sqlx::query_as("SELECT submission, sealed_secrets FROM pipelines WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            Ok(row.map(|(s, sealed)| (s.0, sealed)))
+        })
+        .await
     }
 
     /// Pipelines newest first, filtered; pass the last id seen as `before` for the next page.
@@ -567,31 +581,34 @@ impl Store {
         &self,
         filter: &ListFilter,
     ) -> Result<Vec<PipelineSummary>, StoreError> {
-        let rows: Vec<PipelineRow> = on_pool!(self, pool => {
-            let mut q = sqlx::QueryBuilder::new("SELECT ");
-            q.push(PIPELINE_COLUMNS).push(" FROM pipelines p WHERE 1 = 1");
-            if !filter.statuses.is_empty() {
-                q.push(" AND status IN (");
-                let mut list = q.separated(", ");
-                for s in &filter.statuses {
-                    list.push_bind(s.as_str());
+        self.read(async {
+            let rows: Vec<PipelineRow> = on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT ");
+                q.push(PIPELINE_COLUMNS).push(" FROM pipelines p WHERE 1 = 1");
+                if !filter.statuses.is_empty() {
+                    q.push(" AND status IN (");
+                    let mut list = q.separated(", ");
+                    for s in &filter.statuses {
+                        list.push_bind(s.as_str());
+                    }
+                    q.push(")");
                 }
-                q.push(")");
-            }
-            for (key, value) in &filter.labels {
-                q.push(" AND EXISTS (SELECT 1 FROM pipeline_labels l WHERE l.pipeline_id = p.id AND l.key = ")
-                    .push_bind(key)
-                    .push(" AND l.value = ")
-                    .push_bind(value)
-                    .push(")");
-            }
-            if let Some(before) = filter.before {
-                q.push(" AND id < ").push_bind(before);
-            }
-            q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
-            q.build_query_as().fetch_all(pool).await?
-        });
-        rows.into_iter().map(PipelineRow::into_summary).collect()
+                for (key, value) in &filter.labels {
+                    q.push(" AND EXISTS (SELECT 1 FROM pipeline_labels l WHERE l.pipeline_id = p.id AND l.key = ")
+                        .push_bind(key)
+                        .push(" AND l.value = ")
+                        .push_bind(value)
+                        .push(")");
+                }
+                if let Some(before) = filter.before {
+                    q.push(" AND id < ").push_bind(before);
+                }
+                q.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(filter.limit));
+                q.build_query_as().fetch_all(pool).await?
+            });
+            rows.into_iter().map(PipelineRow::into_summary).collect()
+        })
+        .await
     }
 
     /// Cancels a pipeline: its queued workflows and steps become `canceled` at once, and a
@@ -599,6 +616,7 @@ impl Store {
     /// after this). A finished pipeline is left as it is. Returns `None` when there is no such
     /// pipeline.
     pub async fn cancel_pipeline(&self, id: Uuid) -> Result<Option<Pipeline>, StoreError> {
+        self.write(async {
         let now = Utc::now();
         let reason = "canceled before it started";
         let mut events = Vec::new();
@@ -689,5 +707,7 @@ impl Store {
             return Ok(None);
         }
         self.get_pipeline(id).await
+        })
+        .await
     }
 }
