@@ -154,6 +154,15 @@ pub struct Settings {
     )]
     pub db_write_timeout: Option<String>,
 
+    /// Most `label=` filters one list request may have [default: 16]
+    #[arg(
+        long,
+        env = "PICULET_MAX_LABEL_FILTERS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_label_filters: Option<String>,
+
     /// Log format: text or json [default: text]
     #[arg(long, env = "PICULET_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -209,6 +218,7 @@ pub struct Config {
     pub db_api: PoolSettings,
     /// The engine's database pool.
     pub db_engine: PoolSettings,
+    pub max_label_filters: usize,
     /// Rendering and policy of Kubernetes objects; read whatever the backend, since
     /// `POST /render` and `piculet render` show them anyway.
     pub kubernetes: KubernetesConfig,
@@ -480,6 +490,7 @@ impl Config {
             )?,
             timeouts,
         };
+        let max_label_filters = count("max_label_filters", &s.max_label_filters, 16)? as usize;
 
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
 
@@ -487,6 +498,7 @@ impl Config {
             kubernetes,
             db_api,
             db_engine,
+            max_label_filters,
             max_timeout,
             grace_period,
             max_log_size,
@@ -674,6 +686,7 @@ mod tests {
         assert_eq!(c.db_engine.connections, 10, "2 × 4 workflows + 2");
         assert_eq!(c.db_api.timeouts.read, Duration::from_secs(5));
         assert_eq!(c.db_engine.timeouts.write, Duration::from_secs(10));
+        assert_eq!(c.max_label_filters, 16);
 
         let s = Settings {
             database_url: Some("postgres://u@h/db".into()),
@@ -689,10 +702,18 @@ mod tests {
         let s = Settings {
             db_api_connections: Some("3".into()),
             db_engine_connections: Some("5".into()),
+            max_label_filters: Some("4".into()),
             ..settings()
         };
         let c = Config::from_settings(&s).unwrap();
-        assert_eq!((c.db_api.connections, c.db_engine.connections), (3, 5));
+        assert_eq!(
+            (
+                c.db_api.connections,
+                c.db_engine.connections,
+                c.max_label_filters
+            ),
+            (3, 5, 4)
+        );
     }
 
     #[test]
@@ -711,6 +732,13 @@ mod tests {
                     ..settings()
                 },
                 "--db-engine-connections (PICULET_DB_ENGINE_CONNECTIONS): \"many\" is not a number from 1 to 1000",
+            ),
+            (
+                Settings {
+                    max_label_filters: Some("1001".into()),
+                    ..settings()
+                },
+                "--max-label-filters (PICULET_MAX_LABEL_FILTERS): \"1001\" is not a number from 1 to 1000",
             ),
             (
                 Settings {
