@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::host::HostPattern;
 use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
+use crate::store::{PoolSettings, Timeouts};
 
 /// A configuration error: names the setting and says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +140,55 @@ pub struct Settings {
     #[arg(long, env = "PICULET_LEASE", global = true, value_name = "DURATION")]
     pub lease: Option<String>,
 
+    /// Connections of the API's database pool: what requests read and submit with
+    /// [default: 16 on Postgres, 8 on SQLite]
+    #[arg(
+        long,
+        env = "PICULET_DB_API_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub db_api_connections: Option<String>,
+
+    /// Connections of the engine's database pool, which API requests cannot take: claims,
+    /// lease renewals, step changes and log lines [default: 2 × max workflows + 2, at most 32]
+    #[arg(
+        long,
+        env = "PICULET_DB_ENGINE_CONNECTIONS",
+        global = true,
+        value_name = "N"
+    )]
+    pub db_engine_connections: Option<String>,
+
+    /// Longest a database read may take (lists, gets, log and event pages); past it the
+    /// request is answered 503 and the statement stopped [default: 5s]
+    #[arg(
+        long,
+        env = "PICULET_DB_READ_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_read_timeout: Option<String>,
+
+    /// Longest a database write may take (submissions, cancels, everything the engine
+    /// records) [default: 10s]
+    #[arg(
+        long,
+        env = "PICULET_DB_WRITE_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub db_write_timeout: Option<String>,
+
+    /// Most `label=` filters one list request may have [default: 16]
+    #[arg(
+        long,
+        env = "PICULET_MAX_LABEL_FILTERS",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_label_filters: Option<String>,
+
     /// Log format: text or json [default: text]
     #[arg(long, env = "PICULET_LOG_FORMAT", global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -196,6 +246,11 @@ pub struct Config {
     pub grace_period: Duration,
     pub max_log_size: usize,
     pub lease: Duration,
+    /// The API's database pool.
+    pub db_api: PoolSettings,
+    /// The engine's database pool.
+    pub db_engine: PoolSettings,
+    pub max_label_filters: usize,
     /// Rendering and policy of Kubernetes objects; read whatever the backend, since
     /// `POST /render` and `piculet render` show them anyway.
     pub kubernetes: KubernetesConfig,
@@ -441,10 +496,60 @@ impl Config {
         let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
             .map_err(|m| invalid("max_log_size", m))?;
 
+        let timeout = |field: &str, value: &Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => parse_duration(text).map_err(|m| invalid(field, m)),
+        };
+        let defaults = Timeouts::default();
+        let timeouts = Timeouts {
+            read: timeout("db_read_timeout", &s.db_read_timeout, defaults.read)?,
+            write: timeout("db_write_timeout", &s.db_write_timeout, defaults.write)?,
+        };
+        for (field, value) in [
+            ("db_read_timeout", timeouts.read),
+            ("db_write_timeout", timeouts.write),
+        ] {
+            if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&value) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} is not from 1ms to 1h; every database query needs a time limit, and \
+                         some time to run",
+                        humantime::format_duration(value)
+                    ),
+                ));
+            }
+        }
+        let api_default = match database_url {
+            DatabaseUrl::Postgres(_) => 16,
+            // One writer at a time: more connections would only wait on each other.
+            DatabaseUrl::Sqlite(_) => 8,
+        };
+        // A workflow's lease keeper and the log writer of a step running beside it, plus
+        // claims and the reaper; bounded, since every replica's pools share the server's
+        // connection limit.
+        let engine_default = (2 * max_workflows + 2).min(32) as u32;
+        let db_api = PoolSettings {
+            connections: count("db_api_connections", &s.db_api_connections, api_default)?,
+            timeouts,
+        };
+        let db_engine = PoolSettings {
+            connections: count(
+                "db_engine_connections",
+                &s.db_engine_connections,
+                engine_default,
+            )?,
+            timeouts,
+        };
+        let max_label_filters = count("max_label_filters", &s.max_label_filters, 16)? as usize;
+
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
 
         Ok(Config {
             kubernetes,
+            db_api,
+            db_engine,
+            max_label_filters,
             max_timeout,
             grace_period,
             max_log_size,
@@ -464,6 +569,20 @@ impl Config {
             log_format,
             log,
         })
+    }
+}
+
+/// A count setting from 1 to 1000, `default` when unset.
+fn count(field: &str, value: &Option<String>, default: u32) -> Result<u32, ConfigError> {
+    let Some(text) = value.as_deref() else {
+        return Ok(default);
+    };
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            field,
+            format!("{text:?} is not a number from 1 to 1000"),
+        )),
     }
 }
 
@@ -650,6 +769,94 @@ mod tests {
         let e = settings().with_file(&path).unwrap_err().to_string();
         assert!(e.contains("unknown field `lissen`"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn database_pools_and_limits() {
+        let c = Config::from_settings(&settings()).unwrap();
+        assert_eq!(c.db_api.connections, 8, "SQLite: one writer at a time");
+        assert_eq!(c.db_engine.connections, 10, "2 × 4 workflows + 2");
+        assert_eq!(c.db_api.timeouts.read, Duration::from_secs(5));
+        assert_eq!(c.db_engine.timeouts.write, Duration::from_secs(10));
+        assert_eq!(c.max_label_filters, 16);
+
+        let s = Settings {
+            database_url: Some("postgres://u@h/db".into()),
+            max_workflows: Some("100".into()),
+            db_read_timeout: Some("250ms".into()),
+            ..settings()
+        };
+        let c = Config::from_settings(&s).unwrap();
+        assert_eq!(c.db_api.connections, 16);
+        assert_eq!(c.db_engine.connections, 32, "bounded by default");
+        assert_eq!(c.db_engine.timeouts.read, Duration::from_millis(250));
+
+        let s = Settings {
+            db_api_connections: Some("3".into()),
+            db_engine_connections: Some("5".into()),
+            max_label_filters: Some("4".into()),
+            ..settings()
+        };
+        let c = Config::from_settings(&s).unwrap();
+        assert_eq!(
+            (
+                c.db_api.connections,
+                c.db_engine.connections,
+                c.max_label_filters
+            ),
+            (3, 5, 4)
+        );
+    }
+
+    #[test]
+    fn bad_database_limits_name_the_setting() {
+        let cases = [
+            (
+                Settings {
+                    db_api_connections: Some("0".into()),
+                    ..settings()
+                },
+                "--db-api-connections (PICULET_DB_API_CONNECTIONS): \"0\" is not a number from 1 to 1000",
+            ),
+            (
+                Settings {
+                    db_engine_connections: Some("many".into()),
+                    ..settings()
+                },
+                "--db-engine-connections (PICULET_DB_ENGINE_CONNECTIONS): \"many\" is not a number from 1 to 1000",
+            ),
+            (
+                Settings {
+                    max_label_filters: Some("1001".into()),
+                    ..settings()
+                },
+                "--max-label-filters (PICULET_MAX_LABEL_FILTERS): \"1001\" is not a number from 1 to 1000",
+            ),
+            (
+                Settings {
+                    db_read_timeout: Some("0s".into()),
+                    ..settings()
+                },
+                "--db-read-timeout (PICULET_DB_READ_TIMEOUT): 0s is not from 1ms to 1h; every database query needs a time limit, and some time to run",
+            ),
+            (
+                Settings {
+                    db_write_timeout: Some("500us".into()),
+                    ..settings()
+                },
+                "--db-write-timeout (PICULET_DB_WRITE_TIMEOUT): 500us is not from 1ms to 1h; every database query needs a time limit, and some time to run",
+            ),
+            (
+                Settings {
+                    db_write_timeout: Some("2h".into()),
+                    ..settings()
+                },
+                "--db-write-timeout (PICULET_DB_WRITE_TIMEOUT): 2h is not from 1ms to 1h; every database query needs a time limit, and some time to run",
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), expected);
+        }
     }
 
     #[test]

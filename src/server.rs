@@ -36,7 +36,10 @@ pub enum ServeError {
 /// Everything a running server is made of, before it listens; tests build it the same way.
 pub struct App {
     pub router: axum::Router,
+    /// The API's store.
     pub store: Store,
+    /// The engine's store: the same database and live feed, through a pool of its own.
+    pub engine_store: Store,
     pub engine: Engine,
     /// Cancel to shut down: the engine stops claiming and SSE streams end.
     pub shutdown: CancellationToken,
@@ -63,13 +66,18 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
     let backend = backend(&config).await?;
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;
+    // The engine's own connections: API requests that fill their pool cannot hold up lease
+    // renewals and log writes.
+    let engine_store = store
+        .with_own_pool(&config.database_url, config.db_engine)
+        .await?;
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
     let control = Arc::new(Control::default());
     let shutdown = CancellationToken::new();
     let engine = Engine::new(
-        store.clone(),
+        engine_store.clone(),
         backend.clone(),
         secret_box.clone(),
         EngineSettings {
@@ -94,6 +102,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
         cpu: state.cpu.clone(),
         router: api::router(state),
         store,
+        engine_store,
         engine,
         shutdown,
     })
@@ -104,6 +113,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     let App {
         router,
         store,
+        engine_store,
         engine,
         shutdown,
         ..
@@ -129,6 +139,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
     shutdown.cancel();
     let _ = engine.await;
     store.close().await;
+    engine_store.close().await;
     tracing::info!("stopped");
     Ok(())
 }

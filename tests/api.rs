@@ -815,3 +815,270 @@ async fn render_shows_the_objects_and_applies_the_policy(db: Db) {
         "{body:#}"
     );
 }
+
+on_both_databases!(
+    label_filters_are_bounded,
+    several_labels_filter_and_page_like_one,
+    blocked_requests_answer_503_in_time_and_free_their_connection,
+);
+
+async fn label_filters_are_bounded(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let labels = |n: usize| vec!["label=team=red"; n].join("&");
+    let at_limit = app
+        .get(&format!("/api/v1/pipelines?{}", labels(16)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(at_limit.status(), 200, "16 filters, the default limit");
+    let over = app
+        .get(&format!("/api/v1/pipelines?{}", labels(17)))
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(over, 400, "invalid-query").await;
+    assert_eq!(
+        body["detail"],
+        "17 label filters are more than the limit of 16 (PICULET_MAX_LABEL_FILTERS); filter on \
+         fewer labels"
+    );
+
+    // The limit is a setting.
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            max_label_filters: Some("2".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = |query: String| {
+        let request = app.get(&format!("/api/v1/pipelines?{query}"));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(labels(2)).await, 200);
+    assert_eq!(status(labels(3)).await, 400);
+
+    // Each filter is bounded too, and NUL is refused rather than sent to the database.
+    let long_value = format!("label=team={}", "x".repeat(1025));
+    let nul = "label=team=re%00d".to_string();
+    for query in [long_value, nul] {
+        let response = app
+            .get(&format!("/api/v1/pipelines?{query}"))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(response, 400, "invalid-query").await;
+    }
+}
+
+async fn several_labels_filter_and_page_like_one(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let mut ids = Vec::new();
+    for (i, (team, env)) in [
+        ("red", "prod"),
+        ("red", "dev"),
+        ("blue", "prod"),
+        ("red", "prod"),
+        ("red", "prod"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p: Value = app
+            .submit_json(&json!({
+                "name": format!("run {i}"),
+                "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}],
+                "labels": {"team": team, "env": env, "n": i.to_string()}
+            }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let page = |query: String| {
+        let request = app.get(&format!("/api/v1/pipelines?{query}"));
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            let names: Vec<String> = page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap().to_string())
+                .collect();
+            (names, page["next_cursor"].clone())
+        }
+    };
+    let red_prod = ["run 4", "run 3", "run 0"];
+    assert_eq!(
+        page("label=team=red&label=env=prod".into()).await.0,
+        red_prod
+    );
+    assert_eq!(
+        page("label=env=prod&label=team=red".into()).await.0,
+        red_prod,
+        "the order of the filters does not change the answer"
+    );
+    assert_eq!(
+        page("label=team=red&label=env=prod&label=team=red".into())
+            .await
+            .0,
+        red_prod,
+        "a filter given twice counts once"
+    );
+    assert_eq!(
+        page("label=team=red&label=env=prod&label=n=3".into())
+            .await
+            .0,
+        ["run 3"]
+    );
+    assert_eq!(
+        page("label=team=red&label=env=staging".into()).await.0,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        page("label=team=red&label=nothing=here".into()).await.0,
+        Vec::<String>::new()
+    );
+
+    // Pages of a filtered list follow the cursor as an unfiltered one does.
+    let (first, cursor) = page("label=team=red&label=env=prod&limit=2".into()).await;
+    assert_eq!(first, ["run 4", "run 3"]);
+    assert_eq!(cursor, json!(ids[3]));
+    let (rest, cursor) = page(format!(
+        "label=team=red&label=env=prod&limit=2&cursor={}",
+        ids[3]
+    ))
+    .await;
+    assert_eq!(rest, ["run 0"]);
+    assert_eq!(cursor, Value::Null, "last page");
+
+    app.post(&format!("/api/v1/pipelines/{}/cancel", ids[3]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        page("label=team=red&label=env=prod&status=canceled".into())
+            .await
+            .0,
+        ["run 3"]
+    );
+    assert_eq!(
+        page("label=env=prod&status=queued".into()).await.0,
+        ["run 4", "run 2", "run 0"]
+    );
+}
+
+/// While the database cannot answer (a table locked on Postgres, the write lock held on
+/// SQLite), a request gives up at its class's timeout with 503 and `Retry-After`, and the
+/// database stops its statement then: the API's only connection serves the next request though
+/// the lock is still held.
+async fn blocked_requests_answer_503_in_time_and_free_their_connection(db: Db) {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            db_api_connections: Some("1".into()),
+            // The write limit under the read limit: on SQLite the statement must stop at its
+            // own deadline, not at the longest one the connection was opened with.
+            db_read_timeout: Some("1s".into()),
+            db_write_timeout: Some("300ms".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let submission = json!({
+        "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}]
+    });
+    let timed = |request: reqwest::RequestBuilder| async move {
+        let started = std::time::Instant::now();
+        let response = request.send().await.unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "answered in {:?}",
+            started.elapsed()
+        );
+        response
+    };
+    let unavailable = |response: reqwest::Response, setting: &'static str| async move {
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body = expect_problem(response, 503, "unavailable").await;
+        assert!(
+            body["detail"].as_str().unwrap().contains(setting),
+            "{body:#}"
+        );
+    };
+    // A request that needs the API's connection but not what is locked.
+    let unknown_step = format!("/api/v1/steps/{}/logs", uuid::Uuid::now_v7());
+
+    let mut postgres_locker = None;
+    let mut sqlite_locker = None;
+    match db {
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN; LOCK TABLE pipelines IN ACCESS EXCLUSIVE MODE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let list = timed(app.get("/api/v1/pipelines")).await;
+            unavailable(list, "PICULET_DB_READ_TIMEOUT").await;
+            // The statement is stopped by the database (at the deadline, give or take a round
+            // trip), not only given up by piculet: the lock would hold it forever.
+            let stopped_by = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            loop {
+                let running: Vec<(String,)> = sqlx::query_as(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() \
+                     AND state = 'active' AND pid <> pg_backend_pid()",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                if running.is_empty() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < stopped_by,
+                    "piculet's statement still runs: {running:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            postgres_locker = Some(conn);
+        }
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::raw_sql("BEGIN IMMEDIATE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            sqlite_locker = Some(conn);
+        }
+    }
+    let submit = timed(app.post("/api/v1/pipelines").json(&submission)).await;
+    unavailable(submit, "PICULET_DB_WRITE_TIMEOUT").await;
+    let started = std::time::Instant::now();
+    let free = app.get(&unknown_step).send().await.unwrap();
+    assert_eq!(free.status(), 404, "the API's one connection is free again");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(700),
+        "at once: {:?}",
+        started.elapsed()
+    );
+
+    if let Some(mut conn) = postgres_locker {
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+    }
+    if let Some(mut conn) = sqlite_locker {
+        sqlx::raw_sql("COMMIT").execute(&mut conn).await.unwrap();
+    }
+    assert_eq!(app.submit_json(&submission).await.status(), 201);
+    assert_eq!(
+        app.pipeline_count().await,
+        1,
+        "the refused submission stored nothing"
+    );
+}

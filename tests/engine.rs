@@ -1157,3 +1157,96 @@ steps:
     assert!(!marker.exists(), "the clone step ran the option");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Postgres only: SQLite locks the whole database, not a table, so nothing holds its API
+/// readers without holding the engine too. The store's unit tests show the same on SQLite with
+/// the API's connections taken directly.
+mod api_readers_filling_their_pool_leave_the_engine_running {
+    #[tokio::test]
+    async fn postgres() {
+        super::api_readers_filling_their_pool_leave_the_engine_running(super::common::Db::Postgres)
+            .await
+    }
+}
+
+/// API requests that hold every connection of the API's pool (label lists blocked on a locked
+/// table) leave the engine its own: a step that outlives its lease several times renews it,
+/// stores its log, and the pipeline succeeds, while the API cannot even read it.
+async fn api_readers_filling_their_pool_leave_the_engine_running(db: Db) {
+    use sqlx::Connection as _;
+    use std::time::Duration;
+    let app = TestApp::start(
+        db,
+        piculet::config::Settings {
+            db_api_connections: Some("2".into()),
+            db_read_timeout: Some("60s".into()),
+            lease: Some("2s".into()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    let p = submit_yaml(
+        &app,
+        "steps:\n  - name: ticking\n    image: alpine\n    commands:\n      - 'for i in $(seq 1 12); do echo tick $i; sleep 0.5; done'\n",
+    )
+    .await;
+    let pid = id(&p);
+    wait_step(&app, &pid, "ticking", "running", 30).await;
+
+    let mut db_conn = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE pipeline_labels IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut db_conn)
+        .await
+        .unwrap();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let request = app.get("/api/v1/pipelines?label=team=red");
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let starved = tokio::time::timeout(
+        Duration::from_secs(1),
+        app.get(&format!("/api/v1/pipelines/{pid}")).send(),
+    )
+    .await;
+    assert!(starved.is_err(), "the API's connections are all taken");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let (status,): (String,) = sqlx::query_as("SELECT status FROM pipelines WHERE id = $1")
+            .bind(uuid::Uuid::parse_str(&pid).unwrap())
+            .fetch_one(&mut db_conn)
+            .await
+            .unwrap();
+        if status != "queued" && status != "running" {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "success");
+    let (claims,): (i32,) = sqlx::query_as("SELECT claims FROM workflows WHERE pipeline_id = $1")
+        .bind(uuid::Uuid::parse_str(&pid).unwrap())
+        .fetch_one(&mut db_conn)
+        .await
+        .unwrap();
+    assert_eq!(claims, 1, "the lease was never lost and taken over");
+    let readers_done = readers.iter().filter(|r| r.is_finished()).count();
+    assert_eq!(readers_done, 0, "the API's readers were held all along");
+
+    sqlx::raw_sql("COMMIT").execute(&mut db_conn).await.unwrap();
+    for reader in readers {
+        assert_eq!(reader.await.unwrap(), 200);
+    }
+    let done = app.pipeline(&pid).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let log = log_text(&app, &step_id(&done, "ticking")).await;
+    assert!(
+        log.contains("tick 1\n") && log.contains("tick 12\n"),
+        "{log}"
+    );
+}

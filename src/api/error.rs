@@ -81,9 +81,28 @@ pub enum ApiError {
     /// 500: a fault of piculet's other than the store's (a panic in planning), logged.
     #[error("{0}")]
     Fault(String),
+    /// 503: the database did not answer in time; the client may retry after `retry_after`
+    /// seconds, by when the statements that crowded it out have ended or been stopped.
+    #[error("{detail}")]
+    DatabaseBusy { detail: String, retry_after: u64 },
     /// 500: a fault of piculet's, logged; the client sees no internals.
     #[error(transparent)]
-    Internal(#[from] StoreError),
+    Internal(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TimedOut { limit, .. } => {
+                tracing::warn!(error = %e, "request answered 503");
+                ApiError::DatabaseBusy {
+                    detail: e.to_string(),
+                    retry_after: limit.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            }
+            e => ApiError::Internal(e),
+        }
+    }
 }
 
 /// An RFC 9457 problem document.
@@ -169,7 +188,7 @@ impl ApiError {
                 "method-not-allowed",
                 "Method not allowed",
             ),
-            ApiError::Unavailable(_) => (
+            ApiError::Unavailable(_) | ApiError::DatabaseBusy { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -236,14 +255,16 @@ impl IntoResponse for ApiError {
         let mut response = (status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let ApiError::Busy { retry_after, .. } | ApiError::DatabaseBusy { retry_after, .. } =
+            &self
+        {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"piculet\""),
             );
-        }
-        if let ApiError::Busy { retry_after, .. } = self {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         response
     }
@@ -268,5 +289,46 @@ pub fn validation(errors: Vec<Diagnostic>, warnings: Vec<Diagnostic>) -> ApiErro
         ),
         errors,
         warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::QueryClass;
+
+    #[test]
+    fn a_database_timeout_is_503_with_retry_after_never_500() {
+        let e = ApiError::from(StoreError::TimedOut {
+            class: QueryClass::Read,
+            limit: Duration::from_millis(2500),
+        });
+        let problem = e.problem();
+        assert_eq!(problem.status, 503);
+        assert_eq!(problem.kind, "urn:piculet:problem:unavailable");
+        assert!(
+            problem.detail.contains("PICULET_DB_READ_TIMEOUT"),
+            "{}",
+            problem.detail
+        );
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+
+        let short = ApiError::from(StoreError::TimedOut {
+            class: QueryClass::Write,
+            limit: Duration::from_millis(1),
+        });
+        assert_eq!(short.into_response().headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn other_store_errors_stay_internal() {
+        let e = ApiError::from(StoreError::Corrupt("bad".into()));
+        assert!(matches!(e, ApiError::Internal(_)));
+        assert_eq!(e.problem().status, 500);
     }
 }

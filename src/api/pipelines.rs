@@ -22,6 +22,10 @@ use crate::submission::Submission;
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
+/// Longest label key and value a list may filter on, in bytes: past the label keys and values
+/// anyone stores, and small enough that a page of filters stays a small query.
+const MAX_LABEL_KEY_BYTES: usize = 256;
+const MAX_LABEL_VALUE_BYTES: usize = 1024;
 
 /// Parses a path id, refusing what is not a UUID with 400 rather than 404.
 pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
@@ -196,7 +200,9 @@ pub async fn retry_pipeline(
 struct ListQuery {
     /// Only these statuses; comma-separated or repeated (`status=queued,running`).
     status: Option<String>,
-    /// Only pipelines with this label, as `key=value`; repeat for several (all must match).
+    /// Only pipelines with this label, as `key=value`; repeat for several (all must match), up
+    /// to `PICULET_MAX_LABEL_FILTERS` (16 by default). Keys are at most 256 bytes, values 1024.
+    /// The first label is the one the database scans by: list the rarest first.
     label: Option<String>,
     /// The `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -212,9 +218,52 @@ pub struct PipelinePage {
     pub next_cursor: Option<String>,
 }
 
-fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
+/// One `label=key=value` filter, checked: a key, and both within their lengths and free of NUL
+/// (which no stored label holds, and Postgres cannot even compare).
+fn label_filter(text: &str) -> Result<(String, String), ApiError> {
+    let bad =
+        |why: String| ApiError::InvalidQuery(format!("label filter {:?} {why}", shortened(text)));
+    let Some((key, value)) = text.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+        return Err(bad("is not key=value".into()));
+    };
+    if key.len() > MAX_LABEL_KEY_BYTES {
+        return Err(bad(format!(
+            "has a key of {} bytes, over the limit of {MAX_LABEL_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    if value.len() > MAX_LABEL_VALUE_BYTES {
+        return Err(bad(format!(
+            "has a value of {} bytes, over the limit of {MAX_LABEL_VALUE_BYTES}",
+            value.len()
+        )));
+    }
+    if text.contains('\0') {
+        return Err(bad("contains a NUL character, which no label has".into()));
+    }
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// The start of a text quoted in an answer: a refusal need not echo a long parameter whole.
+fn shortened(text: &str) -> String {
+    const SHOWN: usize = 64;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// Parses the query of a list; at most `max_labels` label filters.
+fn list_filter(query: Option<&str>, max_labels: usize) -> Result<ListFilter, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::InvalidQuery(format!("the query string is malformed: {e}")))?;
+    let labels = pairs.iter().filter(|(name, _)| name == "label").count();
+    if labels > max_labels {
+        return Err(ApiError::InvalidQuery(format!(
+            "{labels} label filters are more than the limit of {max_labels} \
+             (PICULET_MAX_LABEL_FILTERS); filter on fewer labels"
+        )));
+    }
     let mut filter = ListFilter {
         statuses: BTreeSet::new(),
         labels: Vec::new(),
@@ -227,25 +276,20 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
                 for s in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let status = Status::parse(s).ok_or_else(|| {
                         ApiError::InvalidQuery(format!(
-                            "status {s:?} is not one of {}",
+                            "status {:?} is not one of {}",
+                            shortened(s),
                             Status::ALL.map(Status::as_str).join(", ")
                         ))
                     })?;
                     filter.statuses.insert(status);
                 }
             }
-            "label" => match value.split_once('=') {
-                Some((k, v)) if !k.is_empty() => filter.labels.push((k.into(), v.into())),
-                _ => {
-                    return Err(ApiError::InvalidQuery(format!(
-                        "label {value:?} is not key=value"
-                    )));
-                }
-            },
+            "label" => filter.labels.push(label_filter(&value)?),
             "cursor" => {
                 filter.before = Some(Uuid::parse_str(&value).map_err(|_| {
                     ApiError::InvalidQuery(format!(
-                        "cursor {value:?} is not one this API returned; pass next_cursor as it came"
+                        "cursor {:?} is not one this API returned; pass next_cursor as it came",
+                        shortened(&value)
                     ))
                 })?)
             }
@@ -254,14 +298,16 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
                     Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
                     _ => {
                         return Err(ApiError::InvalidQuery(format!(
-                            "limit {value:?} is not a number from 1 to {MAX_PAGE}"
+                            "limit {:?} is not a number from 1 to {MAX_PAGE}",
+                            shortened(&value)
                         )));
                     }
                 }
             }
             other => {
                 return Err(ApiError::InvalidQuery(format!(
-                    "unknown query parameter {other:?}; use status, label, cursor or limit"
+                    "unknown query parameter {:?}; use status, label, cursor or limit",
+                    shortened(other)
                 )));
             }
         }
@@ -278,8 +324,10 @@ fn list_filter(query: Option<&str>) -> Result<ListFilter, ApiError> {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of pipelines", body = PipelinePage),
-        (status = 400, description = "Bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad filter or cursor, or more label filters than PICULET_MAX_LABEL_FILTERS", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The database did not answer within PICULET_DB_READ_TIMEOUT; retry after the Retry-After seconds", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
     security(("bearer" = []))
 )]
@@ -287,7 +335,7 @@ pub async fn list_pipelines(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<PipelinePage>, ApiError> {
-    let filter = list_filter(query.as_deref())?;
+    let filter = list_filter(query.as_deref(), state.config.max_label_filters)?;
     let items = state.store.list_pipelines(&filter).await?;
     let next_cursor = (items.len() == filter.limit as usize)
         .then(|| items.last().map(|p| p.id.to_string()))
@@ -365,9 +413,20 @@ pub async fn cancel_pipeline(
 mod tests {
     use super::*;
 
+    fn refusal(query: &str, max_labels: usize) -> String {
+        match list_filter(Some(query), max_labels) {
+            Err(ApiError::InvalidQuery(detail)) => detail,
+            other => panic!("{query}: {other:?}"),
+        }
+    }
+
     #[test]
     fn list_query() {
-        let f = list_filter(Some("status=queued,running&label=a%3Db&label=c=d&limit=10")).unwrap();
+        let f = list_filter(
+            Some("status=queued,running&label=a%3Db&label=c=d&limit=10"),
+            16,
+        )
+        .unwrap();
         assert_eq!(f.statuses.len(), 2);
         assert_eq!(
             f.labels,
@@ -377,15 +436,76 @@ mod tests {
         for bad in [
             "status=done",
             "label=x",
+            "label==x",
             "limit=0",
             "limit=201",
             "cursor=7",
             "page=2",
         ] {
-            assert!(
-                matches!(list_filter(Some(bad)), Err(ApiError::InvalidQuery(_))),
-                "{bad}"
-            );
+            refusal(bad, 16);
         }
+    }
+
+    #[test]
+    fn label_filters_are_bounded_in_number() {
+        let query = |n: usize| vec!["label=team=red"; n].join("&");
+        assert_eq!(list_filter(Some(&query(16)), 16).unwrap().labels.len(), 16);
+        assert_eq!(
+            refusal(&query(17), 16),
+            "17 label filters are more than the limit of 16 (PICULET_MAX_LABEL_FILTERS); \
+             filter on fewer labels"
+        );
+        assert!(list_filter(Some(&query(3)), 3).is_ok());
+        assert!(refusal(&query(4), 3).starts_with("4 label filters are more than the limit of 3"));
+    }
+
+    #[test]
+    fn label_filters_are_bounded_in_length() {
+        let key = "k".repeat(MAX_LABEL_KEY_BYTES);
+        let value = "v".repeat(MAX_LABEL_VALUE_BYTES);
+        let f = list_filter(Some(&format!("label={key}={value}")), 16).unwrap();
+        assert_eq!(f.labels, vec![(key.clone(), value.clone())]);
+
+        let detail = refusal(&format!("label={key}k=v"), 16);
+        assert!(
+            detail.ends_with("has a key of 257 bytes, over the limit of 256"),
+            "{detail}"
+        );
+        let detail = refusal(&format!("label=k={value}v"), 16);
+        assert!(
+            detail.ends_with("has a value of 1025 bytes, over the limit of 1024"),
+            "{detail}"
+        );
+        assert!(
+            detail.len() < 200,
+            "the value is not echoed whole: {detail}"
+        );
+    }
+
+    #[test]
+    fn label_filters_refuse_nul() {
+        let detail = refusal("label=team=re%00d", 16);
+        assert_eq!(
+            detail,
+            "label filter \"team=re\\0d\" contains a NUL character, which no label has"
+        );
+    }
+
+    #[test]
+    fn refusals_quote_the_start_of_a_long_parameter() {
+        let long = "x".repeat(10_000);
+        for query in [
+            format!("status={long}"),
+            format!("cursor={long}"),
+            format!("limit={long}"),
+            format!("{long}=1"),
+            format!("label={long}"),
+        ] {
+            let detail = refusal(&query, 16);
+            assert!(detail.len() < 200, "{detail}");
+            assert!(detail.contains(&format!("{}…", "x".repeat(64))), "{detail}");
+        }
+        assert_eq!(shortened("é".repeat(64).as_str()), "é".repeat(64));
+        assert_eq!(shortened(&"é".repeat(65)), format!("{}…", "é".repeat(64)));
     }
 }

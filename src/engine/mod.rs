@@ -90,6 +90,7 @@ impl Control {
 pub(crate) type Secrets = BTreeMap<String, String>;
 
 pub(crate) struct Inner {
+    /// The engine's own pool: API requests cannot take its connections.
     pub store: Store,
     pub backend: Arc<dyn Backend>,
     pub settings: EngineSettings,
@@ -302,38 +303,41 @@ async fn keep_lease(
     done: CancellationToken,
 ) {
     let every = (inner.settings.lease / 3).min(Duration::from_secs(2));
-    let mut renewed = tokio::time::Instant::now();
+    let lease = inner.settings.lease;
+    // When the lease runs out as far as this replica can tell: from the moment each renewal
+    // was sent, since the database counts from when it ran it.
+    let mut expires = tokio::time::Instant::now() + lease;
     loop {
         tokio::select! {
             () = tokio::time::sleep(every) => {},
             () = done.cancelled() => return,
         }
-        match inner
-            .store
-            .renew_lease(workflow_id, &inner.owner, inner.settings.lease)
-            .await
-        {
-            Ok(state) if !state.held => {
+        let sent = tokio::time::Instant::now();
+        // A renewal still unanswered when the lease runs out has failed, however long the
+        // database would let it take: another replica may take the workflow over from then.
+        let renewal = inner.store.renew_lease(workflow_id, &inner.owner, lease);
+        let outcome = tokio::time::timeout_at(expires, renewal).await;
+        match outcome {
+            Ok(Ok(state)) if !state.held => {
                 tracing::warn!("the lease was taken over by another replica; leaving the workflow");
                 abandon.cancel();
                 return;
             }
-            Ok(state) => {
-                renewed = tokio::time::Instant::now();
+            Ok(Ok(state)) => {
+                expires = sent + lease;
                 if state.cancel_requested {
                     cancel.cancel();
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "renewing the lease failed");
-                // Past its expiry another replica may have taken the workflow over: two
-                // replicas must never run it side by side.
-                if renewed.elapsed() >= inner.settings.lease {
-                    tracing::error!("the lease expired without renewal; leaving the workflow");
-                    abandon.cancel();
-                    return;
-                }
-            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "renewing the lease failed"),
+            Err(_) => {}
+        }
+        // Past its expiry another replica may have taken the workflow over: two replicas must
+        // never run it side by side.
+        if tokio::time::Instant::now() >= expires {
+            tracing::error!("the lease expired without renewal; leaving the workflow");
+            abandon.cancel();
+            return;
         }
     }
 }

@@ -134,6 +134,7 @@ impl Store {
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<Option<ClaimedWorkflow>, StoreError> {
+        self.write(async {
         let now = Utc::now();
         let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
         // Postgres: SKIP LOCKED lets replicas claim side by side without waiting on each
@@ -215,6 +216,8 @@ impl Store {
         });
         self.publish(events);
         Ok(Some(claimed))
+        })
+        .await
     }
 
     /// Extends the lease while this replica still holds it, and reports a cancel request.
@@ -224,67 +227,76 @@ impl Store {
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<LeaseState, StoreError> {
-        let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
-        let row: Option<(bool,)> = on_pool!(self, pool => {
-            let updated = sqlx::query(
-                "UPDATE workflows SET lease_expires_at = $1 \
-                 WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
-            )
-            .bind(expires)
-            .bind(workflow_id)
-            .bind(owner)
-            .execute(pool)
-            .await?;
-            if updated.rows_affected() == 0 {
-                None
-            } else {
-                sqlx::query_as(
-                    "SELECT p.cancel_requested FROM pipelines p JOIN workflows w \
-                     ON w.pipeline_id = p.id WHERE w.id = $1",
+        self.write(async {
+            let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+            let row: Option<(bool,)> = on_pool!(self, pool => {
+                let updated = sqlx::query(
+                    "UPDATE workflows SET lease_expires_at = $1 \
+                     WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
                 )
+                .bind(expires)
                 .bind(workflow_id)
-                .fetch_optional(pool)
-                .await?
-            }
-        });
-        Ok(match row {
-            Some((cancel_requested,)) => LeaseState {
-                held: true,
-                cancel_requested,
-            },
-            None => LeaseState {
-                held: false,
-                cancel_requested: false,
-            },
+                .bind(owner)
+                .execute(pool)
+                .await?;
+                if updated.rows_affected() == 0 {
+                    None
+                } else {
+                    sqlx::query_as(
+                        "SELECT p.cancel_requested FROM pipelines p JOIN workflows w \
+                         ON w.pipeline_id = p.id WHERE w.id = $1",
+                    )
+                    .bind(workflow_id)
+                    .fetch_optional(pool)
+                    .await?
+                }
+            });
+            Ok(match row {
+                Some((cancel_requested,)) => LeaseState {
+                    held: true,
+                    cancel_requested,
+                },
+                None => LeaseState {
+                    held: false,
+                    cancel_requested: false,
+                },
+            })
         })
+        .await
     }
 
     /// Gives the lease up at once (shutdown), so that another replica takes the workflow over
     /// without waiting for it to expire.
     pub async fn release_lease(&self, workflow_id: Uuid, owner: &str) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
-            sqlx::query(
-                "UPDATE workflows SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3",
-            )
-            .bind(Utc::now() - chrono::Duration::seconds(1))
-            .bind(workflow_id)
-            .bind(owner)
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })?;
-        Ok(())
+        self.write(async {
+            on_pool!(self, pool => {
+                sqlx::query(
+                    "UPDATE workflows SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3",
+                )
+                .bind(Utc::now() - chrono::Duration::seconds(1))
+                .bind(workflow_id)
+                .bind(owner)
+                .execute(pool)
+                .await
+                .map(|_| ())
+            })?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn step(&self, step_id: Uuid) -> Result<Option<StepState>, StoreError> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {STEP_COLUMNS} FROM steps WHERE id = $1"
-            )))
-            .bind(step_id)
-            .fetch_optional(pool)
-            .await?
-        }))
+        self.read(async {
+            Ok(on_pool!(self, pool => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT {STEP_COLUMNS} FROM steps WHERE id = $1"
+                )))
+                .bind(step_id)
+                .fetch_optional(pool)
+                .await?
+            }))
+        })
+        .await
     }
 
     /// Records that a step started.
@@ -294,6 +306,7 @@ impl Store {
         step_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        self.write(async {
         let event = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             lock_pipeline(&mut *tx, pipeline_id).await?;
@@ -317,6 +330,8 @@ impl Store {
         });
         self.publish(event.into_iter().collect());
         Ok(())
+        })
+        .await
     }
 
     /// Records a step's end (or that it was skipped or canceled before it started). A step
@@ -330,36 +345,39 @@ impl Store {
         reason: Option<String>,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let event = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            lock_pipeline(&mut *tx, pipeline_id).await?;
-            let row: Option<(Uuid, String)> = sqlx::query_as(
-                "UPDATE steps SET status = $1, exit_code = $2, reason = $3, finished_at = $4 \
-                 WHERE id = $5 AND status IN ('queued', 'running') RETURNING pipeline_id, name",
-            )
-            .bind(status.as_str())
-            .bind(exit_code)
-            .bind(reason.as_deref())
-            .bind(at)
-            .bind(step_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let event = match row {
-                Some((pipeline_id, name)) => Some(
-                    insert_event(&mut tx, NewEvent {
-                        exit_code,
-                        reason: reason.clone(),
-                        ..new_event(pipeline_id, Subject::Step, step_id, name, status, at)
-                    })
-                    .await?,
-                ),
-                None => None,
-            };
-            tx.commit().await?;
-            event
-        });
-        self.publish(event.into_iter().collect());
-        Ok(())
+        self.write(async {
+            let event = on_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                lock_pipeline(&mut *tx, pipeline_id).await?;
+                let row: Option<(Uuid, String)> = sqlx::query_as(
+                    "UPDATE steps SET status = $1, exit_code = $2, reason = $3, finished_at = $4 \
+                     WHERE id = $5 AND status IN ('queued', 'running') RETURNING pipeline_id, name",
+                )
+                .bind(status.as_str())
+                .bind(exit_code)
+                .bind(reason.as_deref())
+                .bind(at)
+                .bind(step_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let event = match row {
+                    Some((pipeline_id, name)) => Some(
+                        insert_event(&mut tx, NewEvent {
+                            exit_code,
+                            reason: reason.clone(),
+                            ..new_event(pipeline_id, Subject::Step, step_id, name, status, at)
+                        })
+                        .await?,
+                    ),
+                    None => None,
+                };
+                tx.commit().await?;
+                event
+            });
+            self.publish(event.into_iter().collect());
+            Ok(())
+        })
+        .await
     }
 
     /// Records a workflow's end, then what follows from it: dependent workflows become ready
@@ -371,6 +389,7 @@ impl Store {
         status: Status,
         reason: Option<String>,
     ) -> Result<(), StoreError> {
+        self.write(async {
         let now = Utc::now();
         let mut events: Vec<Event> = Vec::new();
         on_pool!(self, pool => {
@@ -481,6 +500,8 @@ impl Store {
         });
         self.publish(events);
         Ok(())
+        })
+        .await
     }
 }
 
@@ -489,31 +510,37 @@ impl Store {
     pub async fn unfinished_workflows(
         &self,
     ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
-        let rows: Vec<(Uuid,)> = on_pool!(self, pool => {
-            sqlx::query_as("SELECT id FROM workflows WHERE status IN ('queued', 'running')")
-                .fetch_all(pool)
-                .await?
-        });
-        Ok(rows.into_iter().map(|(id,)| id).collect())
+        self.read(async {
+            let rows: Vec<(Uuid,)> = on_pool!(self, pool => {
+                sqlx::query_as("SELECT id FROM workflows WHERE status IN ('queued', 'running')")
+                    .fetch_all(pool)
+                    .await?
+            });
+            Ok(rows.into_iter().map(|(id,)| id).collect())
+        })
+        .await
     }
 
     /// How many workflows are queued and running, for `/metrics`.
     pub async fn workflow_counts(&self) -> Result<Vec<(Status, i64)>, StoreError> {
-        let rows: Vec<(String, i64)> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT status, COUNT(*) FROM workflows \
-                 WHERE status IN ('queued', 'running') GROUP BY status",
-            )
-            .fetch_all(pool)
-            .await?
-        });
-        let mut counts = vec![(Status::Queued, 0), (Status::Running, 0)];
-        for (status, n) in rows {
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
-                slot.1 = n;
+        self.read(async {
+            let rows: Vec<(String, i64)> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT status, COUNT(*) FROM workflows \
+                     WHERE status IN ('queued', 'running') GROUP BY status",
+                )
+                .fetch_all(pool)
+                .await?
+            });
+            let mut counts = vec![(Status::Queued, 0), (Status::Running, 0)];
+            for (status, n) in rows {
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| s.as_str() == status) {
+                    slot.1 = n;
+                }
             }
-        }
-        Ok(counts)
+            Ok(counts)
+        })
+        .await
     }
 }
 

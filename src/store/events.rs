@@ -160,40 +160,43 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT seq, pipeline_id, subject, subject_id, status, payload, created_at \
-                 FROM events WHERE pipeline_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-            )
-            .bind(pipeline_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        });
-        rows.into_iter()
-            .map(|r| {
-                let subject = match r.subject.as_str() {
-                    "pipeline" => Subject::Pipeline,
-                    "workflow" => Subject::Workflow,
-                    "step" => Subject::Step,
-                    other => {
-                        return Err(StoreError::Corrupt(format!("unknown subject {other:?}")));
-                    }
-                };
-                Ok(Event {
-                    seq: r.seq,
-                    pipeline_id: r.pipeline_id,
-                    subject,
-                    id: r.subject_id,
-                    name: r.payload.0.name,
-                    status: Status::parse(&r.status)
-                        .ok_or_else(|| StoreError::Corrupt(format!("status {:?}", r.status)))?,
-                    exit_code: r.payload.0.exit_code,
-                    reason: r.payload.0.reason,
-                    at: r.created_at,
+        self.read(async {
+            let rows: Vec<EventRow> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT seq, pipeline_id, subject, subject_id, status, payload, created_at \
+                     FROM events WHERE pipeline_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                )
+                .bind(pipeline_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            });
+            rows.into_iter()
+                .map(|r| {
+                    let subject = match r.subject.as_str() {
+                        "pipeline" => Subject::Pipeline,
+                        "workflow" => Subject::Workflow,
+                        "step" => Subject::Step,
+                        other => {
+                            return Err(StoreError::Corrupt(format!("unknown subject {other:?}")));
+                        }
+                    };
+                    Ok(Event {
+                        seq: r.seq,
+                        pipeline_id: r.pipeline_id,
+                        subject,
+                        id: r.subject_id,
+                        name: r.payload.0.name,
+                        status: Status::parse(&r.status)
+                            .ok_or_else(|| StoreError::Corrupt(format!("status {:?}", r.status)))?,
+                        exit_code: r.payload.0.exit_code,
+                        reason: r.payload.0.reason,
+                        at: r.created_at,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
+        .await
     }
 }

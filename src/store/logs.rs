@@ -26,48 +26,51 @@ impl Store {
         step_id: Uuid,
         lines: Arc<[LogLine]>,
     ) -> Result<(), StoreError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        match &self.pool {
-            Pool::Postgres(pool) => {
-                // One statement with the batch as three arrays, bound in binary and sent in
-                // one write. COPY parses faster, but its data and its end go out as two
-                // writes, and Nagle's algorithm meeting the server's delayed ACK held one
-                // batch in four for 40 ms (sqlx offers no TCP_NODELAY).
-                let numbers: Vec<i64> = lines.iter().map(|l| l.number).collect();
-                let stamps: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
-                let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO log_lines (step_id, number, ts, text) \
-                     SELECT $1, * FROM unnest($2::int8[], $3::timestamptz[], $4::text[])",
-                )
-                .bind(step_id)
-                .bind(numbers)
-                .bind(stamps)
-                .bind(texts)
-                .execute(pool)
-                .await?;
+        self.write(async {
+            if lines.is_empty() {
+                return Ok(());
             }
-            Pool::Sqlite(pool) => {
-                let mut tx = pool.begin().await?;
-                for chunk in lines.chunks(SQLITE_ROWS_PER_INSERT) {
-                    let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                        "INSERT INTO log_lines (step_id, number, ts, text) ",
-                    );
-                    q.push_values(chunk, |mut row, line| {
-                        row.push_bind(step_id)
-                            .push_bind(line.number)
-                            .push_bind(line.at)
-                            .push_bind(line.text.as_str());
-                    });
-                    q.build().execute(&mut *tx).await?;
+            match &self.pool {
+                Pool::Postgres(pool) => {
+                    // One statement with the batch as three arrays, bound in binary and sent in
+                    // one write. COPY parses faster, but its data and its end go out as two
+                    // writes, and Nagle's algorithm meeting the server's delayed ACK held one
+                    // batch in four for 40 ms (sqlx offers no TCP_NODELAY).
+                    let numbers: Vec<i64> = lines.iter().map(|l| l.number).collect();
+                    let stamps: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
+                    let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+                    sqlx::query(
+                        "INSERT INTO log_lines (step_id, number, ts, text) \
+                         SELECT $1, * FROM unnest($2::int8[], $3::timestamptz[], $4::text[])",
+                    )
+                    .bind(step_id)
+                    .bind(numbers)
+                    .bind(stamps)
+                    .bind(texts)
+                    .execute(pool)
+                    .await?;
                 }
-                tx.commit().await?;
+                Pool::Sqlite(pool) => {
+                    let mut tx = pool.begin().await?;
+                    for chunk in lines.chunks(SQLITE_ROWS_PER_INSERT) {
+                        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                            "INSERT INTO log_lines (step_id, number, ts, text) ",
+                        );
+                        q.push_values(chunk, |mut row, line| {
+                            row.push_bind(step_id)
+                                .push_bind(line.number)
+                                .push_bind(line.at)
+                                .push_bind(line.text.as_str());
+                        });
+                        q.build().execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                }
             }
-        }
-        self.hub.publish_lines(step_id, lines);
-        Ok(())
+            self.hub.publish_lines(step_id, lines);
+            Ok(())
+        })
+        .await
     }
 
     /// Up to `limit` lines after line `after`, in order.
@@ -77,42 +80,48 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<LogLine>, StoreError> {
-        let rows: Vec<LineRow> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT number, ts, text FROM log_lines WHERE step_id = $1 AND number > $2 \
-                 ORDER BY number LIMIT $3",
-            )
-            .bind(step_id)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?
-        });
-        Ok(rows
-            .into_iter()
-            .map(|r| LogLine {
-                number: r.number,
-                at: r.ts,
-                text: r.text,
-            })
-            .collect())
+        self.read(async {
+            let rows: Vec<LineRow> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT number, ts, text FROM log_lines WHERE step_id = $1 AND number > $2 \
+                     ORDER BY number LIMIT $3",
+                )
+                .bind(step_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            });
+            Ok(rows
+                .into_iter()
+                .map(|r| LogLine {
+                    number: r.number,
+                    at: r.ts,
+                    text: r.text,
+                })
+                .collect())
+        })
+        .await
     }
 
     /// The last stored line of a step: where an adopted step's log resumes.
     pub async fn last_log_line(&self, step_id: Uuid) -> Result<Option<LogLine>, StoreError> {
-        let row: Option<LineRow> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT number, ts, text FROM log_lines WHERE step_id = $1 \
-                 ORDER BY number DESC LIMIT 1",
-            )
-            .bind(step_id)
-            .fetch_optional(pool)
-            .await?
-        });
-        Ok(row.map(|r| LogLine {
-            number: r.number,
-            at: r.ts,
-            text: r.text,
-        }))
+        self.read(async {
+            let row: Option<LineRow> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT number, ts, text FROM log_lines WHERE step_id = $1 \
+                     ORDER BY number DESC LIMIT 1",
+                )
+                .bind(step_id)
+                .fetch_optional(pool)
+                .await?
+            });
+            Ok(row.map(|r| LogLine {
+                number: r.number,
+                at: r.ts,
+                text: r.text,
+            }))
+        })
+        .await
     }
 }
