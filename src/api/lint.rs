@@ -57,7 +57,9 @@ pub async fn lint(
     RawBody(body): RawBody,
 ) -> Result<Json<LintResult>, ApiError> {
     let parsed = parse_submission(&headers, &body)?;
-    let report = parsed.submission.lint(&state.config.platform);
+    let report = parsed
+        .submission
+        .lint(&state.config.platform, &state.config.limits);
     Ok(Json(LintResult {
         valid: report.errors.is_empty(),
         errors: report.errors,

@@ -44,6 +44,7 @@ pub async fn render(
     let rendered = dry_run::render(
         &parsed.submission,
         &state.config.platform,
+        &state.config.limits,
         &state.config.kubernetes,
     )?;
     Ok(Json(rendered))
