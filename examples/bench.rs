@@ -124,7 +124,11 @@ async fn submissions() {
         .unwrap();
     let template = serde_json::from_slice::<piculet::submission::Submission>(&body)
         .unwrap()
-        .prepare("linux/amd64", &piculet::secrets::SecretBox::new([7; 32]))
+        .prepare(
+            "linux/amd64",
+            &piculet::pipeline::Limits::default(),
+            &piculet::secrets::SecretBox::new([7; 32]),
+        )
         .unwrap_or_else(|r| panic!("{:#?}", r.errors));
     let insert_one = || {
         let pool = pool.clone();
@@ -458,7 +462,7 @@ fn render_rate() {
     }
     let submission = piculet::submission::Submission::from_file(yaml);
     let plan = submission
-        .plan("linux/amd64")
+        .plan("linux/amd64", &piculet::pipeline::Limits::default())
         .unwrap_or_else(|r| panic!("{:#?}", r.errors))
         .plan
         .workflows

@@ -9,9 +9,9 @@ use clap::{Parser, Subcommand};
 use crate::client::{
     Client, ClientError, parse_id, status_table, submission_from_files, workflow_name,
 };
-use crate::config::{Config, Settings};
+use crate::config::{Config, Settings, limits};
 use crate::model::Status;
-use crate::pipeline::Diagnostic;
+use crate::pipeline::{Diagnostic, Limits};
 use crate::submission::SUBMISSION;
 
 #[derive(Debug, Parser)]
@@ -148,16 +148,19 @@ fn fail(message: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn config(cli: &Cli) -> Result<Config, String> {
-    let settings = match &cli.config {
+fn settings(cli: &Cli) -> Result<Settings, String> {
+    match &cli.config {
         Some(path) => cli
             .settings
             .clone()
             .with_file(path)
-            .map_err(|e| e.to_string())?,
-        None => cli.settings.clone(),
-    };
-    Config::from_settings(&settings).map_err(|e| e.to_string())
+            .map_err(|e| e.to_string()),
+        None => Ok(cli.settings.clone()),
+    }
+}
+
+fn config(cli: &Cli) -> Result<Config, String> {
+    Config::from_settings(&settings(cli)?).map_err(|e| e.to_string())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
@@ -230,7 +233,10 @@ pub fn main() -> ExitCode {
             files,
             vars,
             secrets,
-        } => lint(files, vars, secrets),
+        } => match settings(&cli).and_then(|s| limits(&s).map_err(|e| e.to_string())) {
+            Ok(limits) => lint(files, vars, secrets, &limits),
+            Err(e) => fail(e),
+        },
         Command::Render {
             pipeline,
             namespace,
@@ -285,7 +291,12 @@ fn render(config: &Config, args: &PipelineArgs, namespace: Option<String>) -> Ex
         Err(e) => return fail(e),
     };
     submission.namespace = namespace;
-    match crate::dry_run::render(&submission, &config.platform, &config.kubernetes) {
+    match crate::dry_run::render(
+        &submission,
+        &config.platform,
+        &config.limits,
+        &config.kubernetes,
+    ) {
         Ok(rendered) => {
             let mut out = String::new();
             for w in &rendered.workflows {
@@ -335,12 +346,17 @@ fn diagnostic_place(files: &[PathBuf], d: &Diagnostic) -> String {
     }
 }
 
-fn lint(files: &[PathBuf], vars: &[(String, String)], secrets: &[String]) -> ExitCode {
+fn lint(
+    files: &[PathBuf],
+    vars: &[(String, String)],
+    secrets: &[String],
+    limits: &Limits,
+) -> ExitCode {
     let submission = match submission_from_files(files, vars, &[]) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let report = submission.lint_offline(secrets, "linux/amd64");
+    let report = submission.lint_offline(secrets, "linux/amd64", limits);
     let place = |d: &Diagnostic| diagnostic_place(files, d);
     for w in &report.warnings {
         println!("{}: warning: {}", place(w), w.message);

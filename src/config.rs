@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::host::HostPattern;
 use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
+use crate::pipeline::Limits;
 use crate::store::{PoolSettings, Timeouts};
 
 /// A configuration error: names the setting and says what to change.
@@ -197,6 +198,75 @@ pub struct Settings {
     #[arg(long, env = "PICULET_LOG", global = true, value_name = "FILTER")]
     pub log: Option<String>,
 
+    /// Most steps, services and clone steps in one workflow (one matrix element) [default: 256]
+    #[arg(
+        long,
+        env = "PICULET_MAX_STEPS_PER_WORKFLOW",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_steps_per_workflow: Option<String>,
+
+    /// Most workflows in one pipeline: its configs times their matrix elements [default: 100]
+    #[arg(
+        long,
+        env = "PICULET_MAX_WORKFLOWS_PER_PIPELINE",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_workflows_per_pipeline: Option<String>,
+
+    /// Most steps, services and clone steps in one pipeline, over all its workflows [default: 2000]
+    #[arg(
+        long,
+        env = "PICULET_MAX_STEPS_PER_PIPELINE",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_steps_per_pipeline: Option<String>,
+
+    /// Most depends_on entries (of steps and workflows) in one pipeline [default: 10000]
+    #[arg(
+        long,
+        env = "PICULET_MAX_DEPENDENCIES",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_dependencies: Option<String>,
+
+    /// How deep maps and lists may nest in a pipeline config [default: 32]
+    #[arg(
+        long,
+        env = "PICULET_MAX_NESTING_DEPTH",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_nesting_depth: Option<String>,
+
+    /// Longest single string of a submission (a command, name, key, value, label, variable),
+    /// in bytes or with a unit [default: 64KiB]
+    #[arg(
+        long,
+        env = "PICULET_MAX_STRING_LENGTH",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub max_string_length: Option<String>,
+
+    /// Most labels on one submission [default: 64]
+    #[arg(long, env = "PICULET_MAX_LABELS", global = true, value_name = "N")]
+    pub max_labels: Option<String>,
+
+    /// Most events one pipeline can record over its run (3, plus 2 per workflow, plus 2 per
+    /// step and service) [default: 20000]
+    #[arg(
+        long,
+        env = "PICULET_MAX_EVENTS_PER_PIPELINE",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_events_per_pipeline: Option<String>,
+
     /// The Kubernetes settings (`--k8s-*`, `PICULET_K8S_*`; a `[kubernetes]` table in the file).
     #[command(flatten)]
     #[serde(default)]
@@ -251,6 +321,8 @@ pub struct Config {
     /// The engine's database pool.
     pub db_engine: PoolSettings,
     pub max_label_filters: usize,
+    /// What one submission may ask for (`PICULET_MAX_*` of the pipeline format).
+    pub limits: Limits,
     /// Rendering and policy of Kubernetes objects; read whatever the backend, since
     /// `POST /render` and `piculet render` show them anyway.
     pub kubernetes: KubernetesConfig,
@@ -543,6 +615,7 @@ impl Config {
         };
         let max_label_filters = count("max_label_filters", &s.max_label_filters, 16)? as usize;
 
+        let limits = limits(s)?;
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
 
         Ok(Config {
@@ -550,6 +623,7 @@ impl Config {
             db_api,
             db_engine,
             max_label_filters,
+            limits,
             max_timeout,
             grace_period,
             max_log_size,
@@ -584,6 +658,86 @@ fn count(field: &str, value: &Option<String>, default: u32) -> Result<u32, Confi
             format!("{text:?} is not a number from 1 to 1000"),
         )),
     }
+}
+
+/// The limits of the pipeline format, from their settings; also read alone by the offline
+/// `piculet lint`, which needs no other setting.
+pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
+    let default = Limits::default();
+    // The upper bounds only catch typos; the nesting depth is bounded by the stack, since
+    // the reader goes one call deeper per level.
+    let count = |field: &str, value: &Option<String>, default: usize, min: usize, max: usize| {
+        let Some(text) = value.as_deref() else {
+            return Ok(default);
+        };
+        match text.trim().parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                field,
+                format!("{text:?} is not a number from {min} to {max}"),
+            )),
+        }
+    };
+    let string_length = match s.max_string_length.as_deref() {
+        None => default.string_length,
+        Some(text) => {
+            let n = parse_size(text).map_err(|m| invalid("max_string_length", m))?;
+            if !(256..=1 << 30).contains(&n) {
+                return Err(invalid(
+                    "max_string_length",
+                    format!("{text:?} is not a size from 256 bytes to 1GiB"),
+                ));
+            }
+            n
+        }
+    };
+    Ok(Limits {
+        steps_per_workflow: count(
+            "max_steps_per_workflow",
+            &s.max_steps_per_workflow,
+            default.steps_per_workflow,
+            1,
+            1_000_000,
+        )?,
+        workflows_per_pipeline: count(
+            "max_workflows_per_pipeline",
+            &s.max_workflows_per_pipeline,
+            default.workflows_per_pipeline,
+            1,
+            1_000_000,
+        )?,
+        steps_per_pipeline: count(
+            "max_steps_per_pipeline",
+            &s.max_steps_per_pipeline,
+            default.steps_per_pipeline,
+            1,
+            10_000_000,
+        )?,
+        dependencies: count(
+            "max_dependencies",
+            &s.max_dependencies,
+            default.dependencies,
+            0,
+            100_000_000,
+        )?,
+        nesting_depth: count(
+            "max_nesting_depth",
+            &s.max_nesting_depth,
+            default.nesting_depth,
+            4,
+            crate::pipeline::limits::MAX_NESTING_DEPTH,
+        )?,
+        string_length,
+        labels: count("max_labels", &s.max_labels, default.labels, 0, 1_000_000)?,
+        // A pipeline of one step records up to 7 events.
+        events_per_pipeline: count(
+            "max_events_per_pipeline",
+            &s.max_events_per_pipeline,
+            default.events_per_pipeline,
+            7,
+            1_000_000_000,
+        )?,
+    })
 }
 
 /// Hides a password in a database URL before it goes into a message.
@@ -809,6 +963,36 @@ mod tests {
     }
 
     #[test]
+    fn limits_default_and_parse() {
+        let c = Config::from_settings(&settings()).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let s = Settings {
+            max_steps_per_workflow: Some("500".into()),
+            max_workflows_per_pipeline: Some("10".into()),
+            max_steps_per_pipeline: Some("5000".into()),
+            max_dependencies: Some("0".into()),
+            max_nesting_depth: Some("64".into()),
+            max_string_length: Some("1MiB".into()),
+            max_labels: Some("0".into()),
+            max_events_per_pipeline: Some("7".into()),
+            ..settings()
+        };
+        assert_eq!(
+            Config::from_settings(&s).unwrap().limits,
+            Limits {
+                steps_per_workflow: 500,
+                workflows_per_pipeline: 10,
+                steps_per_pipeline: 5000,
+                dependencies: 0,
+                nesting_depth: 64,
+                string_length: 1 << 20,
+                labels: 0,
+                events_per_pipeline: 7,
+            }
+        );
+    }
+
+    #[test]
     fn bad_database_limits_name_the_setting() {
         let cases = [
             (
@@ -857,6 +1041,69 @@ mod tests {
         for (s, expected) in cases {
             assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), expected);
         }
+    }
+
+    #[test]
+    fn bad_limits_name_the_setting() {
+        let cases = [
+            (
+                Settings {
+                    max_steps_per_workflow: Some("0".into()),
+                    ..settings()
+                },
+                "--max-steps-per-workflow (PICULET_MAX_STEPS_PER_WORKFLOW): \"0\" is not a number from 1 to 1000000",
+            ),
+            (
+                Settings {
+                    max_workflows_per_pipeline: Some("many".into()),
+                    ..settings()
+                },
+                "--max-workflows-per-pipeline (PICULET_MAX_WORKFLOWS_PER_PIPELINE): \"many\" is not a number from 1 to 1000000",
+            ),
+            (
+                Settings {
+                    max_nesting_depth: Some("1000".into()),
+                    ..settings()
+                },
+                "--max-nesting-depth (PICULET_MAX_NESTING_DEPTH): \"1000\" is not a number from 4 to 256",
+            ),
+            (
+                Settings {
+                    max_string_length: Some("12".into()),
+                    ..settings()
+                },
+                "--max-string-length (PICULET_MAX_STRING_LENGTH): \"12\" is not a size from 256 bytes to 1GiB",
+            ),
+            (
+                Settings {
+                    max_events_per_pipeline: Some("6".into()),
+                    ..settings()
+                },
+                "--max-events-per-pipeline (PICULET_MAX_EVENTS_PER_PIPELINE): \"6\" is not a number from 7 to 1000000000",
+            ),
+            (
+                Settings {
+                    max_labels: Some("-1".into()),
+                    ..settings()
+                },
+                "--max-labels (PICULET_MAX_LABELS): \"-1\" is not a number from 0 to 1000000",
+            ),
+        ];
+        for (s, expected) in cases {
+            assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), expected);
+            assert_eq!(limits(&s).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn limits_come_from_the_file_too() {
+        let dir = std::env::temp_dir().join(format!("piculet-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("piculet.toml");
+        std::fs::write(&path, "max_steps_per_workflow = \"12\"\n").unwrap();
+        let s = settings().with_file(&path).unwrap();
+        assert_eq!(limits(&s).unwrap().steps_per_workflow, 12);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::engine::env::{EnvContext, workflow_env};
 use crate::k8s::{
     KubernetesConfig, PolicyViolation, RegistryCredential, RenderInput, render_workflow,
 };
-use crate::pipeline::{Diagnostic, Report};
+use crate::pipeline::{Diagnostic, Limits, Report};
 use crate::submission::Submission;
 
 /// The objects of one workflow, in the order they would be created.
@@ -50,10 +50,11 @@ pub enum Refusal {
 pub fn render(
     submission: &Submission,
     default_platform: &str,
+    limits: &Limits,
     config: &KubernetesConfig,
 ) -> Result<Rendered, Refusal> {
     let planned = submission
-        .plan(default_platform)
+        .plan(default_platform, limits)
         .map_err(Refusal::Invalid)?;
     let pipeline_id = Uuid::now_v7();
     let now = Utc::now();

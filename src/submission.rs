@@ -10,7 +10,10 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::model::{Status, StepKind};
-use crate::pipeline::{self, Context, Diagnostic, RepoSpec, Report, Source, SourceContent};
+use crate::pipeline::diagnostic::MAX_PER_CONFIG;
+use crate::pipeline::limits::{self, over};
+use crate::pipeline::text::{NUL_REFUSAL, has_nul, too_long};
+use crate::pipeline::{self, Context, Diagnostic, Limits, RepoSpec, Report, Source, SourceContent};
 use crate::secrets::SecretBox;
 use crate::store::{NewPipeline, NewStep, NewWorkflow};
 
@@ -161,8 +164,9 @@ impl Submission {
         sources
     }
 
-    fn context(&self, default_platform: &str) -> Context {
+    fn context(&self, default_platform: &str, limits: &Limits) -> Context {
         Context {
+            limits: limits.clone(),
             variables: self.variables.clone(),
             secret_names: self.secrets.iter().map(|s| s.name.clone()).collect(),
             check_secrets: true,
@@ -179,7 +183,7 @@ impl Submission {
     }
 
     /// Problems of the submission itself, outside its pipeline files.
-    fn check(&self) -> Vec<Diagnostic> {
+    fn check(&self, limits: &Limits) -> Vec<Diagnostic> {
         let mut errors = Vec::new();
         let mut error = |pointer: String, message: String| {
             errors.push(Diagnostic {
@@ -200,6 +204,9 @@ impl Submission {
                 "give either `configs` or `pipeline`, not both".into(),
             ),
             _ => {}
+        }
+        for problem in self.text_problems(limits) {
+            error(problem.0, problem.1);
         }
         let mut config_names = BTreeSet::new();
         for (i, c) in self.configs.iter().enumerate() {
@@ -223,7 +230,7 @@ impl Submission {
                 );
             }
         }
-        if let Some(timeout) = &self.timeout {
+        if let Some(timeout) = self.timeout.as_ref().filter(|t| !has_nul(t)) {
             match humantime::parse_duration(timeout) {
                 Ok(d) if d.as_secs() > 0 => {}
                 _ => error(
@@ -232,7 +239,7 @@ impl Submission {
                 ),
             }
         }
-        if let Some(ns) = &self.namespace
+        if let Some(ns) = self.namespace.as_ref().filter(|n| !has_nul(n))
             && !is_dns_label(ns)
         {
             error(
@@ -242,7 +249,7 @@ impl Submission {
                 ),
             );
         }
-        if let Some(platform) = &self.platform
+        if let Some(platform) = self.platform.as_ref().filter(|p| !has_nul(p))
             && platform
                 .split_once('/')
                 .is_none_or(|(os, arch)| os.is_empty() || arch.is_empty())
@@ -250,6 +257,16 @@ impl Submission {
             error(
                 "/platform".into(),
                 format!("{platform:?} is not OS/ARCH, e.g. linux/arm64"),
+            );
+        }
+        if self.labels.len() > limits.labels {
+            error(
+                "/labels".into(),
+                format!(
+                    "the submission has {} labels, {}",
+                    self.labels.len(),
+                    over(limits.labels, limits::LABELS)
+                ),
             );
         }
         for key in self.labels.keys() {
@@ -261,14 +278,101 @@ impl Submission {
             }
         }
         errors.extend(crate::repo::check(self.repo.as_ref(), &self.variables));
+        // As for a config: a few hundred bytes of hostile fields must not become a large answer.
+        if errors.len() > MAX_PER_CONFIG {
+            let left_out = errors.len() - MAX_PER_CONFIG;
+            errors.truncate(MAX_PER_CONFIG);
+            errors.push(Diagnostic {
+                config: SUBMISSION.into(),
+                pointer: String::new(),
+                line: None,
+                column: None,
+                message: format!(
+                    "{left_out} more errors of the submission are not shown; fix the ones above first"
+                ),
+            });
+        }
         errors
     }
 
-    /// Checks the submission and plans its pipeline; every error at once.
-    pub fn plan(&self, default_platform: &str) -> Result<pipeline::Planned, Report> {
-        let problems = self.check();
+    /// Text a database cannot store (NUL) anywhere in the submission outside its configs, and
+    /// strings over the length limit; as pointers and messages. A value is never quoted: it
+    /// may be a secret.
+    fn text_problems(&self, limits: &Limits) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        // (pointer, text, whether the length limit applies, whether it is a key)
+        let mut fields: Vec<(String, &str, bool, bool)> = Vec::new();
+        if let Some(name) = &self.name {
+            fields.push(("/name".into(), name, true, false));
+        }
+        for (i, c) in self.configs.iter().enumerate() {
+            fields.push((format!("/configs/{i}/name"), &c.name, true, false));
+        }
+        for (map, name) in [(&self.variables, "variables"), (&self.labels, "labels")] {
+            for (k, v) in map {
+                let pointer = format!("/{name}/{}", escape_pointer(k));
+                fields.push((pointer.clone(), k, true, true));
+                fields.push((pointer, v, true, false));
+            }
+        }
+        for (i, s) in self.secrets.iter().enumerate() {
+            fields.push((format!("/secrets/{i}/name"), &s.name, true, false));
+            fields.push((format!("/secrets/{i}/value"), &s.value, false, false));
+        }
+        for (i, r) in self.registries.iter().enumerate() {
+            fields.push((format!("/registries/{i}/address"), &r.address, false, false));
+            fields.push((
+                format!("/registries/{i}/username"),
+                &r.username,
+                false,
+                false,
+            ));
+            fields.push((
+                format!("/registries/{i}/password"),
+                &r.password,
+                false,
+                false,
+            ));
+        }
+        if let Some(repo) = &self.repo {
+            fields.push(("/repo/clone_url".into(), &repo.clone_url, false, false));
+            if let Some(r) = &repo.git_ref {
+                fields.push(("/repo/ref".into(), r, false, false));
+            }
+            if let Some(sha) = &repo.sha {
+                fields.push(("/repo/sha".into(), sha, false, false));
+            }
+        }
+        for (pointer, value) in [
+            ("/namespace", &self.namespace),
+            ("/timeout", &self.timeout),
+            ("/platform", &self.platform),
+        ] {
+            if let Some(v) = value {
+                fields.push((pointer.into(), v, false, false));
+            }
+        }
+        for (pointer, text, limited, key) in fields {
+            let what = if key { "key" } else { "value" };
+            if has_nul(text) {
+                problems.push((pointer.clone(), format!("{what} {NUL_REFUSAL}")));
+            }
+            if limited && text.len() > limits.string_length {
+                problems.push((pointer, too_long(what, text.len(), limits)));
+            }
+        }
+        problems
+    }
+
+    /// Checks the submission and plans its pipeline within `limits`; every error at once.
+    pub fn plan(
+        &self,
+        default_platform: &str,
+        limits: &Limits,
+    ) -> Result<pipeline::Planned, Report> {
+        let problems = self.check(limits);
         match (
-            pipeline::plan(&self.sources(), &self.context(default_platform)),
+            pipeline::plan(&self.sources(), &self.context(default_platform, limits)),
             problems.is_empty(),
         ) {
             (Ok(planned), true) => Ok(planned),
@@ -285,10 +389,11 @@ impl Submission {
         }
     }
 
-    /// Validates without storing anything: what `POST /lint` answers.
-    pub fn lint(&self, default_platform: &str) -> Report {
-        let mut report = pipeline::lint(&self.sources(), &self.context(default_platform));
-        let mut errors = self.check();
+    /// Validates without storing anything: what `POST /lint` answers. The same checks as
+    /// [`Submission::plan`], so that both agree on every body.
+    pub fn lint(&self, default_platform: &str, limits: &Limits) -> Report {
+        let mut report = pipeline::lint(&self.sources(), &self.context(default_platform, limits));
+        let mut errors = self.check(limits);
         errors.append(&mut report.errors);
         report.errors = errors;
         report
@@ -296,12 +401,12 @@ impl Submission {
 
     /// Validates pipeline files away from any server: `from_secret` is checked only against
     /// the secret names given, and not at all when none is given.
-    pub fn lint_offline(&self, secret_names: &[String], platform: &str) -> Report {
-        let mut context = self.context(platform);
+    pub fn lint_offline(&self, secret_names: &[String], platform: &str, limits: &Limits) -> Report {
+        let mut context = self.context(platform, limits);
         context.secret_names = secret_names.iter().cloned().collect();
         context.check_secrets = !secret_names.is_empty();
         let mut report = pipeline::lint(&self.sources(), &context);
-        let mut errors = self.check();
+        let mut errors = self.check(limits);
         errors.append(&mut report.errors);
         report.errors = errors;
         report
@@ -361,9 +466,10 @@ impl Submission {
     pub fn prepare(
         &self,
         default_platform: &str,
+        limits: &Limits,
         secret_box: &SecretBox,
     ) -> Result<NewPipeline, Report> {
-        let planned = self.plan(default_platform)?;
+        let planned = self.plan(default_platform, limits)?;
 
         let mut workflows = Vec::new();
         for w in &planned.plan.workflows {
@@ -484,4 +590,249 @@ pub fn is_dns_label(s: &str) -> bool {
 
 fn escape_pointer(token: &str) -> String {
     token.replace('~', "~0").replace('/', "~1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIPELINE: &str = "steps: [{name: a, image: x, commands: [ls]}]";
+
+    fn valid() -> Submission {
+        Submission::from_file(PIPELINE.to_string())
+    }
+
+    fn errors(s: &Submission, limits: &Limits) -> Vec<(String, String)> {
+        let lint = s.lint("linux/amd64", limits);
+        let plan = s.plan("linux/amd64", limits).err().unwrap_or_default();
+        // `/lint` and submission agree on every body.
+        assert_eq!(lint.errors, plan.errors);
+        lint.errors
+            .into_iter()
+            .map(|d| (d.pointer, d.message))
+            .collect()
+    }
+
+    #[test]
+    fn labels_at_and_over_the_limit() {
+        let limits = Limits {
+            labels: 2,
+            ..Limits::default()
+        };
+        let mut s = valid();
+        s.labels = [("a", "1"), ("b", "2")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(errors(&s, &limits), []);
+        s.labels.insert("c".into(), "3".into());
+        assert_eq!(
+            errors(&s, &limits),
+            [(
+                "/labels".to_string(),
+                "the submission has 3 labels, more than the limit of 2 (PICULET_MAX_LABELS)"
+                    .to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn strings_at_and_over_the_limit() {
+        let limits = Limits {
+            string_length: 300,
+            ..Limits::default()
+        };
+        let at = "x".repeat(300);
+        let over = "x".repeat(301);
+        let mut s = valid();
+        s.name = Some(at.clone());
+        s.variables.insert(at.clone(), at.clone());
+        s.labels.insert(at.clone(), at.clone());
+        s.secrets.push(SecretValue {
+            name: at.clone(),
+            value: over.repeat(10),
+        });
+        s.configs[0].name = at.clone();
+        assert_eq!(errors(&s, &limits), []);
+
+        let mut s = valid();
+        s.name = Some(over.clone());
+        s.variables.insert("V".into(), over.clone());
+        s.labels.insert(over.clone(), "v".into());
+        s.secrets.push(SecretValue {
+            name: over.clone(),
+            value: "v".into(),
+        });
+        s.configs[0].name = over.clone();
+        let message = |what: &str| {
+            format!("{what} of 301 bytes, more than the limit of 300 (PICULET_MAX_STRING_LENGTH)")
+        };
+        let found = errors(&s, &limits);
+        for expected in [
+            ("/name".to_string(), message("value")),
+            ("/configs/0/name".to_string(), message("value")),
+            ("/variables/V".to_string(), message("value")),
+            (format!("/labels/{over}"), message("key")),
+            ("/secrets/0/name".to_string(), message("value")),
+        ] {
+            assert!(found.contains(&expected), "{expected:?} in {found:#?}");
+        }
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_field_without_echoing_it() {
+        let nul = "a\0b";
+        type Set = Box<dyn Fn(&mut Submission)>;
+        let cases: Vec<(&str, Set)> = vec![
+            ("/name", Box::new(|s| s.name = Some(nul.into()))),
+            (
+                "/configs/0/name",
+                Box::new(|s| s.configs[0].name = nul.into()),
+            ),
+            (
+                "/variables/K",
+                Box::new(|s| {
+                    s.variables.insert("K".into(), nul.into());
+                }),
+            ),
+            (
+                "/labels/a\0b",
+                Box::new(|s| {
+                    s.labels.insert(nul.into(), "v".into());
+                }),
+            ),
+            (
+                "/secrets/0/value",
+                Box::new(|s| {
+                    s.secrets.push(SecretValue {
+                        name: "tok".into(),
+                        value: "s3cr\0t".into(),
+                    })
+                }),
+            ),
+            (
+                "/secrets/0/name",
+                Box::new(|s| {
+                    s.secrets.push(SecretValue {
+                        name: nul.into(),
+                        value: "v".into(),
+                    })
+                }),
+            ),
+            (
+                "/registries/0/password",
+                Box::new(|s| {
+                    s.registries.push(Registry {
+                        address: "r".into(),
+                        username: "u".into(),
+                        password: "p\0w".into(),
+                    })
+                }),
+            ),
+            (
+                "/repo/ref",
+                Box::new(|s| {
+                    s.repo = Some(Repo {
+                        clone_url: "https://example.com/r.git".into(),
+                        git_ref: Some(nul.into()),
+                        sha: None,
+                    })
+                }),
+            ),
+            ("/namespace", Box::new(|s| s.namespace = Some(nul.into()))),
+            ("/timeout", Box::new(|s| s.timeout = Some("1\0h".into()))),
+            (
+                "/platform",
+                Box::new(|s| s.platform = Some("linux/\0".into())),
+            ),
+        ];
+        for (pointer, set) in cases {
+            let mut s = valid();
+            set(&mut s);
+            let found = errors(&s, &Limits::default());
+            let nul_errors: Vec<&(String, String)> =
+                found.iter().filter(|(_, m)| m.contains("NUL")).collect();
+            assert_eq!(nul_errors.len(), 1, "{pointer}: {found:#?}");
+            assert_eq!(nul_errors[0].0, pointer);
+            assert!(
+                nul_errors[0].1.ends_with(NUL_REFUSAL),
+                "{}",
+                nul_errors[0].1
+            );
+            assert!(
+                !found
+                    .iter()
+                    .any(|(_, m)| m.contains('\0') || m.contains("s3cr")),
+                "{pointer}: a refusal repeats the value: {found:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn many_bad_fields_make_a_bounded_answer() {
+        let mut s = valid();
+        for i in 0..1000 {
+            s.variables.insert(format!("V{i}"), "\0".into());
+        }
+        let found = errors(&s, &Limits::default());
+        assert_eq!(found.len(), MAX_PER_CONFIG + 1);
+        assert_eq!(
+            found[MAX_PER_CONFIG].1,
+            "900 more errors of the submission are not shown; fix the ones above first"
+        );
+    }
+
+    #[test]
+    fn nul_in_a_config_is_refused_whatever_its_syntax() {
+        for (content, pointer) in [
+            (
+                "steps: [{name: \"a\\0\", image: x, commands: [ls]}]",
+                "/steps/0/name",
+            ),
+            (
+                "{\"steps\": [{\"name\": \"a\", \"image\": \"x\\u0000\", \"commands\": [\"ls\"]}]}",
+                "/steps/0/image",
+            ),
+            ("# \0\nsteps: [{name: a, image: x, commands: [ls]}]", ""),
+        ] {
+            let s = Submission::from_file(content.to_string());
+            let found = errors(&s, &Limits::default());
+            assert_eq!(found.len(), 1, "{found:#?}");
+            assert_eq!(found[0].0, pointer);
+            assert!(found[0].1.ends_with(NUL_REFUSAL));
+        }
+        let mut s = valid();
+        s.configs.clear();
+        s.pipeline = Some(serde_json::json!({
+            "steps": [{"name": "a", "image": "x", "commands": ["ls"], "environment": {"K\u{0}": "v"}}]
+        }));
+        assert_eq!(
+            errors(&s, &Limits::default()),
+            [(
+                "/steps/0/environment/K\0".to_string(),
+                format!("key {NUL_REFUSAL}")
+            )]
+        );
+    }
+
+    #[test]
+    fn hostile_bodies_get_the_same_answer_from_lint_and_plan() {
+        let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
+        let ring: String = (0..300)
+            .map(|i| {
+                format!(
+                    "  s{i}: {{image: x, commands: [ls], depends_on: [s{}]}}\n",
+                    (i + 1) % 300
+                )
+            })
+            .collect();
+        for content in [
+            deep,
+            format!("steps:\n{ring}"),
+            "steps: [{name: a, image: x, commands: [ls], directory: ../..}]".to_string(),
+        ] {
+            let found = errors(&Submission::from_file(content), &Limits::default());
+            assert!(!found.is_empty());
+        }
+    }
 }

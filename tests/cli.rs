@@ -39,6 +39,30 @@ fn lint_accepts_a_valid_file() {
 }
 
 #[test]
+fn lint_applies_the_limit_settings() {
+    let file = temp_file(
+        "ci.yaml",
+        "steps:\n  a: {image: alpine, commands: [ls]}\n  b: {image: alpine, commands: [ls]}\n",
+    );
+    let path = file.to_str().unwrap();
+    assert!(piculet(&["lint", path]).status.success());
+    let out = piculet(&["lint", "--max-steps-per-workflow", "1", path]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{path}:2:3: workflow has 2 steps, more than the limit of 1 (PICULET_MAX_STEPS_PER_WORKFLOW)\n"
+        )
+    );
+    let out = piculet(&["lint", "--max-nesting-depth", "0", path]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "piculet: error: --max-nesting-depth (PICULET_MAX_NESTING_DEPTH): \"0\" is not a number from 4 to 256\n"
+    );
+}
+
+#[test]
 fn lint_prints_every_error_with_its_place() {
     let file = temp_file(
         "build.yaml",
@@ -143,6 +167,14 @@ fn help_lists_every_setting() {
         "PICULET_SECRET_KEY",
         "PICULET_LOG_FORMAT",
         "PICULET_LOG",
+        "PICULET_MAX_STEPS_PER_WORKFLOW",
+        "PICULET_MAX_WORKFLOWS_PER_PIPELINE",
+        "PICULET_MAX_STEPS_PER_PIPELINE",
+        "PICULET_MAX_DEPENDENCIES",
+        "PICULET_MAX_NESTING_DEPTH",
+        "PICULET_MAX_STRING_LENGTH",
+        "PICULET_MAX_LABELS",
+        "PICULET_MAX_EVENTS_PER_PIPELINE",
     ] {
         assert!(help.contains(setting), "--help lists {setting}");
     }

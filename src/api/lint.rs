@@ -73,7 +73,9 @@ fn lint_body(
     body: &[u8],
 ) -> Result<Json<LintResult>, ApiError> {
     let parsed = parse_submission(headers, body)?;
-    let report = parsed.submission.lint(&state.config.platform);
+    let report = parsed
+        .submission
+        .lint(&state.config.platform, &state.config.limits);
     Ok(Json(LintResult {
         valid: report.errors.is_empty(),
         errors: report.errors,

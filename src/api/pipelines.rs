@@ -129,10 +129,19 @@ fn plan_body(
 /// refused submission is refused before anything is stored or created.
 fn prepare(state: &AppState, submission: &Submission) -> Result<NewPipeline, ApiError> {
     if state.config.backend == BackendKind::Kubernetes {
-        crate::dry_run::render(submission, &state.config.platform, &state.config.kubernetes)?;
+        crate::dry_run::render(
+            submission,
+            &state.config.platform,
+            &state.config.limits,
+            &state.config.kubernetes,
+        )?;
     }
     submission
-        .prepare(&state.config.platform, &state.secret_box)
+        .prepare(
+            &state.config.platform,
+            &state.config.limits,
+            &state.secret_box,
+        )
         .map_err(|report| validation(report.errors, report.warnings))
 }
 

@@ -60,6 +60,7 @@ fn render_body(
     let rendered = dry_run::render(
         &parsed.submission,
         &state.config.platform,
+        &state.config.limits,
         &state.config.kubernetes,
     )?;
     Ok(Json(rendered))

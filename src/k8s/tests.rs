@@ -878,8 +878,11 @@ fn resource_maxima_refusals() {
 
 #[test]
 fn format_refusals() {
-    let yaml = "services: [{name: db, image: postgres, ports: ['99999', '53/dns']}]\nsteps: [{name: a, image: alpine, commands: [ls], extra_hosts: ['nocolon', 'h:not-an-ip'], dns: ['x'], volumes: ['Bad_Claim:/x', 'c:relative']}]";
-    let v = refused(&config(&[("allowed_claims", "*")]), &input(plan(yaml)));
+    let yaml = "services: [{name: db, image: postgres, ports: ['99999', '53/dns']}]\nsteps: [{name: a, image: alpine, commands: [ls], extra_hosts: ['nocolon', 'h:not-an-ip'], dns: ['x'], volumes: ['Bad_Claim:/x', 'c:/x']}]";
+    let mut plan = plan(yaml);
+    // Submission refuses a relative mount path; the renderer still does, should one get here.
+    plan.steps[0].volumes[1] = "c:relative".into();
+    let v = refused(&config(&[("allowed_claims", "*")]), &input(plan));
     insta::assert_yaml_snapshot!(v);
 }
 

@@ -4,22 +4,28 @@
 
 use std::collections::BTreeMap;
 
-use super::diagnostic::{Sink, child, index};
+use super::diagnostic::{Pos, Sink, child, index};
+use super::limits::{WORKFLOWS_PER_PIPELINE, over};
 use super::node::{Node, Value};
-
-/// More elements than this is almost surely a mistake, and would flood the engine.
-pub const MAX_ELEMENTS: usize = 256;
 
 pub type Element = BTreeMap<String, String>;
 
-/// The elements of a workflow's matrix; one empty element when there is no matrix.
-pub(crate) fn expand(matrix: Option<&Node>, sink: &mut Sink) -> Vec<Element> {
+/// How many workflows the pipeline may still have, and its limit.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Room {
+    pub left: usize,
+    pub limit: usize,
+}
+
+/// The elements of a workflow's matrix; one empty element when there is no matrix. `None`
+/// when there would be more than `room` allows: refused before any element is built.
+pub(crate) fn expand(matrix: Option<&Node>, sink: &mut Sink, room: Room) -> Option<Vec<Element>> {
     let Some(node) = matrix.filter(|n| !n.is_null()) else {
-        return vec![Element::new()];
+        return fits(1, room, sink, "", Pos::NONE).then(|| vec![Element::new()]);
     };
     let Some(entries) = node.as_map() else {
         sink.error("/matrix", node.pos, "expected a map");
-        return vec![Element::new()];
+        return Some(vec![Element::new()]);
     };
     let mut axes: Vec<(String, Vec<String>)> = Vec::new();
     let mut include: Vec<Element> = Vec::new();
@@ -84,25 +90,18 @@ pub(crate) fn expand(matrix: Option<&Node>, sink: &mut Sink) -> Vec<Element> {
                 node.pos,
                 "expected a non-empty list of maps",
             );
-            return vec![Element::new()];
+            return Some(vec![Element::new()]);
         }
-        return include;
+        return fits(include.len(), room, sink, "/matrix/include", node.pos).then_some(include);
     }
 
+    // The product is checked before a single element is built.
     let total = axes
         .iter()
-        .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len().max(1)));
-    match total {
-        Some(t) if t <= MAX_ELEMENTS => {}
-        _ => {
-            let shown = total.map_or_else(|| "too many".to_string(), |t| t.to_string());
-            sink.error(
-                "/matrix",
-                node.pos,
-                format!("matrix has {shown} combinations; the limit is {MAX_ELEMENTS}"),
-            );
-            return vec![Element::new()];
-        }
+        .try_fold(1usize, |acc, (_, v)| acc.checked_mul(v.len().max(1)))
+        .unwrap_or(usize::MAX);
+    if !fits(total, room, sink, "/matrix", node.pos) {
+        return None;
     }
     let mut out = vec![Element::new()];
     for (name, values) in &axes {
@@ -117,7 +116,38 @@ pub(crate) fn expand(matrix: Option<&Node>, sink: &mut Sink) -> Vec<Element> {
             })
             .collect();
     }
-    out
+    Some(out)
+}
+
+/// Whether `count` more workflows fit; reports them at `pointer` when they do not.
+fn fits(count: usize, room: Room, sink: &mut Sink, pointer: &str, pos: Pos) -> bool {
+    if count <= room.left {
+        return true;
+    }
+    let before = room.limit - room.left;
+    let total = before.saturating_add(count);
+    let shown = |n: usize| {
+        if n == usize::MAX {
+            "too many".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let limit = over(room.limit, WORKFLOWS_PER_PIPELINE);
+    let message = match (pointer.is_empty(), before) {
+        (true, _) => format!(
+            "the pipeline would have {} workflows, {limit}",
+            shown(total)
+        ),
+        (false, 0) => format!("matrix has {} combinations, {limit}", shown(count)),
+        (false, _) => format!(
+            "matrix has {} combinations; with the {before} workflows of the configs before it, the pipeline would have {} workflows, {limit}",
+            shown(count),
+            shown(total)
+        ),
+    };
+    sink.error(pointer, pos, message);
+    false
 }
 
 #[cfg(test)]
@@ -125,9 +155,13 @@ mod tests {
     use super::*;
 
     fn run(yaml: &str) -> (Vec<Element>, Sink) {
-        let node = Node::parse(yaml).expect("yaml");
+        let node = Node::parse(yaml, 32).expect("yaml");
         let mut sink = Sink::new("t");
-        let out = expand(node.get("matrix").map(|e| &e.value), &mut sink);
+        let room = Room {
+            left: 256,
+            limit: 256,
+        };
+        let out = expand(node.get("matrix").map(|e| &e.value), &mut sink, room).unwrap_or_default();
         (out, sink)
     }
 
@@ -165,10 +199,48 @@ mod tests {
                 "expected a list of values"
             ]
         );
-        let (_, sink) = run("matrix: {A: [1,2,3,4,5,6,7], B: [1,2,3,4,5,6,7], C: [1,2,3,4,5,6]}");
+        let (els, sink) = run("matrix: {A: [1,2,3,4,5,6,7], B: [1,2,3,4,5,6,7], C: [1,2,3,4,5,6]}");
+        assert!(els.is_empty());
         assert_eq!(
             sink.errors[0].message,
-            "matrix has 294 combinations; the limit is 256"
+            "matrix has 294 combinations, more than the limit of 256 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)"
+        );
+    }
+
+    #[test]
+    fn room_left_by_earlier_configs() {
+        let node = Node::parse("matrix: {A: [1, 2, 3]}", 32).expect("yaml");
+        let matrix = node.get("matrix").map(|e| &e.value);
+        let mut sink = Sink::new("t");
+        let at = Room { left: 3, limit: 5 };
+        assert_eq!(expand(matrix, &mut sink, at).map(|e| e.len()), Some(3));
+        let over = Room { left: 2, limit: 5 };
+        assert_eq!(expand(matrix, &mut sink, over), None);
+        assert_eq!(
+            sink.errors[0].message,
+            "matrix has 3 combinations; with the 3 workflows of the configs before it, the pipeline would have 6 workflows, more than the limit of 5 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)"
+        );
+        // An astronomically large product is refused without overflow.
+        let node = Node::parse(
+            &format!(
+                "matrix: {{{}}}",
+                (0..40)
+                    .map(|i| format!("A{i}: [1,2,3,4,5,6,7,8]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            32,
+        )
+        .expect("yaml");
+        let mut sink = Sink::new("t");
+        assert_eq!(
+            expand(node.get("matrix").map(|e| &e.value), &mut sink, at),
+            None
+        );
+        assert!(
+            sink.errors[0]
+                .message
+                .starts_with("matrix has too many combinations")
         );
     }
 }

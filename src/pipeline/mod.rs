@@ -8,17 +8,22 @@
 
 pub mod diagnostic;
 pub mod duration;
+pub(crate) mod graph;
+pub mod limits;
 pub(crate) mod matrix;
 pub mod model;
 pub mod node;
+pub(crate) mod paths;
 pub mod plan;
 pub mod quantity;
 pub mod schema;
 pub mod subst;
+pub mod text;
 pub(crate) mod validate;
 pub(crate) mod when;
 
 pub use diagnostic::{Diagnostic, Report};
+pub use limits::Limits;
 pub use model::{
     Capabilities, EnvValue, Failure, KubernetesOptions, Resources, SecProfile, SecretRef,
     SecretTarget, SecurityContext, SettingValue, Status, StepKind, Toleration, Workspace,

@@ -2,13 +2,25 @@
 //! JSON text (parsed by the same YAML parser, so it gets positions too) or an already-parsed
 //! `serde_json::Value` (no positions). Anchors, aliases and merge keys are resolved by the parser;
 //! the tree keeps the original text of numbers (`1.20` stays `1.20`, as Woodpecker keeps it).
+//!
+//! Converting, merging, substituting and dropping a tree recurse on its depth, so the depth is
+//! bounded first: while the parser reads (see [`nesting`]), and for an already-parsed value by
+//! [`json_nesting`], which does not recurse.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::Spanned;
+use serde_saphyr::budget::BudgetBreach;
 
-use super::diagnostic::Pos;
+use super::diagnostic::{Pos, child};
+use super::limits::{NESTING_DEPTH, over};
+
+/// Parser events that aliases may replay in one config. An anchor reused by every step of
+/// the largest workflow replays a few thousand; a "billion laughs" document would replay
+/// billions, and is refused once past this.
+pub const MAX_ALIAS_EVENTS: usize = 100_000;
 
 /// A node of a config with where it came from.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,11 +49,49 @@ pub struct Entry {
     pub value: Node,
 }
 
-/// A parse failure of the text itself.
+/// A parse failure of the text itself, or a limit the text crosses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParseError {
     pub message: String,
     pub pos: Pos,
+    /// Where in the tree a limit was crossed; empty for a syntax error.
+    pub pointer: String,
+    /// A limit was crossed (nesting, aliases): the text is readable but refused, and not to be
+    /// read again another way.
+    pub limit: bool,
+}
+
+impl ParseError {
+    pub(crate) fn syntax(message: String, pos: Pos) -> ParseError {
+        ParseError {
+            message,
+            pos,
+            pointer: String::new(),
+            limit: false,
+        }
+    }
+
+    fn limit(message: String, pos: Pos, pointer: String) -> ParseError {
+        ParseError {
+            message,
+            pos,
+            pointer,
+            limit: true,
+        }
+    }
+
+    /// The refusal of a tree nested deeper than `max`, at `pointer`.
+    pub fn nesting(max: usize, pos: Pos, pointer: String) -> ParseError {
+        ParseError::limit(
+            format!(
+                "maps and lists nest {} deep here, {}",
+                max + 1,
+                over(max, NESTING_DEPTH)
+            ),
+            pos,
+            pointer,
+        )
+    }
 }
 
 impl Node {
@@ -117,8 +167,9 @@ impl Node {
         Node::new(value, Pos::NONE)
     }
 
-    /// Parses YAML (or JSON) text into a tree with positions.
-    pub fn parse(text: &str) -> Result<Node, ParseError> {
+    /// Parses YAML (or JSON) text into a tree with positions; maps and lists nested deeper
+    /// than `max_depth` are refused where they cross it, before the tree is built.
+    pub fn parse(text: &str, max_depth: usize) -> Result<Node, ParseError> {
         let mut options = serde_saphyr::Options::default();
         // YAML 1.2 booleans only: `on`, `yes`, `n` stay strings (a step or key named `n` is
         // not `false`), as in Woodpecker's Go YAML decoder.
@@ -127,17 +178,306 @@ impl Node {
         // Merge keys are resolved on the tree (`merge`), because Woodpecker's YAML dialect also
         // merges a list into a list (`- <<: *paths`), which serde-saphyr rejects.
         options.merge_keys = serde_saphyr::MergeKeyPolicy::AsOrdinary;
-        match serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options) {
+        let mut budget = serde_saphyr::Budget::default();
+        // Backstops only: the reader's own check (`nesting`) is to come first and name the
+        // place. The scanner runs ahead of the reader by up to a simple key's lookahead (each
+        // level takes at least one character), so these must be that much higher.
+        let ahead = budget.simple_key_max_lookahead.saturating_mul(2);
+        budget.max_depth = max_depth.saturating_add(ahead);
+        budget.flow_nesting_limit = max_depth.saturating_add(ahead);
+        // The replay cap stops alias bombs; the ratio heuristic would also refuse an anchor
+        // reused by a hundred steps, which Woodpecker configs do.
+        budget.enforce_alias_anchor_ratio = false;
+        options.budget = Some(budget);
+        options.alias_limits.max_total_replayed_events = MAX_ALIAS_EVENTS;
+
+        let tracking = nesting::Tracking::start(max_depth);
+        let parsed = serde_saphyr::from_str_with_options::<Spanned<Raw>>(text, options);
+        let crossed = tracking.crossed();
+        drop(tracking);
+        match parsed {
             Ok(raw) => merge(convert(raw, text)),
             Err(e) => {
                 let pos = e
                     .location()
                     .map(|l| Pos::at(clamp(l.line()), clamp(l.column())))
                     .unwrap_or(Pos::NONE);
-                Err(ParseError {
-                    message: clean_parse_message(&e.to_string()),
-                    pos,
+                if let Some(pointer) = crossed {
+                    return Err(ParseError::nesting(max_depth, pos, pointer));
+                }
+                // The cause, without the wrappers that add places to it.
+                let mut cause = &e;
+                while let serde_saphyr::Error::AliasError { error, .. }
+                | serde_saphyr::Error::WithSnippet { error, .. } = cause
+                {
+                    cause = error;
+                }
+                Err(match cause {
+                    serde_saphyr::Error::AliasReplayLimitExceeded { .. }
+                    | serde_saphyr::Error::AliasExpansionLimitExceeded { .. }
+                    | serde_saphyr::Error::AliasReplayStackDepthExceeded { .. } => {
+                        ParseError::limit(
+                            format!(
+                                "YAML aliases expand to more than {MAX_ALIAS_EVENTS} values; write the repeated parts out, or repeat them less"
+                            ),
+                            pos,
+                            String::new(),
+                        )
+                    }
+                    serde_saphyr::Error::Budget { breach, .. } => {
+                        budget_refusal(breach, max_depth, pos)
+                    }
+                    _ => ParseError::syntax(clean_parse_message(&e.to_string()), pos),
                 })
+            }
+        }
+    }
+}
+
+/// What serde-saphyr's budget refused, in words; nesting is normally caught before it.
+fn budget_refusal(breach: &BudgetBreach, max_depth: usize, pos: Pos) -> ParseError {
+    let message = match breach {
+        BudgetBreach::Depth { .. } => return ParseError::nesting(max_depth, pos, String::new()),
+        BudgetBreach::Nodes { nodes } => {
+            format!(
+                "the config has more than {} values, maps and lists",
+                nodes.saturating_sub(1)
+            )
+        }
+        BudgetBreach::Aliases { .. }
+        | BudgetBreach::RecordedAnchorEvents { .. }
+        | BudgetBreach::RecordedAnchorBytes { .. } => {
+            "YAML anchors and aliases are used too much; write the repeated parts out".to_string()
+        }
+        other => format!("the config is too large to read ({other:?})"),
+    };
+    ParseError::limit(message, pos, String::new())
+}
+
+/// Where an already-parsed value nests deeper than `max` maps and arrays: the pointer of the
+/// first collection past the limit. Walks without recursion, whatever the depth.
+pub fn json_nesting(value: &serde_json::Value, max: usize) -> Option<String> {
+    use serde_json::Value as J;
+    enum Children<'a> {
+        Array(std::iter::Enumerate<std::slice::Iter<'a, J>>),
+        Object(serde_json::map::Iter<'a>),
+    }
+    fn children(v: &J) -> Option<Children<'_>> {
+        match v {
+            J::Array(a) => Some(Children::Array(a.iter().enumerate())),
+            J::Object(o) => Some(Children::Object(o.iter())),
+            _ => None,
+        }
+    }
+    let pointer = |stack: &[(String, Children<'_>)], last: &str| {
+        stack
+            .iter()
+            .skip(1)
+            .map(|(token, _)| token.as_str())
+            .chain([last])
+            .fold(String::new(), |p, t| child(&p, t))
+    };
+    let root = children(value)?;
+    if max == 0 {
+        return Some(String::new());
+    }
+    let mut stack: Vec<(String, Children<'_>)> = vec![(String::new(), root)];
+    while let Some((_, top)) = stack.last_mut() {
+        let next = match top {
+            Children::Array(items) => items.next().map(|(i, v)| (i.to_string(), v)),
+            Children::Object(entries) => entries.next().map(|(k, v)| (k.clone(), v)),
+        };
+        let Some((token, v)) = next else {
+            stack.pop();
+            continue;
+        };
+        if let Some(grandchildren) = children(v) {
+            if stack.len() >= max {
+                return Some(pointer(&stack, &token));
+            }
+            stack.push((token, grandchildren));
+        }
+    }
+    None
+}
+
+/// Bounds the nesting while serde-saphyr builds the raw tree: its deserializer recurses once
+/// per level, so a deep text must be refused while it is read, not after. The visitor cannot
+/// carry state through `Spanned`, hence a thread-local set for the length of one parse.
+mod nesting {
+    use std::cell::RefCell;
+
+    use super::super::diagnostic::{child, index};
+
+    enum Token {
+        Index(usize),
+        Key(String),
+    }
+
+    struct State {
+        max: usize,
+        depth: usize,
+        path: Vec<Token>,
+        crossed: Option<String>,
+    }
+
+    thread_local! {
+        static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
+    }
+
+    /// Tracks the nesting of one parse on this thread until dropped.
+    pub(super) struct Tracking;
+
+    impl Tracking {
+        pub(super) fn start(max: usize) -> Tracking {
+            STATE.with(|s| {
+                *s.borrow_mut() = Some(State {
+                    max,
+                    depth: 0,
+                    path: Vec::new(),
+                    crossed: None,
+                })
+            });
+            Tracking
+        }
+
+        /// The pointer of the first map or list past the limit, if one was met.
+        pub(super) fn crossed(&self) -> Option<String> {
+            STATE.with(|s| s.borrow().as_ref().and_then(|st| st.crossed.clone()))
+        }
+    }
+
+    impl Drop for Tracking {
+        fn drop(&mut self) {
+            STATE.with(|s| s.borrow_mut().take());
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut State)) {
+        STATE.with(|s| {
+            if let Some(state) = s.borrow_mut().as_mut() {
+                f(state)
+            }
+        })
+    }
+
+    /// A map or list begins; `Err` when it is one level too deep.
+    pub(super) fn enter() -> Result<(), ()> {
+        let mut result = Ok(());
+        with(|st| {
+            st.depth += 1;
+            if st.depth > st.max {
+                let pointer = st.path.iter().fold(String::new(), |p, t| match t {
+                    Token::Index(i) => index(&p, *i),
+                    Token::Key(k) => child(&p, k),
+                });
+                st.crossed.get_or_insert(pointer);
+                result = Err(());
+            }
+        });
+        result
+    }
+
+    pub(super) fn leave() {
+        with(|st| st.depth = st.depth.saturating_sub(1));
+    }
+
+    pub(super) fn push_index(i: usize) {
+        with(|st| st.path.push(Token::Index(i)));
+    }
+
+    pub(super) fn push_key(key: String) {
+        with(|st| st.path.push(Token::Key(key)));
+    }
+
+    pub(super) fn pop() {
+        with(|st| {
+            st.path.pop();
+        });
+    }
+}
+
+/// A key or a scalar's text met by [`Node::for_each_text`].
+pub(crate) struct Text<'a> {
+    pub text: &'a str,
+    pub pos: Pos,
+    /// A mapping key (as opposed to a value).
+    pub is_key: bool,
+}
+
+impl Node {
+    /// Calls `f` with every key and every string or number text of the tree, in document order,
+    /// and a function naming its JSON pointer (built only when asked for). Does not recurse.
+    pub(crate) fn for_each_text(&self, mut f: impl FnMut(Text<'_>, &dyn Fn() -> String)) {
+        enum Children<'a> {
+            Seq(std::iter::Enumerate<std::slice::Iter<'a, Node>>),
+            Map(std::slice::Iter<'a, Entry>),
+        }
+        fn children(n: &Node) -> Option<Children<'_>> {
+            match &n.value {
+                Value::Seq(items) => Some(Children::Seq(items.iter().enumerate())),
+                Value::Map(entries) => Some(Children::Map(entries.iter())),
+                _ => None,
+            }
+        }
+        fn scalar(n: &Node) -> Option<&str> {
+            match &n.value {
+                Value::String(s) | Value::Number(s) => Some(s),
+                _ => None,
+            }
+        }
+        fn pointer(stack: &[(String, Children<'_>)], last: &str) -> String {
+            stack
+                .iter()
+                .skip(1)
+                .map(|(token, _)| token.as_str())
+                .chain([last])
+                .fold(String::new(), |p, t| child(&p, t))
+        }
+
+        let Some(root) = children(self) else {
+            if let Some(text) = scalar(self) {
+                let t = Text {
+                    text,
+                    pos: self.pos,
+                    is_key: false,
+                };
+                f(t, &String::new);
+            }
+            return;
+        };
+        let mut stack: Vec<(String, Children<'_>)> = vec![(String::new(), root)];
+        while let Some((_, top)) = stack.last_mut() {
+            let next = match top {
+                Children::Seq(items) => items.next().map(|(i, n)| (i.to_string(), n, None)),
+                Children::Map(entries) => {
+                    entries.next().map(|e| (e.key.clone(), &e.value, Some(e)))
+                }
+            };
+            let Some((token, n, entry)) = next else {
+                stack.pop();
+                continue;
+            };
+            if let Some(e) = entry {
+                let key = Text {
+                    text: &e.key,
+                    pos: e.key_pos,
+                    is_key: true,
+                };
+                f(key, &|| pointer(&stack, &token));
+            }
+            match children(n) {
+                Some(grandchildren) => stack.push((token, grandchildren)),
+                None => {
+                    if let Some(text) = scalar(n) {
+                        let t = Text {
+                            text,
+                            pos: n.pos,
+                            is_key: false,
+                        };
+                        f(t, &|| pointer(&stack, &token));
+                    }
+                }
             }
         }
     }
@@ -177,11 +517,13 @@ fn merge(node: Node) -> Result<Node, ParseError> {
             if !resolved.iter().any(|e| e.key == MERGE_KEY) {
                 return Ok(Node::new(Value::Map(resolved), pos));
             }
-            let own: Vec<String> = resolved
+            // Sets, not lists: a hostile map of many keys must not make this quadratic.
+            let own: HashSet<String> = resolved
                 .iter()
                 .filter(|e| e.key != MERGE_KEY)
                 .map(|e| e.key.clone())
                 .collect();
+            let mut taken: HashSet<String> = HashSet::new();
             let mut out: Vec<Entry> = Vec::new();
             for e in resolved {
                 if e.key != MERGE_KEY {
@@ -192,18 +534,17 @@ fn merge(node: Node) -> Result<Node, ParseError> {
                     Value::Map(_) => vec![e.value],
                     Value::Seq(items) if items.iter().all(|i| i.as_map().is_some()) => items,
                     _ => {
-                        return Err(ParseError {
-                            message:
-                                "invalid YAML/JSON: a merge key (<<) needs a map or a list of maps"
-                                    .to_string(),
-                            pos: e.value.pos,
-                        });
+                        return Err(ParseError::syntax(
+                            "invalid YAML/JSON: a merge key (<<) needs a map or a list of maps"
+                                .to_string(),
+                            e.value.pos,
+                        ));
                     }
                 };
                 for src in sources {
                     if let Value::Map(merged) = src.value {
                         for m in merged {
-                            if !own.contains(&m.key) && !out.iter().any(|o| o.key == m.key) {
+                            if !own.contains(&m.key) && taken.insert(m.key.clone()) {
                                 out.push(m);
                             }
                         }
@@ -249,6 +590,23 @@ enum Raw {
     Str(String),
     Seq(Vec<Spanned<Raw>>),
     Map(Vec<(Spanned<Raw>, Spanned<Raw>)>),
+}
+
+/// The error the visitor stops the parser with; `Node::parse` reports the place instead.
+const TOO_DEEP: &str = "nested too deep";
+
+impl Raw {
+    /// A key as the path of a nesting refusal names it.
+    fn key_text(&self) -> String {
+        match self {
+            Raw::Null => "null".to_string(),
+            Raw::Bool(b) => b.to_string(),
+            Raw::Int(i) => i.to_string(),
+            Raw::Float(f) => f.to_string(),
+            Raw::Str(s) => s.clone(),
+            Raw::Seq(_) | Raw::Map(_) => "<complex key>".to_string(),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for Raw {
@@ -302,17 +660,30 @@ impl<'de> Visitor<'de> for RawVisitor {
         Ok(Raw::Str(String::from_utf8_lossy(v).into_owned()))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Raw, A::Error> {
+        nesting::enter().map_err(|()| de::Error::custom(TOO_DEEP))?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+        loop {
+            nesting::push_index(items.len());
+            let item = seq.next_element()?;
+            nesting::pop();
+            match item {
+                Some(item) => items.push(item),
+                None => break,
+            }
         }
+        nesting::leave();
         Ok(Raw::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Raw, A::Error> {
+        nesting::enter().map_err(|()| de::Error::custom(TOO_DEEP))?;
         let mut entries = Vec::new();
-        while let Some(entry) = map.next_entry()? {
-            entries.push(entry);
+        while let Some(key) = map.next_key::<Spanned<Raw>>()? {
+            nesting::push_key(key.value.key_text());
+            let value = map.next_value()?;
+            nesting::pop();
+            entries.push((key, value));
         }
+        nesting::leave();
         Ok(Raw::Map(entries))
     }
 }
@@ -395,7 +766,7 @@ mod tests {
     #[test]
     fn anchors_and_merge_keys_resolve_with_positions() {
         let text = "variables:\n  - &img golang:1.22\n  - &base\n    image: alpine\n    pull: true\nsteps:\n  build:\n    <<: *base\n    image: *img\n    v: 1.20\n    n: x\n";
-        let n = Node::parse(text).expect("parses");
+        let n = Node::parse(text, 32).expect("parses");
         let build = get(&n, &["steps", "build"]);
         assert_eq!(
             get(build, &["image"]).value,
@@ -410,7 +781,7 @@ mod tests {
     #[test]
     fn woodpecker_list_merge_and_merge_precedence() {
         let text = "x: &l [a, b]\ny:\n  - <<: *l\n  - c\nd1: &d1 {k: 1, j: 1}\nd2: &d2 {k: 2, m: 2}\nz:\n  k: 0\n  <<: [*d1, *d2]\n";
-        let n = Node::parse(text).expect("parses");
+        let n = Node::parse(text, 32).expect("parses");
         let y: Vec<String> = match &get(&n, &["y"]).value {
             Value::Seq(items) => items.iter().filter_map(Node::scalar_text).collect(),
             _ => panic!("seq"),
@@ -427,7 +798,7 @@ mod tests {
             keys,
             [("k", "0".into()), ("j", "1".into()), ("m", "2".into())]
         );
-        let e = Node::parse("a: &s [x]\nb:\n  <<: *s\n").expect_err("bad merge");
+        let e = Node::parse("a: &s [x]\nb:\n  <<: *s\n", 32).expect_err("bad merge");
         assert_eq!(
             e.message,
             "invalid YAML/JSON: a merge key (<<) needs a map or a list of maps"
@@ -436,7 +807,8 @@ mod tests {
 
     #[test]
     fn json_text_gets_positions() {
-        let n = Node::parse("{\"steps\": [\n  {\"name\": \"a\", \"x\": 1.50}\n]}").expect("parses");
+        let n =
+            Node::parse("{\"steps\": [\n  {\"name\": \"a\", \"x\": 1.50}\n]}", 32).expect("parses");
         let x = get(&n, &["steps", "0", "x"]);
         assert_eq!(x.value, Value::Number("1.50".into()));
         assert_eq!(x.pos, Pos::at(2, 22));
@@ -444,7 +816,7 @@ mod tests {
 
     #[test]
     fn parse_error_has_position() {
-        let e = Node::parse("steps:\n  - name: a\n   bad: [").expect_err("fails");
+        let e = Node::parse("steps:\n  - name: a\n   bad: [", 32).expect_err("fails");
         assert_eq!(e.pos, Pos::at(3, 4));
         assert!(
             e.message.starts_with("invalid YAML/JSON: "),

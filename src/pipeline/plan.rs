@@ -3,7 +3,7 @@
 //! DAG of steps, after dropping what `when` excludes. The `Plan` is stored as JSON and read back
 //! by the engine, so it is plain data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -11,10 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::diagnostic::{Diagnostic, Pos, Report, Sink};
 use super::duration;
-use super::matrix;
+use super::graph;
+use super::limits::{self, Limits, over};
+use super::matrix::{self, Room};
 use super::model::*;
-use super::node::{Node, ParseError};
+use super::node::{self, Node, ParseError, Value};
 use super::subst;
+use super::text;
 use super::validate::{self, Reader};
 use super::when::{self, Facts, Outcome};
 
@@ -58,6 +61,8 @@ pub struct Context {
     pub platform: String,
     /// When set, an implicit `clone` step comes first in every workflow (unless `skip_clone`).
     pub repo: Option<RepoSpec>,
+    /// How much the submission may ask for; past a limit, reading stops with a refusal.
+    pub limits: Limits,
 }
 
 impl Default for Context {
@@ -68,6 +73,7 @@ impl Default for Context {
             check_secrets: true,
             platform: "linux/amd64".to_string(),
             repo: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -204,34 +210,192 @@ struct Candidate {
     deps: Vec<Dependency>,
 }
 
-fn parse_source(source: &Source) -> Result<Node, ParseError> {
+/// Reads a config into a tree; nothing deeper than the limit is built, and no text holding a
+/// NUL is parsed.
+fn read_source(source: &Source, limits: &Limits) -> Result<Node, ParseError> {
+    let depth = limits.nesting_depth;
+    let from_json = |v: &serde_json::Value, pos: Pos| match node::json_nesting(v, depth) {
+        Some(pointer) => Err(ParseError::nesting(depth, pos, pointer)),
+        None => Ok(Node::from_json(v)),
+    };
     match &source.content {
-        SourceContent::Value(v) => Ok(Node::from_json(v)),
-        SourceContent::Text(text) => Node::parse(text).or_else(|yaml_err| {
-            // JSON is YAML, but not every JSON text is valid YAML (tabs for indentation); take
-            // serde_json's word for text that is meant to be JSON.
-            if !text.trim_start().starts_with(['{', '[']) {
-                return Err(yaml_err);
+        SourceContent::Value(v) => from_json(v, Pos::NONE),
+        SourceContent::Text(text) => {
+            if let Some(pos) = text::nul_position(text) {
+                return Err(ParseError::syntax(
+                    format!("the text {}", text::NUL_REFUSAL),
+                    pos,
+                ));
             }
-            serde_json::from_str::<serde_json::Value>(text)
-                .map(|v| Node::from_json(&v))
-                .map_err(|e| ParseError {
-                    message: format!("invalid JSON: {e}"),
-                    pos: Pos::at(
-                        u32::try_from(e.line()).unwrap_or(u32::MAX),
-                        u32::try_from(e.column()).unwrap_or(u32::MAX),
-                    ),
-                })
-        }),
+            Node::parse(text, depth).or_else(|yaml_err| {
+                // JSON is YAML, but not every JSON text is valid YAML (tabs for indentation);
+                // take serde_json's word for text that is meant to be JSON. A limit stands.
+                if yaml_err.limit || !text.trim_start().starts_with(['{', '[']) {
+                    return Err(yaml_err);
+                }
+                let value = serde_json::from_str::<serde_json::Value>(text).map_err(|e| {
+                    ParseError::syntax(
+                        format!("invalid JSON: {e}"),
+                        Pos::at(
+                            u32::try_from(e.line()).unwrap_or(u32::MAX),
+                            u32::try_from(e.column()).unwrap_or(u32::MAX),
+                        ),
+                    )
+                })?;
+                from_json(&value, Pos::NONE)
+            })
+        }
     }
 }
 
+/// What one workflow element of a config holds, counted on its tree before the matrix
+/// multiplies it (substitution never changes the shape).
+struct Shape {
+    /// Steps, services and clone steps.
+    steps: usize,
+    /// `depends_on` entries of its steps and of the workflow.
+    dependencies: usize,
+    /// Where the steps are, for a refusal.
+    pointer: &'static str,
+    pos: Pos,
+}
+
+impl Shape {
+    fn of(node: &Node, ctx: &Context) -> Shape {
+        let items = |key: &str| -> Vec<&Node> {
+            match node.get(key).map(|e| &e.value.value) {
+                Some(Value::Seq(items)) => items.iter().collect(),
+                Some(Value::Map(entries)) => entries.iter().map(|e| &e.value).collect(),
+                _ => Vec::new(),
+            }
+        };
+        let dependencies = |n: &Node| match n.get("depends_on").map(|e| &e.value.value) {
+            Some(Value::Seq(items)) => items.len(),
+            None | Some(Value::Null) => 0,
+            Some(_) => 1,
+        };
+        let skip_clone = matches!(
+            node.get("skip_clone").map(|e| &e.value.value),
+            Some(Value::Bool(true))
+        );
+        let clone_section = node.get("clone").filter(|e| !e.value.is_null());
+        let clone = if skip_clone {
+            Vec::new()
+        } else if clone_section.is_some() {
+            items("clone")
+        } else {
+            Vec::new()
+        };
+        let implicit_clone =
+            usize::from(!skip_clone && clone_section.is_none() && ctx.repo.is_some());
+        let steps = items("steps");
+        let (pointer, pos) = match node.get("steps") {
+            Some(e) => ("/steps", e.value.pos),
+            None => ("", node.pos),
+        };
+        Shape {
+            steps: steps.len() + items("services").len() + clone.len() + implicit_clone,
+            dependencies: dependencies(node)
+                + steps
+                    .iter()
+                    .chain(&clone)
+                    .map(|s| dependencies(s))
+                    .sum::<usize>(),
+            pointer,
+            pos,
+        }
+    }
+}
+
+/// What the configs read so far take of the pipeline's limits.
+#[derive(Default)]
+struct Used {
+    workflows: usize,
+    steps: usize,
+    dependencies: usize,
+}
+
+/// Checks that a config's workflows fit in what the configs before it left; reports the first
+/// limit they would cross. Nothing of the config has been expanded yet.
+fn fits(
+    shape: &Shape,
+    elements: usize,
+    used: &Used,
+    matrix: Option<&Node>,
+    limits: &Limits,
+    sink: &mut Sink,
+) -> bool {
+    let (pointer, pos) = match matrix {
+        Some(m) if elements > 1 => ("/matrix", m.pos),
+        _ => (shape.pointer, shape.pos),
+    };
+    let checks = [
+        (
+            "steps",
+            shape.steps,
+            used.steps,
+            limits.steps_per_pipeline,
+            limits::STEPS_PER_PIPELINE,
+        ),
+        (
+            "depends_on entries",
+            shape.dependencies,
+            used.dependencies,
+            limits.dependencies,
+            limits::DEPENDENCIES,
+        ),
+    ];
+    for (what, each, before, limit, setting) in checks {
+        let here = elements.saturating_mul(each);
+        let total = before.saturating_add(here);
+        if total <= limit {
+            continue;
+        }
+        let parts = match (elements, before) {
+            (1, 0) => String::new(),
+            (1, _) => format!(" ({each} here, and {before} in the configs before it)"),
+            (_, 0) => format!(" ({elements} workflows of {each} {what})"),
+            _ => format!(
+                " ({elements} workflows of {each} {what}, and {before} in the configs before it)"
+            ),
+        };
+        sink.error(
+            pointer,
+            pos,
+            format!(
+                "the pipeline would have {total} {what}{parts}, {}",
+                over(limit, setting)
+            ),
+        );
+        return false;
+    }
+    true
+}
+
 fn run(sources: &[Source], ctx: &Context) -> (Plan, Report) {
+    let limits = &ctx.limits;
     let mut sinks: Vec<Sink> = sources.iter().map(|s| Sink::new(&s.name)).collect();
     let mut candidates: Vec<Candidate> = Vec::new();
     let mut plan = Plan::default();
 
-    let mut names_seen: BTreeSet<&str> = BTreeSet::new();
+    // Each config is at least one workflow: too many is refused before any is read.
+    if sources.len() > limits.workflows_per_pipeline {
+        sinks[limits.workflows_per_pipeline].error(
+            "",
+            Pos::NONE,
+            format!(
+                "the submission has {} configs, {}",
+                sources.len(),
+                over(
+                    limits.workflows_per_pipeline,
+                    limits::WORKFLOWS_PER_PIPELINE
+                )
+            ),
+        );
+        return (plan, report(sinks));
+    }
+
+    let mut names_seen: HashSet<&str> = HashSet::new();
     for (i, source) in sources.iter().enumerate() {
         if !names_seen.insert(source.name.as_str()) {
             sinks[i].error(
@@ -245,24 +409,71 @@ fn run(sources: &[Source], ctx: &Context) -> (Plan, Report) {
         }
     }
 
+    let files = when::changed_files(&ctx.variables);
+    let mut used = Used::default();
     for (i, source) in sources.iter().enumerate() {
         let sink = &mut sinks[i];
-        let node = match parse_source(source) {
+        let node = match read_source(source, limits) {
             Ok(n) => n,
             Err(e) => {
-                sink.error("", e.pos, e.message);
+                sink.error(&e.pointer, e.pos, e.message);
                 continue;
             }
         };
-        let elements = matrix::expand(node.get("matrix").map(|e| &e.value), sink);
+        if !text::check_strings(&node, limits, sink) {
+            continue;
+        }
+        let shape = Shape::of(&node, ctx);
+        if shape.steps > limits.steps_per_workflow {
+            sink.error(
+                shape.pointer,
+                shape.pos,
+                format!(
+                    "workflow has {} steps, {}",
+                    shape.steps,
+                    over(limits.steps_per_workflow, limits::STEPS_PER_WORKFLOW)
+                ),
+            );
+            continue;
+        }
+        let matrix_node = node.get("matrix").map(|e| &e.value);
+        let room = Room {
+            left: limits.workflows_per_pipeline - used.workflows,
+            limit: limits.workflows_per_pipeline,
+        };
+        let Some(elements) = matrix::expand(matrix_node, sink, room) else {
+            continue;
+        };
+        if !fits(&shape, elements.len(), &used, matrix_node, limits, sink) {
+            continue;
+        }
+        used.workflows += elements.len();
+        used.steps += elements.len() * shape.steps;
+        used.dependencies += elements.len() * shape.dependencies;
+
         for element in elements {
             let mut node = node.clone();
-            subst::substitute_node(&mut node, &element, &ctx.variables);
+            let too_long =
+                subst::substitute_node(&mut node, &element, &ctx.variables, limits.string_length);
+            for (pointer, pos) in &too_long {
+                sink.error(
+                    pointer,
+                    *pos,
+                    format!(
+                        "string is longer than the limit of {} bytes ({}) once ${{NAME}} variables are substituted",
+                        limits.string_length,
+                        limits::STRING_LENGTH
+                    ),
+                );
+            }
+            if !too_long.is_empty() {
+                continue;
+            }
             let Some(model) = (Reader { sink: &mut *sink }).workflow(&node) else {
                 break;
             };
             validate::check_workflow(&model, sink);
-            match plan_workflow(&source.name, &element, model, ctx, sink) {
+            match plan_workflow(&source.name, &element, model, ctx, files.as_deref(), sink) {
                 Ok((wp, deps)) => candidates.push(Candidate {
                     source: i,
                     plan: wp,
@@ -274,97 +485,172 @@ fn run(sources: &[Source], ctx: &Context) -> (Plan, Report) {
     }
 
     resolve_workflow_dependencies(sources, &mut candidates, &mut plan, &mut sinks);
+    check_events(&candidates, limits, &mut sinks);
     plan.workflows = candidates.into_iter().map(|c| c.plan).collect();
+    (plan, report(sinks))
+}
 
+fn report(sinks: Vec<Sink>) -> Report {
     let mut report = Report::default();
     for sink in sinks {
         let (e, w) = sink.into_parts();
         report.errors.extend(e);
         report.warnings.extend(w);
     }
-    (plan, report)
+    report
+}
+
+/// The events the planned pipeline can record must stay within the limit; the config of the
+/// workflow that crosses it is blamed.
+fn check_events(candidates: &[Candidate], limits: &Limits, sinks: &mut [Sink]) {
+    let steps = |c: &Candidate| c.plan.steps.len() + c.plan.services.len();
+    let bound = limits::event_bound(candidates.iter().map(steps));
+    if bound <= limits.events_per_pipeline {
+        return;
+    }
+    // The first workflow whose events, with those before it, cross the limit.
+    let pipeline_events = limits::event_bound([]);
+    let mut running = pipeline_events;
+    let crossing = candidates
+        .iter()
+        .position(|c| {
+            running = running.saturating_add(limits::event_bound([steps(c)]) - pipeline_events);
+            running > limits.events_per_pipeline
+        })
+        .unwrap_or(candidates.len() - 1);
+    sinks[candidates[crossing].source].error(
+        "",
+        Pos::NONE,
+        format!(
+            "the pipeline can record up to {bound} events ({} workflows with {} steps and services in all), {}",
+            candidates.len(),
+            candidates.iter().map(steps).sum::<usize>(),
+            over(limits.events_per_pipeline, limits::EVENTS_PER_PIPELINE)
+        ),
+    );
 }
 
 /// Workflow `depends_on`: an absent or dropped required dependency drops the workflow (and,
 /// in turn, those depending on it), as Woodpecker does; optional ones are ignored; cycles are
-/// errors.
+/// errors. Linear: each drop is propagated once, to the workflows requiring its name.
 fn resolve_workflow_dependencies(
     sources: &[Source],
     candidates: &mut Vec<Candidate>,
     plan: &mut Plan,
     sinks: &mut [Sink],
 ) {
-    let declared: BTreeSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
-    loop {
-        let alive: BTreeSet<String> = candidates.iter().map(|c| c.plan.name.clone()).collect();
-        let Some((at, reason)) = candidates.iter().enumerate().find_map(|(i, c)| {
-            let d = c
-                .deps
-                .iter()
-                .find(|d| !d.optional && !alive.contains(&d.name))?;
-            let sink = &mut sinks[c.source];
-            let reason = if declared.contains(d.name.as_str()) {
-                format!("depends on workflow \"{}\", which was dropped", d.name)
-            } else {
-                sink.warn(
-                    &d.pointer,
-                    d.pos,
-                    format!(
-                        "workflow \"{}\" is not in this submission; workflow \"{}\" is dropped",
-                        d.name, c.plan.name
-                    ),
-                );
-                format!(
-                    "depends on workflow \"{}\", which is not in this submission",
-                    d.name
-                )
-            };
-            Some((i, reason))
-        }) else {
-            break;
-        };
-        let c = candidates.remove(at);
-        plan.dropped_workflows.push(DroppedWorkflow {
-            name: c.plan.name,
-            matrix: c.plan.matrix,
-            reason,
-        });
-    }
-    let alive: BTreeSet<String> = candidates.iter().map(|c| c.plan.name.clone()).collect();
-    for c in candidates.iter_mut() {
-        let mut names: Vec<String> = c
-            .deps
-            .iter()
-            .filter(|d| alive.contains(&d.name))
-            .map(|d| d.name.clone())
-            .collect();
-        names.dedup();
-        c.plan.depends_on = names;
+    let declared: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    // Elements alive per workflow name (matrix elements share theirs).
+    let mut alive: HashMap<String, usize> = HashMap::new();
+    let mut required_by: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, c) in candidates.iter().enumerate() {
+        *alive.entry(c.plan.name.clone()).or_default() += 1;
+        for d in c.deps.iter().filter(|d| !d.optional) {
+            required_by.entry(d.name.as_str()).or_default().push(i);
+        }
     }
 
-    // Cycles between workflows (by name; matrix elements share theirs).
-    let mut graph: Vec<(&str, Vec<&str>)> = Vec::new();
-    for c in candidates.iter() {
-        if graph.iter().any(|(n, _)| *n == c.plan.name) {
+    let mut reasons: Vec<Option<String>> = vec![None; candidates.len()];
+    let mut order: Vec<usize> = Vec::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    for (i, c) in candidates.iter().enumerate() {
+        let Some(d) = c
+            .deps
+            .iter()
+            .find(|d| !d.optional && alive.get(&d.name).copied().unwrap_or(0) == 0)
+        else {
+            continue;
+        };
+        let reason = if declared.contains(d.name.as_str()) {
+            format!("depends on workflow \"{}\", which was dropped", d.name)
+        } else {
+            sinks[c.source].warn(
+                &d.pointer,
+                d.pos,
+                format!(
+                    "workflow \"{}\" is not in this submission; workflow \"{}\" is dropped",
+                    d.name, c.plan.name
+                ),
+            );
+            format!(
+                "depends on workflow \"{}\", which is not in this submission",
+                d.name
+            )
+        };
+        reasons[i] = Some(reason);
+        order.push(i);
+        queue.push_back(i);
+    }
+    while let Some(i) = queue.pop_front() {
+        let name = candidates[i].plan.name.as_str();
+        let Some(count) = alive.get_mut(name) else {
+            continue;
+        };
+        *count -= 1;
+        if *count > 0 {
             continue;
         }
-        graph.push((
-            &c.plan.name,
-            c.plan.depends_on.iter().map(String::as_str).collect(),
-        ));
-    }
-    for cycle in validate::find_cycles(&graph) {
-        if let Some(c) = candidates
-            .iter()
-            .find(|c| cycle.first() == Some(&c.plan.name))
-        {
-            let pos = c.deps.first().map(|d| d.pos).unwrap_or_default();
-            sinks[c.source].error(
-                "/depends_on",
-                pos,
-                format!("dependency cycle: {}", cycle.join(" -> ")),
-            );
+        for &j in required_by.get(name).into_iter().flatten() {
+            if reasons[j].is_none() {
+                reasons[j] = Some(format!("depends on workflow \"{name}\", which was dropped"));
+                order.push(j);
+                queue.push_back(j);
+            }
         }
+    }
+
+    let mut kept: Vec<Option<Candidate>> =
+        std::mem::take(candidates).into_iter().map(Some).collect();
+    for i in order {
+        if let (Some(c), Some(reason)) = (kept[i].take(), reasons[i].take()) {
+            plan.dropped_workflows.push(DroppedWorkflow {
+                name: c.plan.name,
+                matrix: c.plan.matrix,
+                reason,
+            });
+        }
+    }
+    *candidates = kept.into_iter().flatten().collect();
+
+    for c in candidates.iter_mut() {
+        let mut seen = HashSet::new();
+        c.plan.depends_on = c
+            .deps
+            .iter()
+            .filter(|d| alive.get(&d.name).copied().unwrap_or(0) > 0)
+            .filter(|d| seen.insert(d.name.as_str()))
+            .map(|d| d.name.clone())
+            .collect();
+    }
+
+    // Cycles between workflows, by name in submission order.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut first: Vec<&Candidate> = Vec::new();
+    for c in candidates.iter() {
+        if !index.contains_key(c.plan.name.as_str()) {
+            index.insert(&c.plan.name, first.len());
+            first.push(c);
+        }
+    }
+    let edges: Vec<Vec<usize>> = first
+        .iter()
+        .map(|c| {
+            c.plan
+                .depends_on
+                .iter()
+                .filter_map(|d| index.get(d.as_str()).copied())
+                .collect()
+        })
+        .collect();
+    for cycle in graph::cycles(&edges) {
+        let c = first[cycle[0]];
+        let names: Vec<&str> = cycle.iter().map(|&i| first[i].plan.name.as_str()).collect();
+        let pos = c.deps.first().map(|d| d.pos).unwrap_or_default();
+        sinks[c.source].error(
+            "/depends_on",
+            pos,
+            format!("dependency cycle: {}", graph::describe(&names, "workflows")),
+        );
     }
 }
 
@@ -374,6 +660,7 @@ fn plan_workflow(
     element: &BTreeMap<String, String>,
     w: WorkflowModel,
     ctx: &Context,
+    files: Option<&[String]>,
     sink: &mut Sink,
 ) -> Result<(WorkflowPlan, Vec<Dependency>), DroppedWorkflow> {
     let platform = w
@@ -385,6 +672,7 @@ fn plan_workflow(
         vars: &ctx.variables,
         platform: &platform,
         matrix: element,
+        files,
     };
     if let Outcome::Skip(reason) = when::evaluate(&w.when, &facts, false, sink) {
         return Err(DroppedWorkflow {
@@ -990,5 +1278,558 @@ mod tests {
             let r = lint(&[text("odd", t)], &ctx(&[]));
             assert!(!r.errors.is_empty(), "{t:?}");
         }
+    }
+
+    // ---- limits and hostile input ------------------------------------------------------------
+
+    fn with_limits(limits: Limits) -> Context {
+        Context {
+            limits,
+            ..Context::default()
+        }
+    }
+
+    fn messages(r: &Report) -> Vec<(String, String)> {
+        r.errors
+            .iter()
+            .map(|d| (d.pointer.clone(), d.message.clone()))
+            .collect()
+    }
+
+    /// `n` steps named s0…, each depending on the `deps(i)` steps it names.
+    fn steps_yaml(n: usize, deps: impl Fn(usize) -> Vec<usize>) -> String {
+        let mut y = String::from("steps:\n");
+        for i in 0..n {
+            let d: Vec<String> = deps(i).iter().map(|j| format!("s{j}")).collect();
+            y.push_str(&format!(
+                "  s{i}: {{image: x, commands: [ls], depends_on: [{}]}}\n",
+                d.join(", ")
+            ));
+        }
+        y
+    }
+
+    fn steps_only(n: usize) -> String {
+        steps_yaml(n, |_| Vec::new()).replace(", depends_on: []", "")
+    }
+
+    #[test]
+    fn steps_per_workflow_at_and_over_the_limit() {
+        let c = with_limits(Limits {
+            steps_per_workflow: 3,
+            ..Limits::default()
+        });
+        assert!(lint(&[text("ci", &steps_only(3))], &c).is_ok());
+        let r = lint(&[text("ci", &steps_only(4))], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps".to_string(),
+                "workflow has 4 steps, more than the limit of 3 (PICULET_MAX_STEPS_PER_WORKFLOW)"
+                    .to_string()
+            )]
+        );
+        assert_eq!((r.errors[0].line, r.errors[0].column), (Some(2), Some(3)));
+        // Services and the implicit clone step count.
+        let mut c = c;
+        c.repo = Some(RepoSpec {
+            clone_url: "u".into(),
+            r#ref: "r".into(),
+            sha: "s".into(),
+        });
+        assert!(lint(&[text("ci", &steps_only(2))], &c).is_ok());
+        let r = lint(&[text("ci", &steps_only(3))], &c);
+        assert!(r.errors[0].message.starts_with("workflow has 4 steps"));
+        let with_service = format!("services: [{{name: db, image: pg}}]\n{}", steps_only(2));
+        assert!(
+            lint(&[text("ci", &with_service)], &c).errors[0]
+                .message
+                .starts_with("workflow has 4 steps")
+        );
+    }
+
+    #[test]
+    fn workflows_per_pipeline_at_and_over_the_limit() {
+        let c = with_limits(Limits {
+            workflows_per_pipeline: 4,
+            ..Limits::default()
+        });
+        let one = steps_only(1);
+        let configs =
+            |n: usize| -> Vec<Source> { (0..n).map(|i| text(&format!("c{i}"), &one)).collect() };
+        assert!(lint(&configs(4), &c).is_ok());
+        let r = lint(&configs(5), &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "".to_string(),
+                "the submission has 5 configs, more than the limit of 4 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)".to_string()
+            )]
+        );
+
+        let matrix = |a: usize, b: usize| {
+            format!(
+                "matrix:\n  A: [{}]\n  B: [{}]\n{one}",
+                (0..a).map(|i| i.to_string()).collect::<Vec<_>>().join(", "),
+                (0..b).map(|i| i.to_string()).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let p = planned(&[text("m", &matrix(2, 2))], &c);
+        assert_eq!(p.plan.workflows.len(), 4);
+        let r = lint(&[text("m", &matrix(2, 3))], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/matrix".to_string(),
+                "matrix has 6 combinations, more than the limit of 4 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)".to_string()
+            )]
+        );
+        // What earlier configs took counts.
+        let r = lint(&[text("a", &one), text("m", &matrix(2, 2))], &c);
+        assert_eq!(r.errors[0].config, "m");
+        assert_eq!(
+            r.errors[0].message,
+            "matrix has 4 combinations; with the 1 workflows of the configs before it, the pipeline would have 5 workflows, more than the limit of 4 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)"
+        );
+    }
+
+    /// The issue's 14 KB body: 8 matrix axes of 2 values and 200 steps would be 51,200 steps;
+    /// it is refused on the matrix product, before a single element is built.
+    #[test]
+    fn a_matrix_cannot_multiply_steps_past_the_limits() {
+        let axes: String = (0..8).map(|i| format!("  A{i}: [x, y]\n")).collect();
+        let yaml = format!("matrix:\n{axes}{}", steps_only(200));
+        let r = lint(&[text("ci", &yaml)], &ctx(&[]));
+        assert_eq!(
+            messages(&r),
+            [(
+                "/matrix".to_string(),
+                "matrix has 256 combinations, more than the limit of 100 (PICULET_MAX_WORKFLOWS_PER_PIPELINE)".to_string()
+            )]
+        );
+        // Within the workflow limit, the steps limit stops it.
+        let yaml = format!(
+            "matrix:\n  A: [{}]\n{}",
+            (0..11)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            steps_only(200)
+        );
+        let r = plan(&[text("ci", &yaml)], &ctx(&[])).expect_err("refused");
+        assert_eq!(
+            messages(&r),
+            [(
+                "/matrix".to_string(),
+                "the pipeline would have 2200 steps (11 workflows of 200 steps), more than the limit of 2000 (PICULET_MAX_STEPS_PER_PIPELINE)".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn steps_per_pipeline_at_and_over_the_limit() {
+        let c = with_limits(Limits {
+            steps_per_pipeline: 6,
+            ..Limits::default()
+        });
+        let three = steps_only(3);
+        assert!(lint(&[text("a", &three), text("b", &three)], &c).is_ok());
+        let r = lint(&[text("a", &three), text("b", &steps_only(4))], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps".to_string(),
+                "the pipeline would have 7 steps (4 here, and 3 in the configs before it), more than the limit of 6 (PICULET_MAX_STEPS_PER_PIPELINE)".to_string()
+            )]
+        );
+        assert_eq!(r.errors[0].config, "b");
+    }
+
+    #[test]
+    fn dependencies_at_and_over_the_limit() {
+        let c = with_limits(Limits {
+            dependencies: 3,
+            ..Limits::default()
+        });
+        let chain = |n| steps_yaml(n, |i| if i == 0 { vec![] } else { vec![i - 1] });
+        assert!(lint(&[text("ci", &chain(4))], &c).is_ok());
+        let r = lint(&[text("ci", &chain(5))], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps".to_string(),
+                "the pipeline would have 4 depends_on entries, more than the limit of 3 (PICULET_MAX_DEPENDENCIES)".to_string()
+            )]
+        );
+        // Workflow dependencies count too.
+        let r = lint(&[text("ci", &format!("depends_on: [x]\n{}", chain(4)))], &c);
+        assert!(
+            r.errors[0]
+                .message
+                .starts_with("the pipeline would have 4 depends_on entries")
+        );
+    }
+
+    #[test]
+    fn events_per_pipeline_at_and_over_the_limit() {
+        // One workflow of two steps: 3 + 2 + 2 × 2 = 9 events.
+        let two = steps_only(2);
+        let at = with_limits(Limits {
+            events_per_pipeline: 9,
+            ..Limits::default()
+        });
+        assert!(plan(&[text("ci", &two)], &at).is_ok());
+        let over = with_limits(Limits {
+            events_per_pipeline: 8,
+            ..Limits::default()
+        });
+        let r = plan(&[text("ci", &two)], &over).expect_err("refused");
+        assert_eq!(
+            messages(&r),
+            [(
+                "".to_string(),
+                "the pipeline can record up to 9 events (1 workflows with 2 steps and services in all), more than the limit of 8 (PICULET_MAX_EVENTS_PER_PIPELINE)".to_string()
+            )]
+        );
+        // Steps dropped by `when` record no event.
+        let dropped = format!("{two}  s2: {{image: x, commands: [ls], when: {{event: tag}}}}\n");
+        let mut at = at;
+        at.variables
+            .insert("CI_PIPELINE_EVENT".into(), "push".into());
+        assert!(plan(&[text("ci", &dropped)], &at).is_ok());
+    }
+
+    #[test]
+    fn strings_grown_by_substitution_are_refused() {
+        let mut c = with_limits(Limits {
+            string_length: 256,
+            ..Limits::default()
+        });
+        c.variables.insert("X".into(), "x".repeat(200));
+        let yaml = "steps: [{name: a, image: x, commands: ['${X}', '${X}${X}']}]";
+        let r = lint(&[text("ci", yaml)], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps/0/commands/1".to_string(),
+                "string is longer than the limit of 256 bytes (PICULET_MAX_STRING_LENGTH) once ${NAME} variables are substituted".to_string()
+            )]
+        );
+    }
+
+    /// A value whose drop would recurse as deep as it nests, taken apart iteratively.
+    fn drop_deep(v: serde_json::Value) {
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            match v {
+                serde_json::Value::Array(a) => stack.extend(a),
+                serde_json::Value::Object(o) => stack.extend(o.into_iter().map(|(_, v)| v)),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_where_it_crosses_the_limit() {
+        let c = with_limits(Limits {
+            nesting_depth: 4,
+            ..Limits::default()
+        });
+        let refusal =
+            "maps and lists nest 5 deep here, more than the limit of 4 (PICULET_MAX_NESTING_DEPTH)";
+        // Depth 4 (root, steps, step, commands) is fine; one more is not.
+        assert!(
+            lint(
+                &[text("ci", "steps: [{name: a, image: x, commands: [ls]}]")],
+                &c
+            )
+            .is_ok()
+        );
+        let deeper = "steps: [{name: a, image: x, commands: [ls], settings: {k: [1]}}]";
+        for source in [
+            text("yaml", deeper),
+            text(
+                "json",
+                "{\"steps\": [{\"name\": \"a\", \"image\": \"x\", \"settings\": {\"k\": [1]}}]}",
+            ),
+            Source {
+                name: "value".into(),
+                content: SourceContent::Value(serde_json::json!(
+                    {"steps": [{"name": "a", "image": "x", "settings": {"k": [1]}}]}
+                )),
+            },
+        ] {
+            let r = lint(std::slice::from_ref(&source), &c);
+            assert_eq!(
+                messages(&r),
+                [("/steps/0/settings/k".to_string(), refusal.to_string())],
+                "{}",
+                source.name
+            );
+        }
+        let r = lint(&[text("yaml", deeper)], &c);
+        // The list that crosses the limit begins at column 59.
+        assert_eq!((r.errors[0].line, r.errors[0].column), (Some(1), Some(59)));
+    }
+
+    #[test]
+    fn hundred_thousand_levels_do_not_overflow_the_stack() {
+        let c = ctx(&[]);
+        let flow = "[".repeat(100_000);
+        let json_map = "{\"a\": ".repeat(100_000);
+        let yaml_map = "{a: ".repeat(100_000);
+        for t in [&flow, &json_map, &yaml_map] {
+            let r = lint(&[text("deep", t)], &c);
+            assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+            assert!(
+                r.errors[0].message.contains("(PICULET_MAX_NESTING_DEPTH)"),
+                "{}",
+                r.errors[0].message
+            );
+        }
+        // A block-style tree: each level one space deeper.
+        let block: String = (0..2000)
+            .map(|i| format!("{}a:\n", " ".repeat(i)))
+            .collect();
+        let r = lint(&[text("deep", &block)], &c);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].pointer, format!("/a{}", "/a".repeat(31)));
+
+        // An already-parsed object, deeper than any parser would hand over.
+        let mut deep = serde_json::json!("leaf");
+        for _ in 0..100_000 {
+            // Built by hand: `json!` would serialize `deep` again, recursively.
+            let mut object = serde_json::Map::new();
+            object.insert("k".into(), serde_json::Value::Array(vec![deep]));
+            deep = serde_json::Value::Object(object);
+        }
+        let source = Source {
+            name: "pipeline".into(),
+            content: SourceContent::Value(deep),
+        };
+        let r = lint(std::slice::from_ref(&source), &c);
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].pointer, "/k/0".repeat(16));
+        let SourceContent::Value(deep) = source.content else {
+            unreachable!()
+        };
+        drop_deep(deep);
+    }
+
+    /// Plans `depth`-deep settings, and lints one level more, on a thread of `stack` bytes.
+    fn plan_nested(depth: usize, stack: usize) -> (Result<usize, Vec<Diagnostic>>, usize) {
+        let nest = |levels: usize| {
+            let mut nested = String::from("1");
+            for _ in 0..levels {
+                nested = format!("[{nested}]");
+            }
+            // Root, steps, step and settings are four levels.
+            format!("steps: [{{name: a, image: x, settings: {{k: {nested}}}}}]")
+        };
+        let (fits, deeper) = (nest(depth - 4), nest(depth - 3));
+        let c = with_limits(Limits {
+            nesting_depth: depth,
+            ..Limits::default()
+        });
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                let planned = plan(&[text("ci", &fits)], &c)
+                    .map(|p| p.plan.workflows.len())
+                    .map_err(|r| r.errors);
+                (planned, lint(&[text("ci", &deeper)], &c).errors.len())
+            })
+            .expect("thread")
+            .join()
+            .expect("no stack overflow")
+    }
+
+    /// The default depth, and the deepest a setting may allow, are read, checked and planned
+    /// within 2 MiB of stack: the size of tokio's threads. A debug build of the YAML parser
+    /// takes about ten times the stack per level of an optimized one, so there the deepest
+    /// allowed tree gets more.
+    #[test]
+    fn the_deepest_allowed_tree_fits_a_thread_stack() {
+        let two_mib = 2 << 20;
+        assert_eq!(
+            plan_nested(Limits::default().nesting_depth, two_mib),
+            (Ok(1), 1)
+        );
+        let stack = if cfg!(debug_assertions) {
+            8 * two_mib
+        } else {
+            two_mib
+        };
+        assert_eq!(plan_nested(limits::MAX_NESTING_DEPTH, stack), (Ok(1), 1));
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = 'a';
+        for name in 'b'..='j' {
+            let refs = vec![format!("*{prev}"); 10].join(", ");
+            bomb.push_str(&format!("{name}: &{name} [{refs}]\n"));
+            prev = name;
+        }
+        bomb.push_str("steps: [{name: s, image: x, commands: [ls]}]\n");
+        let r = lint(&[text("bomb", &bomb)], &ctx(&[]));
+        assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+        assert_eq!(
+            r.errors[0].message,
+            format!(
+                "YAML aliases expand to more than {} values; write the repeated parts out, or repeat them less",
+                node::MAX_ALIAS_EVENTS
+            )
+        );
+    }
+
+    /// Woodpecker configs reuse one anchor in every step; that is no bomb.
+    #[test]
+    fn an_anchor_reused_by_every_step_is_fine() {
+        let mut yaml = String::from(
+            "variables:\n  - &defaults\n    image: golang:1.22\n    pull: true\nsteps:\n",
+        );
+        for i in 0..200 {
+            yaml.push_str(&format!("  s{i}:\n    <<: *defaults\n    commands: [ls]\n"));
+        }
+        let r = lint(&[text("ci", &yaml)], &ctx(&[]));
+        assert!(r.is_ok(), "{:?}", r.errors);
+    }
+
+    #[test]
+    fn a_ten_thousand_step_chain_is_planned() {
+        let n = 10_000;
+        let c = with_limits(Limits {
+            steps_per_workflow: n,
+            steps_per_pipeline: n,
+            events_per_pipeline: 3 + 2 + 2 * n,
+            ..Limits::default()
+        });
+        let yaml = steps_yaml(n, |i| if i == 0 { vec![] } else { vec![i - 1] });
+        let started = std::time::Instant::now();
+        let p = planned(&[text("chain", &yaml)], &c);
+        eprintln!("10,000-step chain planned in {:?}", started.elapsed());
+        let steps = &p.plan.workflows[0].steps;
+        assert_eq!(steps.len(), n);
+        assert_eq!(steps[n - 1].depends_on, [format!("s{}", n - 2)]);
+        assert!(steps[0].depends_on.is_empty());
+    }
+
+    #[test]
+    fn a_four_thousand_step_cycle_is_reported_briefly() {
+        let n = 4000;
+        let c = with_limits(Limits {
+            steps_per_workflow: n,
+            steps_per_pipeline: n,
+            ..Limits::default()
+        });
+        // s0 depends on s3999, each other step on the one before it.
+        let yaml = steps_yaml(n, |i| vec![(i + n - 1) % n]);
+        let r = lint(&[text("ring", &yaml)], &c);
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps/s0/depends_on".to_string(),
+                "dependency cycle: s0 -> s3999 -> s3998 -> s3997 -> s3996 -> s3995 -> s3994 -> s3993 -> s3992 -> s3991 -> … -> s0 (4000 steps)".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn an_all_to_all_graph_is_one_small_answer() {
+        let n = 300;
+        let c = with_limits(Limits {
+            steps_per_workflow: n,
+            dependencies: n * n,
+            ..Limits::default()
+        });
+        let yaml = steps_yaml(n, |i| (0..n).filter(|j| *j != i).collect());
+        let started = std::time::Instant::now();
+        let r = lint(&[text("all", &yaml)], &c);
+        eprintln!("300-step all-to-all linted in {:?}", started.elapsed());
+        assert_eq!(
+            messages(&r),
+            [(
+                "/steps/s0/depends_on".to_string(),
+                "dependency cycle: s0 -> s1 -> s0".to_string()
+            )]
+        );
+        assert!(serde_json::to_string(&r).expect("json").len() < 1000);
+    }
+
+    #[test]
+    fn workflow_dependencies_resolve_in_one_pass() {
+        // w0 <- w1 <- … <- w99: dropping w0 drops all of them, each once, in order.
+        let mut sources = vec![text(
+            "w0",
+            "when: {event: tag}\nsteps: [{name: a, image: x, commands: [ls]}]",
+        )];
+        for i in 1..100 {
+            sources.push(text(
+                &format!("w{i}"),
+                &format!(
+                    "depends_on: [w{}]\nsteps: [{{name: a, image: x, commands: [ls]}}]",
+                    i - 1
+                ),
+            ));
+        }
+        let p = planned(&sources, &ctx(&[("CI_PIPELINE_EVENT", "push")]));
+        assert!(p.plan.workflows.is_empty());
+        let dropped: Vec<&str> = p
+            .plan
+            .dropped_workflows
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        let expected: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+        assert_eq!(dropped, expected);
+        assert_eq!(
+            p.plan.dropped_workflows[99].reason,
+            "depends on workflow \"w98\", which was dropped"
+        );
+    }
+
+    #[test]
+    fn nul_is_refused_in_every_syntax() {
+        let expected =
+            |pointer: &str| (pointer.to_string(), format!("string {}", text::NUL_REFUSAL));
+        let r = lint(
+            &[text(
+                "yaml",
+                "steps: [{name: a, image: x, commands: [\"ls\\0\"]}]",
+            )],
+            &ctx(&[]),
+        );
+        assert_eq!(messages(&r), [expected("/steps/0/commands/0")]);
+        let r = lint(
+            &[text(
+                "json",
+                "{\"steps\": [{\"name\": \"a\", \"image\": \"x\", \"commands\": [\"ls\\u0000\"]}]}",
+            )],
+            &ctx(&[]),
+        );
+        assert_eq!(messages(&r), [expected("/steps/0/commands/0")]);
+        let value = Source {
+            name: "pipeline".into(),
+            content: SourceContent::Value(serde_json::json!(
+                {"steps": [{"name": "a", "image": "x", "commands": ["ls\u{0}"]}]}
+            )),
+        };
+        let r = lint(&[value], &ctx(&[]));
+        assert_eq!(messages(&r), [expected("/steps/0/commands/0")]);
+        // A raw NUL anywhere in the text, even in a comment.
+        let r = lint(
+            &[text(
+                "raw",
+                "steps: [{name: a, image: x, commands: [ls]}] # \0\n",
+            )],
+            &ctx(&[]),
+        );
+        assert_eq!(
+            messages(&r),
+            [("".to_string(), format!("the text {}", text::NUL_REFUSAL))]
+        );
+        assert_eq!((r.errors[0].line, r.errors[0].column), (Some(1), Some(48)));
     }
 }

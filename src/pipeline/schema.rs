@@ -161,8 +161,8 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 }
 
 /// `unknown key "comands", did you mean "commands"?`
-pub fn unknown_key(key: &str, candidates: &[&str]) -> String {
-    match suggest(key, candidates) {
+pub fn unknown_key(key: &str, suggestion: Option<&str>) -> String {
+    match suggestion {
         Some(s) => format!("unknown key \"{key}\", did you mean \"{s}\"?"),
         None => format!("unknown key \"{key}\""),
     }
@@ -175,17 +175,23 @@ mod tests {
     #[test]
     fn unknown_key_with_suggestion() {
         assert_eq!(
-            unknown_key("comands", STEP_KEYS),
+            unknown_key("comands", suggest("comands", STEP_KEYS)),
             "unknown key \"comands\", did you mean \"commands\"?"
         );
         assert_eq!(
-            unknown_key("runtimeclassname", KUBERNETES_KEYS),
+            unknown_key(
+                "runtimeclassname",
+                suggest("runtimeclassname", KUBERNETES_KEYS)
+            ),
             "unknown key \"runtimeclassname\", did you mean \"runtimeClassName\"?"
         );
     }
 
     #[test]
     fn unknown_key_without_suggestion() {
-        assert_eq!(unknown_key("zzzzzz", STEP_KEYS), "unknown key \"zzzzzz\"");
+        assert_eq!(
+            unknown_key("zzzzzz", suggest("zzzzzz", STEP_KEYS)),
+            "unknown key \"zzzzzz\""
+        );
     }
 }

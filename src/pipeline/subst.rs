@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 
+use super::diagnostic::{Pos, child};
 use super::node::{Node, Value};
 
-/// Substitutes one string.
+/// Substitutes one string; `None` when the result would be longer than `max_len` bytes (a
+/// short string naming a long variable many times must not grow without bound). Each byte of
+/// `text` is looked at a bounded number of times, whatever it holds.
 pub fn substitute(
     text: &str,
     matrix: &BTreeMap<String, String>,
     vars: &BTreeMap<String, String>,
-) -> String {
+    max_len: usize,
+) -> Option<String> {
     if !text.contains("${") {
-        return text.to_string();
+        return (text.len() <= max_len).then(|| text.to_string());
     }
-    let mut out = String::with_capacity(text.len());
+    let mut out = String::with_capacity(text.len().min(max_len));
     let mut rest = text;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -25,31 +29,35 @@ pub fn substitute(
             out.push_str("${");
             rest = tail;
         } else if let Some(tail) = after.strip_prefix("${") {
-            match tail.find('}') {
-                Some(end) if is_name(&tail[..end]) => {
-                    let name = &tail[..end];
-                    match matrix.get(name).or_else(|| vars.get(name)) {
-                        Some(v) => out.push_str(v),
-                        None => {
-                            out.push_str("${");
-                            out.push_str(name);
-                            out.push('}');
-                        }
+            let name_len = tail
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            let name = &tail[..name_len];
+            if tail[name_len..].starts_with('}') && is_name(name) {
+                match matrix.get(name).or_else(|| vars.get(name)) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        out.push_str("${");
+                        out.push_str(name);
+                        out.push('}');
                     }
-                    rest = &tail[end + 1..];
                 }
-                _ => {
-                    out.push_str("${");
-                    rest = tail;
-                }
+                rest = &tail[name_len + 1..];
+            } else {
+                out.push_str("${");
+                rest = tail;
             }
         } else {
             out.push('$');
             rest = &after[1..];
         }
+        if out.len() > max_len {
+            return None;
+        }
     }
     out.push_str(rest);
-    out
+    (out.len() <= max_len).then_some(out)
 }
 
 fn is_name(s: &str) -> bool {
@@ -58,22 +66,50 @@ fn is_name(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
-/// Substitutes every string value of a tree in place (keys are left alone).
+/// Substitutes every string value of a tree in place (keys are left alone). Returns the
+/// places (pointer and position) of strings that would grow past `max_len`; those are left as
+/// they were. Recurses on the tree's depth, which the reader has bounded.
 pub fn substitute_node(
     node: &mut Node,
     matrix: &BTreeMap<String, String>,
     vars: &BTreeMap<String, String>,
-) {
-    match &mut node.value {
-        Value::String(s) => *s = substitute(s, matrix, vars),
-        Value::Seq(items) => items
-            .iter_mut()
-            .for_each(|i| substitute_node(i, matrix, vars)),
-        Value::Map(entries) => entries
-            .iter_mut()
-            .for_each(|e| substitute_node(&mut e.value, matrix, vars)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    max_len: usize,
+) -> Vec<(String, Pos)> {
+    fn walk(
+        node: &mut Node,
+        path: &mut Vec<String>,
+        subst: &dyn Fn(&str) -> Option<String>,
+        too_long: &mut Vec<(String, Pos)>,
+    ) {
+        match &mut node.value {
+            Value::String(s) => match subst(s) {
+                Some(new) => *s = new,
+                None => too_long.push((
+                    path.iter().fold(String::new(), |p, t| child(&p, t)),
+                    node.pos,
+                )),
+            },
+            Value::Seq(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(i.to_string());
+                    walk(item, path, subst, too_long);
+                    path.pop();
+                }
+            }
+            Value::Map(entries) => {
+                for e in entries.iter_mut() {
+                    path.push(e.key.clone());
+                    walk(&mut e.value, path, subst, too_long);
+                    path.pop();
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
     }
+    let mut too_long = Vec::new();
+    let subst = |s: &str| substitute(s, matrix, vars, max_len);
+    walk(node, &mut Vec::new(), &subst, &mut too_long);
+    too_long
 }
 
 #[cfg(test)]
@@ -93,19 +129,56 @@ mod tests {
             "golang:${GO} on ${CI_COMMIT_BRANCH}",
             &m(&[("GO", "1.22")]),
             &m(&[("GO", "x"), ("CI_COMMIT_BRANCH", "main")]),
+            100,
         );
-        assert_eq!(s, "golang:1.22 on main");
+        assert_eq!(s.as_deref(), Some("golang:1.22 on main"));
     }
 
     #[test]
     fn escape_and_unknown_names() {
         let vars = m(&[("X", "1")]);
-        assert_eq!(substitute("echo $${X}", &vars, &vars), "echo ${X}");
+        let sub = |t: &str| substitute(t, &vars, &vars, 100).expect("fits");
+        assert_eq!(sub("echo $${X}"), "echo ${X}");
+        assert_eq!(sub("echo ${HOME} $X $$"), "echo ${HOME} $X $$");
+        assert_eq!(sub("${X"), "${X");
+        assert_eq!(sub("${}${X}"), "${}1");
+        assert_eq!(sub("${1X}${X-}${X}"), "${1X}${X-}1");
+        assert_eq!(sub("${${X}}"), "${1}");
+    }
+
+    #[test]
+    fn growth_is_bounded() {
+        let vars = m(&[("X", "0123456789")]);
         assert_eq!(
-            substitute("echo ${HOME} $X $$", &vars, &vars),
-            "echo ${HOME} $X $$"
+            substitute("${X}${X}", &vars, &vars, 20).as_deref(),
+            Some("01234567890123456789")
         );
-        assert_eq!(substitute("${X", &vars, &vars), "${X");
-        assert_eq!(substitute("${}${X}", &vars, &vars), "${}1");
+        assert_eq!(substitute("${X}${X}!", &vars, &vars, 20), None);
+        // Many references to a long value stop at the limit, not after building it all.
+        let text = "${X}".repeat(100_000);
+        let long = m(&[("X", &"x".repeat(65_536))]);
+        assert_eq!(substitute(&text, &long, &long, 65_536), None);
+    }
+
+    #[test]
+    fn unclosed_references_cost_linear_time() {
+        // Every `${` finds no name; the scan must not look ahead to the end each time.
+        let text = "${".repeat(200_000);
+        let vars = m(&[]);
+        assert_eq!(
+            substitute(&text, &vars, &vars, usize::MAX).as_deref(),
+            Some(text.as_str())
+        );
+        let text = format!("{}{{X}}", "${a".repeat(100_000));
+        assert!(substitute(&text, &vars, &vars, usize::MAX).is_some());
+    }
+
+    #[test]
+    fn too_long_strings_are_named() {
+        let mut node = Node::parse("steps: [{commands: ['${X}${X}', short]}]", 32).expect("yaml");
+        let vars = m(&[("X", "0123456789")]);
+        let too_long = substitute_node(&mut node, &vars, &vars, 15);
+        assert_eq!(too_long.len(), 1);
+        assert_eq!(too_long[0].0, "/steps/0/commands/0");
     }
 }

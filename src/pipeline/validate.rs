@@ -8,8 +8,10 @@ use indexmap::IndexMap;
 
 use super::diagnostic::{Pos, Sink, child, index};
 use super::duration;
+use super::graph;
 use super::model::*;
 use super::node::{Entry, Node, Value};
+use super::paths;
 use super::quantity;
 use super::schema::{self, unknown_key};
 
@@ -28,8 +30,8 @@ impl Reader<'_> {
         };
         for e in entries {
             if !allowed.contains(&e.key.as_str()) {
-                self.sink
-                    .error(&child(ptr, &e.key), e.key_pos, unknown_key(&e.key, allowed));
+                let message = unknown_key(&e.key, self.sink.suggest(&e.key, allowed));
+                self.sink.error(&child(ptr, &e.key), e.key_pos, message);
             }
         }
         Some(entries)
@@ -41,6 +43,13 @@ impl Reader<'_> {
             self.sink.error(ptr, n.pos, "expected a string");
         }
         s
+    }
+
+    /// Reports a path that breaks `rule` (see [`paths`]).
+    fn path(&mut self, path: &str, rule: fn(&str) -> Result<(), String>, ptr: &str, pos: Pos) {
+        if let Err(problem) = rule(path) {
+            self.sink.error(ptr, pos, problem);
+        }
     }
 
     fn boolean(&mut self, n: &Node, ptr: &str) -> Option<bool> {
@@ -244,7 +253,7 @@ impl Reader<'_> {
                     c.event = self.glob_list(v, &p);
                     for ev in c.event.include.iter().chain(&c.event.exclude) {
                         if !schema::EVENTS.contains(&ev.as_str()) {
-                            let msg = match schema::suggest(ev, schema::EVENTS) {
+                            let msg = match self.sink.suggest(ev, schema::EVENTS) {
                                 Some(s) => {
                                     format!("unknown event \"{ev}\", did you mean \"{s}\"?")
                                 }
@@ -403,7 +412,8 @@ impl Reader<'_> {
                         format!("\"{}\" is a Docker-only option; piculet ignores it", e.key),
                     );
                 } else {
-                    self.sink.error(&p, e.key_pos, unknown_key(&e.key, keys));
+                    let message = unknown_key(&e.key, self.sink.suggest(&e.key, keys));
+                    self.sink.error(&p, e.key_pos, message);
                 }
                 continue;
             }
@@ -423,7 +433,12 @@ impl Reader<'_> {
                 "entrypoint" => step.entrypoint = Some(self.string_or_list(v, &p)),
                 "environment" => self.environment(v, &p, &mut step),
                 "settings" => self.settings(v, &p, &mut step),
-                "directory" => step.directory = self.string(v, &p),
+                "directory" => {
+                    step.directory = self.string(v, &p);
+                    if let Some(d) = &step.directory {
+                        self.path(d, paths::inside_workspace, &p, v.pos);
+                    }
+                }
                 "when" => step.when = self.conditions(v, &p, schema::STEP_WHEN_KEYS),
                 "depends_on" => step.depends_on = Some(self.dependencies(v, &p)),
                 "failure" => {
@@ -435,7 +450,16 @@ impl Reader<'_> {
                 "detach" => step.detach = self.boolean(v, &p).unwrap_or(false),
                 "privileged" => step.privileged = self.boolean(v, &p).unwrap_or(false),
                 "pull" => step.pull = self.boolean(v, &p).unwrap_or(false),
-                "volumes" => step.volumes = self.string_list(v, &p),
+                "volumes" => {
+                    step.volumes = self.string_list(v, &p);
+                    if let Value::Seq(items) = &v.value {
+                        for (i, item) in items.iter().enumerate() {
+                            if let Some(entry) = item.scalar_text() {
+                                self.path(&entry, paths::volume, &index(&p, i), item.pos);
+                            }
+                        }
+                    }
+                }
                 "extra_hosts" => step.extra_hosts = self.string_list(v, &p),
                 "dns" => step.dns = self.string_or_list(v, &p),
                 "dns_search" => step.dns_search = self.string_or_list(v, &p),
@@ -833,11 +857,13 @@ impl Reader<'_> {
                             match f.key.as_str() {
                                 "base" => {
                                     if let Some(s) = self.string(&f.value, &fp) {
+                                        self.path(&s, paths::workspace_base, &fp, f.value.pos);
                                         w.workspace.base = s;
                                     }
                                 }
                                 "path" => {
                                     if let Some(s) = self.string(&f.value, &fp) {
+                                        self.path(&s, paths::inside_workspace, &fp, f.value.pos);
                                         w.workspace.path = s;
                                     }
                                 }
@@ -968,15 +994,16 @@ pub(crate) fn check_workflow(w: &WorkflowModel, sink: &mut Sink) {
     }
 
     // depends_on targets: the steps (and clone steps) of this workflow.
-    let step_names: Vec<&str> = clone_steps
-        .iter()
-        .chain(&w.steps)
-        .map(|s| s.name.as_str())
-        .collect();
-    for s in clone_steps.iter().chain(&w.steps) {
+    let graph_steps: Vec<&StepModel> = clone_steps.iter().chain(&w.steps).collect();
+    let step_names: Vec<&str> = graph_steps.iter().map(|s| s.name.as_str()).collect();
+    let mut position: HashMap<&str, usize> = HashMap::with_capacity(step_names.len());
+    for (i, name) in step_names.iter().enumerate() {
+        position.entry(name).or_insert(i);
+    }
+    for s in &graph_steps {
         for d in s.depends_on.iter().flatten() {
-            if !d.optional && !step_names.contains(&d.name.as_str()) {
-                let msg = match schema::suggest(&d.name, &step_names) {
+            if !d.optional && !position.contains_key(d.name.as_str()) {
+                let msg = match sink.suggest(&d.name, &step_names) {
                     Some(m) => format!(
                         "unknown step \"{}\" in depends_on, did you mean \"{m}\"?",
                         d.name
@@ -988,96 +1015,26 @@ pub(crate) fn check_workflow(w: &WorkflowModel, sink: &mut Sink) {
         }
     }
 
-    let graph: Vec<(&str, Vec<&str>)> = clone_steps
+    // Cycles, by position in declaration order (clone steps first).
+    let edges: Vec<Vec<usize>> = graph_steps
         .iter()
-        .chain(&w.steps)
         .map(|s| {
-            let deps = s
-                .depends_on
+            s.depends_on
                 .iter()
                 .flatten()
-                .map(|d| d.name.as_str())
-                .collect();
-            (s.name.as_str(), deps)
+                .filter_map(|d| position.get(d.name.as_str()).copied())
+                .collect()
         })
         .collect();
-    for cycle in find_cycles(&graph) {
-        let at = w
-            .steps
-            .iter()
-            .chain(clone_steps)
-            .find(|s| cycle.first() == Some(&s.name));
-        let (ptr, pos) = at
-            .map(|s| (format!("{}/depends_on", s.pointer), s.pos))
-            .unwrap_or_default();
+    for cycle in graph::cycles(&edges) {
+        let first = graph_steps[cycle[0]];
+        let names: Vec<&str> = cycle.iter().map(|&i| step_names[i]).collect();
         sink.error(
-            &ptr,
-            pos,
-            format!("dependency cycle: {}", cycle.join(" -> ")),
+            &format!("{}/depends_on", first.pointer),
+            first.pos,
+            format!("dependency cycle: {}", graph::describe(&names, "steps")),
         );
     }
-}
-
-/// Every elementary cycle reachable by a depth-first walk, each reported once, as
-/// `[a, b, c, a]`, starting at the node of the cycle that comes first in declaration order.
-pub(crate) fn find_cycles(graph: &[(&str, Vec<&str>)]) -> Vec<Vec<String>> {
-    let order: HashMap<&str, usize> = graph
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| (*n, i))
-        .collect();
-    let edges: HashMap<&str, &Vec<&str>> = graph.iter().map(|(n, d)| (*n, d)).collect();
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    let mut state: HashMap<&str, u8> = HashMap::new();
-    let mut found: Vec<Vec<String>> = Vec::new();
-
-    fn visit<'a>(
-        node: &'a str,
-        edges: &HashMap<&'a str, &'a Vec<&'a str>>,
-        order: &HashMap<&'a str, usize>,
-        state: &mut HashMap<&'a str, u8>,
-        stack: &mut Vec<&'a str>,
-        found: &mut Vec<Vec<String>>,
-    ) {
-        state.insert(node, 1);
-        stack.push(node);
-        for &next in edges.get(node).map(|d| d.as_slice()).unwrap_or(&[]) {
-            match state.get(next).copied().unwrap_or(0) {
-                0 if edges.contains_key(next) => visit(next, edges, order, state, stack, found),
-                1 => {
-                    if let Some(start) = stack.iter().position(|n| *n == next) {
-                        // The walk follows "depends on" edges; a cycle reads the same either way.
-                        let mut cycle: Vec<&str> = stack[start..].to_vec();
-                        let first = cycle
-                            .iter()
-                            .enumerate()
-                            .min_by_key(|(_, n)| order.get(*n).copied().unwrap_or(usize::MAX))
-                            .map(|(i, _)| i)
-                            .unwrap_or(0);
-                        cycle.rotate_left(first);
-                        let mut names: Vec<String> = cycle.iter().map(|s| s.to_string()).collect();
-                        if let Some(first) = names.first().cloned() {
-                            names.push(first);
-                        }
-                        if !found.contains(&names) {
-                            found.push(names);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        stack.pop();
-        state.insert(node, 2);
-    }
-
-    for (n, _) in graph {
-        if state.get(n).copied().unwrap_or(0) == 0 {
-            let mut stack = Vec::new();
-            visit(n, &edges, &order, &mut state, &mut stack, &mut found);
-        }
-    }
-    found
 }
 
 #[cfg(test)]
@@ -1086,7 +1043,7 @@ mod tests {
 
     fn read(yaml: &str) -> (Option<WorkflowModel>, Sink) {
         let mut sink = Sink::new("test");
-        let node = Node::parse(yaml).expect("valid yaml");
+        let node = Node::parse(yaml, 32).expect("valid yaml");
         let w = Reader { sink: &mut sink }.workflow(&node);
         if let Some(w) = &w {
             check_workflow(w, &mut sink);
@@ -1473,5 +1430,63 @@ mod tests {
         );
         let names: Vec<String> = w.expect("w").steps.into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["z", "a"]);
+    }
+
+    #[test]
+    fn paths_that_leave_the_workspace_are_refused_where_they_are() {
+        assert_eq!(
+            errors(
+                "workspace: {base: /woodpecker, path: ../../etc}\nsteps: [{name: a, image: x, commands: [ls], directory: ../..}]"
+            ),
+            [
+                (
+                    "/workspace/path".to_string(),
+                    "\"../../etc\" has a \"..\" segment; write the path without one: it must stay inside the workspace".to_string()
+                ),
+                (
+                    "/steps/0/directory".to_string(),
+                    "\"../..\" has a \"..\" segment; write the path without one: it must stay inside the workspace".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            one_error(
+                "workspace: {base: woodpecker}\nsteps: [{name: a, image: x, commands: [ls]}]"
+            ),
+            (
+                "/workspace/base".into(),
+                "\"woodpecker\" is not an absolute path; write one such as /woodpecker".into()
+            )
+        );
+        assert_eq!(
+            one_error(
+                "workspace: {base: /w/../../etc}\nsteps: [{name: a, image: x, commands: [ls]}]"
+            )
+            .0,
+            "/workspace/base"
+        );
+        assert_eq!(
+            one_error("steps: [{name: a, image: x, commands: [ls], directory: /etc}]").0,
+            "/steps/0/directory"
+        );
+        assert_eq!(
+            one_error("clone: {git: {image: x, directory: ../x}}\nsteps: [{name: a, image: x, commands: [ls]}]").0,
+            "/clone/git/directory"
+        );
+        assert_eq!(
+            one_error("steps: [{name: a, image: x, commands: [ls], volumes: [cache:/cache, 'cache:../x:ro']}]"),
+            (
+                "/steps/0/volumes/1".into(),
+                "volume \"cache:../x:ro\" has no absolute mount path; write name:/mount/path or name:/mount/path:ro".into()
+            )
+        );
+        assert_eq!(
+            one_error("services: [{name: db, image: x, volumes: ['data:/a/../../etc']}]\nsteps: [{name: a, image: x, commands: [ls]}]").0,
+            "/services/0/volumes/0"
+        );
+        let (_, sink) = read(
+            "workspace: {base: /ci, path: src/app}\nsteps: [{name: a, image: x, commands: [ls], directory: sub/dir, volumes: ['cache:/cache:ro']}]",
+        );
+        assert!(sink.errors.is_empty(), "{:?}", sink.errors);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use globset::GlobBuilder;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::diagnostic::{Sink, child};
 use super::model::{Condition, GlobList, PathCondition, Status};
@@ -16,6 +16,14 @@ pub(crate) struct Facts<'a> {
     pub vars: &'a BTreeMap<String, String>,
     pub platform: &'a str,
     pub matrix: &'a BTreeMap<String, String>,
+    /// The changed files (`CI_PIPELINE_FILES`, a JSON list), read once per submission.
+    pub files: Option<&'a [String]>,
+}
+
+/// `CI_PIPELINE_FILES` as the list it holds; `None` when absent or not a JSON list of strings.
+pub(crate) fn changed_files(vars: &BTreeMap<String, String>) -> Option<Vec<String>> {
+    vars.get("CI_PIPELINE_FILES")
+        .and_then(|f| serde_json::from_str::<Vec<String>>(f).ok())
 }
 
 #[derive(Debug, PartialEq)]
@@ -43,6 +51,40 @@ impl GlobList {
     }
 }
 
+/// Patterns compiled into one set, so that each file is matched once against all of them (not
+/// once per pattern); an invalid pattern matches only itself, as in [`glob_match`].
+struct Patterns<'p> {
+    set: GlobSet,
+    literal: Vec<&'p str>,
+}
+
+impl<'p> Patterns<'p> {
+    fn new(patterns: &'p [String]) -> Patterns<'p> {
+        let mut builder = GlobSetBuilder::new();
+        let mut literal = Vec::new();
+        for p in patterns {
+            match GlobBuilder::new(p).literal_separator(true).build() {
+                Ok(g) => {
+                    builder.add(g);
+                }
+                Err(_) => literal.push(p.as_str()),
+            }
+        }
+        let set = builder.build().unwrap_or_else(|_| {
+            // Too large for the matcher: fall back to matching every pattern as text.
+            literal = patterns.iter().map(String::as_str).collect();
+            GlobSet::empty()
+        });
+        Patterns { set, literal }
+    }
+
+    fn any(&self, files: &[String]) -> bool {
+        files
+            .iter()
+            .any(|f| self.set.is_match(f) || self.literal.contains(&f.as_str()))
+    }
+}
+
 impl PathCondition {
     fn matches(&self, files: &[String], message: &str) -> bool {
         if let Some(ignore) = &self.ignore_message
@@ -54,15 +96,10 @@ impl PathCondition {
         if files.is_empty() {
             return self.on_empty;
         }
-        let any = |patterns: &[String]| {
-            patterns
-                .iter()
-                .any(|p| files.iter().any(|f| glob_match(p, f)))
-        };
-        if !self.exclude.is_empty() && any(&self.exclude) {
+        if !self.exclude.is_empty() && Patterns::new(&self.exclude).any(files) {
             return false;
         }
-        self.include.is_empty() || any(&self.include)
+        self.include.is_empty() || Patterns::new(&self.include).any(files)
     }
 }
 
@@ -210,11 +247,9 @@ fn unmet(c: &Condition, facts: &Facts<'_>, step_level: bool, sink: &mut Sink) ->
     if let Some(path) = &c.path
         && matches!(event, Some("push" | "pull_request") | None)
     {
-        let files =
-            var("CI_PIPELINE_FILES").and_then(|f| serde_json::from_str::<Vec<String>>(f).ok());
-        match files {
+        match facts.files {
             Some(files) => {
-                if !path.matches(&files, var("CI_COMMIT_MESSAGE").unwrap_or("")) {
+                if !path.matches(files, var("CI_COMMIT_MESSAGE").unwrap_or("")) {
                     return Some("when.path matches none of the changed files".to_string());
                 }
             }
@@ -274,20 +309,24 @@ mod tests {
             ..Condition::default()
         };
         let v = vars(&[("CI_PIPELINE_EVENT", "push"), ("CI_COMMIT_BRANCH", "dev")]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "linux/amd64",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(std::slice::from_ref(&c), &f, true, &mut sink),
             Outcome::Skip("when.branch does not match \"dev\"".into())
         );
         let v = vars(&[("CI_PIPELINE_EVENT", "tag"), ("CI_COMMIT_BRANCH", "dev")]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "linux/amd64",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
@@ -313,10 +352,12 @@ mod tests {
             ("CI_PIPELINE_EVENT", "push"),
             ("CI_PIPELINE_FILES", "[\"docs/a.md\"]"),
         ]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(std::slice::from_ref(&c), &f, true, &mut sink),
@@ -326,10 +367,12 @@ mod tests {
             ("CI_PIPELINE_EVENT", "push"),
             ("CI_PIPELINE_FILES", "[\"src/a/b.rs\"]"),
         ]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(std::slice::from_ref(&c), &f, true, &mut sink),
@@ -337,10 +380,12 @@ mod tests {
         );
         assert!(sink.warnings.is_empty());
         let v = vars(&[("CI_PIPELINE_EVENT", "push")]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
@@ -364,10 +409,12 @@ mod tests {
             ..Condition::default()
         };
         let v = vars(&[("CI_PIPELINE_EVENT", "cron")]);
+        let fl = changed_files(&v);
         let f = Facts {
             vars: &v,
             platform: "",
             matrix: &empty,
+            files: fl.as_deref(),
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
@@ -392,6 +439,7 @@ mod tests {
             vars: &v,
             platform: "",
             matrix: &m,
+            files: None,
         };
         let a = Condition {
             matrix_include: vars(&[("GO", "1.21")]),

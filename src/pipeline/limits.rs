@@ -1,0 +1,91 @@
+//! The limits a submission must keep within, so that what one request costs (parsing, checks,
+//! planning, rows, events) stays proportional to its size and bounded for the server. Every
+//! refusal names the limit, the value found and the setting that raises it.
+
+/// How much one submission may ask for. Each field has a `PICULET_MAX_*` setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Steps, services and clone steps of one workflow (one matrix element).
+    pub steps_per_workflow: usize,
+    /// Workflows of a pipeline: its configs times their matrix elements.
+    pub workflows_per_pipeline: usize,
+    /// Steps, services and clone steps of the whole pipeline, as declared (before `when`).
+    pub steps_per_pipeline: usize,
+    /// `depends_on` entries (of steps and workflows) in the whole pipeline.
+    pub dependencies: usize,
+    /// How deep maps and lists may nest in a config.
+    pub nesting_depth: usize,
+    /// Bytes of any single string: a command, a name, a key, an environment value, a label, a
+    /// variable, also after `${NAME}` substitution.
+    pub string_length: usize,
+    /// Labels of one submission.
+    pub labels: usize,
+    /// The most events the planned pipeline can record over its run.
+    pub events_per_pipeline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            steps_per_workflow: 256,
+            workflows_per_pipeline: 100,
+            steps_per_pipeline: 2000,
+            dependencies: 10_000,
+            nesting_depth: 32,
+            string_length: 65_536,
+            labels: 64,
+            events_per_pipeline: 20_000,
+        }
+    }
+}
+
+/// The highest nesting depth a setting may allow: converting, merging and substituting a
+/// tree recurse once per level, and this many levels fit in a 2 MiB thread stack with room
+/// to spare (tested in `plan`).
+pub const MAX_NESTING_DEPTH: usize = 256;
+
+/// The environment variable of each limit, as refusals name them.
+pub const STEPS_PER_WORKFLOW: &str = "PICULET_MAX_STEPS_PER_WORKFLOW";
+pub const WORKFLOWS_PER_PIPELINE: &str = "PICULET_MAX_WORKFLOWS_PER_PIPELINE";
+pub const STEPS_PER_PIPELINE: &str = "PICULET_MAX_STEPS_PER_PIPELINE";
+pub const DEPENDENCIES: &str = "PICULET_MAX_DEPENDENCIES";
+pub const NESTING_DEPTH: &str = "PICULET_MAX_NESTING_DEPTH";
+pub const STRING_LENGTH: &str = "PICULET_MAX_STRING_LENGTH";
+pub const LABELS: &str = "PICULET_MAX_LABELS";
+pub const EVENTS_PER_PIPELINE: &str = "PICULET_MAX_EVENTS_PER_PIPELINE";
+
+/// The end of every refusal: `more than the limit of 256 (PICULET_MAX_STEPS_PER_WORKFLOW)`.
+pub(crate) fn over(limit: usize, setting: &str) -> String {
+    format!("more than the limit of {limit} ({setting})")
+}
+
+/// The most events a pipeline records: the pipeline queued, running and finished (3); each
+/// workflow that may run, running and finished (2); each of its steps and services, running
+/// and finished (2). Workflows and steps dropped before the run are stored already skipped and
+/// record none; a step is never started twice (the store only starts a queued one).
+pub fn event_bound(step_counts: impl IntoIterator<Item = usize>) -> usize {
+    step_counts.into_iter().fold(3usize, |sum, steps| {
+        sum.saturating_add(2)
+            .saturating_add(steps.saturating_mul(2))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_of_a_plan() {
+        assert_eq!(event_bound([]), 3);
+        assert_eq!(event_bound([1]), 7);
+        assert_eq!(event_bound([3, 2]), 3 + 2 + 6 + 2 + 4);
+    }
+
+    #[test]
+    fn refusals_name_the_setting() {
+        assert_eq!(
+            format!("workflow has 300 steps, {}", over(256, STEPS_PER_WORKFLOW)),
+            "workflow has 300 steps, more than the limit of 256 (PICULET_MAX_STEPS_PER_WORKFLOW)"
+        );
+    }
+}
