@@ -20,6 +20,12 @@ use crate::store::{NewPipeline, NewStep, NewWorkflow};
 /// The name diagnostics carry for problems of the submission itself, not of a config.
 pub const SUBMISSION: &str = "submission";
 
+/// Longest label key and value, in bytes: past the label keys and values anyone stores, within
+/// what a database index entry holds (Postgres: about 2.7 KB), and the same bounds a list's
+/// label filter has.
+pub const MAX_LABEL_KEY_BYTES: usize = 256;
+pub const MAX_LABEL_VALUE_BYTES: usize = 1024;
+
 /// A pipeline submission: one or more pipeline files, or one already-parsed pipeline, with the
 /// variables, secrets and metadata of the run.
 #[derive(Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -269,11 +275,30 @@ impl Submission {
                 ),
             );
         }
-        for key in self.labels.keys() {
-            if key.is_empty() || key.contains('=') {
+        for (key, value) in &self.labels {
+            let pointer = format!("/labels/{}", escape_pointer(key));
+            if key.len() > MAX_LABEL_KEY_BYTES {
                 error(
-                    format!("/labels/{}", escape_pointer(key)),
+                    pointer,
+                    format!(
+                        "a label key of {} bytes is longer than {MAX_LABEL_KEY_BYTES}; labels are \
+                         for short names such as project=acme/api",
+                        key.len()
+                    ),
+                );
+            } else if key.is_empty() || key.contains('=') {
+                error(
+                    pointer,
                     format!("label key {key:?} must be non-empty and without '='"),
+                );
+            } else if value.len() > MAX_LABEL_VALUE_BYTES {
+                error(
+                    pointer,
+                    format!(
+                        "a label value of {} bytes is longer than {MAX_LABEL_VALUE_BYTES}; put \
+                         long text in a variable instead",
+                        value.len()
+                    ),
                 );
             }
         }
@@ -614,6 +639,37 @@ mod tests {
     }
 
     #[test]
+    fn label_keys_and_values_fit_an_index_entry() {
+        let mut s = Submission::from_file(
+            "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n".into(),
+        );
+        s.labels.insert(
+            "k".repeat(MAX_LABEL_KEY_BYTES),
+            "v".repeat(MAX_LABEL_VALUE_BYTES),
+        );
+        assert!(s.check(&Limits::default()).is_empty());
+        s.labels
+            .insert("long".into(), "v".repeat(MAX_LABEL_VALUE_BYTES + 1));
+        s.labels
+            .insert("k".repeat(MAX_LABEL_KEY_BYTES + 1), "v".into());
+        let errors = s.check(&Limits::default());
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(
+            errors[0].pointer,
+            format!("/labels/{}", "k".repeat(MAX_LABEL_KEY_BYTES + 1))
+        );
+        assert!(
+            errors[0].message.starts_with("a label key of 257 bytes"),
+            "{errors:?}"
+        );
+        assert_eq!(errors[1].pointer, "/labels/long");
+        assert!(
+            errors[1].message.starts_with("a label value of 1025 bytes"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn labels_at_and_over_the_limit() {
         let limits = Limits {
             labels: 2,
@@ -639,11 +695,11 @@ mod tests {
     #[test]
     fn strings_at_and_over_the_limit() {
         let limits = Limits {
-            string_length: 300,
+            string_length: 200,
             ..Limits::default()
         };
-        let at = "x".repeat(300);
-        let over = "x".repeat(301);
+        let at = "x".repeat(200);
+        let over = "x".repeat(201);
         let mut s = valid();
         s.name = Some(at.clone());
         s.variables.insert(at.clone(), at.clone());
@@ -665,7 +721,7 @@ mod tests {
         });
         s.configs[0].name = over.clone();
         let message = |what: &str| {
-            format!("{what} of 301 bytes, more than the limit of 300 (PICULET_MAX_STRING_LENGTH)")
+            format!("{what} of 201 bytes, more than the limit of 200 (PICULET_MAX_STRING_LENGTH)")
         };
         let found = errors(&s, &limits);
         for expected in [

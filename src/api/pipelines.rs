@@ -17,15 +17,11 @@ use super::error::{ApiError, Problem, validation};
 use crate::config::BackendKind;
 use crate::model::{Pipeline, PipelineSummary, Status};
 use crate::store::{Created, ListFilter, NewPipeline};
-use crate::submission::Submission;
+use crate::submission::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, Submission};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
-/// Longest label key and value a list may filter on, in bytes: past the label keys and values
-/// anyone stores, and small enough that a page of filters stays a small query.
-const MAX_LABEL_KEY_BYTES: usize = 256;
-const MAX_LABEL_VALUE_BYTES: usize = 1024;
 
 /// Parses a path id, refusing what is not a UUID with 400 rather than 404.
 pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
