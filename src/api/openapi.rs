@@ -29,7 +29,7 @@ use super::{error, events, health, host, lint, logs, metrics, pipelines, render}
         metrics::metrics,
     ),
     components(schemas(error::Problem, crate::pipeline::Diagnostic, logs::LogEnd, crate::model::Event)),
-    modifiers(&BearerAuth, &MisdirectedRequest),
+    modifiers(&BearerAuth, &MisdirectedRequest, &DatabaseTimeout),
     tags(
         (name = "pipelines", description = "Submit, inspect, follow, cancel and retry pipelines"),
         (name = "logs", description = "Step logs, stored and live"),
@@ -83,6 +83,58 @@ impl Modify for MisdirectedRequest {
                     .responses
                     .responses
                     .insert("421".into(), response.clone().into());
+            }
+        }
+    }
+}
+
+/// Operations that never touch the database, so never answer its 503.
+const WITHOUT_DATABASE: [&str; 3] = ["/api/v1/healthz", "/api/v1/lint", "/api/v1/render"];
+
+/// Every operation that reads or writes the database answers 503 `unavailable` with
+/// `Retry-After` when its statement runs past `PICULET_DB_READ_TIMEOUT` or
+/// `PICULET_DB_WRITE_TIMEOUT`; said once here, and added to a 503 a handler documents already.
+struct DatabaseTimeout;
+
+const DATABASE_TIMEOUT: &str = "The database did not answer within PICULET_DB_READ_TIMEOUT or \
+     PICULET_DB_WRITE_TIMEOUT (`unavailable`, with `Retry-After`)";
+
+impl Modify for DatabaseTimeout {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        let response = ResponseBuilder::new()
+            .description(DATABASE_TIMEOUT)
+            .content(
+                error::PROBLEM_JSON,
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if WITHOUT_DATABASE.contains(&path.as_str()) {
+                continue;
+            }
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                let responses = &mut operation.responses.responses;
+                match responses.get_mut("503") {
+                    Some(RefOr::T(existing)) if !existing.description.contains("database") => {
+                        existing.description = format!(
+                            "{}; or the database did not answer in time (`unavailable`, with \
+                             `Retry-After`)",
+                            existing.description
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        responses.insert("503".into(), response.clone().into());
+                    }
+                }
             }
         }
     }
