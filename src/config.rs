@@ -267,6 +267,26 @@ pub struct Settings {
     )]
     pub max_events_per_pipeline: Option<String>,
 
+    /// Most bytes of text in a planned pipeline: every string of every workflow and matrix
+    /// element after ${NAME} substitution [default: 16MiB]
+    #[arg(
+        long,
+        env = "PICULET_MAX_PLANNED_SIZE",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub max_planned_size: Option<String>,
+
+    /// Most bytes of secret values and registry passwords of one submission together
+    /// [default: 128KiB]
+    #[arg(
+        long,
+        env = "PICULET_MAX_SECRET_SIZE",
+        global = true,
+        value_name = "SIZE"
+    )]
+    pub max_secret_size: Option<String>,
+
     /// The Kubernetes settings (`--k8s-*`, `PICULET_K8S_*`; a `[kubernetes]` table in the file).
     #[command(flatten)]
     #[serde(default)]
@@ -678,19 +698,24 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
             )),
         }
     };
-    let string_length = match s.max_string_length.as_deref() {
-        None => default.string_length,
+    let size = |field: &str, value: &Option<String>, default: usize| match value.as_deref() {
+        None => Ok(default),
         Some(text) => {
-            let n = parse_size(text).map_err(|m| invalid("max_string_length", m))?;
+            let n = parse_size(text).map_err(|m| invalid(field, m))?;
             if !(256..=1 << 30).contains(&n) {
                 return Err(invalid(
-                    "max_string_length",
+                    field,
                     format!("{text:?} is not a size from 256 bytes to 1GiB"),
                 ));
             }
-            n
+            Ok(n)
         }
     };
+    let string_length = size(
+        "max_string_length",
+        &s.max_string_length,
+        default.string_length,
+    )?;
     Ok(Limits {
         steps_per_workflow: count(
             "max_steps_per_workflow",
@@ -737,6 +762,12 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
             7,
             1_000_000_000,
         )?,
+        planned_bytes: size(
+            "max_planned_size",
+            &s.max_planned_size,
+            default.planned_bytes,
+        )?,
+        secret_bytes: size("max_secret_size", &s.max_secret_size, default.secret_bytes)?,
     })
 }
 
@@ -975,6 +1006,8 @@ mod tests {
             max_string_length: Some("1MiB".into()),
             max_labels: Some("0".into()),
             max_events_per_pipeline: Some("7".into()),
+            max_planned_size: Some("4MiB".into()),
+            max_secret_size: Some("1KiB".into()),
             ..settings()
         };
         assert_eq!(
@@ -988,6 +1021,8 @@ mod tests {
                 string_length: 1 << 20,
                 labels: 0,
                 events_per_pipeline: 7,
+                planned_bytes: 4 << 20,
+                secret_bytes: 1024,
             }
         );
     }

@@ -265,6 +265,21 @@ impl Submission {
                 format!("{platform:?} is not OS/ARCH, e.g. linux/arm64"),
             );
         }
+        let secret_bytes = self
+            .secrets
+            .iter()
+            .map(|s| s.value.len())
+            .chain(self.registries.iter().map(|r| r.password.len()))
+            .fold(0usize, usize::saturating_add);
+        if secret_bytes > limits.secret_bytes {
+            error(
+                "/secrets".into(),
+                format!(
+                    "the secret values and registry passwords are {secret_bytes} bytes together, {}",
+                    over(limits.secret_bytes, limits::SECRET_SIZE)
+                ),
+            );
+        }
         if self.labels.len() > limits.labels {
             error(
                 "/labels".into(),
@@ -342,20 +357,21 @@ impl Submission {
         }
         for (i, s) in self.secrets.iter().enumerate() {
             fields.push((format!("/secrets/{i}/name"), &s.name, true, false));
+            // Secret values are bounded together, by PICULET_MAX_SECRET_SIZE.
             fields.push((format!("/secrets/{i}/value"), &s.value, false, false));
         }
         for (i, r) in self.registries.iter().enumerate() {
-            fields.push((format!("/registries/{i}/address"), &r.address, false, false));
+            fields.push((format!("/registries/{i}/address"), &r.address, true, false));
             fields.push((
                 format!("/registries/{i}/username"),
                 &r.username,
-                false,
+                true,
                 false,
             ));
             fields.push((
                 format!("/registries/{i}/password"),
                 &r.password,
-                false,
+                true,
                 false,
             ));
         }
@@ -666,6 +682,35 @@ mod tests {
         assert!(
             errors[1].message.starts_with("a label value of 1025 bytes"),
             "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn secret_values_together_within_the_limit() {
+        let limits = Limits {
+            secret_bytes: 1000,
+            ..Limits::default()
+        };
+        let mut s = valid();
+        s.secrets.push(SecretValue {
+            name: "a".into(),
+            value: "x".repeat(600),
+        });
+        s.registries.push(Registry {
+            address: "r.example".into(),
+            username: "u".into(),
+            password: "y".repeat(400),
+        });
+        assert_eq!(errors(&s, &limits), []);
+        s.registries[0].password.push('y');
+        assert_eq!(
+            errors(&s, &limits),
+            [(
+                "/secrets".to_string(),
+                "the secret values and registry passwords are 1001 bytes together, more than the \
+                 limit of 1000 (PICULET_MAX_SECRET_SIZE)"
+                    .to_string()
+            )]
         );
     }
 

@@ -175,6 +175,16 @@ fn help_lists_every_setting() {
         "PICULET_MAX_STRING_LENGTH",
         "PICULET_MAX_LABELS",
         "PICULET_MAX_EVENTS_PER_PIPELINE",
+        "PICULET_MAX_PLANNED_SIZE",
+        "PICULET_MAX_SECRET_SIZE",
+        "PICULET_MAX_LABEL_FILTERS",
+        "PICULET_ALLOWED_HOSTS",
+        "PICULET_MAX_PLANNING",
+        "PICULET_PLANNING_QUEUE_TIMEOUT",
+        "PICULET_DB_READ_TIMEOUT",
+        "PICULET_DB_WRITE_TIMEOUT",
+        "PICULET_DB_API_CONNECTIONS",
+        "PICULET_DB_ENGINE_CONNECTIONS",
     ] {
         assert!(help.contains(setting), "--help lists {setting}");
     }

@@ -23,6 +23,8 @@ on_both_databases!(
     secret_values_are_never_echoed,
     foreign_host_names_are_misdirected,
     expect_continue_over_the_limit,
+    large_secrets_are_bounded_and_masked_off_the_async_threads,
+    substitution_cannot_multiply_a_variable,
 );
 
 /// Every refusal must come well within this; the slowest case took 23 s before the fix.
@@ -590,5 +592,87 @@ async fn expect_continue_over_the_limit(db: Db) {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert!(!head.contains("100 Continue"), "{head}");
     assert_alive(&app).await;
+    assert_eq!(app.pipeline_count().await, 0);
+}
+
+async fn large_secrets_are_bounded_and_masked_off_the_async_threads(db: Db) {
+    // With the engine: the masking automaton is built when the workflow starts.
+    let app = TestApp::start(
+        db,
+        piculet::config::Settings {
+            api_tokens: Some(String::new()),
+            ..Default::default()
+        },
+        true,
+    )
+    .await;
+    // 60 KB of a two-letter alphabet: once minutes of automaton building on the async threads,
+    // which stopped every probe, lease and follower meanwhile.
+    let secret = "ab".repeat(30_000);
+    let content = "steps:\n  - name: s\n    image: alpine\n    environment:\n      S:\n        from_secret: s\n    commands: [printf '%s\\n' \"$S\" | head -c 20]\n";
+    let body = json!({"configs": [{"name": "c", "content": content}], "secrets": [{"name": "s", "value": secret}]});
+    let response = submit_json(&app, &body).await;
+    assert_eq!(response.status(), 201);
+    let p: Value = response.json().await.unwrap();
+    let id = p["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + BOUND;
+    let done = loop {
+        assert_alive(&app).await;
+        let p = app.pipeline(&id).await;
+        if !matches!(p["status"].as_str(), Some("queued" | "running")) {
+            break p;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {p:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done["status"], "success", "{done:#}");
+
+    // Over PICULET_MAX_SECRET_SIZE together.
+    let secrets: Vec<Value> = (0..3)
+        .map(|i| json!({"name": format!("s{i}"), "value": "x".repeat(50_000)}))
+        .collect();
+    let body = json!({"configs": [{"name": "c", "content": content}], "secrets": secrets});
+    let problem = expect_problem(submit_json(&app, &body).await, 422, "validation-failed").await;
+    assert!(
+        problem.to_string().contains("PICULET_MAX_SECRET_SIZE"),
+        "{problem:#}"
+    );
+    assert!(!problem.to_string().contains("xxxxxxxx"), "no value echoed");
+}
+
+async fn substitution_cannot_multiply_a_variable(db: Db) {
+    let app = tokenless(db).await;
+    // 2,000 references to a 65,000-byte variable: 130 MB from a 150 KB body.
+    let commands = vec!["\"${A}\""; 2000].join(", ");
+    let content = format!("steps:\n  - name: s\n    image: alpine\n    commands: [{commands}]\n");
+    let body = json!({"configs": [{"name": "c", "content": content}], "variables": {"A": "x".repeat(65_000)}});
+    for path in ["/api/v1/pipelines", "/api/v1/render", "/api/v1/lint"] {
+        let response = send(&app, app.post(path).json(&body)).await;
+        let text = response.text().await.unwrap();
+        assert!(
+            text.len() < 64 * 1024,
+            "{path}: a small answer, not {} bytes",
+            text.len()
+        );
+        assert!(
+            text.contains("PICULET_MAX_PLANNED_SIZE"),
+            "{path}: {}",
+            truncate(&text)
+        );
+    }
+    // A matrix copying a large config: 90 elements of 240 KB of commands.
+    let commands = vec![format!("\"{}\"", "x".repeat(60_000)); 4].join(", ");
+    let axis: Vec<String> = (0..90).map(|i| i.to_string()).collect();
+    let content = format!(
+        "matrix:\n  N: [{}]\nsteps:\n  - name: s\n    image: alpine\n    commands: [{commands}]\n",
+        axis.join(", ")
+    );
+    let body = json!({"configs": [{"name": "c", "content": content}]});
+    let problem = expect_problem(submit_json(&app, &body).await, 422, "validation-failed").await;
+    assert!(
+        problem.to_string().contains("PICULET_MAX_PLANNED_SIZE"),
+        "{}",
+        truncate(&problem.to_string())
+    );
     assert_eq!(app.pipeline_count().await, 0);
 }

@@ -18,7 +18,7 @@
 //!   (Python's default, and PHP's with `\/`), `<` `>` `&` as `\u003c`… (Go's), and upper-case
 //!   hex (Jackson's).
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 
@@ -181,6 +181,11 @@ fn forms(piece: &str) -> Vec<String> {
     forms
 }
 
+/// Up to this many bytes of patterns (a few ordinary secrets in all their forms) the automaton
+/// may be a DFA, the fastest to search; past it, a contiguous NFA, whose build time grows
+/// linearly with the patterns, where a DFA's took minutes for one 60 KB secret.
+const DFA_PATTERN_BYTES: usize = 16 * 1024;
+
 impl Masker {
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Masker {
         let mut patterns: Vec<String> = Vec::new();
@@ -201,10 +206,12 @@ impl Masker {
         let matcher = if patterns.is_empty() {
             None
         } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&patterns)
-                .ok()
+            let mut builder = AhoCorasick::builder();
+            builder.match_kind(MatchKind::LeftmostLongest);
+            if patterns.iter().map(String::len).sum::<usize>() > DFA_PATTERN_BYTES {
+                builder.kind(Some(AhoCorasickKind::ContiguousNFA));
+            }
+            builder.build(&patterns).ok()
         };
         let fallback = if matcher.is_none() {
             // Longest first, so that a value is replaced before its own parts.
@@ -277,6 +284,22 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_secret_is_masked_by_an_automaton_built_in_linear_time() {
+        // 64 KiB of a two-letter alphabet: as a DFA, its forms took minutes to build.
+        let secret = "ab".repeat(32 * 1024);
+        let m = Masker::new([secret.as_str()]);
+        let kind = m.matcher.as_ref().map(AhoCorasick::kind);
+        assert_eq!(kind, Some(AhoCorasickKind::ContiguousNFA));
+        assert_eq!(m.mask(format!("x{secret}y")), format!("x{MASK}y"));
+        // An ordinary secret keeps the fastest automaton.
+        let small = Masker::new(["hunter2-secret"]);
+        assert_eq!(
+            small.matcher.as_ref().map(AhoCorasick::kind),
+            Some(AhoCorasickKind::DFA)
+        );
+    }
 
     #[test]
     fn a_cut_never_splits_a_secret() {

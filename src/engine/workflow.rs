@@ -397,8 +397,19 @@ pub(super) async fn run(
         abandon: abandon.clone(),
         end_of_workflow: CancellationToken::new(),
     };
+    // Building the automaton costs time in proportion to the secrets' size: off the async
+    // threads, which serve probes, leases and followers meanwhile.
+    let values: Vec<String> = secrets.values().cloned().collect();
+    let masker =
+        match tokio::task::spawn_blocking(move || Masker::new(values.iter().map(String::as_str)))
+            .await
+        {
+            Ok(masker) => masker,
+            // As if it had been built here: a step never runs without its masking.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
     let ctx = Arc::new(StepContext {
-        masker: Masker::new(secrets.values().map(String::as_str)),
+        masker,
         inner: inner.clone(),
         run,
         stops: stops.clone(),

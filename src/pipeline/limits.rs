@@ -22,6 +22,13 @@ pub struct Limits {
     pub labels: usize,
     /// The most events the planned pipeline can record over its run.
     pub events_per_pipeline: usize,
+    /// Bytes of text of the planned pipeline: every string and key of every workflow (each
+    /// matrix element its own) after `${NAME}` substitution. Bounds what a short config that
+    /// repeats a long variable, or a matrix that copies a large config, grows into.
+    pub planned_bytes: usize,
+    /// Bytes of all secret values and registry passwords of a submission together: masking
+    /// builds an automaton over every encoded form of each.
+    pub secret_bytes: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +42,8 @@ impl Default for Limits {
             string_length: 65_536,
             labels: 64,
             events_per_pipeline: 20_000,
+            planned_bytes: 16 << 20,
+            secret_bytes: 128 << 10,
         }
     }
 }
@@ -53,6 +62,8 @@ pub const NESTING_DEPTH: &str = "PICULET_MAX_NESTING_DEPTH";
 pub const STRING_LENGTH: &str = "PICULET_MAX_STRING_LENGTH";
 pub const LABELS: &str = "PICULET_MAX_LABELS";
 pub const EVENTS_PER_PIPELINE: &str = "PICULET_MAX_EVENTS_PER_PIPELINE";
+pub const PLANNED_SIZE: &str = "PICULET_MAX_PLANNED_SIZE";
+pub const SECRET_SIZE: &str = "PICULET_MAX_SECRET_SIZE";
 
 /// The end of every refusal: `more than the limit of 256 (PICULET_MAX_STEPS_PER_WORKFLOW)`.
 pub(crate) fn over(limit: usize, setting: &str) -> String {

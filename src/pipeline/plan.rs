@@ -313,6 +313,8 @@ struct Used {
     workflows: usize,
     steps: usize,
     dependencies: usize,
+    /// Bytes of text of the workflows planned so far (after substitution).
+    bytes: usize,
 }
 
 /// Checks that a config's workflows fit in what the configs before it left; reports the first
@@ -453,8 +455,28 @@ fn run(sources: &[Source], ctx: &Context) -> (Plan, Report) {
 
         for element in elements {
             let mut node = node.clone();
-            let too_long =
-                subst::substitute_node(&mut node, &element, &ctx.variables, limits.string_length);
+            let done = subst::substitute_node(
+                &mut node,
+                &element,
+                &ctx.variables,
+                limits.string_length,
+                limits.planned_bytes.saturating_sub(used.bytes),
+            );
+            used.bytes = used.bytes.saturating_add(done.bytes);
+            if done.over_budget {
+                // Nothing after this would fit either: one error, and no more work.
+                sink.error(
+                    "",
+                    Pos::NONE,
+                    format!(
+                        "the planned pipeline's text, with every matrix element expanded and \
+                         ${{NAME}} variables substituted, is {} bytes",
+                        over(limits.planned_bytes, limits::PLANNED_SIZE)
+                    ),
+                );
+                return (plan, report(sinks));
+            }
+            let too_long = done.too_long;
             for (pointer, pos) in &too_long {
                 sink.error(
                     pointer,

@@ -66,50 +66,83 @@ fn is_name(s: &str) -> bool {
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }
 
-/// Substitutes every string value of a tree in place (keys are left alone). Returns the
-/// places (pointer and position) of strings that would grow past `max_len`; those are left as
-/// they were. Recurses on the tree's depth, which the reader has bounded.
+/// What substituting a tree did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Substituted {
+    /// Strings that would grow past the length limit (pointer and position); left as they were.
+    pub too_long: Vec<(String, Pos)>,
+    /// Bytes of the tree's strings and keys after substitution, as far as the walk went.
+    pub bytes: usize,
+    /// Whether the walk stopped early because `bytes` passed the budget.
+    pub over_budget: bool,
+}
+
+/// Substitutes every string value of a tree in place (keys are left alone), each at most
+/// `max_len` bytes, and stops once the tree's text passes `budget` bytes: a short tree naming a
+/// long variable many times must not grow without bound. Recurses on the tree's depth, which
+/// the reader has bounded.
 pub fn substitute_node(
     node: &mut Node,
     matrix: &BTreeMap<String, String>,
     vars: &BTreeMap<String, String>,
     max_len: usize,
-) -> Vec<(String, Pos)> {
-    fn walk(
-        node: &mut Node,
-        path: &mut Vec<String>,
-        subst: &dyn Fn(&str) -> Option<String>,
-        too_long: &mut Vec<(String, Pos)>,
-    ) {
-        match &mut node.value {
-            Value::String(s) => match subst(s) {
-                Some(new) => *s = new,
-                None => too_long.push((
-                    path.iter().fold(String::new(), |p, t| child(&p, t)),
-                    node.pos,
-                )),
-            },
-            Value::Seq(items) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    path.push(i.to_string());
-                    walk(item, path, subst, too_long);
-                    path.pop();
-                }
+    budget: usize,
+) -> Substituted {
+    struct Walk<'a> {
+        path: Vec<String>,
+        subst: &'a dyn Fn(&str) -> Option<String>,
+        budget: usize,
+        done: Substituted,
+    }
+    impl Walk<'_> {
+        fn add(&mut self, bytes: usize) {
+            self.done.bytes = self.done.bytes.saturating_add(bytes);
+            self.done.over_budget |= self.done.bytes > self.budget;
+        }
+        fn node(&mut self, node: &mut Node) {
+            if self.done.over_budget {
+                return;
             }
-            Value::Map(entries) => {
-                for e in entries.iter_mut() {
-                    path.push(e.key.clone());
-                    walk(&mut e.value, path, subst, too_long);
-                    path.pop();
+            match &mut node.value {
+                Value::String(s) => match (self.subst)(s) {
+                    Some(new) => {
+                        self.add(new.len());
+                        *s = new;
+                    }
+                    None => self.done.too_long.push((
+                        self.path.iter().fold(String::new(), |p, t| child(&p, t)),
+                        node.pos,
+                    )),
+                },
+                Value::Seq(items) => {
+                    for (i, item) in items.iter_mut().enumerate() {
+                        self.path.push(i.to_string());
+                        self.node(item);
+                        self.path.pop();
+                    }
                 }
+                Value::Map(entries) => {
+                    for e in entries.iter_mut() {
+                        self.add(e.key.len());
+                        self.path.push(e.key.clone());
+                        self.node(&mut e.value);
+                        self.path.pop();
+                    }
+                }
+                Value::Number(n) => self.add(n.len()),
+                Value::Null | Value::Bool(_) => {}
             }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
     }
-    let mut too_long = Vec::new();
     let subst = |s: &str| substitute(s, matrix, vars, max_len);
-    walk(node, &mut Vec::new(), &subst, &mut too_long);
-    too_long
+    let mut walk = Walk {
+        path: Vec::new(),
+        subst: &subst,
+        budget,
+        done: Substituted::default(),
+    };
+    walk.node(node);
+    walk.done
 }
 
 #[cfg(test)]
@@ -177,8 +210,32 @@ mod tests {
     fn too_long_strings_are_named() {
         let mut node = Node::parse("steps: [{commands: ['${X}${X}', short]}]", 32).expect("yaml");
         let vars = m(&[("X", "0123456789")]);
-        let too_long = substitute_node(&mut node, &vars, &vars, 15);
-        assert_eq!(too_long.len(), 1);
-        assert_eq!(too_long[0].0, "/steps/0/commands/0");
+        let done = substitute_node(&mut node, &vars, &vars, 15, usize::MAX);
+        assert_eq!(done.too_long.len(), 1);
+        assert_eq!(done.too_long[0].0, "/steps/0/commands/0");
+        assert!(!done.over_budget);
+    }
+
+    #[test]
+    fn the_walk_stops_past_its_budget() {
+        let text = format!(
+            "steps: [{{commands: [{}]}}]",
+            vec!["'${X}'"; 1000].join(", ")
+        );
+        let vars = m(&[("X", &"x".repeat(1000))]);
+        let mut node = Node::parse(&text, 32).expect("yaml");
+        let done = substitute_node(&mut node, &vars, &vars, 4096, 10_000);
+        assert!(done.over_budget);
+        // It stopped at the first string past the budget, not after all 1,000 of them.
+        assert!(
+            done.bytes > 10_000 && done.bytes <= 10_000 + 1000,
+            "{}",
+            done.bytes
+        );
+
+        let mut node = Node::parse(&text, 32).expect("yaml");
+        let done = substitute_node(&mut node, &vars, &vars, 4096, 2_000_000);
+        assert!(!done.over_budget);
+        assert_eq!(done.bytes, "steps".len() + "commands".len() + 1000 * 1000);
     }
 }
