@@ -13,9 +13,13 @@
 //!   at most [`MAX_URL_LEN`] bytes, without control characters and not starting with `-`:
 //!   `file://`, local paths and remote helpers (`ext::`, `fd::`) are refused, since they read
 //!   the host's files or run commands.
+//!
+//! A pipeline's own `clone:` steps hand git the same kinds of value through their settings
+//! (see [`clone_setting_problems`]); the same rules apply to them, at the setting.
 
 use std::collections::BTreeMap;
 
+use crate::k8s::pod::{plugin_value, plugin_variable};
 use crate::pipeline::Diagnostic;
 use crate::submission::{Repo, SUBMISSION};
 
@@ -51,6 +55,65 @@ const GIT_VARIABLES: [(&str, Kind); 8] = [
     ("CI_REPO_CLONE_URL", Kind::Url),
     ("CI_REPO_CLONE_SSH_URL", Kind::Url),
 ];
+
+/// The settings of a `clone:` step that reach `git`, by the variable each becomes
+/// (`PLUGIN_<KEY>`, as plugin-git reads them, so `remote-ssh` and `remote_ssh` are one). The
+/// local clone script takes `remote`, `ref` and `sha`; plugin-git also passes `remote_ssh` to
+/// `git remote add`, `branch` to `git init -b`, `git fetch` and `git switch`, and
+/// `target_branch` to `git fetch` and `git merge`. Its other settings are flags, numbers,
+/// paths of its own container or values after an option, which git never reads as one.
+const GIT_SETTINGS: [(&str, Kind); 6] = [
+    ("PLUGIN_REMOTE", Kind::Url),
+    ("PLUGIN_REMOTE_SSH", Kind::Url),
+    ("PLUGIN_REF", Kind::Ref),
+    ("PLUGIN_SHA", Kind::Sha),
+    ("PLUGIN_BRANCH", Kind::Ref),
+    ("PLUGIN_TARGET_BRANCH", Kind::Ref),
+];
+
+/// plugin-git's map of submodule name to the URL `git submodule update` clones it from: a JSON
+/// object, given as a map or as its text.
+const SUBMODULE_OVERRIDE: &str = "PLUGIN_SUBMODULE_OVERRIDE";
+
+/// Problems of the setting `key` of a `clone:` step, whose value the backends hand over as its
+/// text ([`plugin_value`]; an empty one counts as not given). Each is the key inside the
+/// setting it is at (a submodule of `submodule_override` given as a map), if any, and what to
+/// write instead; the value is not repeated.
+pub fn clone_setting_problems(
+    key: &str,
+    value: &serde_json::Value,
+) -> Vec<(Option<String>, String)> {
+    let variable = plugin_variable(key);
+    let hands = |m: String| format!("{m} (the clone step hands setting {key:?} to git)");
+    if let Some((_, kind)) = GIT_SETTINGS.iter().find(|(v, _)| *v == variable) {
+        let text = plugin_value(value);
+        return (!text.is_empty())
+            .then(|| problem(*kind, &text))
+            .flatten()
+            .map(|m| vec![(None, hands(m))])
+            .unwrap_or_default();
+    }
+    if variable != SUBMODULE_OVERRIDE {
+        return Vec::new();
+    }
+    // Given as text, the map is one value: a problem is reported at the setting.
+    let (urls, at_key) = match value {
+        serde_json::Value::Object(map) => (map.clone(), true),
+        serde_json::Value::String(text) => match serde_json::from_str(text) {
+            Ok(map) => (map, false),
+            // plugin-git refuses text that is not a map before running git.
+            Err(_) => return Vec::new(),
+        },
+        _ => return Vec::new(),
+    };
+    urls.iter()
+        .filter_map(|(name, url)| {
+            let url = url.as_str().filter(|u| !u.is_empty())?;
+            let m = problem(Kind::Url, url)?;
+            Some((at_key.then(|| name.clone()), hands(m)))
+        })
+        .collect()
+}
 
 /// Problems of the repository to clone and of the variables git reads; an empty `ref` or
 /// `sha` (or variable) counts as not given.
@@ -101,7 +164,7 @@ fn problem(kind: Kind, value: &str) -> Option<String> {
         }),
         Kind::Sha => (!is_commit_id(value)).then(|| {
             "is not a full commit id; write the 40 hexadecimal digits of a SHA-1 commit (64 for \
-             SHA-256), and put a branch or tag name in repo.ref"
+             SHA-256), and put a branch or tag name in the ref instead"
                 .to_string()
         }),
         Kind::Url => clone_url_problem(value).map(|p| {
@@ -422,6 +485,39 @@ mod tests {
             let p = clone_url_problem(bad).unwrap_or_else(|| panic!("accepted {bad:?}"));
             assert!(p.contains(why), "{bad:?}: {p}");
         }
+    }
+
+    /// Settings are read as the backends render them: numbers and lists as their JSON text.
+    #[test]
+    fn clone_settings_by_their_rendered_text() {
+        use serde_json::json;
+        let pointers = |key: &str, value: serde_json::Value| -> Vec<Option<String>> {
+            clone_setting_problems(key, &value)
+                .into_iter()
+                .map(|(at, _)| at)
+                .collect()
+        };
+        assert_eq!(pointers("ref", json!(-5)), [None]);
+        assert_eq!(pointers("ref", json!(["main"])), [None]);
+        assert_eq!(pointers("REF", json!("a..b")), [None]);
+        assert_eq!(pointers("sha", json!(1234)), [None]);
+        assert!(pointers("ref", json!(2024)).is_empty());
+        assert!(pointers("ref", json!(true)).is_empty());
+        assert!(pointers("ref", json!("")).is_empty());
+        assert!(pointers("ref", json!(null)).is_empty());
+        assert!(pointers("depth", json!("--x")).is_empty());
+        assert_eq!(
+            pointers(
+                "submodule-override",
+                json!({"a": "https://e.com/a.git", "b": "-x", "c": 3})
+            ),
+            [Some("b".to_string())]
+        );
+        assert_eq!(
+            pointers("submodule_override", json!(r#"{"a": "fd::3"}"#)),
+            [None]
+        );
+        assert!(pointers("submodule_override", json!("not json")).is_empty());
     }
 
     fn repo(url: &str, r#ref: Option<&str>, sha: Option<&str>) -> Repo {

@@ -35,6 +35,7 @@ on_both_databases!(
     idempotency_key_returns_the_first_pipeline,
     bad_input_is_refused_and_stores_nothing,
     secret_values_are_never_shown_or_stored_in_plaintext,
+    a_secret_written_as_a_key_is_never_shown,
     lint_reports_errors_and_warnings,
     probes_and_documents_are_open,
     every_response_carries_a_request_id,
@@ -560,6 +561,46 @@ async fn secret_values_are_never_shown_or_stored_in_plaintext(db: Db) {
         !all.contains(registry_password),
         "registry password stored in plaintext"
     );
+}
+
+/// A secret value written where a key belongs (`{"name": "s", "value": "x", "<secret>": 1}`):
+/// the unknown-field answer points at the secret and lists what it takes, never the key, on
+/// submission and lint alike.
+async fn a_secret_written_as_a_key_is_never_shown(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let key = "987654321012345";
+    let config = json!([{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [ls]\n"}]);
+    for (body, pointer, takes) in [
+        (
+            json!({"configs": config, "secrets": [{"name": "s", "value": "x", key: 1}]}),
+            "/secrets/0",
+            "a secret takes only `name` and `value`",
+        ),
+        (
+            json!({"configs": config, "registries": [
+                {"address": "r.example.com", "username": "u", "password": "p"},
+                {"address": "r.example.com", "username": "u", "password": "p", key: {"k": 1}}
+            ]}),
+            "/registries/1",
+            "a registry takes only `address`, `username` and `password`",
+        ),
+    ] {
+        for path in ["/api/v1/pipelines", "/api/v1/lint"] {
+            let response = app.post(path).json(&body).send().await.unwrap();
+            let answer = expect_problem(response, 422, "validation-failed").await;
+            let text = answer.to_string();
+            assert!(!text.contains(key), "{path}: the key is shown: {text}");
+            let errors = answer["errors"].as_array().unwrap();
+            assert_eq!(errors.len(), 1, "{path}: {answer:#}");
+            assert_eq!(errors[0]["pointer"], pointer, "{path}: {answer:#}");
+            assert_eq!(
+                errors[0]["message"],
+                format!("unknown field; {takes}"),
+                "{path}: {answer:#}"
+            );
+        }
+    }
+    assert_eq!(app.pipeline_count().await, 0, "nothing is stored");
 }
 
 async fn lint_reports_errors_and_warnings(db: Db) {

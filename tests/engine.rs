@@ -1074,15 +1074,14 @@ async fn odd_output_and_log_queries(db: Db) {
 
 on_both_databases!(a_repository_value_never_runs_as_a_git_option);
 
-/// `repo.ref`, `repo.sha` and `repo.clone_url` are handed to git: an option in one of them is
-/// refused at submission, and the clone script itself does not run one either (a pipeline's
-/// own `clone:` settings are not validated).
+/// `repo.ref`, `repo.sha` and `repo.clone_url` are handed to git, and so are the `remote`,
+/// `ref` and `sha` settings of a pipeline's own `clone:` step: an option, a remote helper or a
+/// local path in one of them is refused at submission, and lint agrees. (The clone script's own
+/// defence, should a value get past this, is run against a real repository in the local
+/// backend's tests.)
 async fn a_repository_value_never_runs_as_a_git_option(db: Db) {
     let app = TestApp::spawn(db).await;
-    let dir = std::env::temp_dir().join(format!("piculet-hostile-clone-{}", uuid::Uuid::now_v7()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let marker = dir.join("ran");
-    let hostile = format!("--upload-pack=touch {}", marker.display());
+    let hostile = "--upload-pack=touch /tmp/pwned";
     let url = "https://example.com/acme/api.git";
     let config = json!([{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [ls]\n"}]);
     for (pointer, repo) in [
@@ -1117,45 +1116,63 @@ async fn a_repository_value_never_runs_as_a_git_option(db: Db) {
     let lint: Value = lint.json().await.unwrap();
     assert_eq!(lint["valid"], false, "{lint:#}");
     assert_eq!(lint["errors"][0]["pointer"], "/repo/ref", "{lint:#}");
-    assert_eq!(app.pipeline_count().await, 0, "nothing is stored");
 
-    // A repository to clone from, and a pipeline whose own clone step asks for the option.
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
-            .args(args)
-            .current_dir(&dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {out:?}");
-    };
-    git(&["init", "-q", "src"]);
-    std::fs::write(dir.join("src/hello.txt"), "hello\n").unwrap();
-    git(&["-C", "src", "add", "hello.txt"]);
-    git(&["-C", "src", "commit", "-q", "-m", "one"]);
-    git(&["clone", "-q", "--bare", "src", "bare.git"]);
-    let yaml = format!(
-        "\
-clone:
-  - name: clone
-    image: woodpeckerci/plugin-git
-    settings:
-      remote: '{}'
-      ref: '{hostile}'
-      sha: '{hostile}'
-steps:
-  - name: build
-    image: alpine
-    commands: [cat hello.txt]
-",
-        dir.join("bare.git").display()
+    // A pipeline whose own clone step asks for the options, in the map and the list form.
+    let settings = format!(
+        "      remote: 'ext::sh -c touch% /tmp/x'\n      ref: '{hostile}'\n      sha: '--upload-pack=x'\n"
     );
-    let p = submit_yaml(&app, &yaml).await;
-    let done = wait_finished(&app, &id(&p), 60).await;
-    assert_eq!(done["status"], "failure", "{done:#}");
-    assert_eq!(find_step(&done, "clone").unwrap()["status"], "failure");
-    assert!(!marker.exists(), "the clone step ran the option");
-    let _ = std::fs::remove_dir_all(&dir);
+    let steps = "steps:\n  - name: build\n    image: alpine\n    commands: [ls]\n";
+    for (yaml, at) in [
+        (
+            format!(
+                "clone:\n  git:\n    image: woodpeckerci/plugin-git\n    settings:\n{settings}{steps}"
+            ),
+            "/clone/git/settings",
+        ),
+        (
+            format!(
+                "clone:\n  - name: git\n    image: woodpeckerci/plugin-git\n    settings:\n{settings}{steps}"
+            ),
+            "/clone/0/settings",
+        ),
+    ] {
+        let expected: Vec<(String, i64)> = [("remote", 5), ("ref", 6), ("sha", 7)]
+            .iter()
+            .map(|(key, line)| (format!("{at}/{key}"), *line))
+            .collect();
+        let found = |errors: &Value| -> Vec<(String, i64)> {
+            errors
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["pointer"].as_str().unwrap().to_string(),
+                        e["line"].as_i64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        let body = expect_problem(app.submit_yaml(&yaml).await, 422, "validation-failed").await;
+        assert_eq!(found(&body["errors"]), expected, "{body:#}");
+        let lint: Value = app
+            .post("/api/v1/lint")
+            .header("content-type", "application/yaml")
+            .body(yaml.clone())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(lint["valid"], false, "{lint:#}");
+        assert_eq!(found(&lint["errors"]), expected, "{lint:#}");
+        for answer in [body.to_string(), lint.to_string()] {
+            assert!(!answer.contains("upload-pack"), "{answer}");
+            assert!(!answer.contains("ext::"), "{answer}");
+        }
+    }
+    assert_eq!(app.pipeline_count().await, 0, "nothing is stored");
 }
 
 /// Postgres only: SQLite locks the whole database, not a table, so nothing holds its API

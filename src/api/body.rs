@@ -113,18 +113,27 @@ fn read_json(body: &[u8]) -> Result<Submission, ApiError> {
     let submission = match serde_path_to_error::deserialize::<_, Submission>(&mut de) {
         Ok(s) => s,
         Err(e) => {
-            let pointer = json_pointer(e.path());
+            let (pointer, fields) = json_pointer(e.path());
             let e = e.into_inner();
             if e.classify() != serde_json::error::Category::Data {
                 return Err(malformed(e));
             }
+            let message = without_value(&strip_position(&e.to_string()));
+            // An unknown key in a secret may itself be the secret (a value written where the
+            // key belongs); the answer points at the secret and names only what it takes.
+            let message = match fields {
+                Some(fields) if message.starts_with("unknown field ") => {
+                    format!("unknown field; {fields}")
+                }
+                _ => message,
+            };
             return Err(validation(
                 vec![Diagnostic {
                     config: SUBMISSION.into(),
                     pointer,
                     line: Some(e.line() as u32),
                     column: Some(e.column() as u32),
-                    message: without_value(&strip_position(&e.to_string())),
+                    message,
                 }],
                 vec![],
             ));
@@ -134,21 +143,50 @@ fn read_json(body: &[u8]) -> Result<Submission, ApiError> {
     Ok(submission)
 }
 
+/// The sections of a submission that hold secret values, the fields an item of each takes,
+/// and how to say so.
+const SECRET_SECTIONS: [(&str, &[&str], &str); 2] = [
+    (
+        "secrets",
+        &["name", "value"],
+        "a secret takes only `name` and `value`",
+    ),
+    (
+        "registries",
+        &["address", "username", "password"],
+        "a registry takes only `address`, `username` and `password`",
+    ),
+];
+
 /// The RFC 6901 pointer of a serde path; an untracked step ends it at the last known place.
-fn json_pointer(path: &serde_path_to_error::Path) -> String {
+/// Inside a section that holds secret values, a key is kept only when it is one of the item's
+/// own fields (any other may be a secret written as a key): the pointer ends at the item, and
+/// what its items take is returned for the message.
+fn json_pointer(path: &serde_path_to_error::Path) -> (String, Option<&'static str>) {
     use serde_path_to_error::Segment;
     let mut pointer = String::new();
-    for segment in path.iter() {
+    let mut section: Option<(&[&str], &'static str)> = None;
+    for (depth, segment) in path.iter().enumerate() {
         let token = match segment {
             Segment::Seq { index } => index.to_string(),
             Segment::Map { key } => key.clone(),
             Segment::Enum { variant } => variant.clone(),
             Segment::Unknown => break,
         };
+        if depth == 0 {
+            section = SECRET_SECTIONS
+                .iter()
+                .find(|(name, _, _)| *name == token)
+                .map(|(_, fields, what)| (*fields, *what));
+        } else if let Some((fields, what)) = section
+            && (depth > 2 || (depth == 2 && !fields.contains(&token.as_str())))
+        {
+            return (pointer, Some(what));
+        }
         pointer.push('/');
         pointer.push_str(&token.replace('~', "~0").replace('/', "~1"));
     }
-    pointer
+    (pointer, None)
 }
 
 /// serde's message about a value that does not fit, with the value left out: what was
@@ -358,6 +396,54 @@ mod tests {
         }));
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("/timeout"), "{text}");
+    }
+
+    /// A key that is no field of a secret or registry may be the secret itself: the pointer
+    /// ends at the item and the message lists the fields instead of quoting the key. Known
+    /// fields and other sections keep their full pointer.
+    #[test]
+    fn unknown_keys_of_secrets_are_never_echoed() {
+        let config = json!([{"name": "ci", "content": "steps: []"}]);
+        let key = "987654321012345";
+        for (body, pointer, message) in [
+            (
+                json!({"configs": config, "secrets": [{"name": "s", "value": "x", key: 1}]}),
+                "/secrets/0",
+                "unknown field; a secret takes only `name` and `value`",
+            ),
+            (
+                json!({"configs": config, "secrets": [{"name": "s", "value": "x"}, {key: "x/y~z"}]}),
+                "/secrets/1",
+                "unknown field; a secret takes only `name` and `value`",
+            ),
+            (
+                json!({"configs": config, "registries": [{"address": "a", key: [1]}]}),
+                "/registries/0",
+                "unknown field; a registry takes only `address`, `username` and `password`",
+            ),
+        ] {
+            let (err, text) = answer(&body);
+            assert!(!text.contains(key), "{text}");
+            let ApiError::Validation { errors, .. } = err else {
+                panic!("{text}")
+            };
+            assert_eq!(errors[0].pointer, pointer, "{text}");
+            assert_eq!(errors[0].message, message, "{text}");
+            assert_eq!(errors[0].line, Some(1));
+        }
+        // A known field keeps its place; an unknown key elsewhere is still named.
+        let (err, _) = answer(
+            &json!({"configs": config, "secrets": [{"name": "s", "value": "v"}], "repo": {"clone_url": "x", "bogus": 1}}),
+        );
+        let ApiError::Validation { errors, .. } = err else {
+            panic!()
+        };
+        assert_eq!(errors[0].pointer, "/repo/bogus");
+        let (err, _) = answer(&json!({"configs": config, "secrets": [{"name": "s", "value": 5}]}));
+        let ApiError::Validation { errors, .. } = err else {
+            panic!()
+        };
+        assert_eq!(errors[0].pointer, "/secrets/0/value");
     }
 
     #[test]

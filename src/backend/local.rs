@@ -1769,8 +1769,8 @@ mod tests {
     }
 
     /// Values that would run a command if git read them as options: the clone script must
-    /// fail without running any, even if a submission's validation were bypassed (a pipeline's
-    /// own clone settings are not validated at all).
+    /// fail without running any, even if a submission's validation were bypassed (a setting
+    /// from a secret is not validated at all).
     #[tokio::test]
     async fn hostile_clone_values_never_run_as_options() {
         let f = fixture().await;

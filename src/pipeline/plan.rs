@@ -1034,6 +1034,30 @@ mod tests {
         assert_eq!(w.platform, "linux/amd64");
     }
 
+    /// Clone settings are checked once `${NAME}` is substituted: a variable can neither
+    /// smuggle an option into a ref nor make a valid commit id look invalid.
+    #[test]
+    fn clone_settings_are_checked_after_substitution() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let src = [text(
+            "ci",
+            "clone:\n  git:\n    settings:\n      ref: ${MY_REF}\n      sha: ${MY_SHA}\nsteps: [{name: a, image: x, commands: [ls]}]\n",
+        )];
+        let good = lint(&src, &ctx(&[("MY_REF", "main"), ("MY_SHA", sha)]));
+        assert!(good.errors.is_empty(), "{:#?}", good.errors);
+        let bad = lint(
+            &src,
+            &ctx(&[("MY_REF", "--upload-pack=touch /tmp/x"), ("MY_SHA", sha)]),
+        );
+        let found: Vec<(&str, Option<u32>)> = bad
+            .errors
+            .iter()
+            .map(|d| (d.pointer.as_str(), d.line))
+            .collect();
+        assert_eq!(found, [("/clone/git/settings/ref", Some(4))]);
+        assert!(!bad.errors[0].message.contains("upload-pack"));
+    }
+
     #[test]
     fn clone_override_and_skip() {
         let mut c = ctx(&[]);

@@ -530,11 +530,32 @@ impl Reader<'_> {
                     SettingValue::FromSecret(name)
                 }
                 Some(None) => continue,
-                None => SettingValue::Value(e.value.to_json()),
+                None => {
+                    let value = e.value.to_json();
+                    if step.section == Section::Clone {
+                        self.clone_setting(e, &value, &p);
+                    }
+                    SettingValue::Value(value)
+                }
             };
             out.insert(e.key.clone(), value);
         }
         step.settings = Some(out);
+    }
+
+    /// A clone step hands its URL, ref and commit settings to git, so they follow the rules of
+    /// the submission's `repo` (see [`crate::repo`]), checked after `${NAME}` substitution. A
+    /// value from a secret is the submitter's own and is not seen here.
+    fn clone_setting(&mut self, e: &Entry, value: &serde_json::Value, ptr: &str) {
+        for (inner, message) in crate::repo::clone_setting_problems(&e.key, value) {
+            match inner {
+                Some(key) => {
+                    let pos = e.value.get(&key).map_or(e.value.pos, |c| c.value.pos);
+                    self.sink.error(&child(ptr, &key), pos, message);
+                }
+                None => self.sink.error(ptr, e.value.pos, message),
+            }
+        }
     }
 
     // ---- backend options ---------------------------------------------------------------------
@@ -1488,5 +1509,93 @@ mod tests {
             "workspace: {base: /ci, path: src/app}\nsteps: [{name: a, image: x, commands: [ls], directory: sub/dir, volumes: ['cache:/cache:ro']}]",
         );
         assert!(sink.errors.is_empty(), "{:?}", sink.errors);
+    }
+
+    /// A clone step's URL, ref and commit settings reach git: each is refused where it is,
+    /// in the map and list forms, and the value is never repeated.
+    #[test]
+    fn clone_settings_git_reads_follow_the_repo_rules() {
+        let hostile = "--upload-pack=touch /tmp/pwned";
+        let yaml = format!(
+            "clone:\n  git:\n    image: woodpeckerci/plugin-git\n    settings:\n      remote: 'ext::sh -c touch% /tmp/x'\n      ref: '{hostile}'\n      sha: '--upload-pack=x'\n      depth: 1\nsteps: [{{name: a, image: x, commands: [ls]}}]\n"
+        );
+        let (_, sink) = read(&yaml);
+        let found: Vec<(&str, Option<u32>, Option<u32>)> = sink
+            .errors
+            .iter()
+            .map(|d| (d.pointer.as_str(), d.line, d.column))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("/clone/git/settings/remote", Some(5), Some(15)),
+                ("/clone/git/settings/ref", Some(6), Some(12)),
+                ("/clone/git/settings/sha", Some(7), Some(12)),
+            ]
+        );
+        for d in &sink.errors {
+            assert!(!d.message.contains("upload-pack"), "{}", d.message);
+            assert!(!d.message.contains("ext::"), "{}", d.message);
+        }
+        assert!(sink.errors[0].message.contains("remote helper"));
+        assert!(
+            sink.errors[1]
+                .message
+                .contains("hands setting \"ref\" to git")
+        );
+        assert!(sink.errors[2].message.contains("40 hexadecimal"));
+
+        // The list form; plugin-git's own names for the branches, in either spelling.
+        let errors = errors(&format!(
+            "clone:\n  - name: git\n    settings: {{branch: '-b', target-branch: 'a..b', remote_ssh: /srv/r.git, ref: '{hostile}'}}\nsteps: [{{name: a, image: x, commands: [ls]}}]\n"
+        ));
+        let pointers: Vec<&str> = errors.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/clone/0/settings/branch",
+                "/clone/0/settings/target-branch",
+                "/clone/0/settings/remote_ssh",
+                "/clone/0/settings/ref",
+            ]
+        );
+    }
+
+    #[test]
+    fn submodule_override_urls_are_clone_urls() {
+        let errors = errors(
+            "clone:\n  git:\n    settings:\n      submodule_override: {good: 'https://e.com/a.git', bad: 'file:///etc'}\nsteps: [{name: a, image: x, commands: [ls]}]\n",
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].0, "/clone/git/settings/submodule_override/bad");
+        // As JSON text, the setting itself is blamed.
+        let errors = errors_of(
+            r#"clone:
+  git:
+    settings:
+      submodule_override: '{"bad": "ext::sh -c x"}'
+steps: [{name: a, image: x, commands: [ls]}]
+"#,
+        );
+        assert_eq!(errors, ["/clone/git/settings/submodule_override"]);
+    }
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        errors(yaml).into_iter().map(|(p, _)| p).collect()
+    }
+
+    /// Ordinary values pass; settings of other steps, other settings and values from secrets
+    /// are not clone values.
+    #[test]
+    fn ordinary_clone_settings_pass() {
+        let sha = "0123456789abcdef0123456789abcdef01234567";
+        let (_, sink) = read(&format!(
+            "clone:\n  git:\n    settings: {{remote: 'https://e.com/r.git', ref: refs/heads/main, sha: '{sha}', branch: main, depth: 50, tags: true, lfs: false, remote_ssh: 'git@e.com:r.git', submodule_override: {{m: 'https://e.com/m.git'}}, path: '', home: /root, token: {{from_secret: t}}}}\nsteps:\n  - {{name: a, image: x, settings: {{ref: '--x', remote: 'file:///x', sha: abc}}}}\n"
+        ));
+        assert!(sink.errors.is_empty(), "{:#?}", sink.errors);
+        let (_, sink) = read(
+            "clone:\n  git:\n    settings: {remote: '', ref: {from_secret: r}, sha: null}\nsteps: [{name: a, image: x, commands: [ls]}]\n",
+        );
+        assert!(sink.errors.is_empty(), "{:#?}", sink.errors);
     }
 }
