@@ -452,8 +452,15 @@ async fn text_a_database_cannot_store(db: Db) {
         assert_eq!(lint["valid"], false, "lint agrees: {lint:#}");
     }
 
-    // In a label filter.
+    // In a label filter, and in a query the events stream does not take.
     let response = send(&app, app.get("/api/v1/pipelines?label=k%3Da%00b")).await;
+    expect_problem(response, 400, "invalid-query").await;
+    let id = uuid::Uuid::now_v7();
+    let response = send(
+        &app,
+        app.get(&format!("/api/v1/pipelines/{id}/events?after=%00")),
+    )
+    .await;
     expect_problem(response, 400, "invalid-query").await;
 
     assert_eq!(app.pipeline_count().await, 0);

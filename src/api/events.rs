@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
 use uuid::Uuid;
 
@@ -74,7 +74,7 @@ impl Feed for PipelineEvents {
         (status = 200, description = "Server-Sent Events; the data of each `status` event is an Event", content(
             (Event = "text/event-stream"),
         )),
-        (status = 400, description = "Malformed id or Last-Event-ID", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed id or Last-Event-ID, or any query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such pipeline", body = Problem, content_type = "application/problem+json"),
     ),
@@ -83,9 +83,18 @@ impl Feed for PipelineEvents {
 pub async fn get_pipeline_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    // As the log route refuses what it does not know: a parameter silently ignored would look
+    // honoured.
+    if uri.query().is_some_and(|q| !q.is_empty()) {
+        return Err(ApiError::InvalidQuery(
+            "this route takes no query parameters; resume a stream with the Last-Event-ID header"
+                .into(),
+        ));
+    }
     let after = follow::last_event_id(&headers)?.unwrap_or(0);
     let rx = state.store.hub().subscribe_pipeline(id);
     if state.store.get_pipeline(id).await?.is_none() {
