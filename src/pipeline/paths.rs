@@ -20,6 +20,12 @@ pub(crate) fn workspace_base(base: &str) -> Result<(), String> {
     if climbs(base) {
         return Err(format!("\"{base}\" {CLIMBS}"));
     }
+    // Mounted over `/`, the workspace would hide the image's own files.
+    if base.trim_matches('/').is_empty() {
+        return Err(format!(
+            "\"{base}\" is the root directory; mount the workspace below it, such as /woodpecker"
+        ));
+    }
     Ok(())
 }
 
@@ -70,6 +76,14 @@ mod tests {
             workspace_base("woodpecker"),
             Err("\"woodpecker\" is not an absolute path; write one such as /woodpecker".into())
         );
+        for root in ["/", "//"] {
+            assert_eq!(
+                workspace_base(root),
+                Err(format!(
+                    "\"{root}\" is the root directory; mount the workspace below it, such as /woodpecker"
+                ))
+            );
+        }
         assert_eq!(
             workspace_base("/woodpecker/../etc"),
             Err("\"/woodpecker/../etc\" has a \"..\" segment; write the path without one".into())
