@@ -106,6 +106,15 @@ async fn refused_yaml(app: &TestApp, yaml: &str, says: &str) -> Value {
     body
 }
 
+/// Asserts that one of a problem's errors points at `pointer`.
+fn assert_names(problem: &Value, pointer: &str) {
+    let errors = problem["errors"].as_array().expect("a list of errors");
+    assert!(
+        errors.iter().any(|e| e["pointer"] == pointer),
+        "{pointer} named: {problem:#}"
+    );
+}
+
 fn truncate(s: &str) -> &str {
     &s[..s.floor_char_boundary(2000)]
 }
@@ -370,14 +379,7 @@ async fn clone_refs_cannot_become_options(db: Db) {
         let body = json!({"configs": [{"name": "a", "content": pipeline}], "repo": repo});
         let problem =
             expect_problem(submit_json(&app, &body).await, 422, "validation-failed").await;
-        assert!(
-            problem["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["pointer"] == field),
-            "{field} named: {problem:#}"
-        );
+        assert_names(&problem, field);
     }
     assert_eq!(app.pipeline_count().await, 0);
 }
@@ -489,14 +491,7 @@ async fn paths_leaving_the_workspace(db: Db) {
         ),
     ] {
         let body = expect_problem(submit_yaml(&app, &yaml).await, 422, "validation-failed").await;
-        assert!(
-            body["errors"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|e| e["pointer"] == pointer),
-            "{pointer} named: {body:#}"
-        );
+        assert_names(&body, pointer);
     }
     assert_eq!(app.pipeline_count().await, 0);
 }

@@ -1,7 +1,9 @@
 //! The OpenAPI document, generated from the handlers and types by utoipa.
 
+use std::collections::BTreeMap;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{Content, Ref, ResponseBuilder};
+
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{error, events, health, host, lint, logs, metrics, pipelines, render};
@@ -67,23 +69,31 @@ impl Modify for MisdirectedRequest {
                 Content::new(Some(Ref::from_schema_name("Problem"))),
             )
             .build();
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            if host::PROBES.contains(&path.as_str()) {
-                continue;
-            }
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                operation
-                    .responses
-                    .responses
-                    .insert("421".into(), response.clone().into());
-            }
+        for_each_operation(openapi, &host::PROBES, |responses| {
+            responses.insert("421".into(), response.clone().into());
+        });
+    }
+}
+
+/// Calls `f` with the responses of every operation whose path is not in `except`.
+fn for_each_operation(
+    openapi: &mut utoipa::openapi::OpenApi,
+    except: &[&str],
+    mut f: impl FnMut(&mut BTreeMap<String, RefOr<Response>>),
+) {
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        if except.contains(&path.as_str()) {
+            continue;
+        }
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            f(&mut operation.responses.responses);
         }
     }
 }
@@ -101,7 +111,6 @@ const DATABASE_TIMEOUT: &str = "The database did not answer within PICULET_DB_RE
 
 impl Modify for DatabaseTimeout {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        use utoipa::openapi::RefOr;
         let response = ResponseBuilder::new()
             .description(DATABASE_TIMEOUT)
             .content(
@@ -109,34 +118,21 @@ impl Modify for DatabaseTimeout {
                 Content::new(Some(Ref::from_schema_name("Problem"))),
             )
             .build();
-        for (path, item) in openapi.paths.paths.iter_mut() {
-            if WITHOUT_DATABASE.contains(&path.as_str()) {
-                continue;
-            }
-            let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
-            ];
-            for operation in operations.into_iter().flatten() {
-                let responses = &mut operation.responses.responses;
-                match responses.get_mut("503") {
-                    Some(RefOr::T(existing)) if !existing.description.contains("database") => {
-                        existing.description = format!(
-                            "{}; or the database did not answer in time (`unavailable`, with \
-                             `Retry-After`)",
-                            existing.description
-                        );
-                    }
-                    Some(_) => {}
-                    None => {
-                        responses.insert("503".into(), response.clone().into());
-                    }
+        for_each_operation(openapi, &WITHOUT_DATABASE, |responses| {
+            match responses.get_mut("503") {
+                Some(RefOr::T(existing)) if !existing.description.contains("database") => {
+                    existing.description = format!(
+                        "{}; or the database did not answer in time (`unavailable`, with \
+                         `Retry-After`)",
+                        existing.description
+                    );
+                }
+                Some(_) => {}
+                None => {
+                    responses.insert("503".into(), response.clone().into());
                 }
             }
-        }
+        });
     }
 }
 
