@@ -78,6 +78,16 @@ pub struct Settings {
     )]
     pub max_body_size: Option<String>,
 
+    /// Longest a client may take to send a whole request body; one that trickles is answered
+    /// 408 [default: 60s]
+    #[arg(
+        long,
+        env = "PICULET_BODY_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub body_timeout: Option<String>,
+
     /// Requests parsed, validated, planned or rendered at once (lint, render, submit, retry);
     /// more wait for a slot [default: the number of CPUs]
     #[arg(long, env = "PICULET_MAX_PLANNING", global = true, value_name = "N")]
@@ -323,6 +333,8 @@ pub struct Config {
     pub max_workflows: usize,
     pub platform: String,
     pub max_body_size: usize,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
     /// Parsing, validation, planning and rendering at once (see `api::cpu`).
     pub max_planning: usize,
     /// How long a request waits for one of those slots.
@@ -532,6 +544,15 @@ impl Config {
             ));
         }
 
+        let body_timeout = parse_duration(s.body_timeout.as_deref().unwrap_or("60s"))
+            .map_err(|m| invalid("body_timeout", m))?;
+        if body_timeout.is_zero() {
+            return Err(invalid(
+                "body_timeout",
+                "must be more than 0s, or no body could arrive; write e.g. 60s",
+            ));
+        }
+
         let max_planning = match s.max_planning.as_deref() {
             None => std::thread::available_parallelism().map_or(1, usize::from),
             Some(text) => match text.trim().parse::<usize>() {
@@ -656,6 +677,7 @@ impl Config {
             max_workflows,
             platform,
             max_body_size,
+            body_timeout,
             max_planning,
             planning_queue_timeout,
             allowed_hosts,
@@ -902,6 +924,13 @@ mod tests {
                     ..settings()
                 },
                 "--log-format (PICULET_LOG_FORMAT): \"xml\" is not a log format; use text or json",
+            ),
+            (
+                Settings {
+                    body_timeout: Some("0s".into()),
+                    ..settings()
+                },
+                "--body-timeout (PICULET_BODY_TIMEOUT): must be more than 0s, or no body could arrive; write e.g. 60s",
             ),
             (
                 Settings {

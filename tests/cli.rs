@@ -185,6 +185,7 @@ fn help_lists_every_setting() {
         "PICULET_DB_WRITE_TIMEOUT",
         "PICULET_DB_API_CONNECTIONS",
         "PICULET_DB_ENGINE_CONNECTIONS",
+        "PICULET_BODY_TIMEOUT",
     ] {
         assert!(help.contains(setting), "--help lists {setting}");
     }

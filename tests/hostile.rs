@@ -25,6 +25,7 @@ on_both_databases!(
     expect_continue_over_the_limit,
     large_secrets_are_bounded_and_masked_off_the_async_threads,
     substitution_cannot_multiply_a_variable,
+    a_trickled_body_is_cut_off,
 );
 
 /// Every refusal must come well within this; the slowest case took 23 s before the fix.
@@ -677,4 +678,38 @@ async fn substitution_cannot_multiply_a_variable(db: Db) {
         truncate(&problem.to_string())
     );
     assert_eq!(app.pipeline_count().await, 0);
+}
+
+async fn a_trickled_body_is_cut_off(db: Db) {
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            api_tokens: Some(String::new()),
+            body_timeout: Some("1s".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A tenth of the body announced, then nothing more: a slow client holding its connection.
+    stream
+        .write_all(
+            format!(
+                "POST /api/v1/lint HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/yaml\r\n\
+                 Content-Length: 100\r\n\r\nsteps:\n  -"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(BOUND, stream.read(&mut answer))
+        .await
+        .expect("answered without the rest of the body")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("PICULET_BODY_TIMEOUT"), "{answer}");
+    assert_alive(&app).await;
 }

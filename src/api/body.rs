@@ -22,7 +22,16 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
             .get::<BodyLimit>()
             .map(|l| l.0)
             .unwrap_or_default();
-        match Bytes::from_request(req, state).await {
+        let timeout = req
+            .extensions()
+            .get::<BodyTimeout>()
+            .map_or(std::time::Duration::MAX, |t| t.0);
+        // A deadline for the whole body: a client sending a byte now and then would otherwise
+        // hold its connection and this task for as long as it likes.
+        let read = tokio::time::timeout(timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| ApiError::BodyTimeout(timeout))?;
+        match read {
             Ok(bytes) => Ok(RawBody(bytes)),
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge(limit))
@@ -35,6 +44,10 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
 /// The configured body limit, carried to [`RawBody`] for its message.
 #[derive(Clone, Copy)]
 pub struct BodyLimit(pub usize);
+
+/// The configured time a whole body may take, carried to [`RawBody`].
+#[derive(Clone, Copy)]
+pub struct BodyTimeout(pub std::time::Duration);
 
 /// A submission read from the body, with the hash that identifies the request for
 /// `Idempotency-Key`.

@@ -22,6 +22,12 @@ pub enum ApiError {
     /// 415: neither JSON nor YAML.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 408: the body did not arrive within `PICULET_BODY_TIMEOUT`.
+    #[error(
+        "the request body did not arrive within {} (PICULET_BODY_TIMEOUT); send it at once",
+        humantime::format_duration(*.0)
+    )]
+    BodyTimeout(std::time::Duration),
     /// 413: larger than `PICULET_MAX_BODY_SIZE`.
     #[error("the request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
@@ -147,6 +153,11 @@ impl ApiError {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported-media-type",
                 "Unsupported Content-Type",
+            ),
+            ApiError::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                "The request body came too slowly",
             ),
             ApiError::PayloadTooLarge(_) => (
                 StatusCode::PAYLOAD_TOO_LARGE,

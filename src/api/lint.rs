@@ -47,6 +47,7 @@ pub struct LintResult {
         (status = 200, description = "The errors and warnings found", body = LintResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within PICULET_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A JSON submission of the wrong shape", body = Problem, content_type = "application/problem+json"),

@@ -177,6 +177,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::Extension(body::BodyLimit(limit)))
+        .layer(axum::Extension(body::BodyTimeout(
+            state.config.body_timeout,
+        )))
         // Before anything else looks at the request: a name not served, then a body too big.
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -62,6 +62,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
          headers(("Location" = String, description = "The pipeline's URL"))),
         (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within PICULET_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid submission, refused by the Kubernetes policy (with the Kubernetes backend), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),

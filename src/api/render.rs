@@ -31,6 +31,7 @@ use crate::submission::Submission;
         (status = 200, description = "The objects, per workflow", body = Rendered),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within PICULET_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid submission (`validation-failed`) or refused by the policy (`policy-violation`)", body = Problem, content_type = "application/problem+json"),
