@@ -75,6 +75,20 @@ const GIT_SETTINGS: [(&str, Kind); 6] = [
 /// object, given as a map or as its text.
 const SUBMODULE_OVERRIDE: &str = "PLUGIN_SUBMODULE_OVERRIDE";
 
+/// The problem of an `environment` variable of a `clone:` step, when it is one that reaches
+/// `git` (a `PLUGIN_*` setting, or a `CI_*` variable the clone image reads): the same rules as
+/// the setting or the submission's variable, since the environment comes first in the pod.
+pub fn clone_environment_problem(name: &str, value: &str) -> Option<String> {
+    let (_, kind) = GIT_SETTINGS
+        .iter()
+        .chain(GIT_VARIABLES.iter())
+        .find(|(v, _)| *v == name)?;
+    (!value.is_empty())
+        .then(|| problem(*kind, value))
+        .flatten()
+        .map(|m| format!("{m} (the clone step hands {name} to git)"))
+}
+
 /// Problems of the setting `key` of a `clone:` step, whose value the backends hand over as its
 /// text ([`plugin_value`]; an empty one counts as not given). Each is the key inside the
 /// setting it is at (a submodule of `submodule_override` given as a map), if any, and what to

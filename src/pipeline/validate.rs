@@ -511,6 +511,12 @@ impl Reader<'_> {
                     _ => e.value.scalar_text().unwrap_or_default(),
                 }),
             };
+            if step.section == Section::Clone
+                && let EnvValue::Literal(text) = &value
+                && let Some(message) = crate::repo::clone_environment_problem(&e.key, text)
+            {
+                self.sink.error(&p, e.value.pos, message);
+            }
             step.environment.insert(e.key.clone(), value);
         }
     }
@@ -1438,6 +1444,28 @@ mod tests {
                 "unknown key \"nodeAfinity\", did you mean \"nodeAffinity\"?",
             ]
         );
+    }
+
+    #[test]
+    fn a_clone_step_environment_is_held_to_the_git_rules() {
+        let errs = errors(
+            "clone:\n  git:\n    image: woodpeckerci/plugin-git\n    environment:\n      PLUGIN_REF: --upload-pack=x\n      CI_COMMIT_SHA: abc\n      OTHER: --anything\nsteps:\n  - name: a\n    image: alpine\n    commands: [true]\n",
+        );
+        let pointers: Vec<&str> = errs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            pointers,
+            [
+                "/clone/git/environment/PLUGIN_REF",
+                "/clone/git/environment/CI_COMMIT_SHA"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().all(|(_, m)| !m.contains("upload-pack")),
+            "{errs:?}"
+        );
+        // A step of its own may set them: it hands nothing to git.
+        assert!(errors("steps:\n  - name: a\n    image: alpine\n    commands: [true]\n    environment:\n      PLUGIN_REF: --x\n").is_empty());
     }
 
     #[test]
