@@ -390,7 +390,8 @@ impl Submission {
             ("/platform", &self.platform),
         ] {
             if let Some(v) = value {
-                fields.push((pointer.into(), v, false, false));
+                // Copied into every workflow (the platform) or shown in messages.
+                fields.push((pointer.into(), v, true, false));
             }
         }
         for (pointer, text, limited, key) in fields {
