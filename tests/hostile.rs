@@ -133,31 +133,19 @@ async fn deep_and_dense_dependency_graphs(db: Db) {
     let app = tokenless(db).await;
 
     // A chain and a cycle of 4,000 steps: once enough to overflow the stack of the check.
-    let chain: String = (0..4000)
-        .map(|i| {
-            step(
-                &format!("s{i}"),
-                &(i > 0)
-                    .then(|| format!("s{}", i - 1))
-                    .into_iter()
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
+    let long_chain = chain(4000);
     let body = refused_yaml(
         &app,
-        &format!("steps:\n{chain}"),
+        &format!("steps:\n{long_chain}"),
         "PICULET_MAX_STEPS_PER_WORKFLOW",
     )
     .await;
     assert!(body.to_string().contains("4000"), "names the value");
 
-    let cycle: String = (0..4000)
-        .map(|i| step(&format!("s{i}"), &[format!("s{}", (i + 1) % 4000)]))
-        .collect();
+    let long_cycle = cycle(4000);
     refused_yaml(
         &app,
-        &format!("steps:\n{cycle}"),
+        &format!("steps:\n{long_cycle}"),
         "PICULET_MAX_STEPS_PER_WORKFLOW",
     )
     .await;
@@ -172,9 +160,7 @@ async fn deep_and_dense_dependency_graphs(db: Db) {
     );
 
     // Within the limits, a cycle is named once, briefly.
-    let small_cycle: String = (0..200)
-        .map(|i| step(&format!("s{i}"), &[format!("s{}", (i + 1) % 200)]))
-        .collect();
+    let small_cycle = cycle(200);
     let body = refused_yaml(&app, &format!("steps:\n{small_cycle}"), "dependency cycle").await;
     assert!(
         body.to_string().len() < 4096,
@@ -197,23 +183,16 @@ async fn deep_and_dense_dependency_graphs(db: Db) {
         },
     )
     .await;
-    let chain: String = (0..10_000)
-        .map(|i| {
-            step(
-                &format!("s{i}"),
-                &(i > 0)
-                    .then(|| format!("s{}", i - 1))
-                    .into_iter()
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    let lint = lint_yaml(&raised, &format!("steps:\n{chain}")).await;
+    let long_chain = chain(10_000);
+    let lint = lint_yaml(&raised, &format!("steps:\n{long_chain}")).await;
     assert_eq!(lint["valid"], true, "{}", truncate(&lint.to_string()));
-    let cycle: String = (0..4000)
-        .map(|i| step(&format!("s{i}"), &[format!("s{}", (i + 1) % 4000)]))
-        .collect();
-    let body = refused_yaml(&raised, &format!("steps:\n{cycle}"), "dependency cycle").await;
+    let long_cycle = cycle(4000);
+    let body = refused_yaml(
+        &raised,
+        &format!("steps:\n{long_cycle}"),
+        "dependency cycle",
+    )
+    .await;
     assert!(
         body.to_string().len() < 4096,
         "{}",
@@ -226,6 +205,23 @@ async fn deep_and_dense_dependency_graphs(db: Db) {
         truncate(&body.to_string())
     );
     assert_eq!(raised.pipeline_count().await, 0);
+}
+
+/// The steps of a chain: each depends on the one before (without the `steps:` key).
+fn chain(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            let before: Vec<String> = (i > 0).then(|| format!("s{}", i - 1)).into_iter().collect();
+            step(&format!("s{i}"), &before)
+        })
+        .collect()
+}
+
+/// The steps of a cycle: each depends on the next, the last on the first.
+fn cycle(n: usize) -> String {
+    (0..n)
+        .map(|i| step(&format!("s{i}"), &[format!("s{}", (i + 1) % n)]))
+        .collect()
 }
 
 fn all_to_all(n: usize) -> String {

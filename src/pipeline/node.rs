@@ -254,6 +254,17 @@ fn budget_refusal(breach: &BudgetBreach, max_depth: usize, pos: Pos) -> ParseErr
     ParseError::limit(message, pos, String::new())
 }
 
+/// The JSON pointer of `last` under a walk's stack of open collections (whose first entry is
+/// the root, with no token of its own).
+fn stack_pointer<T>(stack: &[(String, T)], last: &str) -> String {
+    stack
+        .iter()
+        .skip(1)
+        .map(|(token, _)| token.as_str())
+        .chain([last])
+        .fold(String::new(), |p, t| child(&p, t))
+}
+
 /// Where an already-parsed value nests deeper than `max` maps and arrays: the pointer of the
 /// first collection past the limit. Walks without recursion, whatever the depth.
 pub fn json_nesting(value: &serde_json::Value, max: usize) -> Option<String> {
@@ -269,14 +280,6 @@ pub fn json_nesting(value: &serde_json::Value, max: usize) -> Option<String> {
             _ => None,
         }
     }
-    let pointer = |stack: &[(String, Children<'_>)], last: &str| {
-        stack
-            .iter()
-            .skip(1)
-            .map(|(token, _)| token.as_str())
-            .chain([last])
-            .fold(String::new(), |p, t| child(&p, t))
-    };
     let root = children(value)?;
     if max == 0 {
         return Some(String::new());
@@ -293,7 +296,7 @@ pub fn json_nesting(value: &serde_json::Value, max: usize) -> Option<String> {
         };
         if let Some(grandchildren) = children(v) {
             if stack.len() >= max {
-                return Some(pointer(&stack, &token));
+                return Some(stack_pointer(&stack, &token));
             }
             stack.push((token, grandchildren));
         }
@@ -426,14 +429,6 @@ impl Node {
                 _ => None,
             }
         }
-        fn pointer(stack: &[(String, Children<'_>)], last: &str) -> String {
-            stack
-                .iter()
-                .skip(1)
-                .map(|(token, _)| token.as_str())
-                .chain([last])
-                .fold(String::new(), |p, t| child(&p, t))
-        }
 
         let Some(root) = children(self) else {
             if let Some(text) = scalar(self) {
@@ -464,7 +459,7 @@ impl Node {
                     pos: e.key_pos,
                     is_key: true,
                 };
-                f(key, &|| pointer(&stack, &token));
+                f(key, &|| stack_pointer(&stack, &token));
             }
             match children(n) {
                 Some(grandchildren) => stack.push((token, grandchildren)),
@@ -475,7 +470,7 @@ impl Node {
                             pos: n.pos,
                             is_key: false,
                         };
-                        f(t, &|| pointer(&stack, &token));
+                        f(t, &|| stack_pointer(&stack, &token));
                     }
                 }
             }
