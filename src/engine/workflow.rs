@@ -405,8 +405,16 @@ pub(super) async fn run(
             .await
         {
             Ok(masker) => masker,
-            // As if it had been built here: a step never runs without its masking.
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => match e.try_into_panic() {
+                // As if it had been built here: a step never runs without its masking.
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // The runtime is shutting down: the lease runs out and another replica (or
+                // this one, restarted) adopts the workflow, as after a crash.
+                Err(_) => {
+                    expiry.abort();
+                    return;
+                }
+            },
         };
     let ctx = Arc::new(StepContext {
         masker,
