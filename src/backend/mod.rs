@@ -97,6 +97,21 @@ pub enum StepExit {
     Error { reason: String },
 }
 
+/// What a backend holds of one attempt of a step (see [`Backend::probe_step`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Nothing of it: the attempt never ran, or (where the backend cannot tell the two apart,
+    /// Kubernetes) it ran and its objects are gone. The engine decides with what it stored.
+    Absent,
+    /// It runs, or it ended with an exit the backend still knows: [`Backend::attach_step`]
+    /// resumes its output and reports that exit.
+    Present,
+    /// It started and can be neither re-attached nor trusted to finish (its process died with
+    /// no exit recorded, its output is gone); `reason` says what was found. The engine stops
+    /// what is left of it and runs the step again as a new attempt.
+    Interrupted { reason: String },
+}
+
 /// A started step: its output, then its exit.
 pub struct StepHandle {
     pub output: mpsc::Receiver<OutputLine>,
@@ -137,6 +152,22 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The ids of this workflow's steps that still run (after a restart of piculet).
     async fn running_steps(&self, workflow: &WorkflowRun) -> Result<Vec<Uuid>, BackendError>;
+
+    /// What the backend holds of one attempt of a step whose start the store recorded: the
+    /// adopting replica asks this before it starts anything, so that no attempt runs twice.
+    async fn probe_step(
+        &self,
+        workflow: &WorkflowRun,
+        step_id: Uuid,
+        attempt: u32,
+    ) -> Result<Presence, BackendError> {
+        let _ = attempt;
+        Ok(if self.running_steps(workflow).await?.contains(&step_id) {
+            Presence::Present
+        } else {
+            Presence::Absent
+        })
+    }
 
     /// Re-attaches to a running step, its output resuming after `after` (the time of the
     /// last line stored). A backend that cannot re-attach refuses.
