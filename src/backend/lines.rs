@@ -52,6 +52,16 @@ impl LineSplitter {
 
     /// Takes the next chunk and returns the lines (and pieces of long lines) it completes.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<String> {
+        self.push_measured(chunk)
+            .into_iter()
+            .map(|(text, _)| text)
+            .collect()
+    }
+
+    /// As [`push`](Self::push), each piece with the number of input bytes it came from (which
+    /// differs from its text's length where invalid UTF-8 was replaced): a reader that
+    /// records where a piece starts in a file can resume splitting exactly there.
+    pub fn push_measured(&mut self, chunk: &[u8]) -> Vec<(String, usize)> {
         let mut out = Vec::new();
         if chunk.is_empty() {
             return out;
@@ -68,14 +78,14 @@ impl LineSplitter {
             match rest[search_from..window].iter().position(|&b| b == b'\n') {
                 Some(i) => {
                     let end = search_from + i + 1;
-                    out.push(String::from_utf8_lossy(&rest[..end]).into_owned());
+                    out.push((String::from_utf8_lossy(&rest[..end]).into_owned(), end));
                     start += end;
                     self.scanned = 0;
                 }
                 None if rest.len() > self.max => {
                     // No `\n` within reach: the line is too long, cut a piece off it.
                     let cut = utf8_cut(rest, self.max);
-                    out.push(String::from_utf8_lossy(&rest[..cut]).into_owned());
+                    out.push((String::from_utf8_lossy(&rest[..cut]).into_owned(), cut));
                     start += cut;
                     self.scanned = 0;
                 }
@@ -87,6 +97,11 @@ impl LineSplitter {
         }
         self.pending.drain(..start);
         out
+    }
+
+    /// The bytes received and not yet emitted (the start of an unfinished line).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
     }
 
     /// Ends the stream: the last line if it had no `\n`.
@@ -278,6 +293,28 @@ mod tests {
         let pieces = split(&[0x80; 25], 25, 10);
         assert_eq!(pieces.len(), 3);
         assert!(pieces.iter().all(|p| p.chars().all(|c| c == '\u{FFFD}')));
+    }
+
+    #[test]
+    fn measured_pieces_count_input_bytes_and_restart_at_any_piece() {
+        let input = b"ok\n\xff\xfe bad\nlonger line here\ntail";
+        let mut s = LineSplitter::with_max(6);
+        let mut pieces = Vec::new();
+        for c in input.chunks(5) {
+            pieces.extend(s.push_measured(c));
+        }
+        assert_eq!(s.pending_len(), 4, "\"tail\" waits for more");
+        let lens: usize = pieces.iter().map(|(_, n)| n).sum();
+        assert_eq!(lens + s.pending_len(), input.len());
+        assert_eq!(pieces[1], ("\u{FFFD}\u{FFFD} bad\n".to_string(), 7));
+        // Splitting again from any piece's start gives the same pieces from there on.
+        let mut offset = 0;
+        for (i, (_, n)) in pieces.iter().enumerate() {
+            let again = split(&input[offset..], 3, 6);
+            let expected: Vec<String> = pieces[i..].iter().map(|(t, _)| t.clone()).collect();
+            assert_eq!(&again[..expected.len()], &expected[..], "from piece {i}");
+            offset += n;
+        }
     }
 
     #[test]

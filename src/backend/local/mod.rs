@@ -1,58 +1,57 @@
 //! The local backend: runs a workflow's steps and services as processes on this host, in a
 //! workspace directory per workflow (DESIGN §8). It owns the workspace layout under
-//! `<data_dir>/workspaces/<workflow_id>`, the shell script each step runs, the process group
-//! of every step, and the reading of the merged stdout/stderr pipe into [`OutputLine`]s.
+//! `<data_dir>/workspaces/<workflow_id>`, the shell script each step runs, and the durable
+//! files through which a step attempt outlives the replica that started it.
 //!
 //! It gives no isolation at all: a step can read and write anything the piculet user can.
 //! It is for trying piculet out, development, and single-machine use by trusted users.
+//! Replicas sharing the local backend must share a host and a data directory tree: a step
+//! started by one is found, re-attached, stopped and cleaned up by another through its files.
 //!
 //! Layout of a workflow's root directory:
 //! ```text
 //! <data_dir>/workspaces/<workflow_id>/
-//!     .piculet/<step_id>.sh      the script a step runs (commands, each echoed first)
-//!     .piculet/<step_id>.pgid    the step's process group, while it runs
+//!     .piculet/<step_id>.<attempt>.*       the attempt's record, script, log, stamps and
+//!                                          exit (see `record`)
 //!     <workspace.base>/<workspace.path>/   the workspace: CI_WORKSPACE, steps' working dir
 //! ```
+//!
+//! The seams: `process` spawns a step behind its start gate and knows process groups;
+//! `record` owns the attempt's files; `output` reads the log into lines and follows a step
+//! to its end. This file decides how a step runs (`launch`) and answers the engine.
 //!
 //! Every step runs in its own process group, so that stopping it (cancel, timeout, end of a
 //! service) reaches every process it started, as stopping a container does. For the same
 //! reason the group is killed once the step's main process has ended: in a container,
-//! background processes die with the container's first process.
+//! background processes die with the container's first process. Steps do not die with
+//! piculet: they write to a file, not to a pipe piculet reads, and nothing kills them on exit.
+
+mod output;
+mod process;
+mod record;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Component, Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use uuid::Uuid;
 
-use super::lines::LineSplitter;
-use super::{Backend, BackendError, OutputLine, StepExit, StepHandle, StepRun, WorkflowRun};
+use super::{Backend, BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::pipeline::{DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, StepSpec};
+use output::{Main, OUTPUT_CAPACITY, Output, Supervisor, Tail};
+use process::POLL;
+use record::{Files, Record, Recorded};
 
-/// How long output is still read after a step's main process exited, for what its background
-/// processes write; then the group is killed. Bounded, so that a background process holding
-/// the pipe open cannot keep the step running.
-const DRAIN_GRACE: Duration = Duration::from_secs(1);
-/// Lines buffered between the reader and the engine; beyond that the reader waits, and so
-/// does the step when the pipe is full: nothing is dropped.
-const OUTPUT_CAPACITY: usize = 1024;
-const READ_BUFFER: usize = 64 * 1024;
 /// How long teardown waits for killed processes to be gone before removing the workspace.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
-/// The interval at which a process group without a supervising task is checked.
-const POLL: Duration = Duration::from_millis(50);
 /// The host variables a step inherits; everything else of piculet's environment (its
 /// database URL, its tokens) stays out of the steps.
 const HOST_VARIABLES: [&str; 4] = ["PATH", "HOME", "LANG", "TMPDIR"];
@@ -67,25 +66,29 @@ pub struct LocalBackend {
     state: Arc<Mutex<State>>,
 }
 
-/// What the backend knows of the steps it started. Every method may run concurrently with
-/// any other, so this is behind a lock, never held across an `.await`.
+/// What the backend knows of the steps this process follows. Every method may run
+/// concurrently with any other, so this is behind a lock, never held across an `.await`.
 #[derive(Default)]
 struct State {
     steps: HashMap<Uuid, StepEntry>,
-    /// Steps between the start of `start_step` and their entry in `steps`: a second start of
-    /// the same step meanwhile is refused, not run twice.
+    /// Steps between the start of `start_step` (or `attach_step`) and their entry in
+    /// `steps`: a second start of the same step meanwhile is refused, not run twice.
     starting: HashSet<Uuid>,
 }
 
-/// A step started by this process.
+/// A step attempt this process follows: started here, or adopted.
 struct StepEntry {
     workflow_id: Uuid,
-    /// The step's process group id (the pid of its main process).
+    attempt: u32,
+    /// The step's process group id (the pid of its wrapper).
     pgid: i32,
     /// Set under the lock when the supervising task killed the group after the main process
     /// ended. From then on the id is no longer ours and must never be signalled again; until
     /// then every signal is sent under the lock, so the two cannot cross.
     finished: bool,
+    /// The last signal this process sent the group: how an adopted step ended when it was
+    /// killed before its wrapper could write its exit.
+    sent: Option<i32>,
     /// Becomes `true` once the output is closed and the exit is known.
     done: watch::Receiver<bool>,
 }
@@ -125,10 +128,6 @@ impl LocalBackend {
 
     fn state_dir(&self, workflow_id: Uuid) -> PathBuf {
         self.workflow_root(workflow_id).join(".piculet")
-    }
-
-    fn pgid_file(&self, workflow_id: Uuid, step_id: Uuid) -> PathBuf {
-        self.state_dir(workflow_id).join(format!("{step_id}.pgid"))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -294,81 +293,90 @@ impl Backend for LocalBackend {
                 .await
                 .map_err(|e| failed(format!("cannot create {}", dir.display()), e))?;
         }
+        let files = Files::new(&state_dir, step.step_id, step.attempt);
+        match record::read_record(&files).await {
+            Recorded::None => {}
+            // Started before (by this replica before a restart, or by another): never again.
+            Recorded::Some(_) | Recorded::Unreadable(_) => {
+                return Err(BackendError::Failed(format!(
+                    "attempt {} of step {:?} ({}) was already started on the local backend",
+                    step.attempt, step.spec.name, step.step_id
+                )));
+            }
+        }
+        // Without a record the attempt never ran (its gate never opened): what an earlier
+        // start left behind is not output of anything.
+        for file in files.leftovers() {
+            remove_file_if_any(&file).await;
+        }
+        process::check_program(&launch.program, &launch.env, &launch.dir)
+            .map_err(|e| spawn_error(&step.spec, &launch.program, e))?;
         let mut args = launch.args;
-        let script_file = match &launch.script {
-            Some(script) => {
-                let path = state_dir.join(format!("{}.sh", step.step_id));
-                tokio::fs::write(&path, script)
-                    .await
-                    .map_err(|e| failed(format!("cannot write {}", path.display()), e))?;
-                args.push(path.to_string_lossy().into_owned());
-                Some(path)
-            }
-            None => None,
+        if let Some(script) = &launch.script {
+            let path = files.script();
+            tokio::fs::write(&path, script)
+                .await
+                .map_err(|e| failed(format!("cannot write {}", path.display()), e))?;
+            args.push(path.to_string_lossy().into_owned());
+        }
+        // piculet's own lines go first into the log, so that whoever reads it sees them.
+        let log = {
+            use std::io::Write as _;
+            let path = files.log();
+            let mut log = std::fs::OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| failed(format!("cannot create {}", path.display()), e))?;
+            log.write_all(launch.notices.concat().as_bytes())
+                .map_err(|e| failed(format!("cannot write {}", path.display()), e))?;
+            log
         };
-
-        let (pipe, child) = match spawn(&launch.program, &args, &launch.env, &launch.dir) {
-            Ok(spawned) => spawned,
-            Err(e) => {
-                if let Some(file) = &script_file {
-                    remove_file_if_any(file).await;
-                }
-                return Err(spawn_error(&step.spec, &launch.program, e));
-            }
-        };
+        let (child, gate) = process::spawn_gated(
+            &launch.program,
+            &args,
+            &launch.env,
+            &launch.dir,
+            &log,
+            &files.exit(),
+        )
+        .map_err(|e| spawn_error(&step.spec, "/bin/sh", e))?;
+        drop(log);
         let Some(pgid) = child.id().and_then(|pid| i32::try_from(pid).ok()) else {
             return Err(BackendError::Failed(format!(
                 "step {:?}: the process ended before its id was known",
                 step.spec.name
             )));
         };
-        // From here on, every failure must kill the group: nobody else knows about it.
-        let abandon = |reason: String| {
-            signal_group(pgid, libc::SIGKILL);
-            BackendError::Failed(reason)
-        };
-        // Recorded so that a restarted piculet can still find and stop the group.
-        let pgid_file = self.pgid_file(workflow.workflow_id, step.step_id);
-        if let Err(e) = tokio::fs::write(&pgid_file, format!("{pgid}\n")).await {
-            return Err(abandon(format!(
-                "cannot write {}: {e}",
-                pgid_file.display()
-            )));
-        }
-
-        let (tx, rx) = mpsc::channel(OUTPUT_CAPACITY.max(launch.notices.len() + 1));
-        for notice in launch.notices {
-            // The channel is new and large enough: this cannot wait or fail.
-            let _ = tx.try_send(line(notice));
-        }
-        let (done_tx, done_rx) = watch::channel(false);
-        self.lock().steps.insert(
-            step.step_id,
-            StepEntry {
-                workflow_id: workflow.workflow_id,
-                pgid,
-                finished: false,
-                done: done_rx,
-            },
-        );
-        let (exit_tx, exit_rx) = oneshot::channel();
-        let supervisor = Supervisor {
+        // The record, durable before the step may run: a replica that finds no record knows
+        // the step never ran. Dropping the gate on failure ends the waiting wrapper unrun.
+        let record = Record {
             step_id: step.step_id,
+            attempt: step.attempt,
             pgid,
-            state: Arc::clone(&self.state),
-            out: Output { tx: Some(tx) },
-            splitter: LineSplitter::new(),
-            cleanup: [Some(pgid_file), script_file],
+            proc_start: process::proc_start(pgid),
+            started_at: Utc::now(),
         };
-        tokio::spawn(supervisor.run(child, pipe, done_tx, exit_tx));
-
-        let exit = async move {
-            exit_rx.await.unwrap_or_else(|_| StepExit::Error {
-                reason: "the local backend lost track of the step's process".to_string(),
-            })
+        let written = {
+            let files = files.clone();
+            tokio::task::spawn_blocking(move || record::write_record(&files, &record))
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e)))
+        };
+        if let Err(e) = written.and_then(|()| gate.open()) {
+            // Reaped in the background; it exits at once without running anything.
+            tokio::spawn(async move {
+                let mut child = child;
+                let _ = child.wait().await;
+            });
+            return Err(failed(
+                format!("step {:?}: cannot record its start", step.spec.name),
+                e,
+            ));
         }
-        .boxed();
-        Ok(StepHandle { output: rx, exit })
+        let tail = Tail::open(&files, None)
+            .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
+        Ok(self.supervise(workflow, step, pgid, files, tail, Main::Child(child)))
     }
 
     async fn stop_step(
@@ -378,11 +386,12 @@ impl Backend for LocalBackend {
         grace: Duration,
     ) -> Result<(), BackendError> {
         let live = {
-            let state = self.lock();
-            match state.steps.get(&step_id) {
+            let mut state = self.lock();
+            match state.steps.get_mut(&step_id) {
                 Some(e) if e.finished => return Ok(()),
                 Some(e) => {
-                    signal_group(e.pgid, libc::SIGTERM);
+                    process::signal_group(e.pgid, libc::SIGTERM);
+                    e.sent = Some(libc::SIGTERM);
                     Some(e.done.clone())
                 }
                 None => None,
@@ -391,55 +400,32 @@ impl Backend for LocalBackend {
         match live {
             Some(mut done) => {
                 if timeout(grace, done.wait_for(|d| *d)).await.is_err() {
-                    let state = self.lock();
-                    if let Some(e) = state.steps.get(&step_id).filter(|e| !e.finished) {
-                        signal_group(e.pgid, libc::SIGKILL);
+                    let mut state = self.lock();
+                    if let Some(e) = state.steps.get_mut(&step_id).filter(|e| !e.finished) {
+                        process::signal_group(e.pgid, libc::SIGKILL);
+                        e.sent = Some(libc::SIGKILL);
                     }
                 }
             }
-            // Not started by this process: a step left running by a previous piculet.
+            // Not followed by this process: a step left by a replica that died or restarted.
             None => {
-                let file = self.pgid_file(workflow.workflow_id, step_id);
-                if let Some(pgid) = read_pgid(&file).await {
-                    stop_orphan(pgid, grace).await;
+                let state_dir = self.state_dir(workflow.workflow_id);
+                for (id, attempt) in record::recorded_attempts(&state_dir).await {
+                    if id != step_id {
+                        continue;
+                    }
+                    let files = Files::new(&state_dir, id, attempt);
+                    if let Recorded::Some(r) = record::read_record(&files).await {
+                        process::stop_group(r.pgid, grace).await;
+                    }
                 }
-                remove_file_if_any(&file).await;
             }
         }
         Ok(())
     }
 
     async fn teardown_workflow(&self, workflow: &WorkflowRun) -> Result<(), BackendError> {
-        let id = workflow.workflow_id;
-        let mut waiting = Vec::new();
-        {
-            let mut state = self.lock();
-            for entry in state.steps.values().filter(|e| e.workflow_id == id) {
-                if !entry.finished {
-                    signal_group(entry.pgid, libc::SIGKILL);
-                    waiting.push(entry.done.clone());
-                }
-            }
-            state.steps.retain(|_, e| e.workflow_id != id);
-        }
-        // Groups left by a previous piculet; those of this one were handled above, and their
-        // files are removed by their supervisors.
-        let mut orphans = Vec::new();
-        for (_, pgid) in pgid_files(&self.state_dir(id)).await {
-            if group_alive(pgid) {
-                signal_group(pgid, libc::SIGKILL);
-                orphans.push(pgid);
-            }
-        }
-        // Removing the workspace while a dying process still writes into it could fail.
-        let deadline = Instant::now() + TEARDOWN_WAIT;
-        for mut done in waiting {
-            let _ = timeout_at(deadline, done.wait_for(|d| *d)).await;
-        }
-        while orphans.iter().any(|&g| group_alive(g)) && Instant::now() < deadline {
-            tokio::time::sleep(POLL).await;
-        }
-        remove_dir_all(self.workflow_root(id)).await
+        self.remove(workflow.workflow_id).await
     }
 
     async fn running_steps(&self, workflow: &WorkflowRun) -> Result<Vec<Uuid>, BackendError> {
@@ -451,9 +437,18 @@ impl Backend for LocalBackend {
             .filter(|(_, e)| e.workflow_id == id && !e.finished)
             .map(|(step_id, _)| *step_id)
             .collect();
-        for (step_id, pgid) in pgid_files(&self.state_dir(id)).await {
+        // Attempts of other replicas (or of an earlier piculet) that run, or ended with their
+        // exit on file: re-attached, they report how they ended. Only a step's last attempt
+        // counts.
+        let state_dir = self.state_dir(id);
+        let mut latest: BTreeMap<Uuid, u32> = BTreeMap::new();
+        for (step_id, attempt) in record::recorded_attempts(&state_dir).await {
+            let last = latest.entry(step_id).or_default();
+            *last = (*last).max(attempt);
+        }
+        for (step_id, attempt) in latest {
             let known = self.lock().steps.contains_key(&step_id);
-            if !known && group_alive(pgid) {
+            if !known && self.probe_files(&state_dir, step_id, attempt).await == Presence::Present {
                 running.push(step_id);
             }
         }
@@ -462,22 +457,96 @@ impl Backend for LocalBackend {
         Ok(running)
     }
 
+    async fn probe_step(
+        &self,
+        workflow: &WorkflowRun,
+        step_id: Uuid,
+        attempt: u32,
+    ) -> Result<Presence, BackendError> {
+        if self
+            .lock()
+            .steps
+            .get(&step_id)
+            .is_some_and(|e| e.attempt == attempt)
+        {
+            return Ok(Presence::Present);
+        }
+        let state_dir = self.state_dir(workflow.workflow_id);
+        Ok(self.probe_files(&state_dir, step_id, attempt).await)
+    }
+
     async fn attach_step(
         &self,
-        _workflow: &WorkflowRun,
-        _step: &StepRun,
-        _after: Option<DateTime<Utc>>,
+        workflow: &WorkflowRun,
+        step: &StepRun,
+        after: Option<DateTime<Utc>>,
     ) -> Result<StepHandle, BackendError> {
-        Err(BackendError::Refused(
-            "the local backend cannot re-attach to a step after a restart".to_string(),
-        ))
+        let _reservation = self.reserve(step)?;
+        let files = Files::new(
+            &self.state_dir(workflow.workflow_id),
+            step.step_id,
+            step.attempt,
+        );
+        let record = match record::read_record(&files).await {
+            Recorded::Some(r) => r,
+            Recorded::None => {
+                return Err(BackendError::Refused(format!(
+                    "attempt {} of step {:?} never started on the local backend",
+                    step.attempt, step.spec.name
+                )));
+            }
+            Recorded::Unreadable(reason) => return Err(BackendError::Refused(reason)),
+        };
+        let state_dir = self.state_dir(workflow.workflow_id);
+        if let Presence::Interrupted { reason } = self
+            .probe_files(&state_dir, step.step_id, step.attempt)
+            .await
+        {
+            return Err(BackendError::Refused(reason));
+        }
+        let tail = Tail::open(&files, after)
+            .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
+        let main = Main::Adopted {
+            pid: record.pgid,
+            start: record.proc_start,
+        };
+        Ok(self.supervise(workflow, step, record.pgid, files, tail, main))
+    }
+
+    async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
+        let dir = self.data_dir.join("workspaces");
+        let mut found = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(failed(format!("cannot list {}", dir.display()), e)),
+        };
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| failed(format!("cannot list {}", dir.display()), e))?
+        {
+            if let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| Uuid::parse_str(n).ok())
+            {
+                found.push(id);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    async fn remove_workflow(&self, workflow_id: Uuid) -> Result<(), BackendError> {
+        self.remove(workflow_id).await
     }
 }
 
 impl LocalBackend {
-    /// Claims a step id for `start_step`. Until its supervisor is done, a step cannot start
-    /// again: it still runs, or its supervisor still removes the step's files, which a new
-    /// attempt (same step id, same file names) would otherwise lose.
+    /// Claims a step id for `start_step` or `attach_step`. Until its supervisor is done, a
+    /// step cannot start again in this process: it still runs, or its end is still being
+    /// read.
     fn reserve(&self, step: &StepRun) -> Result<Reservation, BackendError> {
         let mut state = self.lock();
         let supervised = state
@@ -494,6 +563,114 @@ impl LocalBackend {
             state: Arc::clone(&self.state),
             step_id: step.step_id,
         })
+    }
+
+    /// Follows a started or adopted attempt to its end in a task of its own.
+    fn supervise(
+        &self,
+        workflow: &WorkflowRun,
+        step: &StepRun,
+        pgid: i32,
+        files: Files,
+        tail: Tail,
+        main: Main,
+    ) -> StepHandle {
+        let (tx, rx) = mpsc::channel(OUTPUT_CAPACITY);
+        let (done_tx, done_rx) = watch::channel(false);
+        self.lock().steps.insert(
+            step.step_id,
+            StepEntry {
+                workflow_id: workflow.workflow_id,
+                attempt: step.attempt,
+                pgid,
+                finished: false,
+                sent: None,
+                done: done_rx,
+            },
+        );
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let supervisor = Supervisor {
+            step_id: step.step_id,
+            pgid,
+            state: Arc::clone(&self.state),
+            out: Output { tx: Some(tx) },
+            tail,
+            exit_file: files.exit(),
+        };
+        tokio::spawn(supervisor.run(main, done_tx, exit_tx));
+        let exit = async move {
+            exit_rx.await.unwrap_or_else(|_| StepExit::Error {
+                reason: "the local backend lost track of the step's process".to_string(),
+            })
+        }
+        .boxed();
+        StepHandle { output: rx, exit }
+    }
+
+    /// What the files say of an attempt this process does not follow (see [`Presence`]).
+    async fn probe_files(&self, state_dir: &Path, step_id: Uuid, attempt: u32) -> Presence {
+        let files = Files::new(state_dir, step_id, attempt);
+        let record = match record::read_record(&files).await {
+            Recorded::None => return Presence::Absent,
+            Recorded::Unreadable(reason) => return Presence::Interrupted { reason },
+            Recorded::Some(r) => r,
+        };
+        if tokio::fs::metadata(files.log()).await.is_err() {
+            return Presence::Interrupted {
+                reason: format!("the output file of attempt {attempt} is gone"),
+            };
+        }
+        // Alive first, then the exit file: a wrapper found gone has written its exit, if it
+        // was going to, before it ended.
+        if process::process_alive(record.pgid, record.proc_start)
+            || record::read_exit(&files).await.is_some()
+        {
+            return Presence::Present;
+        }
+        Presence::Interrupted {
+            reason: format!(
+                "attempt {attempt} ended without recording its exit: its processes were killed outside piculet, or its replica died before letting it run"
+            ),
+        }
+    }
+
+    /// Kills every process of a workflow, its own and those left by other replicas, and
+    /// removes its directory.
+    async fn remove(&self, id: Uuid) -> Result<(), BackendError> {
+        let mut waiting = Vec::new();
+        {
+            let mut state = self.lock();
+            for entry in state.steps.values_mut().filter(|e| e.workflow_id == id) {
+                if !entry.finished {
+                    process::signal_group(entry.pgid, libc::SIGKILL);
+                    entry.sent = Some(libc::SIGKILL);
+                    waiting.push(entry.done.clone());
+                }
+            }
+            state.steps.retain(|_, e| e.workflow_id != id);
+        }
+        // Groups left by another replica or an earlier piculet; those this process follows
+        // were handled above.
+        let state_dir = self.state_dir(id);
+        let mut others = Vec::new();
+        for (step_id, attempt) in record::recorded_attempts(&state_dir).await {
+            if let Recorded::Some(r) =
+                record::read_record(&Files::new(&state_dir, step_id, attempt)).await
+                && process::group_alive(r.pgid)
+            {
+                process::signal_group(r.pgid, libc::SIGKILL);
+                others.push(r.pgid);
+            }
+        }
+        // Removing the workspace while a dying process still writes into it could fail.
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        for mut done in waiting {
+            let _ = timeout_at(deadline, done.wait_for(|d| *d)).await;
+        }
+        while others.iter().any(|&g| process::group_alive(g)) && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+        }
+        remove_dir_all(self.workflow_root(id)).await
     }
 }
 
@@ -539,261 +716,8 @@ fn spawn_error(spec: &StepSpec, program: &str, e: io::Error) -> BackendError {
     }
 }
 
-/// Starts the process in a new process group, with stdout and stderr on one pipe so that
-/// their lines stay in the order they were written. Returns the pipe's read end.
-fn spawn(
-    program: &str,
-    args: &[String],
-    env: &BTreeMap<OsString, OsString>,
-    dir: &Path,
-) -> io::Result<(pipe::Receiver, tokio::process::Child)> {
-    // Both ends are close-on-exec, so a step spawned meanwhile by another task does not
-    // inherit this one's write end (and keep its pipe open).
-    let (writer, reader) = pipe::pipe()?;
-    // The child gets a blocking write end, as a program expects of its stdout.
-    let stdout = writer.into_blocking_fd()?;
-    let stderr = stdout.try_clone()?;
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .envs(env)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .process_group(0)
-        // The supervisor owns the process; a dropped handle must not kill a step that a
-        // restarted piculet is meant to find and stop through its pgid file.
-        .kill_on_drop(false);
-    let child = command.spawn()?;
-    // `command` still holds the write ends; dropping it here is what lets the reader see
-    // end-of-file once the step's processes are gone.
-    drop(command);
-    Ok((reader, child))
-}
-
-/// The task that owns a running step: reads its output, waits for its exit, kills what is
-/// left of its group, and reports.
-struct Supervisor {
-    step_id: Uuid,
-    pgid: i32,
-    state: Arc<Mutex<State>>,
-    out: Output,
-    splitter: LineSplitter,
-    /// Files that exist only while the step runs.
-    cleanup: [Option<PathBuf>; 2],
-}
-
-impl Supervisor {
-    async fn run(
-        mut self,
-        mut child: tokio::process::Child,
-        mut pipe: pipe::Receiver,
-        done: watch::Sender<bool>,
-        exit: oneshot::Sender<StepExit>,
-    ) {
-        let mut buf = vec![0u8; READ_BUFFER];
-        let mut eof = false;
-        let status = loop {
-            tokio::select! {
-                read = pipe.read(&mut buf), if !eof => match read {
-                    Ok(0) | Err(_) => eof = true,
-                    Ok(n) => self.emit(&buf[..n]).await,
-                },
-                status = child.wait() => break status,
-            }
-        };
-        // Output written just before the exit, and by background processes for a moment.
-        if !eof {
-            eof = self.drain(&mut pipe, &mut buf, DRAIN_GRACE).await;
-        }
-        {
-            let mut state = lock(&self.state);
-            // The main process was reaped just now and the pid space is allocated cyclically,
-            // so the group id cannot have been reused by someone else in this short time.
-            signal_group(self.pgid, libc::SIGKILL);
-            if let Some(entry) = state.steps.get_mut(&self.step_id) {
-                entry.finished = true;
-            }
-        }
-        if !eof {
-            // What the killed processes wrote is still in the pipe. A process that left the
-            // group (setsid) may hold it open forever: read for a bounded time only.
-            self.drain(&mut pipe, &mut buf, DRAIN_GRACE).await;
-        }
-        if let Some(rest) = std::mem::take(&mut self.splitter).finish() {
-            self.out.send(rest).await;
-        }
-        // Closing the channel before the exit is reported: the engine reads the output to
-        // its end, then awaits the exit.
-        self.out.tx = None;
-        for file in self.cleanup.iter().flatten() {
-            remove_file_if_any(file).await;
-        }
-        let _ = exit.send(exit_of(status));
-        let _ = done.send(true);
-    }
-
-    /// Reads until end-of-file or `grace` has passed; returns whether end-of-file was seen.
-    async fn drain(&mut self, pipe: &mut pipe::Receiver, buf: &mut [u8], grace: Duration) -> bool {
-        let deadline = Instant::now() + grace;
-        loop {
-            match timeout_at(deadline, pipe.read(buf)).await {
-                Err(_) => return false,
-                Ok(Ok(0) | Err(_)) => return true,
-                Ok(Ok(n)) => self.emit(&buf[..n]).await,
-            }
-        }
-    }
-
-    async fn emit(&mut self, bytes: &[u8]) {
-        // The lines of one read arrived together: one clock reading for all of them.
-        let at = Utc::now();
-        for text in self.splitter.push(bytes) {
-            self.out.send_at(at, text).await;
-        }
-    }
-}
-
-/// The sending side of a step's output. When the engine stops listening, the output is still
-/// read (a step blocked on a full pipe would never end) but goes nowhere.
-struct Output {
-    tx: Option<mpsc::Sender<OutputLine>>,
-}
-
-impl Output {
-    async fn send(&mut self, text: String) {
-        self.send_at(Utc::now(), text).await;
-    }
-
-    async fn send_at(&mut self, at: DateTime<Utc>, text: String) {
-        if let Some(tx) = &self.tx
-            && tx.send(OutputLine { at, text }).await.is_err()
-        {
-            self.tx = None;
-        }
-    }
-}
-
-fn line(text: String) -> OutputLine {
-    OutputLine {
-        at: Utc::now(),
-        text,
-    }
-}
-
-fn exit_of(status: io::Result<ExitStatus>) -> StepExit {
-    match status {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => StepExit::Exited { code, reason: None },
-            (None, Some(signal)) => StepExit::Exited {
-                code: 128 + signal,
-                reason: Some(format!("killed by signal {signal}")),
-            },
-            (None, None) => StepExit::Error {
-                reason: format!("the step's process ended in an unknown way: {status}"),
-            },
-        },
-        Err(e) => StepExit::Error {
-            reason: format!("cannot wait for the step's process: {e}"),
-        },
-    }
-}
-
-/// Sends `signal` to a process group. Ids that would reach piculet's own group (0, our own
-/// group id) or init's are never signalled, whatever a pgid file says.
-fn signal_group(pgid: i32, signal: libc::c_int) {
-    // SAFETY: getpgrp and killpg take plain integers and have no memory effects.
-    unsafe {
-        if pgid > 1 && pgid != libc::getpgrp() {
-            // ESRCH (the group is gone) is the expected outcome of a race with its end.
-            libc::killpg(pgid, signal);
-        }
-    }
-}
-
-/// Whether a process group still has a live (non-zombie) member.
-fn group_alive(pgid: i32) -> bool {
-    // SAFETY: getpgrp and kill take plain integers and have no memory effects.
-    let exists = pgid > 1 && unsafe { pgid != libc::getpgrp() && libc::kill(-pgid, 0) == 0 };
-    // A group of zombies also answers: when their parent (here, init after a restart) is slow
-    // to reap them, they are still dead. /proc tells them apart; without it, trust kill.
-    exists && group_has_live_member(pgid).unwrap_or(true)
-}
-
-fn group_has_live_member(pgid: i32) -> Option<bool> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        if !name
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
-        if pgrp == Some(pgid) && !matches!(state, Some("Z" | "X")) {
-            return Some(true);
-        }
-    }
-    Some(false)
-}
-
-/// Stops a group this process did not start: SIGTERM, then SIGKILL after `grace`.
-async fn stop_orphan(pgid: i32, grace: Duration) {
-    if !group_alive(pgid) {
-        return;
-    }
-    signal_group(pgid, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while group_alive(pgid) {
-        if Instant::now() >= deadline {
-            signal_group(pgid, libc::SIGKILL);
-            return;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
-async fn read_pgid(file: &Path) -> Option<i32> {
-    let text = tokio::fs::read_to_string(file).await.ok()?;
-    text.trim().parse().ok()
-}
-
-/// The `<step_id>.pgid` files of a workflow's state directory.
-async fn pgid_files(state_dir: &Path) -> Vec<(Uuid, i32)> {
-    let mut found = Vec::new();
-    let Ok(mut entries) = tokio::fs::read_dir(state_dir).await else {
-        return found;
-    };
-    while let Ok(Some(entry)) = entries.next_entry().await {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "pgid") {
-            continue;
-        }
-        let step_id = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| Uuid::parse_str(s).ok());
-        if let (Some(step_id), Some(pgid)) = (step_id, read_pgid(&path).await) {
-            found.push((step_id, pgid));
-        }
-    }
-    found
-}
-
 async fn remove_file_if_any(file: &Path) {
-    // Best effort: a leftover file only costs a look at a dead group later.
+    // Best effort: a leftover file is overwritten or refused by the next start.
     let _ = tokio::fs::remove_file(file).await;
 }
 
@@ -1034,6 +958,7 @@ fn redact_userinfo(url: &str) -> String {
 mod tests {
 
     use super::*;
+    use crate::backend::OutputLine;
     use crate::pipeline::{Status, WorkflowPlan, Workspace};
 
     /// A directory removed at the end of the test, whatever happens.
@@ -1237,9 +1162,17 @@ mod tests {
         let f = fixture().await;
         assert_eq!(run(&f, spec("ok", &["true"])).await.1, exited(0));
         assert_eq!(run(&f, spec("three", &["exit 3"])).await.1, exited(3));
-        // A finished step leaves no script or pgid file behind.
+        // A finished step's files stay until the teardown: an adopting replica may still
+        // have to report it. The exit file holds the real status.
         let state_dir = f.backend.state_dir(f.wf.workflow_id);
-        assert_eq!(std::fs::read_dir(state_dir).unwrap().count(), 0);
+        let mut exits: Vec<String> = std::fs::read_dir(state_dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "exit"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .collect();
+        exits.sort();
+        assert_eq!(exits, ["0\n", "3\n"]);
     }
 
     #[tokio::test]
@@ -1617,10 +1550,10 @@ mod tests {
         let restarted = LocalBackend::new(f.dir.0.clone());
         restarted.setup_workflow(&f.wf).await.expect("setup again");
         assert_eq!(restarted.running_steps(&f.wf).await.unwrap(), [run.step_id]);
-        assert!(matches!(
-            restarted.attach_step(&f.wf, &run, None).await,
-            Err(BackendError::Refused(_))
-        ));
+        assert_eq!(
+            restarted.probe_step(&f.wf, run.step_id, 1).await.unwrap(),
+            Presence::Present
+        );
         restarted
             .stop_step(&f.wf, run.step_id, Duration::from_secs(5))
             .await
@@ -1628,25 +1561,37 @@ mod tests {
         for pid in &pids {
             assert!(wait_gone(*pid).await, "process {pid} survived the stop");
         }
-        assert!(restarted.running_steps(&f.wf).await.unwrap().is_empty());
         let (_, exit) = collect(handle).await;
         assert_eq!(exit, killed(libc::SIGTERM));
+        // Ended, its exit on file: still there to be reported, no longer running.
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
+        assert_eq!(record::read_exit(&files).await, Some(143));
         restarted.teardown_workflow(&f.wf).await.expect("teardown");
     }
 
     #[tokio::test]
     async fn starting_a_running_step_again_fails() {
         let f = fixture().await;
-        let run = step_run(spec("once", &["sleep 1000"]));
+        let run = step_run(spec("once", &["echo started", "sleep 1000"]));
         // Two starts at once: one runs, the other is refused.
         let (first, second) = tokio::join!(
             f.backend.start_step(&f.wf, &run),
             f.backend.start_step(&f.wf, &run)
         );
-        let handle = match (first, second) {
+        let mut handle = match (first, second) {
             (Ok(h), Err(BackendError::Failed(_))) | (Err(BackendError::Failed(_)), Ok(h)) => h,
             (a, b) => panic!("expected one start: {:?} / {:?}", a.err(), b.err()),
         };
+        // Stopped once it runs (see `process` on a SIGTERM in the instant of its start).
+        let started = timeout(LIMIT, async {
+            while let Some(line) = handle.output.recv().await {
+                if line.text == "started\n" {
+                    return true;
+                }
+            }
+            false
+        });
+        assert!(started.await.unwrap());
         assert!(matches!(
             f.backend.start_step(&f.wf, &run).await,
             Err(BackendError::Failed(_))
@@ -1863,5 +1808,309 @@ mod tests {
             "https://example.com/a@b.git"
         );
         assert_eq!(redact_userinfo("/srv/repo"), "/srv/repo");
+    }
+
+    /// Starts `run` on a backend in a runtime of its own, reads `lines` lines, and drops the
+    /// runtime: the replica is gone (its tasks and its handle on the child with it), the step
+    /// goes on. Returns the lines read.
+    fn start_in_a_replica_that_dies(
+        dir: &Path,
+        wf: &WorkflowRun,
+        run: &StepRun,
+        lines: usize,
+    ) -> Vec<OutputLine> {
+        let (dir, wf, run) = (dir.to_path_buf(), wf.clone(), run.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let read = rt.block_on(async {
+                let backend = LocalBackend::new(dir);
+                backend.setup_workflow(&wf).await.expect("setup");
+                let mut handle = backend.start_step(&wf, &run).await.expect("start");
+                let mut read = Vec::new();
+                timeout(LIMIT, async {
+                    while read.len() < lines {
+                        read.push(handle.output.recv().await.expect("output ended early"));
+                    }
+                })
+                .await
+                .expect("lines in time");
+                read
+            });
+            drop(rt);
+            read
+        })
+        .join()
+        .expect("the first replica")
+    }
+
+    fn numbered(n: usize, pause: &str, code: i32) -> (StepSpec, Vec<String>) {
+        let command =
+            format!("for i in $(seq 1 {n}); do echo \"line $i\"; sleep {pause}; done; exit {code}");
+        let mut expected = vec![format!("+ {command}\n")];
+        expected.extend((1..=n).map(|i| format!("line {i}\n")));
+        (spec("numbered", &[&command]), expected)
+    }
+
+    #[tokio::test]
+    async fn a_new_replica_attaches_to_a_running_step_with_every_line_once() {
+        let f = fixture().await;
+        let (s, expected) = numbered(30, "0.03", 7);
+        let run = step_run(s);
+        let first = start_in_a_replica_that_dies(&f.dir.0, &f.wf, &run, 5);
+
+        let adopter = LocalBackend::new(f.dir.0.clone());
+        assert_eq!(
+            adopter.probe_step(&f.wf, run.step_id, 1).await.unwrap(),
+            Presence::Present
+        );
+        assert_eq!(adopter.running_steps(&f.wf).await.unwrap(), [run.step_id]);
+        let after = first.last().map(|l| l.at);
+        let handle = adopter
+            .attach_step(&f.wf, &run, after)
+            .await
+            .expect("attach");
+        let (rest, exit) = collect(handle).await;
+        let mut all: Vec<String> = first.into_iter().map(|l| l.text).collect();
+        assert!(
+            !rest.is_empty() && rest.len() < expected.len(),
+            "attached while it ran"
+        );
+        all.extend(rest);
+        assert_eq!(all, expected);
+        assert_eq!(exit, exited(7));
+        // Attaching again, as a third replica would after the second died, resumes the same way.
+        let third = LocalBackend::new(f.dir.0.clone());
+        let handle = third.attach_step(&f.wf, &run, after).await.expect("attach");
+        let (again, exit) = collect(handle).await;
+        assert_eq!(again, expected[5..]);
+        assert_eq!(exit, exited(7));
+    }
+
+    #[tokio::test]
+    async fn a_new_replica_reports_a_step_that_ended_while_nobody_watched() {
+        let f = fixture().await;
+        let (s, expected) = numbered(20, "0.01", 3);
+        let run = step_run(s);
+        let first = start_in_a_replica_that_dies(&f.dir.0, &f.wf, &run, 3);
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
+        timeout(LIMIT, async {
+            while record::read_exit(&files).await.is_none() {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await
+        .expect("the step ended on its own");
+
+        let adopter = LocalBackend::new(f.dir.0.clone());
+        assert_eq!(
+            adopter.probe_step(&f.wf, run.step_id, 1).await.unwrap(),
+            Presence::Present
+        );
+        let handle = adopter
+            .attach_step(&f.wf, &run, first.last().map(|l| l.at))
+            .await
+            .expect("attach");
+        let (rest, exit) = collect(handle).await;
+        let mut all: Vec<String> = first.into_iter().map(|l| l.text).collect();
+        all.extend(rest);
+        assert_eq!(all, expected);
+        assert_eq!(exit, exited(3));
+
+        // Killed by a signal while unwatched: still reads so.
+        let run = step_run(spec("killed", &["echo before", "kill -9 $$"]));
+        let first = start_in_a_replica_that_dies(&f.dir.0, &f.wf, &run, 2);
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
+        timeout(LIMIT, async {
+            while record::read_exit(&files).await.is_none() {
+                tokio::time::sleep(POLL).await;
+            }
+        })
+        .await
+        .expect("the step ended");
+        let handle = adopter
+            .attach_step(&f.wf, &run, first.last().map(|l| l.at))
+            .await
+            .expect("attach");
+        let (rest, exit) = collect(handle).await;
+        assert_eq!(rest, ["+ kill -9 $$\n"]);
+        assert_eq!(exit, killed(libc::SIGKILL));
+    }
+
+    #[tokio::test]
+    async fn an_attempt_without_record_is_absent_and_one_without_process_or_exit_interrupted() {
+        let f = fixture().await;
+        let step_id = Uuid::now_v7();
+        assert_eq!(
+            f.backend.probe_step(&f.wf, step_id, 1).await.unwrap(),
+            Presence::Absent
+        );
+        // A record whose wrapper is gone without an exit file: a dead process's pid.
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let pid = dead.id() as i32;
+        dead.wait().unwrap();
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), step_id, 1);
+        record::write_record(
+            &files,
+            &Record {
+                step_id,
+                attempt: 1,
+                pgid: pid,
+                proc_start: None,
+                started_at: Utc::now(),
+            },
+        )
+        .unwrap();
+        assert!(matches!(
+            f.backend.probe_step(&f.wf, step_id, 1).await.unwrap(),
+            Presence::Interrupted { .. }
+        ));
+        std::fs::write(files.log(), "some output\n").unwrap();
+        let presence = f.backend.probe_step(&f.wf, step_id, 1).await.unwrap();
+        assert!(
+            matches!(&presence, Presence::Interrupted { reason } if reason.contains("without recording its exit")),
+            "{presence:?}"
+        );
+        let mut run = step_run(spec("lost", &["true"]));
+        run.step_id = step_id;
+        assert!(matches!(
+            f.backend.attach_step(&f.wf, &run, None).await,
+            Err(BackendError::Refused(_))
+        ));
+        assert!(f.backend.running_steps(&f.wf).await.unwrap().is_empty());
+        // Another attempt of the same step has nothing yet.
+        assert_eq!(
+            f.backend.probe_step(&f.wf, step_id, 2).await.unwrap(),
+            Presence::Absent
+        );
+    }
+
+    #[tokio::test]
+    async fn a_recorded_attempt_is_never_started_again() {
+        let f = fixture().await;
+        let runs = f.dir.0.join("runs");
+        let mut run = step_run(spec("once", &[&format!("echo ran >> {}", runs.display())]));
+        let (_, exit) = collect(f.backend.start_step(&f.wf, &run).await.expect("start")).await;
+        assert_eq!(exit, exited(0));
+        // A restarted replica asked to start the same attempt refuses: it ran.
+        let restarted = LocalBackend::new(f.dir.0.clone());
+        assert!(matches!(
+            restarted.start_step(&f.wf, &run).await,
+            Err(BackendError::Failed(_))
+        ));
+        assert!(matches!(
+            f.backend.start_step(&f.wf, &run).await,
+            Err(BackendError::Failed(_))
+        ));
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\n");
+        // The next attempt runs.
+        run.attempt = 2;
+        let (_, exit) = collect(restarted.start_step(&f.wf, &run).await.expect("start")).await;
+        assert_eq!(exit, exited(0));
+        assert_eq!(std::fs::read_to_string(&runs).unwrap(), "ran\nran\n");
+    }
+
+    #[tokio::test]
+    async fn the_reaper_stops_a_dead_replicas_processes_and_removes_its_workspace() {
+        let f = fixture().await;
+        let run = step_run(spec(
+            "left-behind",
+            &[
+                "sleep 1000 & echo \"child $!\"",
+                "echo \"leader $$\"",
+                "wait",
+            ],
+        ));
+        let first = start_in_a_replica_that_dies(&f.dir.0, &f.wf, &run, 4);
+        let pids: Vec<i32> = first
+            .iter()
+            .filter_map(|l| {
+                l.text
+                    .split_once(' ')
+                    .and_then(|(_, p)| p.trim().parse().ok())
+            })
+            .collect();
+        assert_eq!(pids.len(), 2, "{first:?}");
+        let adopter = LocalBackend::new(f.dir.0.clone());
+        assert_eq!(
+            adopter.managed_workflows().await.unwrap(),
+            [f.wf.workflow_id]
+        );
+        adopter
+            .remove_workflow(f.wf.workflow_id)
+            .await
+            .expect("remove");
+        for pid in pids {
+            assert!(wait_gone(pid).await, "process {pid} survived the reaper");
+        }
+        assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
+        assert!(adopter.managed_workflows().await.unwrap().is_empty());
+    }
+
+    /// Not a test: prints the output figures of the README's Performance section (run with
+    /// `cargo test --release --lib backend::local::tests::output_figures -- --ignored --nocapture`).
+    /// Throughput: a step printing 1,000,000 short lines, start to last line received.
+    /// Latency: a step printing its own clock every 20 ms, each line's arrival minus that clock.
+    #[tokio::test]
+    #[ignore]
+    async fn output_figures() {
+        let f = fixture().await;
+        let n = 1_000_000;
+        let started = std::time::Instant::now();
+        let handle = f
+            .backend
+            .start_step(
+                &f.wf,
+                &step_run(spec(
+                    "seq",
+                    &[&format!("seq -f 'log line %.0f of a noisy step' 1 {n}")],
+                )),
+            )
+            .await
+            .expect("start");
+        let StepHandle { mut output, exit } = handle;
+        let mut count = 0usize;
+        while output.recv().await.is_some() {
+            count += 1;
+        }
+        let took = started.elapsed();
+        assert_eq!(exit.await, exited(0));
+        println!(
+            "throughput: {} lines in {:.3} s: {:.0} lines/s",
+            count,
+            took.as_secs_f64(),
+            count as f64 / took.as_secs_f64()
+        );
+        let handle = f
+            .backend
+            .start_step(
+                &f.wf,
+                &step_run(spec(
+                    "clock",
+                    &["for i in $(seq 200); do date +%s%N; sleep 0.02; done"],
+                )),
+            )
+            .await
+            .expect("start");
+        let StepHandle { mut output, exit } = handle;
+        let mut delays = Vec::new();
+        while let Some(line) = output.recv().await {
+            let now = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+            if let Ok(printed) = line.text.trim().parse::<i64>() {
+                delays.push((now - printed) as f64 / 1e6);
+            }
+        }
+        assert_eq!(exit.await, exited(0));
+        delays.sort_by(f64::total_cmp);
+        let p = |q: f64| delays[((delays.len() - 1) as f64 * q) as usize];
+        println!(
+            "latency over {} lines: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            delays.len(),
+            p(0.5),
+            p(0.99),
+            p(1.0)
+        );
     }
 }

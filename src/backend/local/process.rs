@@ -1,0 +1,375 @@
+//! A step's processes: how one is spawned so that it outlives piculet and runs only once its
+//! record is durable, how its exit is known when piculet is not its parent, and how its
+//! process group is found and signalled.
+//!
+//! A step runs under a small wrapper shell, the leader of the step's own process group:
+//! 1. the wrapper first reads a go-ahead from its stdin, a pipe whose only writer is
+//!    piculet ([`Gate`]). piculet writes it once the attempt's record is fsynced. If piculet
+//!    dies before that, the pipe ends without it and the wrapper exits (125) without running
+//!    anything: no record means the step never ran;
+//! 2. it runs the step's program as its child, with stdin from `/dev/null` and stdout and
+//!    stderr on the attempt's log file (`O_APPEND`, no pipe: nothing dies of SIGPIPE or
+//!    blocks when no replica reads);
+//! 3. it writes the program's exit status to the attempt's exit file (a temporary file
+//!    renamed into place), for a replica that is not its parent, and exits with it.
+//!
+//! The wrapper catches SIGTERM, SIGINT and SIGHUP (a caught signal is reset to its default in
+//! the program it starts, so the step sees them as usual) so that stopping the group still
+//! lets it record how the step ended; SIGKILL ends it with the rest of the group. Its own
+//! messages (a shell's `Killed` about its child) go to /dev/null, not into the step's log:
+//! the program gets the log as stderr inside a subshell, whose redirection the wrapper's
+//! message no longer sees.
+//! One narrow race remains: a SIGTERM that arrives in the instant between the wrapper's fork
+//! and the program's exec is taken by the wrapper's handler in the child and lost, and the
+//! step is then killed when the stop's grace period ends, as a step ignoring SIGTERM is.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{self, Write as _};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::StepExit;
+
+/// The interval at which a process or group without a waiting parent is checked.
+pub(super) const POLL: Duration = Duration::from_millis(50);
+
+/// The wrapper, run as `sh -c WRAPPER piculet-step <exit file> <program> <args…>`.
+const WRAPPER: &str = r#"IFS= read -r go || exit 125
+[ "$go" = go ] || exit 125
+exec </dev/null
+trap : TERM INT HUP
+exit_file=$1
+shift
+exec 3>&2 2>/dev/null
+(exec "$@" 2>&3 3>&-)
+code=$?
+printf '%s\n' "$code" >"$exit_file.tmp" && command -p mv -f "$exit_file.tmp" "$exit_file"
+exit "$code"
+"#;
+
+/// The write end of a started step's start gate. Dropping it without [`open`](Self::open)
+/// (a failed start, or piculet's death, which closes it too) makes the step exit unrun.
+pub(super) struct Gate(std::io::PipeWriter);
+
+impl Gate {
+    /// Lets the step run. Three bytes into an empty pipe: never blocks.
+    pub(super) fn open(mut self) -> io::Result<()> {
+        self.0.write_all(b"go\n")
+    }
+}
+
+/// Spawns the wrapper for `program args` in a new process group, its output appended to
+/// `log`. The step waits at its gate until [`Gate::open`].
+pub(super) fn spawn_gated(
+    program: &str,
+    args: &[String],
+    env: &BTreeMap<OsString, OsString>,
+    dir: &Path,
+    log: &std::fs::File,
+    exit_file: &Path,
+) -> io::Result<(tokio::process::Child, Gate)> {
+    // Both ends are close-on-exec: a step spawned meanwhile by another task holds a copy only
+    // between its fork and its exec, so the gate still ends when piculet does.
+    let (reader, writer) = std::io::pipe()?;
+    let mut command = tokio::process::Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(WRAPPER)
+        .arg("piculet-step")
+        .arg(exit_file)
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .envs(env)
+        .current_dir(dir)
+        .stdin(Stdio::from(reader))
+        // One open file description with O_APPEND for both: lines of stdout and stderr stay
+        // in the order they were written.
+        .stdout(log.try_clone()?)
+        .stderr(log.try_clone()?)
+        .process_group(0)
+        // The step must outlive piculet: a dropped handle never kills it.
+        .kill_on_drop(false);
+    let child = command.spawn()?;
+    // `command` holds a copy of the gate's read end; only the wrapper may keep one.
+    drop(command);
+    Ok((child, Gate(writer)))
+}
+
+/// Where `program` would be found by the wrapper's `"$@"`: a path with a `/` as it is, a
+/// bare name on the step's `PATH`. An error when it cannot be run, so that a missing program
+/// is refused at start as before, not reported as exit 127.
+pub(super) fn check_program(
+    program: &str,
+    env: &BTreeMap<OsString, OsString>,
+    dir: &Path,
+) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &Path| -> io::Result<()> {
+        let meta = std::fs::metadata(path)?;
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not an executable file",
+            ))
+        }
+    };
+    if program.contains('/') {
+        return executable(&dir.join(program));
+    }
+    let path = env
+        .get(&OsString::from("PATH"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "not found on PATH");
+    for entry in path.split(':') {
+        let candidate = dir
+            .join(if entry.is_empty() { "." } else { entry })
+            .join(program);
+        match executable(&candidate) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// How a step ended, from its exit status as the wrapper saw it. A shell reports a program
+/// killed by signal N as 128+N, so such a status is read as that signal (the wrapper cannot
+/// tell it from a program exiting 128+N itself; the code is exact either way).
+pub(super) fn exit_from_code(code: i32) -> StepExit {
+    match code {
+        129..=159 => StepExit::Exited {
+            code,
+            reason: Some(format!("killed by signal {}", code - 128)),
+        },
+        _ => StepExit::Exited { code, reason: None },
+    }
+}
+
+/// How a step ended, from the wrapper's status when piculet is its parent.
+pub(super) fn exit_of(status: io::Result<ExitStatus>) -> StepExit {
+    match status {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => exit_from_code(code),
+            (None, Some(signal)) => killed_by(signal),
+            (None, None) => StepExit::Error {
+                reason: format!("the step's process ended in an unknown way: {status}"),
+            },
+        },
+        Err(e) => StepExit::Error {
+            reason: format!("cannot wait for the step's process: {e}"),
+        },
+    }
+}
+
+pub(super) fn killed_by(signal: i32) -> StepExit {
+    StepExit::Exited {
+        code: 128 + signal,
+        reason: Some(format!("killed by signal {signal}")),
+    }
+}
+
+/// Sends `signal` to a process group. Ids that would reach piculet's own group (0, our own
+/// group id) or init's are never signalled, whatever a record says.
+pub(super) fn signal_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: getpgrp and killpg take plain integers and have no memory effects.
+    unsafe {
+        if pgid > 1 && pgid != libc::getpgrp() {
+            // ESRCH (the group is gone) is the expected outcome of a race with its end.
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+/// Whether a process group still has a live (non-zombie) member.
+pub(super) fn group_alive(pgid: i32) -> bool {
+    // SAFETY: getpgrp and kill take plain integers and have no memory effects.
+    let exists = pgid > 1 && unsafe { pgid != libc::getpgrp() && libc::kill(-pgid, 0) == 0 };
+    // A group of zombies also answers: when their parent (here, init after a restart) is slow
+    // to reap them, they are still dead. /proc tells them apart; without it, trust kill.
+    exists && group_has_live_member(pgid).unwrap_or(true)
+}
+
+/// `(state, pgrp, starttime)` of a process from `/proc/<pid>/stat`.
+fn proc_stat(pid: &str) -> Option<(String, i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp … starttime(22nd)`; comm may hold spaces and parentheses.
+    let (_, after) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let state = fields.first()?.to_string();
+    let pgrp = fields.get(2)?.parse().ok()?;
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, pgrp, start))
+}
+
+fn group_has_live_member(pgid: i32) -> Option<bool> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Some((state, pgrp, _)) = proc_stat(pid)
+            && pgrp == pgid
+            && !matches!(state.as_str(), "Z" | "X")
+        {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// A process's start time (see [`super::record::Record::proc_start`]).
+pub(super) fn proc_start(pid: i32) -> Option<u64> {
+    proc_stat(&pid.to_string()).map(|(_, _, start)| start)
+}
+
+/// Whether the process `pid`, started at `start` when known, is alive and not a zombie.
+pub(super) fn process_alive(pid: i32, start: Option<u64>) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    match proc_stat(&pid.to_string()) {
+        Some((state, _, started)) => {
+            !matches!(state.as_str(), "Z" | "X") && start.is_none_or(|s| s == started)
+        }
+        // SAFETY: kill with signal 0 only checks for existence.
+        None => std::fs::metadata("/proc/self").is_err() && unsafe { libc::kill(pid, 0) == 0 },
+    }
+}
+
+/// Stops a group this process is not the parent of: SIGTERM, then SIGKILL after `grace`.
+/// Returns the last signal sent, if any.
+pub(super) async fn stop_group(pgid: i32, grace: Duration) -> Option<i32> {
+    if !group_alive(pgid) {
+        return None;
+    }
+    signal_group(pgid, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            signal_group(pgid, libc::SIGKILL);
+            return Some(libc::SIGKILL);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Some(libc::SIGTERM)
+}
+
+/// Waits, up to `limit`, until a group has no live member.
+pub(super) async fn wait_group_gone(pgid: i32, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while group_alive(pgid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("piculet-gate-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn env() -> BTreeMap<OsString, OsString> {
+        BTreeMap::from([("PATH".into(), "/usr/bin:/bin".into())])
+    }
+
+    /// The gate closed without its go-ahead (a failed start, or piculet killed before the
+    /// record was durable, whose death closes the pipe the same way): nothing runs.
+    #[tokio::test]
+    async fn a_start_whose_gate_never_opens_never_runs() {
+        let dir = temp_dir();
+        let marker = dir.join("ran");
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let args = vec!["-c".to_string(), format!("touch {}", marker.display())];
+        let (mut child, gate) =
+            spawn_gated("/bin/sh", &args, &env(), &dir, &log, &dir.join("exit")).unwrap();
+        // Still waiting at its gate: alive, nothing run.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!marker.exists());
+        drop(gate);
+        let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("the wrapper gives up")
+            .unwrap();
+        assert_eq!(status.code(), Some(125));
+        assert!(!marker.exists(), "the program ran without its go-ahead");
+        assert!(!dir.join("exit").exists());
+
+        // The same start with the go-ahead runs, and records its exit.
+        let (mut child, gate) =
+            spawn_gated("/bin/sh", &args, &env(), &dir, &log, &dir.join("exit")).unwrap();
+        gate.open().unwrap();
+        let status = child.wait().await.unwrap();
+        assert_eq!(status.code(), Some(0));
+        assert!(marker.exists());
+        assert_eq!(std::fs::read_to_string(dir.join("exit")).unwrap(), "0\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_wrapper_records_the_status_and_survives_a_terminate() {
+        let dir = temp_dir();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let args = vec!["-c".to_string(), "echo started; sleep 30".to_string()];
+        let (mut child, gate) =
+            spawn_gated("/bin/sh", &args, &env(), &dir, &log, &dir.join("exit")).unwrap();
+        gate.open().unwrap();
+        let pid = child.id().unwrap() as i32;
+        let start = proc_start(pid);
+        assert!(process_alive(pid, start));
+        assert!(
+            !process_alive(pid, start.map(|s| s + 1)),
+            "another start time"
+        );
+        // Once the step printed, its group gets SIGTERM.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(dir.join("log")).unwrap_or_default() != "started\n" {
+            assert!(Instant::now() < deadline, "the step did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        signal_group(pid, libc::SIGTERM);
+        let status = child.wait().await.unwrap();
+        assert_eq!(exit_of(Ok(status)), killed_by(libc::SIGTERM));
+        assert_eq!(std::fs::read_to_string(dir.join("exit")).unwrap(), "143\n");
+        assert!(!group_alive(pid));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn programs_are_checked_before_the_start() {
+        let dir = temp_dir();
+        assert!(check_program("sh", &env(), &dir).is_ok());
+        assert!(check_program("/bin/sh", &env(), &dir).is_ok());
+        let missing = check_program("/nonexistent/x", &env(), &dir).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            check_program("piculet-no-such-program", &env(), &dir)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        std::fs::write(dir.join("plain"), "x").unwrap();
+        assert_eq!(
+            check_program("./plain", &env(), &dir).unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
