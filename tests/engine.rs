@@ -892,13 +892,13 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
     let mut first = Server::start(&app.database_url, &data_dir).await;
     let client = reqwest::Client::new();
     let auth = format!("Bearer {}", common::TOKEN);
-    // Two workflows at once: one step that keeps printing (it dies with the server's pipe)
-    // and one that is silent (it outlives the server).
+    // Two workflows at once: one step that keeps printing numbered lines and one that is
+    // silent; both outlive the server (their output goes to a file, not a pipe).
     let p: Value = client
         .post(format!("{}/api/v1/pipelines", first.base))
         .header("authorization", &auth)
         .json(&json!({"configs": [
-            {"name": "chatty", "content": "steps:\n  - name: ticking\n    image: alpine\n    commands: ['while true; do echo tick; sleep 0.05; done']\n  - name: after-ticking\n    image: alpine\n    commands: [echo after]\n"},
+            {"name": "chatty", "content": "steps:\n  - name: ticking\n    image: alpine\n    commands: ['i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.05; done']\n  - name: after-ticking\n    image: alpine\n    commands: [echo after]\n"},
             {"name": "quiet", "content": "steps:\n  - name: sleeping\n    image: alpine\n    commands: [echo started, sleep 600]\n  - name: after-sleeping\n    image: alpine\n    commands: [echo after]\n"}
         ]}))
         .send()
@@ -943,28 +943,54 @@ async fn sigterm_leaves_running_work_for_the_next_replica(db: Db) {
     assert!(log_text(&app, &sleeping).await.contains("started\n"));
     let ticking = step_id(&p, "ticking");
     let ticks_before = log_text(&app, &ticking).await;
-    assert!(ticks_before.contains("tick\n"));
+    assert!(ticks_before.contains("tick 1\n"));
 
+    // The next replica re-attaches to both: the ticking step's log goes on where it stopped,
+    // every line exactly once (the numbers run without gap or repeat).
     let mut second = Server::start(&app.database_url, &data_dir).await;
-    let done = wait_finished(&app, &pid, 60).await;
-    for (step, after) in [("sleeping", "after-sleeping"), ("ticking", "after-ticking")] {
-        let s = find_step(&done, step).unwrap();
-        assert_eq!(s["status"], "error", "{done:#}");
+    let before = ticks_before.lines().count();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ticks = loop {
+        let ticks = log_text(&app, &ticking).await;
+        if ticks.lines().count() >= before + 20 {
+            break ticks;
+        }
         assert!(
-            s["reason"]
-                .as_str()
-                .unwrap()
-                .starts_with("lost: piculet stopped while the step ran"),
-            "{s}"
+            std::time::Instant::now() < deadline,
+            "no new line after adoption: {ticks}"
         );
-        assert_eq!(
-            find_step(&done, after).unwrap()["status"],
-            "skipped",
-            "not run after the loss"
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let numbers: Vec<usize> = ticks
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len()).collect::<Vec<_>>(), "{ticks}");
+    let status = client
+        .post(format!("{}/api/v1/pipelines/{pid}/cancel", second.base))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success(), "{status}");
+    let done = wait_finished(&app, &pid, 60).await;
+    for step in ["sleeping", "ticking"] {
+        let s = find_step(&done, step).unwrap();
+        assert_ne!(s["status"], "success", "{done:#}");
+        assert!(
+            !s["reason"].as_str().unwrap_or_default().starts_with("lost"),
+            "re-attached, not lost: {s}"
         );
     }
-    // Not run twice: the log of the step that died is what it printed before, nothing more.
-    assert_eq!(log_text(&app, &ticking).await, ticks_before);
+    // Started once: the silent step printed its line once.
+    let silent = log_text(&app, &sleeping).await;
+    assert_eq!(
+        silent.lines().filter(|l| *l == "started").count(),
+        1,
+        "{silent}"
+    );
     second.terminate();
 }
 
