@@ -41,8 +41,8 @@ pub(super) const DRAIN_GRACE: Duration = Duration::from_secs(1);
 pub(super) const OUTPUT_CAPACITY: usize = 1024;
 const READ_BUFFER: usize = 64 * 1024;
 /// The first wait after the log had nothing new, doubled while it stays idle up to
-/// [`IDLE_MAX`]: a step printing steadily is read within about a millisecond, one that was idle within
-/// 5 ms, for 200 empty reads a second while it stays idle.
+/// [`IDLE_MAX`]: a step printing steadily is read within about a millisecond, one that was
+/// idle within 5 ms, for 200 empty reads a second while it stays idle.
 const IDLE_MIN: Duration = Duration::from_millis(1);
 const IDLE_MAX: Duration = Duration::from_millis(5);
 
