@@ -301,7 +301,12 @@ fn render_shows_the_restricted_profiles_user() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let yaml = text(&out.stdout);
-    for field in ["runAsUser: 2000", "runAsGroup: 1000", "fsGroup: 1000", "runAsNonRoot: true"] {
+    for field in [
+        "runAsUser: 2000",
+        "runAsGroup: 1000",
+        "fsGroup: 1000",
+        "runAsNonRoot: true",
+    ] {
         assert!(yaml.contains(field), "{field} in\n{yaml}");
     }
 }

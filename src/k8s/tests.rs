@@ -748,7 +748,12 @@ fn non_root_pods_run_as_the_configured_user_unless_the_step_says_otherwise() {
             .and_then(|p| p.spec.as_ref())
             .and_then(|s| s.security_context.clone())
             .expect("pod security context");
-        (sc.run_as_user, sc.run_as_group, sc.fs_group, sc.run_as_non_root)
+        (
+            sc.run_as_user,
+            sc.run_as_group,
+            sc.fs_group,
+            sc.run_as_non_root,
+        )
     };
     for profile in [("pod_security", "restricted"), ("secctx_nonroot", "true")] {
         let r = render_ok(&config(&[profile]), &input(plan_with(yaml, &[], true)));
@@ -771,7 +776,10 @@ fn non_root_pods_run_as_the_configured_user_unless_the_step_says_otherwise() {
         ("run_as_group", "3000"),
     ]);
     let r = render_ok(&custom, &input(plan_with(yaml, &[], true)));
-    assert_eq!(ids(&r, "build"), (Some(2000), Some(3000), Some(3000), Some(true)));
+    assert_eq!(
+        ids(&r, "build"),
+        (Some(2000), Some(3000), Some(3000), Some(true))
+    );
     // `image`: the image's own user, checked by the kubelet.
     let image = config(&[
         ("pod_security", "restricted"),

@@ -1017,7 +1017,12 @@ impl Driver {
                  (PICULET_K8S_LOG_RETRY_TIMEOUT): {error}",
                 humantime::format_duration(self.log_retry_timeout)
             );
-            let _ = out.send(OutputLine { at: Utc::now(), text }).await;
+            let _ = out
+                .send(OutputLine {
+                    at: Utc::now(),
+                    text,
+                })
+                .await;
         }
         drop(out);
 
