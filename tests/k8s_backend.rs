@@ -652,7 +652,17 @@ steps:
     env.cluster.stop_kubelet();
     // Every line is written while the kubelet is away.
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The kubelet reports the end at once, but log reads keep failing for a while longer
+    // (the API server's connection to the kubelet comes back last): longer than a single
+    // API call's own retries last, shorter than PICULET_K8S_LOG_RETRY_TIMEOUT.
+    env.cluster.faults().fail_requests(
+        RequestMatch::new("get", "pods/log"),
+        ApiFailure::InternalError,
+        1000,
+    );
     env.cluster.start_kubelet();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.cluster.faults().clear_api_faults();
     let p = wait_finished(&env.app, &id, 60).await;
     assert_eq!(p["status"], "success", "{p:#}");
     let log = log_text(&env.app, &step_id(&p, "printer")).await;

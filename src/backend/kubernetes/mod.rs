@@ -62,7 +62,9 @@ impl Outage {
             deadline: Instant::now() + budget,
             waits: backon::ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(100))
-                .with_max_delay(Duration::from_secs(5))
+                // A kubelet restart takes seconds; reads at most 2 s apart catch its return
+                // soon, and the client-side rate limiter bounds their sum over many steps.
+                .with_max_delay(Duration::from_secs(2))
                 .with_jitter()
                 .without_max_times()
                 .build(),
