@@ -125,7 +125,8 @@ async fn twenty_kills_of_a_replica_run_every_step_once_and_keep_every_line() {
         let body: Value = r.json().await.unwrap();
         ids.push(body["id"].as_str().unwrap().to_string());
         // Kill at a varying point of a step's life: before its pod, mid-log, at its end.
-        tokio::time::sleep(Duration::from_millis(700 + (kill as u64 % 5) * 300)).await;
+        const AFTER_MS: [u64; 5] = [50, 700, 1000, 1300, 1900];
+        tokio::time::sleep(Duration::from_millis(AFTER_MS[kill % AFTER_MS.len()])).await;
         let victim = kill % 2;
         let _ = replicas[victim].child.kill();
         let _ = replicas[victim].child.wait();
