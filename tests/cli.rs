@@ -283,3 +283,30 @@ fn render_applies_the_administrators_policy() {
         "{stderr}"
     );
 }
+
+/// The dry run shows the user a restricted pod runs as, so that a user can see why an image
+/// that expects root behaves differently.
+#[test]
+fn render_shows_the_restricted_profiles_user() {
+    let file = temp_file(
+        "ci.yaml",
+        "steps:\n  - name: test\n    image: golang:1.22\n    commands: [go test]\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_piculet"))
+        .args(["render", file.to_str().unwrap()])
+        .env_clear()
+        .env("PICULET_K8S_POD_SECURITY", "restricted")
+        .env("PICULET_K8S_RUN_AS_USER", "2000")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    for field in [
+        "runAsUser: 2000",
+        "runAsGroup: 1000",
+        "fsGroup: 1000",
+        "runAsNonRoot: true",
+    ] {
+        assert!(yaml.contains(field), "{field} in\n{yaml}");
+    }
+}

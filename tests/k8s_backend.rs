@@ -560,6 +560,201 @@ steps:
     );
 }
 
+/// The pod whose name starts with `prefix-`, once it exists, and its log once it has `lines`
+/// lines.
+async fn wait_for_lines(cluster: &FakeCluster, prefix: &str, lines: usize) -> String {
+    for _ in 0..800 {
+        let pod = cluster
+            .objects(Resource::Pods, Some(NS))
+            .into_iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .find(|n| n.starts_with(&format!("{prefix}-")));
+        if let Some(name) = pod
+            && cluster
+                .log(NS, &name, "step")
+                .is_some_and(|l| l.lines().count() >= lines)
+        {
+            return name;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{prefix} never printed {lines} lines");
+}
+
+/// Waits until piculet follows a log (the container was reported running).
+async fn wait_following(cluster: &FakeCluster) {
+    for _ in 0..800 {
+        if cluster.count("get", "pods/log") > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no log was followed");
+}
+
+/// Log answers of the fake with this status code.
+fn log_answers(cluster: &FakeCluster, status: u16) -> usize {
+    cluster
+        .requests()
+        .iter()
+        .filter(|r| r.resource == "pods/log" && r.status == status)
+        .count()
+}
+
+/// Recording 80 on the fake: the open follow ends like a finished log while the container
+/// runs on, new reads answer 500 for the outage, then `sinceTime` has every line.
+async fn a_kubelet_restart_loses_no_line_and_repeats_none(db: Db) {
+    let env = Env::start(db, |_| {}).await;
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: printer
+    image: busybox:1.36
+    commands:
+      - for i in $(seq 1 60); do echo line $i; sleep 0.05; done
+",
+        )
+        .await;
+    wait_for_lines(&env.cluster, "printer", 10).await;
+    wait_following(&env.cluster).await;
+    env.cluster.restart_kubelet(Duration::from_millis(1200));
+    let p = wait_finished(&env.app, &id, 60).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "printer")).await;
+    let expected: Vec<String> = (1..=60).map(|i| format!("line {i}")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("+ ")).collect();
+    assert_eq!(lines, expected, "{log}");
+    assert!(
+        log_answers(&env.cluster, 500) >= 1,
+        "the outage was seen: {:?}",
+        env.cluster.requests()
+    );
+}
+
+/// A container that ends while the kubelet is down is seen to end only once it is back; the
+/// read of its end must get through the 500s too.
+async fn a_step_that_ends_during_a_kubelet_outage_keeps_its_last_lines(db: Db) {
+    let env = Env::start(db, |_| {}).await;
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: printer
+    image: busybox:1.36
+    commands:
+      - for i in $(seq 1 20); do echo line $i; sleep 0.05; done
+",
+        )
+        .await;
+    wait_for_lines(&env.cluster, "printer", 3).await;
+    wait_following(&env.cluster).await;
+    env.cluster.stop_kubelet();
+    // Every line is written while the kubelet is away.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The kubelet reports the end at once, but log reads keep failing for a while longer
+    // (the API server's connection to the kubelet comes back last): longer than a single
+    // API call's own retries last, shorter than PICULET_K8S_LOG_RETRY_TIMEOUT.
+    env.cluster.faults().fail_requests(
+        RequestMatch::new("get", "pods/log"),
+        ApiFailure::InternalError,
+        1000,
+    );
+    env.cluster.start_kubelet();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    env.cluster.faults().clear_api_faults();
+    let p = wait_finished(&env.app, &id, 60).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "printer")).await;
+    let expected: Vec<String> = (1..=20).map(|i| format!("line {i}")).collect();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.starts_with("+ ")).collect();
+    assert_eq!(lines, expected, "{log}");
+    assert!(log_answers(&env.cluster, 500) >= 1);
+}
+
+/// With the outage outlasting PICULET_K8S_LOG_RETRY_TIMEOUT the rest of the log is given up,
+/// and the log says so rather than ending as if complete.
+async fn an_outage_past_the_log_retry_timeout_is_written_into_the_log(db: Db) {
+    let env = Env::start(db, |s| {
+        s.kubernetes.log_retry_timeout = Some("1s".into());
+    })
+    .await;
+    let id = env
+        .submit(
+            "\
+steps:
+  - name: printer
+    image: busybox:1.36
+    commands:
+      - for i in $(seq 1 30); do echo line $i; sleep 0.05; done
+",
+        )
+        .await;
+    let pod = wait_for_lines(&env.cluster, "printer", 3).await;
+    wait_following(&env.cluster).await;
+    env.cluster.stop_kubelet();
+    // The container ends unseen; the kubelet's status comes back, the logs do not.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    env.cluster.faults().fail_requests(
+        RequestMatch::new("get", "pods/log"),
+        ApiFailure::InternalError,
+        1000,
+    );
+    env.cluster.start_kubelet();
+    let p = wait_finished(&env.app, &id, 60).await;
+    env.cluster.faults().clear_api_faults();
+    assert_eq!(p["status"], "success", "{p:#}");
+    let log = log_text(&env.app, &step_id(&p, "printer")).await;
+    let last = log.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("piculet: the rest of this log could not be read within 1s (PICULET_K8S_LOG_RETRY_TIMEOUT)"),
+        "{log}"
+    );
+    assert!(log.lines().count() < 32, "{pod}: {log}");
+}
+
+on_both_databases!(
+    a_kubelet_restart_loses_no_line_and_repeats_none,
+    a_step_that_ends_during_a_kubelet_outage_keeps_its_last_lines,
+    an_outage_past_the_log_retry_timeout_is_written_into_the_log,
+);
+
+/// The restricted profile runs images whose user is root as PICULET_K8S_RUN_AS_USER; with
+/// `image`, the kubelet's refusal reaches the user in its own words.
+#[tokio::test]
+async fn restricted_pods_run_root_images_as_the_configured_user() {
+    for (user, ok) in [(None, true), (Some("image"), false)] {
+        let dir = temp_dir();
+        let cluster = FakeCluster::start_with(FakeConfig {
+            fs_root: Some(dir.join("fs")),
+            ..FakeConfig::default()
+        });
+        cluster.set_namespace_label(NS, "pod-security.kubernetes.io/enforce", "restricted");
+        let env = Env::start_in(cluster, dir, Db::Postgres, |s| {
+            s.kubernetes.pod_security = Some("restricted".into());
+            s.kubernetes.run_as_user = user.map(str::to_string);
+        })
+        .await;
+        let p = env
+            .run("steps: [{name: build, image: 'busybox:1.36', commands: [echo built]}]")
+            .await;
+        let build = step(&p, "build");
+        if ok {
+            assert_eq!(p["status"], "success", "{p:#}");
+        } else {
+            assert_eq!(build["status"], "error", "{p:#}");
+            let reason = build["reason"].as_str().unwrap_or_default();
+            assert!(
+                reason.starts_with(
+                    "CreateContainerConfigError: container has runAsNonRoot and image will run as root (pod: \"build-"
+                ) && reason.ends_with(", container: step)"),
+                "{reason}"
+            );
+        }
+        assert_eq!(env.wait_clean().await, Vec::<String>::new());
+    }
+}
+
 #[tokio::test]
 async fn an_oom_killed_container_fails_with_its_reason() {
     let env = Env::start(Db::Postgres, |_| {}).await;

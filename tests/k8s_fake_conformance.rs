@@ -1111,3 +1111,232 @@ async fn t70_owner_deleted_in_background_collects_the_pod() {
         .is_some();
     assert!(graced, "the collector deletes with the default 30 s grace");
 }
+
+// ---------------------------------------------------------------------------
+// 80–81 (v1.34): a kubelet restart under a followed log; runAsNonRoot with a
+// root image
+
+/// The lines of a log body with timestamps: (whole second, text).
+fn stamped_lines(body: &[u8]) -> Vec<(String, String)> {
+    String::from_utf8_lossy(body)
+        .split_inclusive('\n')
+        .map(|l| {
+            assert!(l.ends_with('\n'), "a cut line: {l:?}");
+            let (ts, text) = l.trim_end_matches('\n').split_once(' ').expect("stamp");
+            (ts[..19].to_string(), text.to_string())
+        })
+        .collect()
+}
+
+fn line_numbers(lines: &[(String, String)]) -> Vec<u32> {
+    lines
+        .iter()
+        .map(|(_, t)| {
+            t.strip_prefix("line-")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line {t:?}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn t80_kubelet_restart_ends_follows_cleanly_then_500_then_since_time_has_every_line() {
+    let cluster = FakeCluster::start();
+    // Recording 80's pod, ten times faster.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "counter"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "counter",
+            "image": "busybox:1.36",
+            "command": ["sh", "-c", "for i in $(seq 1 40); do echo line-$i; sleep 0.05; done"]}]}});
+    post_pod(&cluster, "ci", &serde_json::to_vec(&pod).unwrap()).await;
+    wait_running(&cluster, "ci", "counter").await;
+
+    // a: a follow open when the kubelet dies ends like a finished log.
+    let (areq, arec) = load("80-logs-kubelet-restart/a-follow-open-when-kubelet-dies");
+    let (a, _) = tokio::join!(replay(&cluster, &areq), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.stop_kubelet();
+    });
+    assert_envelope("80/a", &a, &arec);
+    let a_lines = stamped_lines(&a.body);
+    let a_numbers = line_numbers(&a_lines);
+    assert!(
+        !a_numbers.is_empty() && a_numbers.len() < 40,
+        "{a_numbers:?}"
+    );
+    assert_eq!(a_numbers, (1..=a_numbers.len() as u32).collect::<Vec<_>>());
+    // The container ran on: its output grows while the pod still says Running.
+    let before = cluster.log("ci", "counter", "counter").unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = cluster.log("ci", "counter", "counter").unwrap_or_default();
+    assert!(after.lines().count() > before.lines().count());
+    let p = cluster
+        .object(Resource::Pods, "ci", "counter")
+        .expect("pod");
+    assert_eq!(p["status"]["phase"], "Running");
+
+    // b: a new follow during the outage: 500, the API server's failed dial.
+    let since = format!("{}Z", a_lines.last().expect("a line").0);
+    let since_q = since.replace(':', "%3A");
+    let (breq, brec) = load("80-logs-kubelet-restart/b-follow-while-kubelet-down");
+    let uri = breq.uri.replace("2026-12-05T23%3A39%3A19Z", &since_q);
+    let b = send(&cluster, "GET", &uri, &breq.headers, b"").await;
+    assert_envelope("80/b", &b, &brec);
+    let mut expected = brec.json();
+    let message = expected["message"]
+        .as_str()
+        .unwrap_or_default()
+        .replace("127.0.0.1", fake_k8s::kubelet::HOST_IP)
+        .replace("2026-12-05T23%3A39%3A19Z", &since_q);
+    expected["message"] = json!(message);
+    assert_eq!(b.json(), expected);
+
+    // c: once the kubelet is back, sinceTime gives every line from the second
+    // the outage began, those already delivered in that second first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster.start_kubelet();
+    let (creq, crec) = load("80-logs-kubelet-restart/c-follow-since-outage-after-kubelet-back");
+    let uri = creq.uri.replace("2026-12-05T23%3A39%3A19Z", &since_q);
+    let c = send(&cluster, "GET", &uri, &creq.headers, b"").await;
+    assert_envelope("80/c", &c, &crec);
+    let c_lines = stamped_lines(&c.body);
+    let c_numbers = line_numbers(&c_lines);
+    let repeated = a_lines
+        .iter()
+        .filter(|(s, _)| s.as_str() == &since[..19])
+        .count();
+    let first = a_numbers.len() - repeated + 1;
+    assert_eq!(c_numbers, (first as u32..=40).collect::<Vec<_>>());
+    assert_eq!(c_lines[0].0, since[..19]);
+    // The recording has the same shape: c starts inside a's last second.
+    let rec_a = stamped_lines(&arec.body);
+    let rec_c = stamped_lines(&crec.body);
+    assert_eq!(rec_c[0].0, rec_a.last().expect("line").0);
+    assert!(rec_a.contains(&rec_c[0]));
+    assert_eq!(rec_c.last().map(|l| l.1.as_str()), Some("line-40"));
+}
+
+#[tokio::test]
+async fn t81_run_as_non_root_with_a_root_image_never_starts() {
+    let cluster = FakeCluster::start();
+    let folder = "81-status-runasnonroot-root-image";
+    let created = post_pod(&cluster, "ci", &create_body(&format!("{folder}/create"))).await;
+    let uid = created.json()["metadata"]["uid"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let ours = cluster
+        .wait_for_pod("ci", "nonroot", Duration::from_secs(10), |p| {
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        })
+        .await
+        .expect("the kubelet refuses the container");
+    let (_, rec) = load(&format!("{folder}/get"));
+    let rec = rec.json();
+    let rec_uid = rec["metadata"]["uid"].as_str().unwrap_or_default();
+    let mut expected = rec["status"]["containerStatuses"][0]["state"].clone();
+    let message = expected["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .replace(rec_uid, &uid);
+    expected["waiting"]["message"] = json!(message);
+    let status = &ours["status"]["containerStatuses"][0];
+    assert_eq!(status["state"], expected);
+    for key in ["ready", "started", "restartCount", "imageID"] {
+        assert_eq!(
+            status[key], rec["status"]["containerStatuses"][0][key],
+            "{key}"
+        );
+    }
+    assert_eq!(ours["status"]["phase"], "Pending");
+    // For good: the kubelet retries and nothing changes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = cluster
+        .object(Resource::Pods, "ci", "nonroot")
+        .expect("pod");
+    assert_eq!(later["status"]["phase"], "Pending");
+    assert_eq!(later["status"]["containerStatuses"][0]["state"], expected);
+
+    // With runAsUser 1000 the same image runs.
+    post_pod(
+        &cluster,
+        "ci",
+        &create_body(&format!("{folder}/create-uid1000")),
+    )
+    .await;
+    let done = wait_phase(&cluster, "ci", "nonroot-uid1000", "Succeeded").await;
+    let (_, rec) = load(&format!("{folder}/get-uid1000"));
+    let rec = rec.json();
+    assert_eq!(done["status"]["phase"], rec["status"]["phase"]);
+    assert_eq!(
+        done["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        rec["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
+    );
+}
+
+#[test]
+fn run_as_non_root_rules_follow_the_kubelet() {
+    use fake_k8s::kubelet::verify_run_as_non_root as verify;
+    let pod = |v: Value| v;
+    let none = Value::Null;
+    let p = "p_ci(u)";
+    // Not asked for: anything runs.
+    assert!(verify(&none, &none, "", p, "step").is_ok());
+    // Asked for on the pod, the image is root (no user, or 0).
+    for user in ["", "0", "0:0"] {
+        assert_eq!(
+            verify(&pod(json!({"runAsNonRoot": true})), &none, user, p, "step"),
+            Err("container has runAsNonRoot and image will run as root (pod: \"p_ci(u)\", container: step)".into())
+        );
+    }
+    // A numeric non-root image user, or an explicit runAsUser, passes.
+    assert!(verify(&json!({"runAsNonRoot": true}), &none, "65532", p, "step").is_ok());
+    assert!(
+        verify(
+            &json!({"runAsNonRoot": true, "runAsUser": 1000}),
+            &none,
+            "",
+            p,
+            "step"
+        )
+        .is_ok()
+    );
+    // The container's context wins over the pod's.
+    assert!(
+        verify(
+            &json!({"runAsNonRoot": true}),
+            &json!({"runAsNonRoot": false}),
+            "",
+            p,
+            "step"
+        )
+        .is_ok()
+    );
+    assert!(
+        verify(
+            &json!({"runAsNonRoot": true}),
+            &json!({"runAsUser": 5}),
+            "",
+            p,
+            "step"
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        verify(
+            &json!({"runAsNonRoot": true, "runAsUser": 0}),
+            &none,
+            "",
+            p,
+            "step"
+        ),
+        Err(
+            "container's runAsUser breaks non-root policy (pod: \"p_ci(u)\", container: step)"
+                .into()
+        )
+    );
+    assert_eq!(
+        verify(&json!({"runAsNonRoot": true}), &none, "nobody", p, "step"),
+        Err("container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: \"p_ci(u)\", container: step)".into())
+    );
+}

@@ -145,12 +145,24 @@ pub(crate) fn contexts(
         );
     }
 
-    let non_root = run_as_non_root == Some(true) || sc.run_as_user.is_some_and(|u| u > 0);
+    // With non-root required by the administrator, a pod without a user of its own runs as
+    // PICULET_K8S_RUN_AS_USER/_GROUP: the kubelet refuses `runAsNonRoot` for an image whose
+    // user is root (busybox, alpine, golang: most CI images), so leaving the user to the image
+    // would fail them all (recording 81). `image` in the setting keeps the image's user.
+    let (run_as_user, run_as_group) = if nonroot_rule.is_some() {
+        (
+            sc.run_as_user.or(config.run_as_user),
+            sc.run_as_group.or(config.run_as_group),
+        )
+    } else {
+        (sc.run_as_user, sc.run_as_group)
+    };
+    let non_root = run_as_non_root == Some(true) || run_as_user.is_some_and(|u| u > 0);
     let fs_group = sc.fs_group.or_else(|| {
         non_root.then(|| {
-            sc.run_as_group
+            run_as_group
                 .filter(|g| *g > 0)
-                .or(sc.run_as_user.filter(|u| *u > 0))
+                .or(run_as_user.filter(|u| *u > 0))
                 .unwrap_or(DEFAULT_FS_GROUP)
         })
     });
@@ -183,8 +195,8 @@ pub(crate) fn contexts(
 
     let pod = PodSecurityContext {
         run_as_non_root,
-        run_as_user: sc.run_as_user,
-        run_as_group: sc.run_as_group,
+        run_as_user,
+        run_as_group,
         fs_group,
         fs_group_change_policy: sc.fs_group_change_policy.clone(),
         seccomp_profile: seccomp,

@@ -162,6 +162,24 @@ pub struct KubernetesSettings {
     )]
     pub pod_security: Option<String>,
 
+    /// User every pod runs as when non-root is required (PICULET_K8S_POD_SECURITY=restricted or PICULET_K8S_SECCTX_NONROOT) and the step sets no runAsUser; `image` keeps the image's own user (which the kubelet refuses when it is root) [default: 1000]
+    #[arg(
+        long = "k8s-run-as-user",
+        env = "PICULET_K8S_RUN_AS_USER",
+        global = true,
+        value_name = "UID"
+    )]
+    pub run_as_user: Option<String>,
+
+    /// Group every pod runs as when non-root is required and the step sets no runAsGroup; `image` keeps the image's group. The workspace's fsGroup follows it [default: 1000]
+    #[arg(
+        long = "k8s-run-as-group",
+        env = "PICULET_K8S_RUN_AS_GROUP",
+        global = true,
+        value_name = "GID"
+    )]
+    pub run_as_group: Option<String>,
+
     /// Comma-separated backend_options.kubernetes fields a step may set: nodeSelector, tolerations, affinity, serviceAccountName, runtimeClassName, labels, annotations, hostUsers, secrets [default: none]
     #[arg(
         long = "k8s-allow-from-step",
@@ -269,6 +287,15 @@ pub struct KubernetesSettings {
         value_name = "DURATION"
     )]
     pub start_timeout: Option<String>,
+
+    /// How long reading a step's log is retried while the API server cannot serve it (a kubelet restart answers 500) before the rest of the log is given up [default: 5m]
+    #[arg(
+        long = "k8s-log-retry-timeout",
+        env = "PICULET_K8S_LOG_RETRY_TIMEOUT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub log_retry_timeout: Option<String>,
 
     /// Requests per second to the Kubernetes API [default: 20]
     #[arg(
@@ -841,6 +868,12 @@ pub struct KubernetesConfig {
     pub volumes: Vec<AdminVolume>,
     pub clone_image: String,
     pub start_timeout: Duration,
+    /// How long a log read is retried through an outage.
+    pub log_retry_timeout: Duration,
+    /// The user and group of pods that must run as non-root, when the step names none;
+    /// `None`: the image's own.
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
     pub qps: f32,
     pub burst: u32,
     pub kubeconfig: Option<PathBuf>,
@@ -856,6 +889,10 @@ pub const DEFAULT_NAMESPACE: &str = "piculet";
 pub const DEFAULT_VOLUME_SIZE: &str = "10G";
 pub const DEFAULT_CLONE_IMAGE: &str = "docker.io/woodpeckerci/plugin-git:2.6";
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(180);
+pub const DEFAULT_LOG_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
+/// The user and group non-root pods run as by default: what Woodpecker's SECCTX_NONROOT uses
+/// and what most images that do run as non-root pick.
+pub const DEFAULT_RUN_AS_ID: i64 = 1000;
 pub const DEFAULT_QPS: f32 = 20.0;
 pub const DEFAULT_BURST: u32 = 40;
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
@@ -1011,6 +1048,27 @@ fn dns_subdomain(field: &'static str, value: &Option<String>, what: &str) -> Res
                 "\"{t}\" is not a valid {what} name: lowercase letters, digits, '-' and '.', at most 253 characters"
             ),
         ))
+    }
+}
+
+/// A non-root user or group id, or `image` for the image's own.
+fn run_as_id(field: &'static str, value: &Option<String>) -> Res<Option<i64>> {
+    let Some((f, t)) = text(field, value) else {
+        return Ok(Some(DEFAULT_RUN_AS_ID));
+    };
+    if t.eq_ignore_ascii_case("image") {
+        return Ok(None);
+    }
+    match t.parse::<i64>() {
+        Ok(n) if n > 0 && n <= i64::from(u32::MAX) => Ok(Some(n)),
+        Ok(0) => Err(SettingError::new(
+            f,
+            "0 is root, which non-root pods cannot run as; write a non-zero id or image",
+        )),
+        _ => Err(SettingError::new(
+            f,
+            format!("\"{t}\" is not an id; write a number from 1 to 4294967295, or image"),
+        )),
     }
 }
 
@@ -1688,6 +1746,10 @@ impl KubernetesConfig {
             clone_image,
             start_timeout: duration_setting("start_timeout", &s.start_timeout)?
                 .unwrap_or(DEFAULT_START_TIMEOUT),
+            log_retry_timeout: duration_setting("log_retry_timeout", &s.log_retry_timeout)?
+                .unwrap_or(DEFAULT_LOG_RETRY_TIMEOUT),
+            run_as_user: run_as_id("run_as_user", &s.run_as_user)?,
+            run_as_group: run_as_id("run_as_group", &s.run_as_group)?,
             qps,
             burst,
             kubeconfig: text("kubeconfig", &s.kubeconfig).map(|(_, t)| PathBuf::from(t)),

@@ -737,6 +737,62 @@ fn restricted_profile() {
     }
 }
 
+/// Non-root pods get a user and group of their own unless the step names them, so images
+/// whose user is root (most CI images) still start; the clone and service pods too.
+#[test]
+fn non_root_pods_run_as_the_configured_user_unless_the_step_says_otherwise() {
+    let yaml = "services: [{name: db, image: postgres}]\nsteps:\n  - {name: build, image: golang, commands: [go build]}\n  - {name: own, image: golang, commands: [id], backend_options: {kubernetes: {securityContext: {runAsUser: 4000, fsGroup: 5000}}}}\n";
+    let ids = |r: &RenderedWorkflow, step: &str| {
+        let sc = r
+            .pod(step)
+            .and_then(|p| p.spec.as_ref())
+            .and_then(|s| s.security_context.clone())
+            .expect("pod security context");
+        (
+            sc.run_as_user,
+            sc.run_as_group,
+            sc.fs_group,
+            sc.run_as_non_root,
+        )
+    };
+    for profile in [("pod_security", "restricted"), ("secctx_nonroot", "true")] {
+        let r = render_ok(&config(&[profile]), &input(plan_with(yaml, &[], true)));
+        for step in ["clone", "build", "db"] {
+            assert_eq!(
+                ids(&r, step),
+                (Some(1000), Some(1000), Some(1000), Some(true)),
+                "{profile:?} {step}"
+            );
+        }
+        assert_eq!(
+            ids(&r, "own"),
+            (Some(4000), Some(1000), Some(5000), Some(true)),
+            "{profile:?}"
+        );
+    }
+    let custom = config(&[
+        ("pod_security", "restricted"),
+        ("run_as_user", "2000"),
+        ("run_as_group", "3000"),
+    ]);
+    let r = render_ok(&custom, &input(plan_with(yaml, &[], true)));
+    assert_eq!(
+        ids(&r, "build"),
+        (Some(2000), Some(3000), Some(3000), Some(true))
+    );
+    // `image`: the image's own user, checked by the kubelet.
+    let image = config(&[
+        ("pod_security", "restricted"),
+        ("run_as_user", "image"),
+        ("run_as_group", "image"),
+    ]);
+    let r = render_ok(&image, &input(plan_with(yaml, &[], true)));
+    assert_eq!(ids(&r, "build"), (None, None, Some(1000), Some(true)));
+    // Baseline without SECCTX_NONROOT leaves the user to the image.
+    let r = render_ok(&config(&[]), &input(plan_with(yaml, &[], true)));
+    assert_eq!(ids(&r, "build"), (None, None, None, None));
+}
+
 #[test]
 fn resource_defaults_maxima_and_clamping() {
     let config = config(&[
@@ -1137,6 +1193,8 @@ fn defaults_of_every_setting() {
             && c.annotations_overwrite_allowed.is_none()
     );
     assert_eq!(c.start_timeout, std::time::Duration::from_secs(180));
+    assert_eq!(c.log_retry_timeout, std::time::Duration::from_secs(300));
+    assert_eq!((c.run_as_user, c.run_as_group), (Some(1000), Some(1000)));
     assert_eq!(c.clone_image, "docker.io/woodpeckerci/plugin-git:2.6");
     assert!(!c.keep_failed_pods && !c.secctx_nonroot);
     assert_eq!((c.qps, c.burst), (20.0, 40));
@@ -1205,6 +1263,18 @@ fn settings_errors_are_one_exact_line() {
         (
             &[("termination_grace_period", "soon")],
             "--k8s-termination-grace-period (PICULET_K8S_TERMINATION_GRACE_PERIOD): invalid duration \"soon\": expected a duration such as \"10m\" or \"1h30m\"",
+        ),
+        (
+            &[("run_as_user", "0")],
+            "--k8s-run-as-user (PICULET_K8S_RUN_AS_USER): 0 is root, which non-root pods cannot run as; write a non-zero id or image",
+        ),
+        (
+            &[("run_as_group", "staff")],
+            "--k8s-run-as-group (PICULET_K8S_RUN_AS_GROUP): \"staff\" is not an id; write a number from 1 to 4294967295, or image",
+        ),
+        (
+            &[("log_retry_timeout", "0s")],
+            "--k8s-log-retry-timeout (PICULET_K8S_LOG_RETRY_TIMEOUT): invalid duration \"0s\": must be more than zero",
         ),
         (
             &[("start_timeout", "0s")],
@@ -1307,7 +1377,7 @@ fn help_lists_every_setting_and_toml_uses_snake_case() {
         .to_string();
     let fields = serde_json::to_value(KubernetesSettings::default()).expect("json");
     let fields = fields.as_object().expect("object");
-    assert_eq!(fields.len(), 69);
+    assert_eq!(fields.len(), 72);
     for name in fields.keys() {
         let env = settings::env_name(name);
         assert!(help.contains(&env), "--help does not list {env}");

@@ -179,7 +179,11 @@ impl ApiError {
         m.insert("metadata".into(), json!({}));
         m.insert("status".into(), json!("Failure"));
         m.insert("message".into(), json!(self.message));
-        m.insert("reason".into(), json!(self.reason));
+        // Go's omitempty: a Status without a reason has no `reason` key
+        // (recording 80's 500 from a failed dial to the kubelet).
+        if !self.reason.is_empty() {
+            m.insert("reason".into(), json!(self.reason));
+        }
         if let Some(d) = &self.details {
             m.insert("details".into(), d.as_ref().clone());
         }

@@ -94,6 +94,7 @@ struct State {
     bearer_token: Option<String>,
     grace_cap: Option<Duration>,
     node_labels: BTreeMap<String, String>,
+    image_users: HashMap<String, String>,
 }
 
 /// The fault knobs of one fake cluster. Get it from `FakeCluster::faults()`.
@@ -293,6 +294,19 @@ impl Faults {
 
     pub(super) fn is_unschedulable(&self, pod: &str) -> bool {
         self.lock().unschedulable.iter().any(|k| names_pod(k, pod))
+    }
+
+    /// The image `image` (as written in the pod spec) declares `user` in its
+    /// config (`""` or `"0"`: root; `"1000"`; `"nobody"`), overriding the
+    /// kubelet's table of well-known images.
+    pub fn set_image_user(&self, image: &str, user: &str) {
+        self.lock()
+            .image_users
+            .insert(image.to_string(), user.to_string());
+    }
+
+    pub(super) fn image_user(&self, image: &str) -> Option<String> {
+        self.lock().image_users.get(image).cloned()
     }
 
     /// Sets a label on the node `vm` (nodeSelector matching).

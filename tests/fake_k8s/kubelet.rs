@@ -92,9 +92,32 @@ pub enum Control {
 pub struct Kubelet {
     pods: Mutex<HashMap<String, mpsc::UnboundedSender<Control>>>,
     groups: Mutex<HashMap<i32, ()>>,
+    /// Whether the kubelet process is down (recording 80): containers run on
+    /// and their output is still written, but no status is reported and the
+    /// API server cannot reach it for logs.
+    down: tokio::sync::watch::Sender<bool>,
 }
 
 impl Kubelet {
+    pub fn is_down(&self) -> bool {
+        *self.down.borrow()
+    }
+
+    /// Stops (`true`) or starts (`false`) the kubelet process.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+
+    pub fn subscribe_down(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.down.subscribe()
+    }
+
+    /// Returns once the kubelet is up.
+    pub async fn wait_up(&self) {
+        let mut rx = self.down.subscribe();
+        let _ = rx.wait_for(|down| !*down).await;
+    }
+
     fn send(&self, uid: &str, c: Control) {
         if let Some(tx) = self.pods.lock().unwrap_or_else(|e| e.into_inner()).get(uid) {
             let _ = tx.send(c);
@@ -180,6 +203,76 @@ pub fn normalize_image(image: &str) -> String {
         (Some(d), _) => format!("{full}@{d}"),
         (None, Some(t)) => format!("{full}:{t}"),
         (None, None) => format!("{full}:latest"),
+    }
+}
+
+/// The `User` of an image's config, as the kubelet reads it before starting a
+/// container: a small table of well-known images, overridable per image with
+/// `Faults::set_image_user`. Most CI images (busybox, alpine, golang, the
+/// language images, woodpecker's plugins) set no user, which means root.
+pub(super) fn image_user(shared: &Shared, image: &str) -> String {
+    if let Some(user) = shared.faults.image_user(image) {
+        return user;
+    }
+    let norm = normalize_image(image);
+    let (repo, tag) = match norm.split('@').next().unwrap_or_default().rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r.to_string(), t.to_string()),
+        _ => (norm.clone(), String::new()),
+    };
+    if repo.starts_with("gcr.io/distroless/") && tag.contains("nonroot") {
+        return "65532".into();
+    }
+    if repo.starts_with("cgr.dev/chainguard/") {
+        return "65532".into();
+    }
+    if repo == "docker.io/nginxinc/nginx-unprivileged" {
+        return "101".into();
+    }
+    String::new()
+}
+
+/// The kubelet's `verifyRunAsNonRoot`: with `runAsNonRoot` in force (the
+/// container's security context over the pod's), a container whose user
+/// would be root is refused before it is created (recording 81). `user` is the
+/// image's `User` (`""`, `"0"`, `"1000"`, `"1000:1000"`, `"nobody"`).
+pub fn verify_run_as_non_root(
+    pod_sc: &Value,
+    container_sc: &Value,
+    user: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(), String> {
+    let effective = |key: &str| {
+        let c = &container_sc[key];
+        if c.is_null() {
+            pod_sc[key].clone()
+        } else {
+            c.clone()
+        }
+    };
+    if effective("runAsNonRoot") != Value::Bool(true) {
+        return Ok(());
+    }
+    if let Some(uid) = effective("runAsUser").as_i64() {
+        if uid == 0 {
+            return Err(format!(
+                "container's runAsUser breaks non-root policy (pod: \"{pod}\", container: {container})"
+            ));
+        }
+        return Ok(());
+    }
+    let name = user.split(':').next().unwrap_or_default();
+    match name.parse::<i64>() {
+        _ if name.is_empty() => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod}\", container: {container})"
+        )),
+        Ok(0) => Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod}\", container: {container})"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "container has runAsNonRoot and image has non-numeric user ({name}), cannot verify user is non-root (pod: \"{pod}\", container: {container})"
+        )),
     }
 }
 
@@ -874,6 +967,8 @@ impl PodTask {
         if !self.publish() {
             return;
         }
+        // The scheduler binds the pod; only a running kubelet admits it.
+        self.shared.kubelet.wait_up().await;
         if !self.pause(timing.admit).await {
             self.finish_stopped().await;
             return;
@@ -1049,6 +1144,28 @@ impl PodTask {
                 return true;
             }
         };
+        // After the environment, as the kubelet's generateContainerConfig
+        // does: a missing Secret is reported before a root image.
+        let user = image_user(&self.shared, &image);
+        let pod_ref = format!("{}_{}({})", self.name, self.ns, self.uid);
+        if let Err(msg) = verify_run_as_non_root(
+            &self.spec["securityContext"],
+            &self.ctrs[i].spec["securityContext"],
+            &user,
+            &pod_ref,
+            &self.ctrs[i].name,
+        ) {
+            // The real kubelet retries it for good; the pod stays Pending.
+            let c = &mut self.ctrs[i];
+            let state = CState::Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: Some(msg),
+            };
+            let changed = c.state != state;
+            c.state = state;
+            c.next_try = Some(Instant::now() + timing.config_retry);
+            return changed;
+        }
         let spec = self.ctrs[i].spec.clone();
         let mut argv: Vec<String> = Vec::new();
         for key in ["command", "args"] {
@@ -1301,6 +1418,12 @@ impl PodTask {
         loop {
             if self.gone {
                 return;
+            }
+            if self.shared.kubelet.is_down() {
+                // While the kubelet is down nothing is reported: a container
+                // that ends meanwhile is seen to have ended once it is back.
+                self.shared.kubelet.wait_up().await;
+                continue;
             }
             // Start what is due.
             let now = Instant::now();

@@ -198,6 +198,55 @@ pub fn render(lines: &[LogLine], opts: &LogOptions, now: DateTime<Utc>) -> Vec<u
     out
 }
 
+/// The API server's answer to a log request while the node's kubelet is down:
+/// a 500 Status naming the failed dial, with no reason and no details. The
+/// kubelet URL carries the log options sorted by name, as Go's
+/// `url.Values.Encode` writes them.
+fn kubelet_unreachable(
+    ns: &str,
+    pod: &str,
+    container: &str,
+    q: &HashMap<String, String>,
+) -> ApiError {
+    let mut params: Vec<(&str, String)> = Vec::new();
+    for key in [
+        "follow",
+        "limitBytes",
+        "previous",
+        "sinceSeconds",
+        "sinceTime",
+        "tailLines",
+        "timestamps",
+    ] {
+        let Some(v) = q.get(key) else { continue };
+        let v = match key {
+            "follow" | "previous" | "timestamps" if v == "true" || v == "1" => "true".to_string(),
+            "follow" | "previous" | "timestamps" => continue,
+            // metav1.Time: whole seconds, UTC.
+            "sinceTime" => match DateTime::parse_from_rfc3339(v) {
+                Ok(t) => t
+                    .with_timezone(&Utc)
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string()
+                    .replace(':', "%3A"),
+                Err(_) => continue,
+            },
+            _ => v.clone(),
+        };
+        params.push((key, v));
+    }
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let host = super::kubelet::HOST_IP;
+    let mut e = ApiError::internal("");
+    e.reason = String::new();
+    e.details = None;
+    e.message = format!(
+        "Get \"https://{host}:10250/containerLogs/{ns}/{pod}/{container}?{}\": dial tcp {host}:10250: connect: connection refused",
+        query.join("&")
+    );
+    e
+}
+
 fn waiting_message(container: &str, pod: &str, reason: &str) -> String {
     // The kubelet words image pull trouble in its own way (recording 47).
     let reason = match reason {
@@ -279,8 +328,14 @@ pub(super) async fn serve_log(
             &container, name, reason,
         )));
     }
+    if shared.kubelet.is_down() {
+        // The API server checked the pod; now it dials the kubelet and fails
+        // (recording 80, b-follow-while-kubelet-down).
+        return Err(kubelet_unreachable(ns, name, &container, q));
+    }
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
     let buffer = shared.logs.buffer(uid, &container);
+    let mut down = shared.kubelet.subscribe_down();
     let cut_after = if follow {
         shared.faults.take_log_cut(name)
     } else {
@@ -309,6 +364,12 @@ pub(super) async fn serve_log(
         let mut pending = first;
         let mut done = finished || !follow;
         loop {
+            if *down.borrow() {
+                // The kubelet died: the API server ends the proxied stream as
+                // if the log were over, although the container runs on
+                // (recording 80, a-follow-open-when-kubelet-dies).
+                return;
+            }
             for line in pending.drain(..) {
                 if cut_after.is_some_and(|n| sent_lines >= n) {
                     return;
@@ -339,6 +400,7 @@ pub(super) async fn serve_log(
                     }
                 }
                 _ = tx.closed() => return,
+                _ = down.wait_for(|d| *d) => return,
             }
             let s = *state.borrow_and_update();
             pending = buffer.from(next);

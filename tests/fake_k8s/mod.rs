@@ -325,6 +325,33 @@ impl FakeCluster {
         let _ = self.shared.watch_signals.send(watch::WatchSignal::Close);
     }
 
+    /// Kills the node's kubelet, as recording 80 does: every open log stream
+    /// ends cleanly (200, a normal end, exactly like a finished log) although
+    /// its container runs on; new log requests answer 500 (the API server's
+    /// failed dial); no pod status changes are reported, so a container that
+    /// ends meanwhile still shows as running. Containers keep running and
+    /// their output is kept, so `sinceTime` finds it once the kubelet is back.
+    pub fn stop_kubelet(&self) {
+        self.shared.kubelet.set_down(true);
+    }
+
+    /// Starts the kubelet again: logs are served, held status changes are
+    /// reported.
+    pub fn start_kubelet(&self) {
+        self.shared.kubelet.set_down(false);
+    }
+
+    /// [`FakeCluster::stop_kubelet`], then [`FakeCluster::start_kubelet`]
+    /// after `outage`, in the background.
+    pub fn restart_kubelet(&self, outage: Duration) {
+        self.stop_kubelet();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            shared.kubelet.set_down(false);
+        });
+    }
+
     /// Sets a label on a namespace, e.g. `pod-security.kubernetes.io/enforce`.
     pub fn set_namespace_label(&self, ns: &str, key: &str, value: &str) {
         self.shared

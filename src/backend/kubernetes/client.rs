@@ -108,6 +108,16 @@ impl Kube {
             .await
     }
 
+    /// One API call through the rate limiter, without retries: for a caller that retries on
+    /// its own terms (a log stream resumed through a kubelet restart).
+    pub async fn call_once<T, Fut>(&self, f: impl FnOnce() -> Fut) -> Result<T, kube::Error>
+    where
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        self.limiter.until_ready().await;
+        f().await
+    }
+
     /// [`Kube::call`] for a pod create: also paced by the creation limiter.
     pub async fn create_pod<T, F, Fut>(&self, f: F) -> Result<T, kube::Error>
     where

@@ -5,6 +5,12 @@
 //! starts at the second of the last line delivered and repeats what was already sent in that
 //! second. [`Cursor`] remembers the last timestamp and how many lines carried it, and drops
 //! exactly those on the way back.
+//!
+//! A stream that ends says nothing about the container: when the kubelet dies, the API server
+//! ends an open follow exactly as it ends a finished log (recording 80), and answers new log
+//! requests with 500 until the kubelet is back. The driver in the parent module decides from
+//! the pod's status whether an end is an end; this module only reads, one request at a time,
+//! and reports how the read ended.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -28,6 +34,9 @@ pub struct Cursor {
     /// Lines at or before this time were stored before a restart (precision: microseconds,
     /// what the database keeps).
     stored_until: Option<DateTime<Utc>>,
+    /// Lines delivered through this cursor, so that a caller can tell whether a read found
+    /// anything new.
+    delivered: u64,
 }
 
 impl Cursor {
@@ -36,6 +45,7 @@ impl Cursor {
         Cursor {
             last: None,
             stored_until: after,
+            delivered: 0,
         }
     }
 
@@ -56,8 +66,14 @@ impl Cursor {
         }
     }
 
+    /// How many lines were delivered through this cursor.
+    pub fn count(&self) -> u64 {
+        self.delivered
+    }
+
     /// Records that a line with this timestamp was delivered.
     pub fn delivered(&mut self, at: DateTime<Utc>) {
+        self.delivered += 1;
         self.last = match self.last {
             Some((t, n)) if t == at => Some((t, n + 1)),
             _ => Some((at, 1)),
@@ -136,7 +152,8 @@ pub async fn read_log(
             .and_then(|t| jiff::Timestamp::from_second(t.timestamp()).ok()),
         ..LogParams::default()
     };
-    let stream = match kube.call(|| pods.log_stream(pod, &params)).await {
+    // One attempt: the caller retries an outage with its own, longer budget.
+    let stream = match kube.call_once(|| pods.log_stream(pod, &params)).await {
         Ok(s) => s,
         Err(e) => return StreamEnd::Failed(e),
     };

@@ -46,6 +46,41 @@ use crate::pipeline::StepKind;
 /// How long a followed log stream may stay quiet after the container ended.
 const STALLED_STREAM: Duration = Duration::from_secs(5);
 
+/// At most this many reads of an ended container's log (see the driver's log loop).
+const FINAL_READS: usize = 5;
+
+/// A run of failed log reads: back-off between them, up to a deadline.
+struct Outage {
+    deadline: Instant,
+    waits: backon::ExponentialBackoff,
+}
+
+impl Outage {
+    fn new(budget: Duration) -> Outage {
+        use backon::BackoffBuilder as _;
+        Outage {
+            deadline: Instant::now() + budget,
+            waits: backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(100))
+                // A kubelet restart takes seconds; reads at most 2 s apart catch its return
+                // soon, and the client-side rate limiter bounds their sum over many steps.
+                .with_max_delay(Duration::from_secs(2))
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    /// The wait before the next read, or `None` once the budget is spent.
+    fn next_wait(&mut self) -> Option<Duration> {
+        let left = self.deadline.checked_duration_since(Instant::now())?;
+        if left.is_zero() {
+            return None;
+        }
+        Some(self.waits.next()?.min(left))
+    }
+}
+
 /// A workflow's objects as created, and what its steps learned.
 struct WorkflowState {
     rendered: RenderedWorkflow,
@@ -237,6 +272,7 @@ impl KubernetesBackend {
             seen: subscription,
             state,
             start_timeout: self.config.start_timeout,
+            log_retry_timeout: self.config.log_retry_timeout,
             adopted,
             counts: step.spec.kind != StepKind::Service
                 && !step.spec.detach
@@ -682,6 +718,8 @@ struct Driver {
     seen: tokio::sync::watch::Receiver<Seen>,
     state: Arc<WorkflowState>,
     start_timeout: Duration,
+    /// How long log reads are retried through an outage (PICULET_K8S_LOG_RETRY_TIMEOUT).
+    log_retry_timeout: Duration,
     /// Re-attached after a restart, rather than just created.
     adopted: bool,
     /// Whether the step's outcome counts for the workflow (not a service, a detached step
@@ -859,11 +897,17 @@ impl Driver {
         };
 
         // 2. The log, followed and resumed while the container runs. A stream that ends looks
-        // the same whether the container ended or the connection broke: once the watch says
-        // the container ended, one plain read of the rest catches what a break just before
-        // the end would have lost.
+        // the same whether the container ended, the connection broke or the kubelet died
+        // (recording 80): only the pod's status tells them apart. While it says the container
+        // runs, an end is a break and the stream is resumed from the last timestamp; answers
+        // that may succeed later (a 500 while the kubelet is away, a refused connection) are
+        // retried with back-off for PICULET_K8S_LOG_RETRY_TIMEOUT. The log is complete only
+        // once the container has terminated and a read past the last line finds nothing new.
         let mut live = running_at_open;
+        let mut outage: Option<Outage> = None;
         let mut pause = Duration::from_millis(50);
+        let mut final_reads = 0usize;
+        let mut given_up: Option<String> = None;
         loop {
             // A followed stream the kubelet fails to close after the container ended must not
             // hold the step: once nothing has come for a while after the end, the rest is read
@@ -896,6 +940,7 @@ impl Driver {
                     }
                 }
             };
+            let before = cursor.count();
             let end = tokio::select! {
                 end = read_log(&self.kube, &self.pods, &self.name, live, &mut cursor, &out, &progress) => end,
                 () = stalled => {
@@ -905,14 +950,45 @@ impl Driver {
             };
             match &end {
                 StreamEnd::ReceiverGone => break,
+                // The pod is gone: nothing more can be read; its status says how it ended.
                 StreamEnd::Failed(e) if is_not_found(e) => break,
+                StreamEnd::Failed(e) if client::retriable(e) => {
+                    let outage = outage.get_or_insert_with(|| Outage::new(self.log_retry_timeout));
+                    let Some(wait) = outage.next_wait() else {
+                        given_up = Some(describe(e));
+                        break;
+                    };
+                    tracing::info!(pod = %self.name, error = %describe(e), ?wait, "the log cannot be read now; retrying");
+                    tokio::time::sleep(wait).await;
+                    // The container may have ended meanwhile: then the rest is read plainly.
+                    if live && !matches!(self.observe(), Observed::Pod(PodState::Running)) {
+                        live = false;
+                    }
+                    continue;
+                }
                 StreamEnd::Failed(e) => {
+                    if !live {
+                        // A plain read of an ended container the server refuses for good.
+                        given_up = Some(describe(e));
+                        break;
+                    }
                     tracing::debug!(pod = %self.name, error = %describe(e), "reading the log failed");
                 }
-                StreamEnd::Closed => {}
+                StreamEnd::Closed => outage = None,
             }
             if !live {
-                break;
+                // A read after the container ended: the log is complete once one found nothing
+                // new. The file no longer grows, so the second read settles it; the bound only
+                // guards against a server that keeps inventing lines.
+                final_reads += 1;
+                if cursor.count() == before {
+                    break;
+                }
+                if final_reads >= FINAL_READS {
+                    tracing::warn!(pod = %self.name, "reads of an ended container's log kept finding new lines; keeping what was read");
+                    break;
+                }
+                continue;
             }
             // The watch may trail the stream's end by a moment, more so on a busy cluster.
             let ended = tokio::time::timeout(Duration::from_secs(1), async {
@@ -931,9 +1007,24 @@ impl Driver {
                 live = false;
                 continue;
             }
-            tracing::info!(pod = %self.name, "the log stream broke while the container runs; resuming");
+            tracing::info!(pod = %self.name, "the log stream ended while the container runs; resuming from the last line");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        if let Some(error) = given_up {
+            // Visible where the user reads the log, not only in the server's own logs.
+            tracing::warn!(pod = %self.name, %error, "the rest of the log could not be read");
+            let text = format!(
+                "piculet: the rest of this log could not be read within {} \
+                 (PICULET_K8S_LOG_RETRY_TIMEOUT): {error}",
+                humantime::format_duration(self.log_retry_timeout)
+            );
+            let _ = out
+                .send(OutputLine {
+                    at: Utc::now(),
+                    text,
+                })
+                .await;
         }
         drop(out);
 
