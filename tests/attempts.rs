@@ -41,6 +41,9 @@ enum Call {
     Stop(String),
 }
 
+/// A step's name and the attempt asked for, with the stored status, attempt and launched.
+type SeenAtStart = (String, u32, Status, i32, bool);
+
 /// A backend that runs nothing: each step prints one line naming its attempt and exits 0 at
 /// once, except steps named `long…`, which run until stopped. Adopted steps are answered from
 /// `presence`; attaching to a step named `unattachable` fails.
@@ -51,7 +54,7 @@ struct Scripted {
     /// Per running `long…` step: set to stop it.
     stops: Mutex<BTreeMap<Uuid, watch::Sender<bool>>>,
     /// What the store said about each step when the backend was asked to start it.
-    seen_at_start: Mutex<Vec<(String, u32, Status, i32, bool)>>,
+    seen_at_start: Mutex<Vec<SeenAtStart>>,
 }
 
 impl Scripted {
