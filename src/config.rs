@@ -863,6 +863,39 @@ mod tests {
         assert!(c.max_planning >= 1);
         assert_eq!(c.planning_queue_timeout, Duration::from_secs(10));
         assert!(c.allowed_hosts.is_empty());
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.max_attempts, 3);
+    }
+
+    #[test]
+    fn shutdown_grace_and_attempts() {
+        let c = Config::from_settings(&Settings {
+            shutdown_grace: Some("0s".into()),
+            max_attempts: Some("1".into()),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::ZERO, "hand over at once");
+        assert_eq!(c.max_attempts, 1, "never run again");
+        for (s, message) in [
+            (
+                Settings {
+                    shutdown_grace: Some("2h".into()),
+                    ..settings()
+                },
+                "--shutdown-grace (PICULET_SHUTDOWN_GRACE): must be at most 1h; a replica that \
+                 takes longer to stop holds its work from the others",
+            ),
+            (
+                Settings {
+                    max_attempts: Some("0".into()),
+                    ..settings()
+                },
+                "--max-attempts (PICULET_MAX_ATTEMPTS): \"0\" is not a number from 1 to 1000",
+            ),
+        ] {
+            assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), message);
+        }
     }
 
     #[test]

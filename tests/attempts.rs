@@ -30,6 +30,7 @@ on_both_databases!(
     a_start_is_recorded_once_per_attempt_and_only_by_the_lease_holder,
     an_adopting_replica_asks_before_it_starts_anything,
     a_fresh_start_is_committed_before_the_backend_starts_it,
+    an_interrupted_step_of_a_canceled_pipeline_is_stopped_not_run_again,
     shutdown_finishes_within_the_grace_and_hands_the_rest_over,
 );
 
@@ -515,6 +516,53 @@ async fn an_adopting_replica_asks_before_it_starts_anything(db: Db) {
         log_text(&app, &step_id(&done, "present")).await,
         "present attached to attempt 1\n"
     );
+    store.close().await;
+}
+
+async fn an_interrupted_step_of_a_canceled_pipeline_is_stopped_not_run_again(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = store_of(&app).await;
+    let (pid, p) = submit(
+        &app,
+        "steps:\n  - name: gone\n    image: alpine\n    commands: [true]\n  - name: next\n    image: alpine\n    commands: [true]\n",
+    )
+    .await;
+    let sid = uuid(&p, "gone");
+    let dead = store
+        .claim_workflow("dead", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let recorded = store
+        .step_started(pid, sid, "dead", 1, None, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(recorded, StartRecord::Recorded);
+    store.step_launched(sid, 1).await.unwrap();
+    // Canceled while no replica ran it: the request is only a flag on a running workflow.
+    let r = app
+        .post(&format!("/api/v1/pipelines/{pid}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    store.release_lease(dead.workflow_id, "dead").await.unwrap();
+
+    let backend = Scripted::new(store.clone(), &[("gone", Presence::Absent)]);
+    let shutdown = CancellationToken::new();
+    let running =
+        tokio::spawn(engine(&app, &store, backend.clone(), Duration::ZERO).run(shutdown.clone()));
+    let done = wait_finished(&app, &pid.to_string(), 60).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(done["status"], "canceled", "{done:#}");
+    assert_eq!(backend.calls(), vec![Call::Stop("gone".into())]);
+    let gone = find_step(&done, "gone").unwrap();
+    assert_eq!(
+        (gone["status"].as_str(), gone["attempt"].as_u64()),
+        (Some("canceled"), Some(1))
+    );
+    assert_eq!(find_step(&done, "next").unwrap()["status"], "canceled");
     store.close().await;
 }
 

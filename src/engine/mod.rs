@@ -345,6 +345,9 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
         }
     };
     let cancel = inner.control.hold(pipeline_id);
+    if claimed.cancel_requested {
+        cancel.cancel();
+    }
     let keeper_done = CancellationToken::new();
     let keeper = tokio::spawn(
         keep_lease(

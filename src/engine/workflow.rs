@@ -288,6 +288,24 @@ impl StepContext {
                 self.last_line(id).await?
             };
             let next_number = last.as_ref().map_or(1, |l| l.number + 1);
+            // An adopted or interrupted step of a pipeline canceled or timed out meanwhile is
+            // not started again only to be stopped.
+            if !matches!(opening, Opening::Attach { .. }) {
+                if self.stops.cancel.is_cancelled() {
+                    return Err(self
+                        .finish_unstarted(id, Status::Canceled, Some("canceled".into()))
+                        .await);
+                }
+                if self.stops.pipeline_expired.is_cancelled() {
+                    let reason = format!(
+                        "timed out after {} (the pipeline's timeout)",
+                        human(self.stops.pipeline_timeout)
+                    );
+                    return Err(self
+                        .finish_unstarted(id, Status::Failure, Some(reason))
+                        .await);
+                }
+            }
             match opening {
                 Opening::Record { attempt, why } => {
                     self.record_start(id, attempt, why.clone()).await?;

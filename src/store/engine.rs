@@ -28,6 +28,9 @@ pub struct ClaimedWorkflow {
     pub pipeline_started_at: DateTime<Utc>,
     pub pipeline_timeout_seconds: Option<i64>,
     pub pipeline_created_at: DateTime<Utc>,
+    /// A cancel was requested (through any replica) before this claim: the workflow is
+    /// stopped at once, and nothing of it is started again.
+    pub cancel_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -108,6 +111,7 @@ struct PipelineRunRow {
     started_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     timeout_seconds: Option<i64>,
+    cancel_requested: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -204,8 +208,8 @@ impl Store {
                 )).await?);
             }
             let pipeline: PipelineRunRow = sqlx::query_as(
-                "SELECT submission, sealed_secrets, started_at, created_at, timeout_seconds \
-                 FROM pipelines WHERE id = $1",
+                "SELECT submission, sealed_secrets, started_at, created_at, timeout_seconds, \
+                 cancel_requested FROM pipelines WHERE id = $1",
             )
             .bind(row.pipeline_id)
             .fetch_one(&mut *tx)
@@ -228,6 +232,7 @@ impl Store {
                 pipeline_started_at: pipeline.started_at.unwrap_or(now),
                 pipeline_timeout_seconds: pipeline.timeout_seconds,
                 pipeline_created_at: pipeline.created_at,
+                cancel_requested: pipeline.cancel_requested,
             }
         });
         self.publish(events);
