@@ -183,6 +183,7 @@ impl Chaos {
             finished.push((id, wait_finished(&self.app, id, 120).await));
         }
         let starts = read_lines(&self.shared.join("starts"));
+        let mut rerun = 0;
         let printed = read_lines(&self.shared.join("printed"));
         // Per execution (pipeline, step, pid): the highest line it printed.
         let mut printed_upto: BTreeMap<String, u32> = BTreeMap::new();
@@ -198,6 +199,7 @@ impl Chaos {
                 assert_eq!(step["status"], "success", "{step}");
                 let attempt = step["attempt"].as_u64().unwrap();
                 assert!(attempts(attempt), "attempt {attempt} of {name}: {step}");
+                rerun += u64::from(attempt > 1);
                 // No (step, attempt) executed twice: each execution is an attempt of its own.
                 let prefix = format!("{id} {name} ");
                 let executions: BTreeSet<&String> =
@@ -243,6 +245,11 @@ impl Chaos {
                 );
             }
         }
+        eprintln!(
+            "{} steps, {} executions, {rerun} steps run again after an interruption",
+            self.pipelines.len() * STEPS,
+            starts.len()
+        );
     }
 }
 
