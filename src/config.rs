@@ -151,6 +151,22 @@ pub struct Settings {
     #[arg(long, env = "PICULET_LEASE", global = true, value_name = "DURATION")]
     pub lease: Option<String>,
 
+    /// On SIGTERM, how long running workflows go on before they are handed over to another
+    /// replica (their steps keep running); a second signal hands them over at once
+    /// [default: 10s]
+    #[arg(
+        long,
+        env = "PICULET_SHUTDOWN_GRACE",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub shutdown_grace: Option<String>,
+
+    /// How many times a step is started, its first attempt included, when a replica dies with
+    /// its attempts; then it ends as error [default: 3]
+    #[arg(long, env = "PICULET_MAX_ATTEMPTS", global = true, value_name = "N")]
+    pub max_attempts: Option<String>,
+
     /// Connections of the API's database pool: what requests read and submit with
     /// [default: 16 on Postgres, 8 on SQLite]
     #[arg(
@@ -348,6 +364,8 @@ pub struct Config {
     pub grace_period: Duration,
     pub max_log_size: usize,
     pub lease: Duration,
+    pub shutdown_grace: Duration,
+    pub max_attempts: u32,
     /// The API's database pool.
     pub db_api: PoolSettings,
     /// The engine's database pool.
@@ -606,6 +624,15 @@ impl Config {
                 "must be at least 2s, or renewals cannot keep up",
             ));
         }
+        let shutdown_grace = duration("shutdown_grace", &s.shutdown_grace, "10s")?;
+        if shutdown_grace > Duration::from_secs(3600) {
+            return Err(invalid(
+                "shutdown_grace",
+                "must be at most 1h; a replica that takes longer to stop holds its work from \
+                 the others",
+            ));
+        }
+        let max_attempts = count("max_attempts", &s.max_attempts, 3)?;
         let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
             .map_err(|m| invalid("max_log_size", m))?;
 
@@ -669,6 +696,8 @@ impl Config {
             grace_period,
             max_log_size,
             lease,
+            shutdown_grace,
+            max_attempts,
             listen,
             database_url,
             data_dir,
@@ -834,6 +863,39 @@ mod tests {
         assert!(c.max_planning >= 1);
         assert_eq!(c.planning_queue_timeout, Duration::from_secs(10));
         assert!(c.allowed_hosts.is_empty());
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.max_attempts, 3);
+    }
+
+    #[test]
+    fn shutdown_grace_and_attempts() {
+        let c = Config::from_settings(&Settings {
+            shutdown_grace: Some("0s".into()),
+            max_attempts: Some("1".into()),
+            ..settings()
+        })
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::ZERO, "hand over at once");
+        assert_eq!(c.max_attempts, 1, "never run again");
+        for (s, message) in [
+            (
+                Settings {
+                    shutdown_grace: Some("2h".into()),
+                    ..settings()
+                },
+                "--shutdown-grace (PICULET_SHUTDOWN_GRACE): must be at most 1h; a replica that \
+                 takes longer to stop holds its work from the others",
+            ),
+            (
+                Settings {
+                    max_attempts: Some("0".into()),
+                    ..settings()
+                },
+                "--max-attempts (PICULET_MAX_ATTEMPTS): \"0\" is not a number from 1 to 1000",
+            ),
+        ] {
+            assert_eq!(Config::from_settings(&s).unwrap_err().to_string(), message);
+        }
     }
 
     #[test]

@@ -159,6 +159,7 @@ pub struct PipelineSummary {
             "status": "queued",
             "reason": null,
             "exit_code": null,
+            "attempt": 0,
             "started_at": null,
             "finished_at": null
         }]
@@ -196,6 +197,10 @@ pub struct Step {
     pub status: Status,
     pub reason: Option<String>,
     pub exit_code: Option<i32>,
+    /// How many times the step was started: 0 before its start, 1 for a first run, more when
+    /// piculet ran it again because an earlier attempt was interrupted (a replica died with
+    /// it); the step's events say why.
+    pub attempt: u32,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }

@@ -1,6 +1,7 @@
 //! `piculet serve`: opens the database, applies migrations, starts the engine and serves the
-//! API until SIGTERM or Ctrl-C; then stops claiming work, ends every SSE stream, leaves
-//! running workflows to be taken over through their lease, and exits.
+//! API until SIGTERM or Ctrl-C; then stops claiming work and serving (every SSE stream ends),
+//! lets running workflows go on for `PICULET_SHUTDOWN_GRACE`, hands what remains over to the
+//! next replica through released leases (a second signal skips the grace), and exits.
 
 use std::sync::Arc;
 
@@ -65,6 +66,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     api::metrics::recorder();
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
+    metrics::counter!("piculet_step_attempts_interrupted_total").increment(0);
     let backend = backend(&config).await?;
     let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;
@@ -87,6 +89,8 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
             grace: config.grace_period,
             max_log_bytes: config.max_log_size,
             poll: std::time::Duration::from_secs(1),
+            max_attempts: config.max_attempts,
+            shutdown_grace: config.shutdown_grace,
         },
         control.clone(),
     );
@@ -127,43 +131,81 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
         database = if store.is_postgres() { "postgres" } else { "sqlite" },
         "piculet is listening on http://{local}/api/v1 (API page: http://{local}/api/v1/docs)"
     );
+    let hand_over = engine.hand_over();
     let engine = tokio::spawn(engine.run(shutdown.clone()));
-    let signal = {
+    // The first signal stops claiming and serving; the second hands the running workflows
+    // over without waiting out the grace.
+    let signals = tokio::spawn({
         let shutdown = shutdown.clone();
+        let mut signals = Signals::new();
         async move {
-            shutdown_signal().await;
+            signals.next().await;
+            tracing::info!(
+                "shutting down: no new work is claimed; running workflows go on for the shutdown grace, then they are handed over (a second signal hands them over now)"
+            );
             shutdown.cancel();
+            signals.next().await;
+            tracing::info!("second signal: handing the running workflows over now");
+            hand_over.cancel();
         }
-    };
-    crate::http1::serve(listener, router, signal).await;
+    });
+    crate::http1::serve(listener, router, {
+        let shutdown = shutdown.clone();
+        async move { shutdown.cancelled().await }
+    })
+    .await;
     shutdown.cancel();
     let _ = engine.await;
+    signals.abort();
     store.close().await;
     engine_store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and Ctrl-C, registered once so that a second signal is never missed between two
+/// waits.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                terminate: signal(SignalKind::terminate()).ok(),
+                interrupt: signal(SignalKind::interrupt()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+        #[cfg(not(unix))]
+        Signals {}
     }
-    tracing::info!(
-        "shutting down: no new work is claimed; running workflows are left for adoption"
-    );
+
+    /// The next SIGTERM or Ctrl-C.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn on(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = on(&mut self.terminate) => {},
+                () = on(&mut self.interrupt) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

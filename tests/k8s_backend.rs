@@ -825,7 +825,8 @@ async fn cancel_deletes_the_pods() {
 
 #[tokio::test]
 async fn another_replica_adopts_a_running_step_and_reads_its_log_on() {
-    let env = Env::start(Db::Postgres, |_| {}).await;
+    // No shutdown grace: the step is handed over at once rather than finished here.
+    let env = Env::start(Db::Postgres, |s| s.shutdown_grace = Some("0s".into())).await;
     let id = env
         .submit(
             "\

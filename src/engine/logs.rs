@@ -194,6 +194,17 @@ impl Batch<'_> {
     }
 }
 
+/// Stores one line of piculet's own in a step's log (why a step starts over), numbered
+/// `number`; the step's own output follows it.
+pub async fn notice(store: &Store, step_id: Uuid, number: i64, text: String) {
+    let line = LogLine {
+        number,
+        at: chrono::Utc::now(),
+        text,
+    };
+    write(store, step_id, vec![line]).await;
+}
+
 /// Writes a batch, retrying while the database is unreachable. A batch the database refuses
 /// outright, or that still fails after about a minute, is given up with an error in the
 /// server log rather than holding the step forever.

@@ -3,16 +3,19 @@
 //!
 //! Claims wake on a local nudge (a submission on this replica) and poll as a fallback (work
 //! submitted through another replica, expired leases to take over). A running workflow's lease
-//! is renewed by a keeper that also notices a cancel requested through another replica; on
-//! shutdown the workers stop claiming, store the output read so far and give their leases up,
-//! leaving the workflows for whoever claims them next.
+//! is renewed by a keeper that also notices a cancel requested through another replica.
+//!
+//! Shutdown comes in two stages: at once no more work is claimed while the running workflows
+//! go on for `PICULET_SHUTDOWN_GRACE`; then (or at a second signal) the rest is handed over:
+//! the workers store the output read so far, leave their steps running in the backend and
+//! give their leases up, so that whoever claims the workflows next adopts them at once.
 
 pub mod env;
 mod logs;
 pub mod mask;
 mod workflow;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +43,12 @@ pub struct EngineSettings {
     pub max_log_bytes: usize,
     /// How often idle workers look for work they were not told about.
     pub poll: Duration,
+    /// How many times a step is started, its first attempt included, when its attempts are
+    /// interrupted (a replica died with them); then it ends as `error`.
+    pub max_attempts: u32,
+    /// After shutdown begins, how long running workflows go on here before they are handed
+    /// over to another replica.
+    pub shutdown_grace: Duration,
 }
 
 /// What the API tells the engine: new work, and cancels.
@@ -98,11 +107,21 @@ pub(crate) struct Inner {
     control: Arc<Control>,
     /// This replica's name in lease columns.
     owner: String,
+    /// The workflows this replica's workers run: every other lease in its name is stray.
+    held: Mutex<HashSet<Uuid>>,
+}
+
+impl Inner {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The worker pool; [`Engine::run`] drives it until shutdown.
 pub struct Engine {
     inner: Arc<Inner>,
+    /// Cancelled when the running workflows are to be handed over now.
+    hand_over: CancellationToken,
 }
 
 impl Engine {
@@ -122,14 +141,22 @@ impl Engine {
                 secret_box,
                 control,
                 owner: format!("{host}/{}", Uuid::now_v7()),
+                held: Mutex::new(HashSet::new()),
             }),
+            hand_over: CancellationToken::new(),
         }
     }
 
-    /// Claims and runs workflows until `shutdown`; then gives every running workflow up
-    /// cleanly and returns.
+    /// Cancel to hand the running workflows over at once rather than at the end of the
+    /// shutdown grace (a second signal).
+    pub fn hand_over(&self) -> CancellationToken {
+        self.hand_over.clone()
+    }
+
+    /// Claims and runs workflows until `shutdown`; then lets the running ones go on for the
+    /// shutdown grace, hands what remains over (see the module docs) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
-        let inner = self.inner;
+        let Engine { inner, hand_over } = self;
         let slots = Arc::new(Semaphore::new(inner.settings.max_workflows));
         let mut workers: JoinSet<()> = JoinSet::new();
         tracing::info!(owner = %inner.owner, backend = inner.backend.name(), "engine started");
@@ -139,7 +166,13 @@ impl Engine {
             let inner = inner.clone();
             async move { reap(&inner).await }
         });
+        // A claim whose answer was lost (a write timeout after its commit) may have left a
+        // lease in this replica's name on a workflow nobody here runs.
+        let mut strays = false;
         loop {
+            if strays {
+                strays = !release_strays(&inner).await;
+            }
             let permit = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(p) => p,
@@ -153,8 +186,9 @@ impl Engine {
                 .await
             {
                 Ok(Some(claimed)) => {
+                    inner.held().insert(claimed.workflow_id);
                     let inner = inner.clone();
-                    let abandon = shutdown.child_token();
+                    let abandon = hand_over.child_token();
                     let span = tracing::info_span!(
                         "workflow",
                         pipeline_id = %claimed.pipeline_id,
@@ -163,7 +197,9 @@ impl Engine {
                     );
                     workers.spawn(
                         async move {
-                            run_claimed(inner, claimed, abandon).await;
+                            let workflow_id = claimed.workflow_id;
+                            run_claimed(inner.clone(), claimed, abandon).await;
+                            inner.held().remove(&workflow_id);
                             drop(permit);
                         }
                         .instrument(span),
@@ -179,6 +215,7 @@ impl Engine {
                 }
                 Err(e) => {
                     drop(permit);
+                    strays = true;
                     tracing::warn!(error = %e, "claiming work failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(inner.settings.poll) => {},
@@ -188,10 +225,56 @@ impl Engine {
             }
             while workers.try_join_next().is_some() {}
         }
-        // Workers see the shutdown through their abandon token: they store what they read and
-        // give their leases up.
-        while workers.join_next().await.is_some() {}
+        // Claiming has stopped. The running workflows go on until the grace is over (or a
+        // second signal), then their workers see the hand-over through their abandon tokens:
+        // they store what they read, leave the steps running and give their leases up.
+        if strays {
+            release_strays(&inner).await;
+        }
+        let running = inner.held().len();
+        if running > 0 {
+            tracing::info!(
+                running,
+                grace = ?inner.settings.shutdown_grace,
+                "no new work is claimed; running workflows go on until the grace is over, then they are handed over"
+            );
+        }
+        let grace = tokio::time::sleep(inner.settings.shutdown_grace);
+        tokio::pin!(grace);
+        let mut handed = hand_over.is_cancelled();
+        loop {
+            tokio::select! {
+                joined = workers.join_next() => if joined.is_none() { break },
+                () = &mut grace, if !handed => {
+                    tracing::info!(running = inner.held().len(), "the shutdown grace is over; handing the running workflows over");
+                    hand_over.cancel();
+                    handed = true;
+                },
+                // A second signal: handed over now.
+                () = hand_over.cancelled(), if !handed => handed = true,
+            }
+        }
         tracing::info!("engine stopped");
+    }
+}
+
+/// Gives up the stray leases of this replica; true when that worked.
+async fn release_strays(inner: &Inner) -> bool {
+    let keep = inner.held().clone();
+    match inner.store.release_stray_claims(&inner.owner, &keep).await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(
+                    released = n,
+                    "gave up leases of claims whose answers were lost"
+                );
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "giving up stray leases failed; trying again before the next claim");
+            false
+        }
     }
 }
 
@@ -262,6 +345,9 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
         }
     };
     let cancel = inner.control.hold(pipeline_id);
+    if claimed.cancel_requested {
+        cancel.cancel();
+    }
     let keeper_done = CancellationToken::new();
     let keeper = tokio::spawn(
         keep_lease(

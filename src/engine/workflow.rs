@@ -2,7 +2,7 @@
 //! parallel, `when.status` against the workflow's status so far, timeouts, cancel, and at the
 //! end the services stopped, the backend torn down and the outcome recorded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,10 @@ use super::env::{EnvContext, step_env};
 use super::logs::pump;
 use super::mask::Masker;
 use super::{Inner, Opened};
-use crate::backend::{BackendError, StepExit, StepHandle, StepRun, WorkflowRun};
+use crate::backend::{BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::model::{Status, StepKind};
 use crate::pipeline::{self, Failure, StepSpec};
-use crate::store::{ClaimedWorkflow, StepState};
+use crate::store::{ClaimedWorkflow, StartRecord, StepState};
 
 /// Why a step stopped before it ended by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,18 +70,48 @@ struct StepContext {
     first_start: std::sync::atomic::AtomicBool,
 }
 
-/// How a step task begins: a fresh start, or re-attaching to a step that survived a restart.
+/// How a step task begins.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Begin {
-    Start,
-    Attach {
-        after: Option<DateTime<Utc>>,
-        next_number: i64,
-    },
+    /// A step never started: commit the start of attempt 1, then start it.
+    Fresh,
+    /// A step the store records as running at `attempt` under an earlier lease: ask the
+    /// backend what it holds of that attempt before anything is started.
+    Adopt { attempt: u32, launched: bool },
+}
+
+/// What a step task does next with the backend, once the store is settled.
+enum Opening {
+    /// Commit the start of `attempt` (`why`: the reason for a re-run), then start it.
+    Record { attempt: u32, why: Option<String> },
+    /// The start of `attempt` is committed and the backend never had it: start it.
+    Launch { attempt: u32 },
+    /// The backend holds `attempt`: re-attach to it.
+    Attach { attempt: u32 },
 }
 
 fn human(d: Duration) -> String {
     humantime::format_duration(Duration::from_secs(d.as_secs().max(1))).to_string()
 }
+
+/// Waits before the next try of a database or backend call that failed; false when the
+/// workflow was given up meanwhile.
+async fn backoff(delay: &mut Duration, abandon: &CancellationToken) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(*delay) => {},
+        () = abandon.cancelled() => return false,
+    }
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    true
+}
+
+/// How often the backend is asked about an adopted step before the step is given up as an
+/// error: a minute or so of an unreachable backend.
+const PROBE_TRIES: u32 = 8;
+
+/// How often the end of a workflow is written before it is left to the replica that takes
+/// the workflow over once the lease runs out.
+const FINISH_TRIES: u32 = 64;
 
 impl StepContext {
     async fn run_step(
@@ -109,7 +139,7 @@ impl StepContext {
             &self.run.plan,
             &spec,
         );
-        let step = StepRun {
+        let mut step = StepRun {
             step_id: id,
             attempt: 1,
             spec,
@@ -118,76 +148,9 @@ impl StepContext {
         };
         let background = step.spec.kind == pipeline::StepKind::Service || step.spec.detach;
 
-        let attaching = matches!(begin, Begin::Attach { .. });
-        let (handle, first_number) = match begin {
-            Begin::Start => {
-                // Recorded while the backend starts the step, not before, so that the start
-                // does not wait for a database commit. A replica that dies in between leaves
-                // the step queued (started again by whoever adopts the workflow: Kubernetes
-                // pod names are deterministic, so that create meets the pod already there) or
-                // running without a pod (recorded as lost).
-                let (recorded, started) = tokio::join!(
-                    store.step_started(self.run.pipeline_id, id, started_at),
-                    self.inner.backend.start_step(&self.run, &step)
-                );
-                if let Err(e) = recorded {
-                    tracing::error!(error = %e, "recording the step's start failed");
-                }
-                if !self
-                    .first_start
-                    .swap(true, std::sync::atomic::Ordering::SeqCst)
-                {
-                    let waited = (started_at - self.claimed_created)
-                        .to_std()
-                        .unwrap_or_default();
-                    metrics::histogram!("piculet_submit_to_start_seconds")
-                        .record(waited.as_secs_f64());
-                }
-                (started, 1)
-            }
-            Begin::Attach { after, next_number } => (
-                self.inner
-                    .backend
-                    .attach_step(&self.run, &step, after)
-                    .await,
-                next_number,
-            ),
-        };
-        let handle: StepHandle = match handle {
-            Ok(h) => h,
-            // A step that cannot be re-attached must not go on running unobserved.
-            Err(e) if attaching => {
-                let grace = self.inner.settings.grace;
-                if let Err(stop) = self.inner.backend.stop_step(&self.run, id, grace).await {
-                    tracing::warn!(error = %stop, "stopping a step that cannot be re-attached failed");
-                }
-                let reason = format!(
-                    "lost: piculet stopped while the step ran, and the {} backend cannot re-attach to it ({e}); it was stopped",
-                    self.inner.backend.name()
-                );
-                return self
-                    .finish(
-                        id,
-                        &step.spec,
-                        Status::Error,
-                        None,
-                        Some(reason),
-                        started_at,
-                    )
-                    .await;
-            }
-            Err(BackendError::Refused(reason)) | Err(BackendError::Failed(reason)) => {
-                return self
-                    .finish(
-                        id,
-                        &step.spec,
-                        Status::Error,
-                        None,
-                        Some(reason),
-                        started_at,
-                    )
-                    .await;
-            }
+        let (handle, first_number) = match self.open(&mut step, begin, started_at).await {
+            Ok(opened) => opened,
+            Err(outcome) => return outcome,
         };
 
         let pump_stop = CancellationToken::new();
@@ -268,6 +231,326 @@ impl StepContext {
         };
         self.finish(id, &step.spec, status, exit_code, reason, started_at)
             .await
+    }
+
+    /// Settles where the step stands and gets a handle on it: the start of an attempt is
+    /// committed before the backend is asked to start it, and an adopted attempt is asked
+    /// about before anything is started, so that no attempt ever runs twice. An attempt that
+    /// was interrupted is stopped and the step runs again as the next attempt, up to
+    /// `PICULET_MAX_ATTEMPTS`. Returns the handle and the number of its first new log line, or
+    /// how the step task ended without one.
+    async fn open(
+        &self,
+        step: &mut StepRun,
+        begin: Begin,
+        started_at: DateTime<Utc>,
+    ) -> Result<(StepHandle, i64), Outcome> {
+        let id = step.step_id;
+        let backend = self.inner.backend.clone();
+        let mut opening = match begin {
+            Begin::Fresh => Opening::Record {
+                attempt: 1,
+                why: None,
+            },
+            Begin::Adopt { attempt, launched } => {
+                let attempt = attempt.max(1);
+                match self.probe(id, attempt).await? {
+                    Presence::Present => Opening::Attach { attempt },
+                    // Recorded, and the backend never accepted it: this attempt never began
+                    // (Kubernetes meets its deterministic pod name should it have after all).
+                    Presence::Absent if !launched => Opening::Launch { attempt },
+                    Presence::Absent => {
+                        let what = format!(
+                            "piculet stopped while it ran, and the {} backend holds nothing of it any more",
+                            backend.name()
+                        );
+                        self.interrupted(step, attempt, what, started_at).await?
+                    }
+                    Presence::Interrupted { reason } => {
+                        self.interrupted(step, attempt, reason, started_at).await?
+                    }
+                }
+            }
+        };
+        loop {
+            let attempt = match &opening {
+                Opening::Record { attempt, .. }
+                | Opening::Launch { attempt }
+                | Opening::Attach { attempt } => *attempt,
+            };
+            step.attempt = attempt;
+            // A first attempt of a step that never ran starts its log at line 1; anything
+            // else continues after what earlier attempts (or this one, before a restart)
+            // stored.
+            let last = if matches!(opening, Opening::Record { attempt: 1, .. }) {
+                None
+            } else {
+                self.last_line(id).await?
+            };
+            let next_number = last.as_ref().map_or(1, |l| l.number + 1);
+            // An adopted or interrupted step of a pipeline canceled or timed out meanwhile is
+            // not started again only to be stopped.
+            if !matches!(opening, Opening::Attach { .. }) {
+                if self.stops.cancel.is_cancelled() {
+                    return Err(self
+                        .finish_unstarted(id, Status::Canceled, Some("canceled".into()))
+                        .await);
+                }
+                if self.stops.pipeline_expired.is_cancelled() {
+                    let reason = format!(
+                        "timed out after {} (the pipeline's timeout)",
+                        human(self.stops.pipeline_timeout)
+                    );
+                    return Err(self
+                        .finish_unstarted(id, Status::Failure, Some(reason))
+                        .await);
+                }
+            }
+            match opening {
+                Opening::Record { attempt, why } => {
+                    self.record_start(id, attempt, why.clone()).await?;
+                    let next_number = match why {
+                        // The log says why the lines start over.
+                        Some(why) => {
+                            super::logs::notice(
+                                &self.inner.store,
+                                id,
+                                next_number,
+                                format!("piculet: {why}\n"),
+                            )
+                            .await;
+                            next_number + 1
+                        }
+                        None => next_number,
+                    };
+                    return self.launch(step, started_at, next_number).await;
+                }
+                Opening::Launch { .. } => return self.launch(step, started_at, next_number).await,
+                Opening::Attach { attempt } => {
+                    let after = last.as_ref().map(|l| l.at);
+                    match backend.attach_step(&self.run, step, after).await {
+                        Ok(handle) => return Ok((handle, next_number)),
+                        // A step that cannot be re-attached must not go on running
+                        // unobserved: it is stopped and run again.
+                        Err(e) => {
+                            let what = format!(
+                                "piculet stopped while it ran, and the {} backend cannot re-attach to it ({e})",
+                                backend.name()
+                            );
+                            opening = self.interrupted(step, attempt, what, started_at).await?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the backend what it holds of an adopted attempt, trying again while it cannot
+    /// answer: nothing is started without an answer.
+    async fn probe(&self, id: Uuid, attempt: u32) -> Result<Presence, Outcome> {
+        let mut delay = Duration::from_millis(200);
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.inner.backend.probe_step(&self.run, id, attempt).await {
+                Ok(presence) => {
+                    tracing::info!(
+                        attempt,
+                        ?presence,
+                        "asked the backend about an adopted step"
+                    );
+                    return Ok(presence);
+                }
+                Err(e) if tries >= PROBE_TRIES => {
+                    let reason = format!(
+                        "piculet stopped while the step ran, and the {} backend could not say what became of attempt {attempt}: {e}",
+                        self.inner.backend.name()
+                    );
+                    return Err(self.finish_unstarted(id, Status::Error, Some(reason)).await);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "asking the backend about an adopted step failed; retrying");
+                    if !backoff(&mut delay, &self.stops.abandon).await {
+                        return Err(Outcome::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `attempt` was interrupted (`what` says how): what is left of it is stopped, and the
+    /// step runs again as the next attempt, or ends as an error once it had its
+    /// `PICULET_MAX_ATTEMPTS`.
+    async fn interrupted(
+        &self,
+        step: &StepRun,
+        attempt: u32,
+        what: String,
+        started_at: DateTime<Utc>,
+    ) -> Result<Opening, Outcome> {
+        let grace = self.inner.settings.grace;
+        if let Err(e) = self
+            .inner
+            .backend
+            .stop_step(&self.run, step.step_id, grace)
+            .await
+        {
+            tracing::warn!(error = %e, "stopping what is left of an interrupted attempt failed");
+        }
+        let max = self.inner.settings.max_attempts;
+        tracing::warn!(attempt, max, reason = %what, "a step attempt was interrupted");
+        metrics::counter!("piculet_step_attempts_interrupted_total").increment(1);
+        if attempt >= max {
+            let reason = format!(
+                "attempt {attempt} interrupted: {what}; not run again, {max} attempts is the most PICULET_MAX_ATTEMPTS allows"
+            );
+            return Err(self
+                .finish(
+                    step.step_id,
+                    &step.spec,
+                    Status::Error,
+                    None,
+                    Some(reason),
+                    started_at,
+                )
+                .await);
+        }
+        let next = attempt + 1;
+        Ok(Opening::Record {
+            attempt: next,
+            why: Some(format!(
+                "attempt {attempt} interrupted: {what}; running it again as attempt {next}"
+            )),
+        })
+    }
+
+    /// Commits the start of `attempt`, trying again while the database cannot be written:
+    /// the backend is never asked to start an attempt whose start is not committed.
+    async fn record_start(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        why: Option<String>,
+    ) -> Result<(), Outcome> {
+        let store = &self.inner.store;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match store
+                .step_started(
+                    self.run.pipeline_id,
+                    id,
+                    &self.inner.owner,
+                    attempt,
+                    why.clone(),
+                    Utc::now(),
+                )
+                .await
+            {
+                Ok(StartRecord::Recorded) => return Ok(()),
+                Ok(StartRecord::Refused) => {
+                    // Another replica holds the workflow now (this one's lease ran out): it
+                    // decides about the step.
+                    tracing::warn!(
+                        attempt,
+                        "the step's start was refused: the workflow's lease is no longer this replica's"
+                    );
+                    return Err(Outcome::Abandoned);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "recording the step's start failed; retrying");
+                    if !backoff(&mut delay, &self.stops.abandon).await {
+                        return Err(Outcome::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the backend to start the attempt whose start is committed, then records that it
+    /// accepted it (beside the step's first output: that record only matters to a replica
+    /// that adopts the workflow).
+    async fn launch(
+        &self,
+        step: &StepRun,
+        started_at: DateTime<Utc>,
+        first_number: i64,
+    ) -> Result<(StepHandle, i64), Outcome> {
+        let started = self.inner.backend.start_step(&self.run, step).await;
+        if !self
+            .first_start
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let waited = (started_at - self.claimed_created)
+                .to_std()
+                .unwrap_or_default();
+            metrics::histogram!("piculet_submit_to_start_seconds").record(waited.as_secs_f64());
+        }
+        match started {
+            Ok(handle) => {
+                let store = self.inner.store.clone();
+                let (id, attempt) = (step.step_id, step.attempt);
+                tokio::spawn(
+                    async move {
+                        if let Err(e) = store.step_launched(id, attempt).await {
+                            tracing::warn!(error = %e, "recording that the backend started the step failed; an adopting replica will ask it");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok((handle, first_number))
+            }
+            Err(BackendError::Refused(reason)) | Err(BackendError::Failed(reason)) => Err(self
+                .finish(
+                    step.step_id,
+                    &step.spec,
+                    Status::Error,
+                    None,
+                    Some(reason),
+                    started_at,
+                )
+                .await),
+        }
+    }
+
+    /// The step's last stored log line, trying again while the database cannot be read: a
+    /// wrong guess would number new lines over stored ones.
+    async fn last_line(&self, id: Uuid) -> Result<Option<crate::model::LogLine>, Outcome> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.inner.store.last_log_line(id).await {
+                Ok(last) => return Ok(last),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the step's last log line failed; retrying");
+                    if !backoff(&mut delay, &self.stops.abandon).await {
+                        return Err(Outcome::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a step that has no handle, without the duration metric of a step that ran here.
+    async fn finish_unstarted(&self, id: Uuid, status: Status, reason: Option<String>) -> Outcome {
+        if let Err(e) = self
+            .inner
+            .store
+            .step_finished(
+                self.run.pipeline_id,
+                id,
+                status,
+                None,
+                reason.clone(),
+                Utc::now(),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "recording the step's end failed");
+        }
+        Outcome::Finished {
+            status,
+            exit_code: None,
+            reason,
+        }
     }
 
     async fn finish(
@@ -461,63 +744,33 @@ pub(super) async fn run(
         return;
     }
 
-    // Steps that ran under an earlier lease: re-attach where the backend can; one gone from
-    // the backend is lost. None is started twice.
-    let mut adopted: HashSet<Uuid> = HashSet::new();
-    let mut lost: HashSet<Uuid> = HashSet::new();
-    if claimed.takeover {
+    // Steps recorded as running under an earlier lease: each step task asks the backend about
+    // its attempt before it starts anything (see `StepContext::open`). None is started twice.
+    let adopted: HashMap<Uuid, Begin> = if claimed.takeover {
         metrics::counter!("piculet_lease_takeovers_total").increment(1);
-        let alive = inner
-            .backend
-            .running_steps(&ctx.run)
-            .await
-            .unwrap_or_default();
-        for s in claimed
+        claimed
             .steps
             .iter()
             .filter(|s| s.status.0 == Status::Running)
-        {
-            if alive.contains(&s.id) {
-                adopted.insert(s.id);
-                continue;
-            }
-            lost.insert(s.id);
-            let reason = format!(
-                "lost: piculet stopped while the step ran, and the step is gone from the {} backend",
-                inner.backend.name()
-            );
-            let _ = store
-                .step_finished(
-                    claimed.pipeline_id,
+            .map(|s| {
+                (
                     s.id,
-                    Status::Error,
-                    None,
-                    Some(reason),
-                    Utc::now(),
+                    Begin::Adopt {
+                        attempt: u32::try_from(s.attempt).unwrap_or(1),
+                        launched: s.launched,
+                    },
                 )
-                .await;
-        }
-    }
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     // The status each step had when the workflow was claimed; `None` for a step still to run.
     let claimed_status = |s: &StepState| -> Option<Status> {
-        if lost.contains(&s.id) {
-            Some(Status::Error)
-        } else {
-            (s.status.0 != Status::Queued && !adopted.contains(&s.id)).then_some(s.status.0)
-        }
+        (s.status.0 != Status::Queued && !adopted.contains_key(&s.id)).then_some(s.status.0)
     };
     let adopted = &adopted;
-    let begin_for = |id: Uuid| async move {
-        if adopted.contains(&id) {
-            let last = store.last_log_line(id).await.ok().flatten();
-            Begin::Attach {
-                after: last.as_ref().map(|l| l.at),
-                next_number: last.map(|l| l.number + 1).unwrap_or(1),
-            }
-        } else {
-            Begin::Start
-        }
-    };
+    let begin_for = |id: Uuid| adopted.get(&id).cloned().unwrap_or(Begin::Fresh);
 
     // Step tasks, foreground (the DAG waits for them) and background (services and detached
     // steps, which end with the workflow); a task's id names its step should it panic.
@@ -546,7 +799,7 @@ pub(super) async fn run(
         if claimed_status(state).is_some_and(Status::is_finished) {
             continue;
         }
-        let begin = begin_for(state.id).await;
+        let begin = begin_for(state.id);
         spawn(
             &mut background,
             &mut tasks,
@@ -620,7 +873,7 @@ pub(super) async fn run(
                     })
                 };
                 if let Some((status, reason)) = stopped_early
-                    && !adopted.contains(&id)
+                    && !adopted.contains_key(&id)
                 {
                     let _ = store
                         .step_finished(
@@ -636,7 +889,7 @@ pub(super) async fn run(
                     continue;
                 }
                 let pipeline_status = if failed { "failure" } else { "success" };
-                let begin = begin_for(id).await;
+                let begin = begin_for(id);
                 if spec.detach {
                     // A detached step runs beside the rest; its dependents go on at once.
                     spawn(
@@ -723,11 +976,27 @@ pub(super) async fn run(
         cancel.is_cancelled(),
         pipeline_expired.is_cancelled(),
     );
-    if let Err(e) = store
-        .workflow_finished(claimed.pipeline_id, workflow_id, status, reason)
-        .await
-    {
-        tracing::error!(error = %e, "recording the workflow's end failed");
+    // Retried while this replica holds the lease (its keeper renews it meanwhile): given up,
+    // the workflow would stay `running` until its lease ran out and another replica found
+    // every step finished and recorded the end in its place.
+    let mut delay = Duration::from_millis(100);
+    for tries in 1.. {
+        match store
+            .workflow_finished(claimed.pipeline_id, workflow_id, status, reason.clone())
+            .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "recording the workflow's end failed; retrying");
+                // About five minutes of tries; then the lease is left to run out.
+                if tries >= FINISH_TRIES || !backoff(&mut delay, &abandon).await {
+                    tracing::error!(
+                        "the lease is gone before the workflow's end was recorded; the replica that takes it over records it"
+                    );
+                    return;
+                }
+            }
+        }
     }
     // Workflows that depended on this one may be ready now.
     inner.control.wake();

@@ -28,6 +28,9 @@ pub struct ClaimedWorkflow {
     pub pipeline_started_at: DateTime<Utc>,
     pub pipeline_timeout_seconds: Option<i64>,
     pub pipeline_created_at: DateTime<Utc>,
+    /// A cancel was requested (through any replica) before this claim: the workflow is
+    /// stopped at once, and nothing of it is started again.
+    pub cancel_requested: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -42,6 +45,21 @@ pub struct StepState {
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
+    /// Attempts started so far; 0 before the first.
+    pub attempt: i32,
+    /// The backend accepted the start of `attempt`.
+    pub launched: bool,
+}
+
+/// What recording the start of an attempt found (see [`Store::step_started`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartRecord {
+    /// The start is committed (now, or by an earlier try whose answer was lost): the backend
+    /// may be asked to start this attempt.
+    Recorded,
+    /// The step is not this replica's to start: another replica holds the workflow's lease,
+    /// or the step is at another attempt or finished. Nothing may be started.
+    Refused,
 }
 
 /// A step kind read from its column.
@@ -93,6 +111,7 @@ struct PipelineRunRow {
     started_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     timeout_seconds: Option<i64>,
+    cancel_requested: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -104,7 +123,8 @@ struct SiblingRow {
     plan: Json<Option<WorkflowPlan>>,
 }
 
-const STEP_COLUMNS: &str = "id, pipeline_id, name, kind, status, exit_code, reason, started_at";
+const STEP_COLUMNS: &str =
+    "id, pipeline_id, name, kind, status, exit_code, reason, started_at, attempt, launched";
 
 fn new_event(
     pipeline_id: Uuid,
@@ -188,8 +208,8 @@ impl Store {
                 )).await?);
             }
             let pipeline: PipelineRunRow = sqlx::query_as(
-                "SELECT submission, sealed_secrets, started_at, created_at, timeout_seconds \
-                 FROM pipelines WHERE id = $1",
+                "SELECT submission, sealed_secrets, started_at, created_at, timeout_seconds, \
+                 cancel_requested FROM pipelines WHERE id = $1",
             )
             .bind(row.pipeline_id)
             .fetch_one(&mut *tx)
@@ -212,6 +232,7 @@ impl Store {
                 pipeline_started_at: pipeline.started_at.unwrap_or(now),
                 pipeline_timeout_seconds: pipeline.timeout_seconds,
                 pipeline_created_at: pipeline.created_at,
+                cancel_requested: pipeline.cancel_requested,
             }
         });
         self.publish(events);
@@ -285,6 +306,44 @@ impl Store {
         .await
     }
 
+    /// Gives up the leases `owner` holds on running workflows other than `keep`: a claim whose
+    /// commit landed after its caller stopped waiting (a write timeout) left such a lease, on a
+    /// workflow no worker of this replica runs. Released, another replica (or this one) claims
+    /// it at once instead of after the lease runs out.
+    pub async fn release_stray_claims(
+        &self,
+        owner: &str,
+        keep: &std::collections::HashSet<Uuid>,
+    ) -> Result<u64, StoreError> {
+        self.write(async {
+            let held: Vec<(Uuid,)> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT id FROM workflows WHERE lease_owner = $1 AND status = 'running'",
+                )
+                .bind(owner)
+                .fetch_all(pool)
+                .await?
+            });
+            let mut released = 0;
+            for (id,) in held.into_iter().filter(|(id,)| !keep.contains(id)) {
+                on_pool!(self, pool => {
+                    released += sqlx::query(
+                        "UPDATE workflows SET lease_expires_at = $1 \
+                         WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+                    )
+                    .bind(Utc::now() - chrono::Duration::seconds(1))
+                    .bind(id)
+                    .bind(owner)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                });
+            }
+            Ok(released)
+        })
+        .await
+    }
+
     pub async fn step(&self, step_id: Uuid) -> Result<Option<StepState>, StoreError> {
         self.read(async {
             Ok(on_pool!(self, pool => {
@@ -299,37 +358,97 @@ impl Store {
         .await
     }
 
-    /// Records that a step started.
+    /// Commits the start of attempt `attempt` of a step, before the backend is asked to start
+    /// it: the step becomes `running` at that attempt, not yet launched. Attempt 1 starts a
+    /// queued step; a later one follows the attempt before it (which was interrupted; `why`
+    /// says so in the event). Only the holder of the workflow's lease may record a start, so
+    /// that a replica that lost its lease cannot start a step another one adopted. Idempotent:
+    /// a retry after an answer that was lost finds its own start and reports it recorded.
+    #[allow(clippy::too_many_arguments)]
     pub async fn step_started(
         &self,
         pipeline_id: Uuid,
         step_id: Uuid,
+        owner: &str,
+        attempt: u32,
+        why: Option<String>,
         at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<StartRecord, StoreError> {
+        let attempt = i32::try_from(attempt)
+            .map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))?;
         self.write(async {
-        let event = on_pool!(self, pool => {
+        let (record, event) = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             lock_pipeline(&mut *tx, pipeline_id).await?;
             let row: Option<(Uuid, String)> = sqlx::query_as(
-                "UPDATE steps SET status = 'running', started_at = $1 \
-                 WHERE id = $2 AND status = 'queued' RETURNING pipeline_id, name",
+                "UPDATE steps SET status = 'running', attempt = $1, launched = FALSE, reason = $2, \
+                 started_at = COALESCE(started_at, $3) \
+                 WHERE id = $4 AND attempt = $1 - 1 AND status IN ('queued', 'running') \
+                   AND EXISTS (SELECT 1 FROM workflows w WHERE w.id = steps.workflow_id \
+                               AND w.status = 'running' AND w.lease_owner = $5) \
+                 RETURNING pipeline_id, name",
             )
+            .bind(attempt)
+            .bind(why.as_deref())
             .bind(at)
             .bind(step_id)
+            .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
-            let event = match row {
-                Some((pipeline_id, name)) => Some(
-                    insert_event(&mut tx, new_event(pipeline_id, Subject::Step, step_id, name, Status::Running, at))
-                        .await?,
-                ),
-                None => None,
+            let outcome = match row {
+                Some((pipeline_id, name)) => {
+                    let event = insert_event(&mut tx, NewEvent {
+                        reason: why.clone(),
+                        ..new_event(pipeline_id, Subject::Step, step_id, name, Status::Running, at)
+                    })
+                    .await?;
+                    (StartRecord::Recorded, Some(event))
+                }
+                None => {
+                    let mine: Option<(bool,)> = sqlx::query_as(
+                        "SELECT COALESCE(s.status = 'running' AND s.attempt = $1 \
+                                         AND w.lease_owner = $2, FALSE) \
+                         FROM steps s JOIN workflows w ON w.id = s.workflow_id WHERE s.id = $3",
+                    )
+                    .bind(attempt)
+                    .bind(owner)
+                    .bind(step_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let record = if mine.is_some_and(|(m,)| m) {
+                        StartRecord::Recorded
+                    } else {
+                        StartRecord::Refused
+                    };
+                    (record, None)
+                }
             };
             tx.commit().await?;
-            event
+            outcome
         });
         self.publish(event.into_iter().collect());
-        Ok(())
+        Ok(record)
+        })
+        .await
+    }
+
+    /// Records that the backend accepted the start of `attempt`: from now on, a replica that
+    /// adopts the workflow and finds nothing of the attempt knows it was lost, not unborn.
+    pub async fn step_launched(&self, step_id: Uuid, attempt: u32) -> Result<(), StoreError> {
+        let attempt = i32::try_from(attempt)
+            .map_err(|_| StoreError::Corrupt(format!("attempt {attempt} is out of range")))?;
+        self.write(async {
+            on_pool!(self, pool => {
+                sqlx::query(
+                    "UPDATE steps SET launched = TRUE \
+                     WHERE id = $1 AND attempt = $2 AND status = 'running'",
+                )
+                .bind(step_id)
+                .bind(attempt)
+                .execute(pool)
+                .await?;
+            });
+            Ok(())
         })
         .await
     }

@@ -18,7 +18,7 @@ mod events;
 mod logs;
 mod pipelines;
 
-pub use engine::{ClaimedWorkflow, LeaseState, StepState};
+pub use engine::{ClaimedWorkflow, LeaseState, StartRecord, StepState};
 pub use events::NewEvent;
 pub use pipelines::{
     Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,

@@ -134,6 +134,7 @@ impl NewPipeline {
                             status: s.status,
                             reason: s.reason.clone(),
                             exit_code: None,
+                            attempt: 0,
                             started_at: None,
                             finished_at: None,
                         })
@@ -268,6 +269,7 @@ struct StepRow {
     status: String,
     reason: Option<String>,
     exit_code: Option<i32>,
+    attempt: i32,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
 }
@@ -318,8 +320,9 @@ const INSERT_PIPELINE: &str = "WITH pipeline AS ( \
              $21::text[], $22::text[], $23::bool[], $24::timestamptz[]) \
              AS w(id, position, name, matrix, plan, status, reason, ready, finished_at)), \
          steps AS ( \
-           INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason) \
-           SELECT s.id, s.workflow_id, $1, s.position, s.name, s.kind, s.status, s.reason \
+           INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason, \
+             attempt) \
+           SELECT s.id, s.workflow_id, $1, s.position, s.name, s.kind, s.status, s.reason, 0 \
            FROM unnest($25::uuid[], $26::uuid[], $27::int4[], $28::text[], $29::text[], \
              $30::text[], $31::text[]) \
              AS s(id, workflow_id, position, name, kind, status, reason)) \
@@ -459,7 +462,9 @@ async fn insert_pipeline_sqlite(
     let steps: Vec<PlacedStep<'_>> = new.steps().collect();
     for chunk in steps.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::new(
-            "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason) ",
+            // `attempt` explicitly: SQLite's column kept the default of its first version.
+            "INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason, \
+             attempt) ",
         );
         q.push_values(chunk, |mut row, (workflow_id, position, s)| {
             row.push_bind(s.id)
@@ -469,7 +474,8 @@ async fn insert_pipeline_sqlite(
                 .push_bind(&s.name)
                 .push_bind(s.kind.as_str())
                 .push_bind(s.status.as_str())
-                .push_bind(s.reason.as_deref());
+                .push_bind(s.reason.as_deref())
+                .push("0");
         });
         q.build().execute(&mut *tx).await?;
     }
@@ -567,8 +573,8 @@ impl Store {
                 .fetch_all(pool)
                 .await?;
                 let steps = sqlx::query_as(
-                    "SELECT id, workflow_id, name, kind, status, reason, exit_code, started_at, \
-                     finished_at FROM steps WHERE pipeline_id = $1 ORDER BY workflow_id, position",
+                    "SELECT id, workflow_id, name, kind, status, reason, exit_code, attempt, \
+                     started_at, finished_at FROM steps WHERE pipeline_id = $1 ORDER BY workflow_id, position",
                 )
                 .bind(id)
                 .fetch_all(pool)
@@ -592,6 +598,7 @@ impl Store {
                         status: status(&s.status)?,
                         reason: s.reason,
                         exit_code: s.exit_code,
+                        attempt: u32::try_from(s.attempt).unwrap_or(0),
                         started_at: s.started_at,
                         finished_at: s.finished_at,
                     });
