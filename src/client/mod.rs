@@ -417,7 +417,7 @@ pub struct Resuming<'a> {
 }
 
 impl Resuming<'_> {
-    /// The next event; `None` after the `end` event or a stream that ended without one twice.
+    /// The next event; `None` after the `end` event.
     /// Cancel-safe: dropping the future loses no event, at worst a connection attempt.
     pub async fn next(&mut self) -> Result<Option<sse::SseEvent>, ClientError> {
         loop {
