@@ -441,19 +441,6 @@ impl Submission {
         report
     }
 
-    /// Validates pipeline files away from any server: `from_secret` is checked only against
-    /// the secret names given, and not at all when none is given.
-    pub fn lint_offline(&self, secret_names: &[String], platform: &str, limits: &Limits) -> Report {
-        let mut context = self.context(platform, limits);
-        context.secret_names = secret_names.iter().cloned().collect();
-        context.check_secrets = !secret_names.is_empty();
-        let mut report = pipeline::lint(&self.sources(), &context);
-        let mut errors = self.check(limits);
-        errors.append(&mut report.errors);
-        report.errors = errors;
-        report
-    }
-
     /// The submission as it is kept: secret values and registry passwords removed.
     fn redacted(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).unwrap_or_default();

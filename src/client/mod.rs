@@ -1,49 +1,126 @@
-//! The CLI as a client of a running server: `submit`, `logs`, `status`, `cancel`.
+//! The CLI as a client of a running server: its requests, problem answers turned into one
+//! readable line, and the event and log streams it follows, resumed with `Last-Event-ID` when
+//! they break.
 
+pub mod output;
 pub mod sse;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
 
-use futures::StreamExt as _;
+use chrono::{DateTime, Utc};
+use futures::{Stream, StreamExt as _};
 use reqwest::header::{ACCEPT, AUTHORIZATION};
+use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::model::{Event, LogLine, Pipeline, Status, Subject};
+use crate::model::{Event, LogLine, Pipeline, PipelineSummary, Status, Subject};
+use crate::pipeline::Diagnostic;
 use crate::submission::{ConfigFile, SecretValue, Submission};
+
+/// How many times in a row a followed stream is reopened after it broke without delivering an
+/// event in between; the server sends a keep-alive every 15 s, so a stream that stays broken
+/// this long is a server gone, not a hiccup.
+const RECONNECTS: u32 = 5;
+
+/// The wait before reopening a broken stream, times the attempt number.
+const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A failure of a client command: one line for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach {server}: {source}; is `piculet serve` running there (PICULET_SERVER)?")]
-    Connect {
-        server: String,
-        source: reqwest::Error,
+    #[error("cannot reach {server}: {reason}; is `piculet serve` running there (PICULET_SERVER)?")]
+    Connect { server: String, reason: String },
+    #[error("{server} did not answer within {timeout} (PICULET_REQUEST_TIMEOUT)")]
+    Timeout { server: String, timeout: String },
+    /// The server refused the request; `errors` are a validation problem's diagnostics.
+    #[error("{detail} ({status})")]
+    Refused {
+        status: u16,
+        detail: String,
+        errors: Vec<Diagnostic>,
     },
     #[error("{0}")]
-    Api(String),
+    Stream(String),
     #[error("{0}")]
     Input(String),
 }
 
+/// The innermost cause of an error: reqwest's own text ("error sending request for url …")
+/// hides the reason (connection refused, DNS) in its sources.
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
+}
+
+/// A page of `GET /pipelines`.
+#[derive(Debug, Deserialize)]
+pub struct Page {
+    pub items: Vec<PipelineSummary>,
+    pub next_cursor: Option<String>,
+}
+
+/// The `end` event of a step's log stream.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogEnd {
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+}
+
+/// What `piculet list` asks for.
+#[derive(Debug, Default, Clone)]
+pub struct ListQuery {
+    pub statuses: Vec<Status>,
+    pub labels: Vec<(String, String)>,
+    pub cursor: Option<String>,
+    pub limit: Option<u32>,
+}
+
 /// Talks to one server.
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,
+    timeout: Duration,
     http: reqwest::Client,
 }
 
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> Client {
-        Client {
+    /// A client of `server`; `timeout` bounds every request, and every wait for the next byte
+    /// of a stream.
+    pub fn new(
+        server: &str,
+        token: Option<String>,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .build()
+            .map_err(|e| ClientError::Input(format!("cannot set up HTTP: {}", cause(&e))))?;
+        Ok(Client {
             base: server.trim_end_matches('/').to_string(),
             token: token.filter(|t| !t.is_empty()),
-            http: reqwest::Client::new(),
-        }
+            timeout,
+            http,
+        })
     }
 
+    /// A request that must be answered whole within the timeout.
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.stream_request(method, path).timeout(self.timeout)
+    }
+
+    /// A request whose answer may stream for as long as the server keeps it open; only each
+    /// read is bounded (by the client's read timeout).
+    fn stream_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let request = self
             .http
             .request(method, format!("{}/api/v1{path}", self.base));
@@ -53,65 +130,73 @@ impl Client {
         }
     }
 
-    /// Sends a request and turns a problem answer into one readable line.
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_timeout() {
+            ClientError::Timeout {
+                server: self.base.clone(),
+                timeout: humantime::format_duration(self.timeout).to_string(),
+            }
+        } else {
+            ClientError::Connect {
+                server: self.base.clone(),
+                reason: cause(&e),
+            }
+        }
+    }
+
+    /// Sends a request; a problem answer becomes [`ClientError::Refused`].
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Connect {
-                server: self.base.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
         let body: serde_json::Value = response.json().await.unwrap_or_default();
-        let mut message = format!(
-            "{} ({status})",
-            body["detail"]
-                .as_str()
-                .unwrap_or("the server refused the request")
-        );
-        if let Some(errors) = body["errors"].as_array() {
-            for e in errors {
-                let place = match (e["line"].as_u64(), e["column"].as_u64()) {
-                    (Some(l), Some(c)) => format!("{}:{l}:{c}", e["config"].as_str().unwrap_or("")),
-                    _ => format!(
-                        "{}{}",
-                        e["config"].as_str().unwrap_or(""),
-                        e["pointer"].as_str().unwrap_or("")
-                    ),
-                };
-                message.push_str(&format!(
-                    "\n  {place}: {}",
-                    e["message"].as_str().unwrap_or("")
-                ));
-            }
-        }
-        Err(ClientError::Api(message))
+        let detail = body["detail"]
+            .as_str()
+            .or_else(|| body["title"].as_str())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused"))
+            .to_string();
+        let errors = body
+            .get("errors")
+            .and_then(|e| serde_json::from_value::<Vec<Diagnostic>>(e.clone()).ok())
+            .unwrap_or_default();
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            detail,
+            errors,
+        })
     }
 
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
-        self.send(request)
-            .await?
-            .json()
+        let response = self.send(request).await?;
+        let bytes = response
+            .bytes()
             .await
-            .map_err(|e| ClientError::Api(format!("unexpected answer from the server: {e}")))
+            .map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Stream(format!("unexpected answer from the server: {e}")))
     }
 
-    pub async fn submit(&self, submission: &Submission) -> Result<Pipeline, ClientError> {
-        self.json(
-            self.request(reqwest::Method::POST, "/pipelines")
-                .json(submission),
-        )
-        .await
+    /// Submits; with an idempotency key, a repeated submission returns the first pipeline.
+    pub async fn submit(
+        &self,
+        submission: &Submission,
+        idempotency_key: Option<&str>,
+    ) -> Result<Pipeline, ClientError> {
+        let mut request = self
+            .request(reqwest::Method::POST, "/pipelines")
+            .json(submission);
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        self.json(request).await
     }
 
     pub async fn pipeline(&self, id: Uuid) -> Result<Pipeline, ClientError> {
@@ -119,65 +204,93 @@ impl Client {
             .await
     }
 
+    pub async fn list(&self, query: &ListQuery) -> Result<Page, ClientError> {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if !query.statuses.is_empty() {
+            let statuses: Vec<&str> = query.statuses.iter().map(|s| s.as_str()).collect();
+            pairs.push(("status", statuses.join(",")));
+        }
+        for (k, v) in &query.labels {
+            pairs.push(("label", format!("{k}={v}")));
+        }
+        if let Some(c) = &query.cursor {
+            pairs.push(("cursor", c.clone()));
+        }
+        if let Some(l) = query.limit {
+            pairs.push(("limit", l.to_string()));
+        }
+        self.json(
+            self.request(reqwest::Method::GET, "/pipelines")
+                .query(&pairs),
+        )
+        .await
+    }
+
     pub async fn cancel(&self, id: Uuid) -> Result<Pipeline, ClientError> {
         self.json(self.request(reqwest::Method::POST, &format!("/pipelines/{id}/cancel")))
             .await
     }
 
-    /// Prints a step's log; with `follow`, until the step ends. Returns its final status when
-    /// followed.
-    pub async fn print_log(
-        &self,
-        step_id: Uuid,
-        follow: bool,
-        prefix: &str,
-    ) -> Result<Option<Status>, ClientError> {
-        if !follow {
-            let response = self
-                .send(self.request(reqwest::Method::GET, &format!("/steps/{step_id}/logs")))
-                .await?;
-            let mut body = response.bytes_stream();
-            let mut out = std::io::stdout().lock();
-            while let Some(chunk) = body.next().await {
-                let chunk =
-                    chunk.map_err(|e| ClientError::Api(format!("the log stream broke: {e}")))?;
-                let _ = out.write_all(&chunk);
-            }
-            return Ok(None);
+    pub async fn retry(&self, id: Uuid) -> Result<Pipeline, ClientError> {
+        self.json(self.request(reqwest::Method::POST, &format!("/pipelines/{id}/retry")))
+            .await
+    }
+
+    /// The SSE stream at `path`, reopened after the last event seen when it breaks.
+    pub fn stream(&self, path: String) -> Resuming<'_> {
+        Resuming {
+            client: self,
+            path,
+            last_id: None,
+            current: None,
+            opened: false,
+            failures: 0,
+            ended: false,
         }
-        let mut last: Option<String> = None;
-        // Reconnect with Last-Event-ID when the stream breaks, as a browser would.
-        for _attempt in 0..10 {
-            let mut request = self
-                .request(reqwest::Method::GET, &format!("/steps/{step_id}/logs"))
-                .header(ACCEPT, "text/event-stream");
-            if let Some(id) = &last {
-                request = request.header("last-event-id", id.clone());
+    }
+
+    /// Writes a step's whole stored log to stdout.
+    pub async fn print_log(&self, step_id: Uuid) -> Result<(), ClientError> {
+        let response = self
+            .send(self.stream_request(reqwest::Method::GET, &format!("/steps/{step_id}/logs")))
+            .await?;
+        let mut body = response.bytes_stream();
+        let mut out = std::io::stdout().lock();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                ClientError::Stream(format!("the log of step {step_id} broke: {}", cause(&e)))
+            })?;
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Stream(format!("cannot write the log: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Follows a step's log until the step ends, every line to stdout after `prefix`; returns
+    /// how the step ended.
+    pub async fn follow_log(&self, step_id: Uuid, prefix: &str) -> Result<LogEnd, ClientError> {
+        let mut events = self.stream(format!("/steps/{step_id}/logs"));
+        while let Some(event) = events.next().await? {
+            if event.event == "end" {
+                return serde_json::from_str(&event.data).map_err(|e| {
+                    ClientError::Stream(format!(
+                        "the end of step {step_id}'s log is unreadable: {e}"
+                    ))
+                });
             }
-            let mut events = Box::pin(sse::events(self.send(request).await?));
-            while let Some(event) = events.next().await {
-                let Ok(event) = event else { break };
-                if event.event == "end" {
-                    let end: serde_json::Value =
-                        serde_json::from_str(&event.data).unwrap_or_default();
-                    return Ok(serde_json::from_value(end["status"].clone()).ok());
-                }
-                if let Ok(line) = serde_json::from_str::<LogLine>(&event.data) {
-                    last = event.id.clone();
-                    let mut out = std::io::stdout().lock();
-                    let text = line.text.strip_suffix('\n').unwrap_or(&line.text);
-                    let _ = writeln!(out, "{prefix}{text}");
-                }
+            if let Ok(line) = serde_json::from_str::<LogLine>(&event.data) {
+                let text = line.text.strip_suffix('\n').unwrap_or(&line.text);
+                anstream::println!("{prefix}{text}");
             }
         }
-        Err(ClientError::Api(format!(
-            "lost the log stream of step {step_id}"
+        Err(ClientError::Stream(format!(
+            "the log stream of step {step_id} ended without its end"
         )))
     }
 
-    /// Follows a pipeline: every step's log as it runs, prefixed with its name; returns the
-    /// pipeline's final status.
-    pub async fn follow(&self, pipeline: &Pipeline) -> Result<Status, ClientError> {
+    /// Follows a pipeline: every step's lines as it runs, prefixed with its name, a line on
+    /// stderr as each step ends (with its duration); returns the pipeline as it ended.
+    pub async fn follow(&self, pipeline: &Pipeline) -> Result<Pipeline, ClientError> {
         let id = pipeline.summary.id;
         let several = pipeline.workflows.len() > 1;
         let names: BTreeMap<Uuid, String> = pipeline
@@ -195,54 +308,181 @@ impl Client {
             })
             .collect();
         let width = names.values().map(String::len).max().unwrap_or(0);
+        let name_of = |e: &Event| names.get(&e.id).cloned().unwrap_or_else(|| e.name.clone());
+
+        // A step's line is printed once both its last log line and its final event are in,
+        // so that it comes after the step's output.
+        let (done_tx, mut done_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(Uuid, Result<LogEnd, ClientError>)>();
+        let mut started: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
         let mut following: HashSet<Uuid> = HashSet::new();
-        let mut logs = futures::stream::FuturesUnordered::new();
-        let mut last: Option<String> = None;
-        let mut final_status = None;
-        'reconnect: for _attempt in 0..10 {
-            let mut request = self
-                .request(reqwest::Method::GET, &format!("/pipelines/{id}/events"))
-                .header(ACCEPT, "text/event-stream");
-            if let Some(seq) = &last {
-                request = request.header("last-event-id", seq.clone());
-            }
-            let mut events = Box::pin(sse::events(self.send(request).await?));
-            loop {
-                tokio::select! {
-                    event = events.next() => {
-                        let Some(Ok(event)) = event else { continue 'reconnect };
-                        if event.event == "end" {
-                            let end: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
-                            final_status = serde_json::from_value(end["status"].clone()).ok();
-                            break 'reconnect;
-                        }
-                        last = event.id.clone();
-                        let Ok(change) = serde_json::from_str::<Event>(&event.data) else { continue };
-                        if change.subject == Subject::Step
-                            && change.status != Status::Queued
-                            && change.status != Status::Skipped
-                            && following.insert(change.id)
-                        {
-                            let name = names.get(&change.id).cloned().unwrap_or(change.name.clone());
-                            let prefix = format!("{name:>width$} | ");
-                            logs.push(async move { self.print_log(change.id, true, &prefix).await });
-                        }
-                        if change.subject == Subject::Step && change.status.is_finished() && change.status != Status::Success {
-                            let name = names.get(&change.id).cloned().unwrap_or(change.name.clone());
-                            eprintln!("piculet: {name}: {}{}", change.status, change.reason.map(|r| format!(" ({r})")).unwrap_or_default());
-                        }
+        let mut finished: HashMap<Uuid, Event> = HashMap::new();
+        let mut logs_done: HashSet<Uuid> = HashSet::new();
+        let report = |e: &Event, started: &HashMap<Uuid, DateTime<Utc>>| {
+            let took = started.get(&e.id).map(|s| output::duration(*s, e.at));
+            anstream::eprintln!(
+                "{}",
+                output::step_done(
+                    &name_of(e),
+                    width,
+                    e.status,
+                    took,
+                    output::outcome(e.status, e.exit_code, e.reason.as_deref())
+                )
+            );
+        };
+
+        let mut events = self.stream(format!("/pipelines/{id}/events"));
+        loop {
+            tokio::select! {
+                event = events.next() => {
+                    let Some(event) = event? else { break };
+                    if event.event == "end" {
+                        break;
                     }
-                    Some(_) = logs.next(), if !logs.is_empty() => {}
+                    let Ok(change) = serde_json::from_str::<Event>(&event.data) else { continue };
+                    if change.subject != Subject::Step {
+                        continue;
+                    }
+                    if change.status == Status::Running {
+                        started.entry(change.id).or_insert(change.at);
+                    }
+                    if change.status != Status::Queued
+                        && change.status != Status::Skipped
+                        && following.insert(change.id)
+                    {
+                        let prefix = output::paint(
+                            output::BOLD,
+                            &format!("{:>width$} | ", name_of(&change)),
+                        );
+                        let client = self.clone();
+                        let tx = done_tx.clone();
+                        let step = change.id;
+                        tokio::spawn(async move {
+                            let result = client.follow_log(step, &prefix).await;
+                            let _ = tx.send((step, result));
+                        });
+                    }
+                    if change.status.is_finished() {
+                        if !following.contains(&change.id) || logs_done.contains(&change.id) {
+                            report(&change, &started);
+                        }
+                        finished.insert(change.id, change);
+                    }
+                }
+                Some((step, result)) = done_rx.recv() => {
+                    log_done(step, result, &names);
+                    logs_done.insert(step);
+                    if let Some(e) = finished.get(&step) {
+                        report(e, &started);
+                    }
                 }
             }
         }
-        while logs.next().await.is_some() {}
-        final_status
-            .ok_or_else(|| ClientError::Api(format!("lost the event stream of pipeline {id}")))
+        // Every step has ended with the pipeline, so every log stream ends too.
+        drop(done_tx);
+        while let Some((step, result)) = done_rx.recv().await {
+            log_done(step, result, &names);
+            if let Some(e) = finished.get(&step) {
+                report(e, &started);
+            }
+        }
+        self.pipeline(id).await
     }
 }
 
-/// Builds a submission from pipeline files, as `piculet submit` and `piculet lint` read them.
+/// Says so when a step's log could not be followed to its end; the pipeline is still followed.
+fn log_done(step: Uuid, result: Result<LogEnd, ClientError>, names: &BTreeMap<Uuid, String>) {
+    if let Err(e) = result {
+        let name = names
+            .get(&step)
+            .cloned()
+            .unwrap_or_else(|| step.to_string());
+        anstream::eprintln!("piculet: warning: the log of {name} is incomplete: {e}");
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<sse::SseEvent, reqwest::Error>> + Send>>;
+
+/// An SSE stream that reopens itself with `Last-Event-ID` when it breaks, as a browser's
+/// `EventSource` does, at most [`RECONNECTS`] times in a row without an event in between.
+pub struct Resuming<'a> {
+    client: &'a Client,
+    path: String,
+    last_id: Option<String>,
+    current: Option<EventStream>,
+    opened: bool,
+    failures: u32,
+    ended: bool,
+}
+
+impl Resuming<'_> {
+    /// The next event; `None` after the `end` event.
+    /// Cancel-safe: dropping the future loses no event, at worst a connection attempt.
+    pub async fn next(&mut self) -> Result<Option<sse::SseEvent>, ClientError> {
+        loop {
+            if self.ended {
+                return Ok(None);
+            }
+            let Some(current) = self.current.as_mut() else {
+                let mut request = self
+                    .client
+                    .stream_request(reqwest::Method::GET, &self.path)
+                    .header(ACCEPT, "text/event-stream");
+                if let Some(id) = &self.last_id {
+                    request = request.header("last-event-id", id.clone());
+                }
+                match self.client.send(request).await {
+                    Ok(response) => {
+                        self.opened = true;
+                        self.current = Some(Box::pin(sse::events(response)));
+                    }
+                    // A refusal, or a server never reached, is said at once; only a stream
+                    // that was open is worth waiting for.
+                    Err(e @ (ClientError::Connect { .. } | ClientError::Timeout { .. }))
+                        if self.opened =>
+                    {
+                        self.broke(e.to_string()).await?;
+                    }
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            match current.next().await {
+                Some(Ok(event)) => {
+                    self.failures = 0;
+                    if event.id.is_some() {
+                        self.last_id = event.id.clone();
+                    }
+                    self.ended = event.event == "end";
+                    return Ok(Some(event));
+                }
+                Some(Err(e)) => {
+                    self.current = None;
+                    self.broke(cause(&e)).await?;
+                }
+                None => {
+                    self.current = None;
+                    self.broke("the server closed it".into()).await?;
+                }
+            }
+        }
+    }
+
+    async fn broke(&mut self, why: String) -> Result<(), ClientError> {
+        self.failures += 1;
+        if self.failures > RECONNECTS {
+            return Err(ClientError::Stream(format!(
+                "lost the stream {} after {RECONNECTS} reconnects: {why}",
+                self.path
+            )));
+        }
+        tokio::time::sleep(RECONNECT_BACKOFF * self.failures).await;
+        Ok(())
+    }
+}
+
+/// Builds a submission from pipeline files, as `piculet submit`, `lint` and `render` read them.
 pub fn submission_from_files(
     files: &[PathBuf],
     vars: &[(String, String)],
@@ -281,46 +521,19 @@ pub fn workflow_name(path: &std::path::Path) -> String {
     stem.trim_start_matches('.').to_string()
 }
 
-/// One line per workflow and step, for `piculet status`.
-pub fn status_table(pipeline: &Pipeline) -> String {
-    let p = &pipeline.summary;
-    let mut out = format!(
-        "pipeline {} {:?}: {}{}\n",
-        p.id,
-        p.name,
-        p.status,
-        p.reason
-            .as_deref()
-            .map(|r| format!(" ({r})"))
-            .unwrap_or_default()
-    );
-    for w in &pipeline.workflows {
-        let matrix = if w.matrix.is_empty() {
-            String::new()
-        } else {
-            format!(" {:?}", w.matrix)
-        };
-        out.push_str(&format!("  workflow {}{matrix}: {}\n", w.name, w.status));
-        for s in &w.steps {
-            out.push_str(&format!(
-                "    {:<9} {:<24} {}{}{}\n",
-                s.status.as_str(),
-                s.name,
-                s.id,
-                s.exit_code
-                    .map(|c| format!(" exit {c}"))
-                    .unwrap_or_default(),
-                s.reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            ));
-        }
-    }
-    out
-}
-
 /// Parses an id given on the command line.
 pub fn parse_id(text: &str) -> Result<Uuid, ClientError> {
     Uuid::parse_str(text).map_err(|_| ClientError::Input(format!("{text:?} is not an id (a UUID)")))
+}
+
+/// The exit code of a command that waited for, or was asked about, something with this
+/// status; the table is the README's "Exit codes".
+pub fn exit_code(status: Status) -> u8 {
+    match status {
+        Status::Success => 0,
+        Status::Failure | Status::Skipped => 1,
+        Status::Error => 3,
+        Status::Canceled => 4,
+        Status::Queued | Status::Running => 5,
+    }
 }
