@@ -151,6 +151,16 @@ pub struct Settings {
     #[arg(long, env = "PICULET_LEASE", global = true, value_name = "DURATION")]
     pub lease: Option<String>,
 
+    /// How long a replica's feed listener (Postgres) may hear nothing before it checks its
+    /// connection; a listener silent for twice this reconnects [default: 30s]
+    #[arg(
+        long,
+        env = "PICULET_FEED_HEARTBEAT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub feed_heartbeat: Option<String>,
+
     /// Connections of the API's database pool: what requests read and submit with
     /// [default: 16 on Postgres, 8 on SQLite]
     #[arg(
@@ -348,6 +358,8 @@ pub struct Config {
     pub grace_period: Duration,
     pub max_log_size: usize,
     pub lease: Duration,
+    /// See `store::notify`.
+    pub feed_heartbeat: Duration,
     /// The API's database pool.
     pub db_api: PoolSettings,
     /// The engine's database pool.
@@ -606,6 +618,13 @@ impl Config {
                 "must be at least 2s, or renewals cannot keep up",
             ));
         }
+        let feed_heartbeat = duration("feed_heartbeat", &s.feed_heartbeat, "30s")?;
+        if feed_heartbeat < Duration::from_millis(100) {
+            return Err(invalid(
+                "feed_heartbeat",
+                "must be at least 100ms, or the listener checks its connection without pause",
+            ));
+        }
         let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
             .map_err(|m| invalid("max_log_size", m))?;
 
@@ -669,6 +688,7 @@ impl Config {
             grace_period,
             max_log_size,
             lease,
+            feed_heartbeat,
             listen,
             database_url,
             data_dir,

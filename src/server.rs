@@ -76,6 +76,13 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
     let control = Arc::new(Control::default());
     let shutdown = CancellationToken::new();
+    // Wake-ups for this replica's followers from what other replicas store (Postgres only);
+    // the task ends at shutdown.
+    let _feed = store.listen_to_feed(
+        &config.database_url,
+        config.feed_heartbeat,
+        shutdown.clone(),
+    );
     let engine = Engine::new(
         engine_store.clone(),
         backend.clone(),

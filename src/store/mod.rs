@@ -16,10 +16,12 @@
 mod engine;
 mod events;
 mod logs;
+mod notify;
 mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StepState};
 pub use events::NewEvent;
+pub use notify::CHANNEL as FEED_CHANNEL;
 pub use pipelines::{
     Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
 };
