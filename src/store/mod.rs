@@ -21,7 +21,7 @@ mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StepState};
 pub use events::NewEvent;
-pub use notify::CHANNEL as FEED_CHANNEL;
+pub use notify::{APPLICATION_NAME as FEED_LISTENER_NAME, CHANNEL as FEED_CHANNEL};
 pub use pipelines::{
     Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
 };
