@@ -341,6 +341,34 @@ async fn log_throughput() {
     );
 }
 
+/// What [`follow_arrivals`] collects: each line's data and arrival, by line number.
+type Arrivals = BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>;
+
+/// Follows a step's log over SSE, noting when each line arrives; the stream is subscribed when
+/// this returns, and the task ends with the stream.
+async fn follow_arrivals(app: &TestApp, step: &str) -> tokio::task::JoinHandle<Arrivals> {
+    let response = app
+        .get(&format!("/api/v1/steps/{step}/logs"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::spawn(async move {
+        let mut events = Box::pin(piculet::client::sse::events(response));
+        let mut seen = Arrivals::new();
+        while let Some(Ok(event)) = events.next().await {
+            if event.event == "end" {
+                break;
+            }
+            if let Some(id) = event.id {
+                seen.insert(id, (event.data, chrono::Utc::now()));
+            }
+        }
+        seen
+    })
+}
+
 /// When each line of a step reaches a follower on the replica that runs the step and one on
 /// another replica (through Postgres `LISTEN/NOTIFY`), measured in the same run on the same
 /// lines. Both apps run in this process, on one database.
@@ -363,31 +391,8 @@ async fn replica_latency() {
         .await
         .unwrap();
     let step = step_id(&p, "ticking");
-    // Each follower notes when each line arrives, by line number.
-    let follow = |app: &TestApp| {
-        let request = app
-            .get(&format!("/api/v1/steps/{step}/logs"))
-            .header("accept", "text/event-stream");
-        async move {
-            let response = request.send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            tokio::spawn(async move {
-                let mut events = Box::pin(piculet::client::sse::events(response));
-                let mut seen = BTreeMap::new();
-                while let Some(Ok(event)) = events.next().await {
-                    if event.event == "end" {
-                        break;
-                    }
-                    if let Some(id) = event.id {
-                        seen.insert(id, (event.data, chrono::Utc::now()));
-                    }
-                }
-                seen
-            })
-        }
-    };
-    let same = follow(&b).await;
-    let other = follow(&a).await;
+    let same = follow_arrivals(&b, &step).await;
+    let other = follow_arrivals(&a, &step).await;
     std::fs::write(&gate, b"").unwrap();
     let (same, other) = (same.await.unwrap(), other.await.unwrap());
     wait_finished(&a, p["id"].as_str().unwrap(), 120).await;

@@ -99,7 +99,7 @@ impl Follower {
     }
 
     /// Reads to the `end` event, then checks that the stream closes after it.
-    async fn to_the_end(&mut self) {
+    async fn read_to_the_end(&mut self) {
         self.until("the end event", |e| e.event == "end").await;
         let closed = tokio::time::timeout(PATIENCE, self.rx.recv()).await;
         assert!(
@@ -180,8 +180,8 @@ async fn followers_on_the_replica_that_does_not_run_the_step_get_everything_live
     let mut events = Follower::connect(&a, &format!("/api/v1/pipelines/{pipeline}/events")).await;
     open(&gate);
 
-    lines.to_the_end().await;
-    events.to_the_end().await;
+    lines.read_to_the_end().await;
+    events.read_to_the_end().await;
     let texts = printed(&lines);
     let expected: Vec<String> = (1..=60).map(|i| format!("line {i}\n")).collect();
     assert_eq!(texts, expected, "every line once, in order");
@@ -195,7 +195,7 @@ async fn followers_on_the_replica_that_does_not_run_the_step_get_everything_live
         .map(|e| (e.id.clone(), e.data.clone()))
         .collect();
     let mut replay = Follower::connect(&b, &format!("/api/v1/pipelines/{pipeline}/events")).await;
-    replay.to_the_end().await;
+    replay.read_to_the_end().await;
     let replayed: Vec<(String, String)> = replay
         .numbered()
         .into_iter()
@@ -242,8 +242,8 @@ async fn a_listener_that_loses_its_connection_still_delivers_everything() {
     conn.close().await.ok();
     open(&second);
 
-    lines.to_the_end().await;
-    events.to_the_end().await;
+    lines.read_to_the_end().await;
+    events.read_to_the_end().await;
     let texts = printed(&lines);
     let expected: Vec<String> = (1..=40).map(|i| format!("line {i}\n")).collect();
     assert_eq!(texts, expected, "every line once, in order");
@@ -277,7 +277,7 @@ async fn a_listener_that_loses_its_connection_still_delivers_everything() {
     let mut lines =
         Follower::connect(&a, &format!("/api/v1/steps/{}/logs", step_id(&p, "after"))).await;
     open(&gate);
-    lines.to_the_end().await;
+    lines.read_to_the_end().await;
     let texts = printed(&lines);
     assert_eq!(texts, ["after\n"]);
 }
