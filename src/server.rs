@@ -65,6 +65,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     api::metrics::recorder();
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
+    metrics::counter!("piculet_feed_reconnects_total").increment(0);
     let backend = backend(&config).await?;
     let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;

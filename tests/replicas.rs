@@ -157,6 +157,22 @@ async fn listeners(app: &TestApp) -> Vec<i32> {
     pids.into_iter().map(|(p,)| p).collect()
 }
 
+/// Waits until exactly `n` listeners are connected, none of them one of `gone`; returns them.
+async fn wait_for_listeners(app: &TestApp, n: usize, gone: &[i32]) -> Vec<i32> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let now = listeners(app).await;
+        if now.len() == n && now.iter().all(|p| !gone.contains(p)) {
+            return now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {n} new listeners: {now:?}, gone {gone:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn submit(app: &TestApp, yaml: &str) -> Value {
     let response = app.submit_yaml(yaml).await;
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
@@ -228,8 +244,7 @@ async fn a_listener_that_loses_its_connection_still_delivers_everything() {
 
     // Both replicas' listeners lose their connections; the rest of the step runs at once,
     // so that its lines and end are stored while they reconnect.
-    let before = listeners(&a).await;
-    assert_eq!(before.len(), 2, "one listener per replica: {before:?}");
+    let before = wait_for_listeners(&a, 2, &[]).await;
     let mut conn = sqlx::PgConnection::connect(&a.database_url).await.unwrap();
     for pid in &before {
         let (ended,): (bool,) = sqlx::query_as("SELECT pg_terminate_backend($1)")
@@ -251,18 +266,7 @@ async fn a_listener_that_loses_its_connection_still_delivers_everything() {
     assert_eq!(events.end()["status"], "success");
 
     // The listeners are back on new connections.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let now = listeners(&a).await;
-        if now.len() == 2 && now.iter().all(|p| !before.contains(p)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "listeners not back: {now:?}, were {before:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_listeners(&a, 2, &before).await;
 
     // And they deliver what comes next: a second pipeline, followed from its start.
     let gate = gate(&a);
@@ -280,4 +284,41 @@ async fn a_listener_that_loses_its_connection_still_delivers_everything() {
     lines.read_to_the_end().await;
     let texts = printed(&lines);
     assert_eq!(texts, ["after\n"]);
+}
+
+#[tokio::test]
+async fn a_quiet_listener_proves_its_connection_with_heartbeats_and_keeps_it() {
+    let settings = Settings {
+        feed_heartbeat: Some("1s".into()),
+        ..Settings::default()
+    };
+    let a = TestApp::start(Db::Postgres, settings, false).await;
+    let listener = wait_for_listeners(&a, 1, &[]).await;
+    // Nothing is stored, so the listener hears only its heartbeats, sent through the API's
+    // pool; two of them mean the first came back in time, or the second would have gone out
+    // after a reconnect, on a new listener connection.
+    let mut conn = sqlx::PgConnection::connect(&a.database_url).await.unwrap();
+    let mut sent = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while sent.len() < 2 {
+        let starts: Vec<(chrono::DateTime<chrono::Utc>,)> = sqlx::query_as(
+            "SELECT query_start FROM pg_stat_activity WHERE datname = current_database() \
+             AND query = 'SELECT pg_notify($1, $2)' AND query_start IS NOT NULL",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        sent.extend(starts.into_iter().map(|(s,)| s));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no two heartbeats: {sent:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    conn.close().await.ok();
+    assert_eq!(
+        listeners(&a).await,
+        listener,
+        "the same connection throughout"
+    );
 }
