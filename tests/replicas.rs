@@ -3,6 +3,7 @@
 //! Postgres only: SQLite serves one replica.
 
 mod common;
+mod fake_k8s;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -321,4 +322,64 @@ async fn a_quiet_listener_proves_its_connection_with_heartbeats_and_keeps_it() {
         listener,
         "the same connection throughout"
     );
+}
+
+#[tokio::test]
+async fn a_follower_gets_every_line_when_the_replica_running_the_step_stops_and_another_adopts_it()
+{
+    // The Kubernetes backend against the fake cluster: its pods outlive a replica, so another
+    // one adopts the step and stores the rest of its log.
+    let dir = std::env::temp_dir().join(format!("piculet-replicas-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cluster = fake_k8s::FakeCluster::start_with(fake_k8s::FakeConfig {
+        fs_root: Some(dir.join("fs")),
+        ..fake_k8s::FakeConfig::default()
+    });
+    let url = cluster.serve_tcp().await.unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    fake_k8s::write_kubeconfig(&kubeconfig, &url).unwrap();
+    let mut settings = Settings {
+        backend: Some("kubernetes".into()),
+        grace_period: Some("1s".into()),
+        ..Settings::default()
+    };
+    settings.kubernetes.kubeconfig = Some(kubeconfig.display().to_string());
+    settings.kubernetes.namespace = Some("piculet".into());
+    settings.kubernetes.start_timeout = Some("3s".into());
+
+    let runner = TestApp::start(Db::Postgres, settings.clone(), true).await;
+    let follower = TestApp::start_sharing(&runner, settings.clone(), false).await;
+    let p = submit(
+        &follower,
+        "steps:\n  - name: counter\n    image: busybox:1.36\n    commands:\n      - for i in $(seq 1 30); do echo line $i; sleep 0.1; done\n",
+    )
+    .await;
+    let (pipeline, step) = (
+        p["id"].as_str().unwrap().to_string(),
+        step_id(&p, "counter"),
+    );
+    let mut lines = Follower::connect(&follower, &format!("/api/v1/steps/{step}/logs")).await;
+    let mut events =
+        Follower::connect(&follower, &format!("/api/v1/pipelines/{pipeline}/events")).await;
+    lines
+        .until("line 5", |e| e.data.contains("\"line 5\\n\""))
+        .await;
+
+    // The running replica stops (as on SIGTERM); its pod runs on and a third replica adopts
+    // the step. The follower's stream stays open throughout.
+    runner.shutdown.cancel();
+    let adopter = TestApp::start_sharing(&runner, settings, true).await;
+    lines.read_to_the_end().await;
+    events.read_to_the_end().await;
+    let texts = printed(&lines);
+    let expected: Vec<String> = (1..=30).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(texts, expected, "every line once, in order");
+    assert_eq!(lines.end()["status"], "success");
+    assert_eq!(events.end()["status"], "success");
+    assert_eq!(
+        wait_finished(&adopter, &pipeline, 60).await["status"],
+        "success"
+    );
+    drop((adopter, follower, runner));
+    let _ = std::fs::remove_dir_all(&dir);
 }
