@@ -223,12 +223,13 @@ impl Store {
                     if first {
                         first = false;
                     } else {
-                        // Whatever was notified while disconnected is lost: every follower
-                        // re-reads from the database, now that new notifications reach us.
                         metrics::counter!("piculet_feed_reconnects_total").increment(1);
                         tracing::info!("feed listener reconnected; followers re-read");
-                        self.hub.resync();
                     }
+                    // Whatever was notified while not listening is lost (followers may have
+                    // come before the first connection too): every follower re-reads from the
+                    // database, now that new notifications reach us.
+                    self.hub.resync();
                     match self.listen_on(listener, heartbeat, &shutdown).await {
                         Ended::Shutdown => return,
                         Ended::Lost(why) => {
