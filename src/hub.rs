@@ -83,8 +83,9 @@ impl<T> Drop for Subscription<T> {
 #[derive(Clone)]
 pub struct Hub {
     channels: Arc<Mutex<Channels>>,
-    /// Names this replica in the notifications its writes send, so that its listener skips
-    /// them: their data has been published here directly.
+    /// Names this replica in the notifications of the lines it stores, so that its own
+    /// listener skips them: those lines have been published here directly. (Events carry no
+    /// origin; a follower drops a wake-up for an event it has sent already.)
     origin: Arc<str>,
 }
 
