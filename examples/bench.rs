@@ -64,6 +64,9 @@ async fn main() {
     if wanted("sse") {
         sse_memory().await;
     }
+    if wanted("replicas") {
+        replica_latency().await;
+    }
     if wanted("render") {
         render_rate();
     }
@@ -335,6 +338,131 @@ async fn log_throughput() {
         format!("{sse_delay} ms"),
         "",
         None,
+    );
+}
+
+/// What [`follow_arrivals`] collects: each line's data and arrival, by line number.
+type Arrivals = BTreeMap<String, (String, chrono::DateTime<chrono::Utc>)>;
+
+/// Follows a step's log over SSE, noting when each line arrives; the stream is subscribed when
+/// this returns, and the task ends with the stream.
+async fn follow_arrivals(app: &TestApp, step: &str) -> tokio::task::JoinHandle<Arrivals> {
+    let response = app
+        .get(&format!("/api/v1/steps/{step}/logs"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    tokio::spawn(async move {
+        let mut events = Box::pin(piculet::client::sse::events(response));
+        let mut seen = Arrivals::new();
+        while let Some(Ok(event)) = events.next().await {
+            if event.event == "end" {
+                break;
+            }
+            if let Some(id) = event.id {
+                seen.insert(id, (event.data, chrono::Utc::now()));
+            }
+        }
+        seen
+    })
+}
+
+/// When each line of a step reaches a follower on the replica that runs the step and one on
+/// another replica (through Postgres `LISTEN/NOTIFY`), measured in the same run on the same
+/// lines. Both apps run in this process, on one database.
+async fn replica_latency() {
+    let lines = 400usize;
+    println!(
+        "\nLive feed across replicas (a step printing {lines} lines 20 ms apart; followers on the replica running it and on another)"
+    );
+    let a = TestApp::start(Db::Postgres, Settings::default(), false).await;
+    let b = TestApp::start_sharing(&a, Settings::default(), true).await;
+    // The step waits for this file, created once both followers are subscribed.
+    let gate = a.data_dir.join("bench-gate");
+    let p: Value = a
+        .submit_yaml(&format!(
+            "steps:\n  - name: ticking\n    image: alpine\n    commands:\n      - 'for i in $(seq 1 1200); do [ -e {} ] && break; sleep 0.05; done'\n      - 'for i in $(seq 1 {lines}); do echo tick $i; sleep 0.02; done'\n",
+            gate.display()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let step = step_id(&p, "ticking");
+    let same = follow_arrivals(&b, &step).await;
+    let other = follow_arrivals(&a, &step).await;
+    std::fs::write(&gate, b"").unwrap();
+    let (same, other) = (same.await.unwrap(), other.await.unwrap());
+    wait_finished(&a, p["id"].as_str().unwrap(), 120).await;
+
+    // From the moment the line was read from the step (its `at`) to its arrival; lines wait
+    // up to 250 ms in a batch before they are stored, so the difference between the two
+    // followers is what crossing replicas adds after storage.
+    let (mut near, mut far, mut added) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, (data, near_at)) in &same {
+        let line: Value = serde_json::from_str(data).unwrap();
+        if !line["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("tick ")
+        {
+            continue;
+        }
+        let Some((_, far_at)) = other.get(id) else {
+            continue;
+        };
+        let read_at = chrono::DateTime::parse_from_rfc3339(line["at"].as_str().unwrap())
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+        near.push(ms(*near_at - read_at));
+        far.push(ms(*far_at - read_at));
+        added.push(ms(*far_at - *near_at));
+    }
+    for v in [&mut near, &mut far, &mut added] {
+        v.sort_by(f64::total_cmp);
+    }
+    if added.is_empty() {
+        row(
+            "lines both followers got",
+            "none".into(),
+            "all",
+            Some(false),
+        );
+        return;
+    }
+    let figure = |v: &[f64]| {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms",
+            percentile(v, 0.5),
+            percentile(v, 0.99)
+        )
+    };
+    row(
+        "ticks both followers got",
+        format!("{} of {lines}", added.len()),
+        "all",
+        Some(added.len() == lines),
+    );
+    row(
+        "line read to a follower on the replica running the step",
+        figure(&near),
+        "",
+        None,
+    );
+    row(
+        "line read to a follower on another replica",
+        figure(&far),
+        "",
+        None,
+    );
+    row(
+        "added by crossing replicas (same line, other minus same)",
+        figure(&added),
+        "≈ 100 ms or better",
+        Some(percentile(&added, 0.99) <= 100.0),
     );
 }
 

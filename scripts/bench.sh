@@ -11,8 +11,8 @@ others=()
 for a in "$@"; do
   case "$a" in
     k8s) want_k8s=1 ;;
-    submit|start|logs|sse|render) others+=("$a") ;;
-    *) echo "bench.sh: unknown section '$a'; name some of: submit start logs sse render k8s" >&2; exit 2 ;;
+    submit|start|logs|sse|replicas|render) others+=("$a") ;;
+    *) echo "bench.sh: unknown section '$a'; name some of: submit start logs sse replicas render k8s" >&2; exit 2 ;;
   esac
 done
 

@@ -166,6 +166,15 @@ pub struct Settings {
     /// its attempts; then it ends as error [default: 3]
     #[arg(long, env = "PICULET_MAX_ATTEMPTS", global = true, value_name = "N")]
     pub max_attempts: Option<String>,
+    /// How long a replica's feed listener (Postgres) may hear nothing before it checks its
+    /// connection; a listener silent for twice this reconnects [default: 30s]
+    #[arg(
+        long,
+        env = "PICULET_FEED_HEARTBEAT",
+        global = true,
+        value_name = "DURATION"
+    )]
+    pub feed_heartbeat: Option<String>,
 
     /// Connections of the API's database pool: what requests read and submit with
     /// [default: 16 on Postgres, 8 on SQLite]
@@ -366,6 +375,8 @@ pub struct Config {
     pub lease: Duration,
     pub shutdown_grace: Duration,
     pub max_attempts: u32,
+    /// See `store::notify`.
+    pub feed_heartbeat: Duration,
     /// The API's database pool.
     pub db_api: PoolSettings,
     /// The engine's database pool.
@@ -633,6 +644,13 @@ impl Config {
             ));
         }
         let max_attempts = count("max_attempts", &s.max_attempts, 3)?;
+        let feed_heartbeat = duration("feed_heartbeat", &s.feed_heartbeat, "30s")?;
+        if feed_heartbeat < Duration::from_millis(100) {
+            return Err(invalid(
+                "feed_heartbeat",
+                "must be at least 100ms, or the listener checks its connection without pause",
+            ));
+        }
         let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
             .map_err(|m| invalid("max_log_size", m))?;
 
@@ -698,6 +716,7 @@ impl Config {
             lease,
             shutdown_grace,
             max_attempts,
+            feed_heartbeat,
             listen,
             database_url,
             data_dir,

@@ -1,11 +1,15 @@
-//! The live feed: log lines and events, published once they are stored, to every SSE client of
-//! this replica.
+//! The live feed: what followers of a step's log or a pipeline's events are told, on this
+//! replica.
 //!
-//! Only what is already in the database is published, so a client may always fall back on the
-//! database: it subscribes first, replays from the database, then drops live items it has
-//! already replayed; a client that lags re-reads from the database. Carrying the feed between
-//! replicas (Postgres `LISTEN/NOTIFY` of "new lines for step X up to N") plugs in here: a
-//! listener would publish into the same channels.
+//! Two kinds of items travel on the same bounded channels. *Data*: log lines and events this
+//! replica has just committed, published by its store after the commit. *Wake-ups*: "records up
+//! to N are stored", which the feed listener (`store::notify`) turns Postgres notifications from
+//! other replicas into; they carry no data, so a follower reads what they announce from the
+//! database. Either way only what is already committed is announced, so a follower may always
+//! fall back on the database: it subscribes first, replays from the database, then drops live
+//! items and wake-ups at or below what it has sent; a follower that lags re-reads from the
+//! database, and after the listener has been disconnected every follower is told to re-read
+//! ([`Hub::resync`]), since notifications sent meanwhile are lost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,16 +25,32 @@ const CAPACITY: usize = 256;
 /// What a step's log stream receives.
 #[derive(Debug, Clone)]
 pub enum StepFeed {
-    /// A batch of lines, just stored, in order.
+    /// A batch of lines, just stored by this replica, in order.
     Lines(Arc<[LogLine]>),
-    /// The step finished (its final event).
-    End(Arc<Event>),
+    /// Another replica stored lines up to this number: read them from the database.
+    Stored(i64),
+    /// The step finished (its final event is stored).
+    End,
+    /// Something may have been missed: re-read from the database, the end included.
+    Resync,
+}
+
+/// What a pipeline's event stream receives.
+#[derive(Debug, Clone)]
+pub enum PipelineFeed {
+    /// An event just stored by this replica.
+    Event(Arc<Event>),
+    /// Another replica stored events up to this number; `finished` when the last one is the
+    /// pipeline's final event.
+    Stored { seq: i64, finished: bool },
+    /// Something may have been missed: re-read from the database, the end included.
+    Resync,
 }
 
 #[derive(Default)]
 struct Channels {
     steps: HashMap<Uuid, broadcast::Sender<StepFeed>>,
-    pipelines: HashMap<Uuid, broadcast::Sender<Arc<Event>>>,
+    pipelines: HashMap<Uuid, broadcast::Sender<PipelineFeed>>,
 }
 
 /// A follower's receiver; the last one to go removes its channel, so that following a finished
@@ -44,6 +64,11 @@ impl<T: Clone> Subscription<T> {
     pub async fn recv(&mut self) -> Result<T, broadcast::error::RecvError> {
         self.rx.recv().await
     }
+
+    #[cfg(test)]
+    pub fn try_recv(&mut self) -> Result<T, broadcast::error::TryRecvError> {
+        self.rx.try_recv()
+    }
 }
 
 impl<T> Drop for Subscription<T> {
@@ -54,10 +79,23 @@ impl<T> Drop for Subscription<T> {
     }
 }
 
-/// Cheap to clone; one per process.
-#[derive(Clone, Default)]
+/// Cheap to clone; one per replica (the API's and the engine's stores share it).
+#[derive(Clone)]
 pub struct Hub {
     channels: Arc<Mutex<Channels>>,
+    /// Names this replica in the notifications of the lines it stores, so that its own
+    /// listener skips them: those lines have been published here directly. (Events carry no
+    /// origin; a follower drops a wake-up for an event it has sent already.)
+    origin: Arc<str>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            channels: Arc::default(),
+            origin: Uuid::new_v4().simple().to_string()[..16].into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -76,7 +114,12 @@ impl Hub {
         self.subscribe(step_id, |c| &mut c.steps)
     }
 
-    pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> Subscription<Arc<Event>> {
+    /// This replica's name in notifications: 16 hex digits.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> Subscription<PipelineFeed> {
         self.subscribe(pipeline_id, |c| &mut c.pipelines)
     }
 
@@ -116,20 +159,66 @@ impl Hub {
     /// Publishes a stored event to the pipeline's followers, and a step's final event to the
     /// followers of its log.
     pub fn publish_event(&self, event: Event) {
-        let event = Arc::new(event);
         let finished = event.status.is_finished();
-        let mut channels = self.lock();
-        if let Some(sender) = channels.pipelines.get(&event.pipeline_id) {
-            let delivered = sender.send(event.clone()).is_ok();
-            if !delivered || (finished && event.subject == Subject::Pipeline) {
-                channels.pipelines.remove(&event.pipeline_id);
-            }
+        let (pipeline_id, subject, id) = (event.pipeline_id, event.subject, event.id);
+        self.to_pipeline(
+            pipeline_id,
+            PipelineFeed::Event(Arc::new(event)),
+            finished && subject == Subject::Pipeline,
+        );
+        if finished && subject == Subject::Step {
+            self.end_step(id);
         }
-        if finished
-            && event.subject == Subject::Step
-            && let Some(sender) = channels.steps.remove(&event.id)
+    }
+
+    /// Tells the followers of a step's log that another replica stored its lines up to
+    /// `number`.
+    pub fn stored_lines(&self, step_id: Uuid, number: i64) {
+        let mut channels = self.lock();
+        if let Some(sender) = channels.steps.get(&step_id)
+            && sender.send(StepFeed::Stored(number)).is_err()
         {
-            let _ = sender.send(StepFeed::End(event));
+            channels.steps.remove(&step_id);
+        }
+    }
+
+    /// Tells the followers of a pipeline's events that another replica stored its events up
+    /// to `seq`, the last of them its final one when `finished`.
+    pub fn stored_events(&self, pipeline_id: Uuid, seq: i64, finished: bool) {
+        self.to_pipeline(
+            pipeline_id,
+            PipelineFeed::Stored { seq, finished },
+            finished,
+        );
+    }
+
+    /// Tells the followers of a step's log that it finished, and closes its channel.
+    pub fn end_step(&self, step_id: Uuid) {
+        let sender = self.lock().steps.remove(&step_id);
+        if let Some(sender) = sender {
+            let _ = sender.send(StepFeed::End);
+        }
+    }
+
+    /// Tells every follower to re-read from the database: notifications may have been lost.
+    pub fn resync(&self) {
+        let channels = self.lock();
+        for sender in channels.steps.values() {
+            let _ = sender.send(StepFeed::Resync);
+        }
+        for sender in channels.pipelines.values() {
+            let _ = sender.send(PipelineFeed::Resync);
+        }
+    }
+
+    /// Sends to a pipeline's followers; its last item closes the channel.
+    fn to_pipeline(&self, pipeline_id: Uuid, item: PipelineFeed, last: bool) {
+        let mut channels = self.lock();
+        if let Some(sender) = channels.pipelines.get(&pipeline_id) {
+            let delivered = sender.send(item).is_ok();
+            if !delivered || last {
+                channels.pipelines.remove(&pipeline_id);
+            }
         }
     }
 
@@ -183,9 +272,7 @@ mod tests {
         hub.publish_lines(step, Arc::from(vec![line.clone()]));
         hub.publish_event(event(Subject::Step, step, pipeline, Status::Success));
         assert!(matches!(rx.recv().await.unwrap(), StepFeed::Lines(l) if l[0] == line));
-        assert!(
-            matches!(rx.recv().await.unwrap(), StepFeed::End(e) if e.status == Status::Success)
-        );
+        assert!(matches!(rx.recv().await.unwrap(), StepFeed::End));
         assert!(rx.recv().await.is_err(), "closed after the end");
         drop(rx);
         assert_eq!(hub.followers(), 0);

@@ -67,6 +67,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     metrics::gauge!("piculet_sse_clients").increment(0.0);
     metrics::counter!("piculet_lease_takeovers_total").increment(0);
     metrics::counter!("piculet_step_attempts_interrupted_total").increment(0);
+    metrics::counter!("piculet_feed_reconnects_total").increment(0);
     let backend = backend(&config).await?;
     let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;
@@ -78,6 +79,13 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     let secret_box = SecretBox::from_config(config.secret_key, &config.data_dir)?;
     let control = Arc::new(Control::default());
     let shutdown = CancellationToken::new();
+    // Wake-ups for this replica's followers from what other replicas store (Postgres only);
+    // the task ends at shutdown.
+    let _feed = store.listen_to_feed(
+        &config.database_url,
+        config.feed_heartbeat,
+        shutdown.clone(),
+    );
     let engine = Engine::new(
         engine_store.clone(),
         backend.clone(),

@@ -1,8 +1,6 @@
 //! `GET /pipelines/{id}/events`: every state change of a pipeline, its workflows and steps,
 //! as a live SSE stream.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
@@ -12,6 +10,7 @@ use super::AppState;
 use super::error::{ApiError, Problem};
 use super::follow::{self, Feed, Live, PAGE, Record};
 use super::pipelines::parse_id;
+use crate::hub::PipelineFeed;
 use crate::model::{Event, Subject};
 use crate::store::{Store, StoreError};
 
@@ -30,7 +29,7 @@ struct PipelineEvents {
 
 #[async_trait::async_trait]
 impl Feed for PipelineEvents {
-    type Item = Arc<Event>;
+    type Item = PipelineFeed;
     type Record = Event;
     type End = serde_json::Value;
 
@@ -45,13 +44,18 @@ impl Feed for PipelineEvents {
             .map(|p| serde_json::json!({"status": p.summary.status, "reason": p.summary.reason})))
     }
 
-    fn live(&self, event: Arc<Event>) -> Live<Event> {
-        let finished = event.subject == Subject::Pipeline && event.status.is_finished();
-        if finished {
-            // Replaying from the database picks this last event up, then the end.
-            Live::End
-        } else {
-            Live::One(event)
+    fn live(&self, item: PipelineFeed) -> Live<Event> {
+        match item {
+            // Replaying from the database picks the final event up, then the end.
+            PipelineFeed::Event(event)
+                if event.subject == Subject::Pipeline && event.status.is_finished() =>
+            {
+                Live::End
+            }
+            PipelineFeed::Event(event) => Live::One(event),
+            PipelineFeed::Stored { finished: true, .. } => Live::End,
+            PipelineFeed::Stored { seq, .. } => Live::Stored(seq),
+            PipelineFeed::Resync => Live::Resync,
         }
     }
 }

@@ -3,6 +3,10 @@
 //! dropping those already replayed; a client that lags behind the live feed re-reads from the
 //! database. Used by step logs and pipeline events alike: both are numbered from 1 without
 //! gaps, in commit order, so a gap in the live feed means items to fetch first.
+//!
+//! What another replica stores arrives as a wake-up, "stored up to N", with no data: the
+//! stream reads from the database what comes after its last item, or ignores the wake-up when
+//! it has sent N already (this replica published the data itself, first).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -77,6 +81,10 @@ pub enum Live<R> {
     One(Arc<R>),
     /// The followed thing finished: replay what is left, then end.
     End,
+    /// Records up to this number are stored: read those after the last one sent.
+    Stored(i64),
+    /// Records may have been announced and missed: read what is stored, the end included.
+    Resync,
 }
 
 /// A followed stream: its stored items and its end.
@@ -98,7 +106,10 @@ pub trait Feed: Send + Sync + 'static {
 }
 
 enum Phase {
+    /// Read what is stored, then see whether the followed thing has finished.
     Replay,
+    /// Read what is stored after a wake-up, then wait again: the end, if any, is announced.
+    CatchUp,
     Live,
     /// Finished: replay the rest, then the end event.
     Ending,
@@ -173,6 +184,11 @@ impl<F: Feed> State<F> {
                         };
                     }
                 }
+                Phase::CatchUp => {
+                    if self.replay_page().await? == 0 {
+                        self.phase = Phase::Live;
+                    }
+                }
                 Phase::Ending => {
                     if self.replay_page().await? == 0 {
                         if let Some(end) = self.feed.end().await? {
@@ -206,6 +222,12 @@ impl<F: Feed> State<F> {
                                 }
                             }
                             Live::End => self.phase = Phase::Ending,
+                            Live::Stored(up_to) => {
+                                if up_to > self.last {
+                                    self.phase = Phase::CatchUp;
+                                }
+                            }
+                            Live::Resync => self.phase = Phase::Replay,
                         },
                         Err(broadcast::error::RecvError::Lagged(_)) => self.phase = Phase::Replay,
                         Err(broadcast::error::RecvError::Closed) => self.phase = Phase::Ending,
@@ -312,7 +334,9 @@ mod tests {
         fn live(&self, item: StepFeed) -> Live<LogLine> {
             match item {
                 StepFeed::Lines(lines) => Live::Items(lines),
-                StepFeed::End(_) => Live::End,
+                StepFeed::Stored(number) => Live::Stored(number),
+                StepFeed::End => Live::End,
+                StepFeed::Resync => Live::Resync,
             }
         }
     }
@@ -385,6 +409,76 @@ mod tests {
             at: chrono::Utc::now(),
         });
         assert_eq!(ids(&body.next().await.unwrap().unwrap()), [8]);
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wake_ups_from_other_replicas_read_the_database() {
+        let hub = Hub::default();
+        let step = Uuid::now_v7();
+        let stored = Arc::new(Mutex::new(vec![line(1)]));
+        let finished = Arc::new(Mutex::new(false));
+        let feed = Lines {
+            stored: stored.clone(),
+            finished: finished.clone(),
+        };
+        let response = sse(feed, hub.subscribe_step(step), 0, CancellationToken::new());
+        let mut body = response.into_body().into_data_stream();
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [1]);
+
+        // Another replica stored 2 and 3: the wake-up carries no line, the store has them.
+        stored.lock().unwrap().extend([line(2), line(3)]);
+        hub.stored_lines(step, 3);
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [2, 3]);
+
+        // Caught up, the stream waits.
+        assert_eq!(
+            &body.next().await.unwrap().unwrap()[..],
+            b": keep-alive\n\n"
+        );
+        // A wake-up at or below what was sent reads nothing (this replica's own publication
+        // got there first): line 4, stored but not announced yet, stays unsent, and the
+        // stream stays quiet until its next keep-alive.
+        stored.lock().unwrap().push(line(4));
+        hub.stored_lines(step, 3);
+        hub.stored_lines(step, 2);
+        assert_eq!(
+            &body.next().await.unwrap().unwrap()[..],
+            b": keep-alive\n\n"
+        );
+        hub.stored_lines(step, 4);
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [4]);
+
+        // The listener reconnected: a re-read, which finds line 5 and that the step finished
+        // while nobody was told.
+        stored.lock().unwrap().push(line(5));
+        *finished.lock().unwrap() = true;
+        hub.resync();
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [5]);
+        let frame = body.next().await.unwrap().unwrap();
+        assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
+        assert!(body.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn another_replica_ending_the_step_ends_the_stream() {
+        let hub = Hub::default();
+        let step = Uuid::now_v7();
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let finished = Arc::new(Mutex::new(false));
+        let feed = Lines {
+            stored: stored.clone(),
+            finished: finished.clone(),
+        };
+        let response = sse(feed, hub.subscribe_step(step), 0, CancellationToken::new());
+        let mut body = response.into_body().into_data_stream();
+        // Lines and the end stored elsewhere, announced by the end alone.
+        stored.lock().unwrap().extend([line(1), line(2)]);
+        *finished.lock().unwrap() = true;
+        hub.end_step(step);
+        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [1, 2]);
         let frame = body.next().await.unwrap().unwrap();
         assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
         assert!(body.next().await.is_none());

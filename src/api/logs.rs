@@ -101,7 +101,9 @@ impl Feed for StepLog {
     fn live(&self, item: StepFeed) -> Live<LogLine> {
         match item {
             StepFeed::Lines(lines) => Live::Items(lines),
-            StepFeed::End(_) => Live::End,
+            StepFeed::Stored(number) => Live::Stored(number),
+            StepFeed::End => Live::End,
+            StepFeed::Resync => Live::Resync,
         }
     }
 }

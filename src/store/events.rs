@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-use super::{Store, StoreError, on_pool};
+use super::{Store, StoreError, notify, on_pool};
 use crate::model::{Event, Status, Subject};
 
 /// An event before it has its sequence number.
@@ -83,7 +83,7 @@ where
 }
 
 /// Inserts the event inside the caller's transaction (which holds the pipeline's lock) and
-/// returns it with its number.
+/// returns it with its number; on Postgres the transaction also notifies other replicas.
 pub(crate) async fn insert_event<'c, DB>(
     tx: &mut sqlx::Transaction<'c, DB>,
     e: NewEvent,
@@ -100,12 +100,31 @@ where
     for<'r> i64: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    let (seq,): (i64,) = sqlx::query_as::<DB, (i64,)>(
-        "UPDATE pipelines SET event_count = event_count + 1 WHERE id = $1 RETURNING event_count",
-    )
-    .bind(e.pipeline_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let (seq,): (i64,) = if DB::NAME == <sqlx::Postgres as sqlx::Database>::NAME {
+        // The notification for other replicas, sent at the commit of this transaction, is
+        // built in the statement that numbers the event: no round trip of its own. The
+        // notification goes in the select list, which is evaluated for the one row.
+        let (before, after) = notify::event_payload_parts(e.pipeline_id, e.subject, e.id, e.status);
+        sqlx::query_as::<DB, (i64,)>(
+            "WITH counted AS (UPDATE pipelines SET event_count = event_count + 1 WHERE id = $1 \
+             RETURNING event_count) \
+             SELECT event_count, pg_notify($2, concat($3, event_count, $4)) FROM counted",
+        )
+        .bind(e.pipeline_id)
+        .bind(notify::CHANNEL)
+        .bind(before.as_str())
+        .bind(after.as_str())
+        .fetch_one(&mut **tx)
+        .await?
+    } else {
+        sqlx::query_as::<DB, (i64,)>(
+            "UPDATE pipelines SET event_count = event_count + 1 WHERE id = $1 \
+             RETURNING event_count",
+        )
+        .bind(e.pipeline_id)
+        .fetch_one(&mut **tx)
+        .await?
+    };
     insert_numbered_event(tx, e, seq).await
 }
 

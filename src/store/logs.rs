@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{Pool, Store, StoreError, on_pool};
+use super::{Pool, Store, StoreError, notify, on_pool};
 use crate::model::LogLine;
 
 /// Rows per statement on SQLite, under its limit of 32766 bound parameters.
@@ -20,7 +20,8 @@ struct LineRow {
 }
 
 impl Store {
-    /// Stores a batch of a step's lines in one transaction, then publishes it to followers.
+    /// Stores a batch of a step's lines in one transaction, then publishes it to followers
+    /// (on Postgres, those of other replicas are notified by the transaction itself).
     pub async fn insert_log_lines(
         &self,
         step_id: Uuid,
@@ -39,14 +40,20 @@ impl Store {
                     let numbers: Vec<i64> = lines.iter().map(|l| l.number).collect();
                     let stamps: Vec<DateTime<Utc>> = lines.iter().map(|l| l.at).collect();
                     let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+                    // The notification for other replicas rides in the same statement, so
+                    // in the same transaction: sent at its commit, never before.
+                    let last = lines.last().map_or(0, |l| l.number);
                     sqlx::query(
-                        "INSERT INTO log_lines (step_id, number, ts, text) \
-                         SELECT $1, * FROM unnest($2::int8[], $3::timestamptz[], $4::text[])",
+                        "WITH stored AS (INSERT INTO log_lines (step_id, number, ts, text) \
+                         SELECT $1, * FROM unnest($2::int8[], $3::timestamptz[], $4::text[])) \
+                         SELECT pg_notify($5, $6)",
                     )
                     .bind(step_id)
                     .bind(numbers)
                     .bind(stamps)
                     .bind(texts)
+                    .bind(notify::CHANNEL)
+                    .bind(notify::lines_payload(step_id, last, self.hub.origin()))
                     .execute(pool)
                     .await?;
                 }

@@ -16,10 +16,12 @@
 mod engine;
 mod events;
 mod logs;
+mod notify;
 mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StartRecord, StepState};
 pub use events::NewEvent;
+pub use notify::{APPLICATION_NAME as FEED_LISTENER_NAME, CHANNEL as FEED_CHANNEL};
 pub use pipelines::{
     Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
 };
