@@ -227,7 +227,17 @@ impl Node {
                     serde_saphyr::Error::Budget { breach, .. } => {
                         budget_refusal(breach, max_depth, pos)
                     }
-                    _ => ParseError::syntax(clean_parse_message(&e.to_string()), pos),
+                    _ => {
+                        let message = clean_parse_message(&e.to_string());
+                        // The scanner reports a tab where the token before it began (a plain
+                        // scalar on the line above, say); the tab is what to fix, so point at it.
+                        let pos = if message.contains("tab") {
+                            first_tab_from(text, pos).unwrap_or(pos)
+                        } else {
+                            pos
+                        };
+                        ParseError::syntax(message, pos)
+                    }
                 })
             }
         }
@@ -550,6 +560,27 @@ fn merge(node: Node) -> Result<Node, ParseError> {
         }
         other => Ok(Node::new(other, pos)),
     }
+}
+
+/// The place of the first tab at or after `from` (1-based line and column, in characters).
+fn first_tab_from(text: &str, from: Pos) -> Option<Pos> {
+    let (line, column) = (from.line? as usize, from.column? as usize);
+    for (index, content) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let number = index + 1;
+        // On the reported line, only what comes at or after the reported column.
+        let skip = if number == line {
+            column.saturating_sub(1)
+        } else {
+            0
+        };
+        if let Some(offset) = content.chars().skip(skip).position(|c| c == '\t') {
+            return Some(Pos::at(
+                u32::try_from(number).unwrap_or(u32::MAX),
+                u32::try_from(skip + offset + 1).unwrap_or(u32::MAX),
+            ));
+        }
+    }
+    None
 }
 
 fn clamp(v: u64) -> u32 {

@@ -21,7 +21,7 @@ mod pipelines;
 pub use engine::{ClaimedWorkflow, LeaseState, StepState};
 pub use events::NewEvent;
 pub use pipelines::{
-    Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
+    Created, ListFilter, NewPipeline, NewStep, NewWorkflow, PipelineList, insert_pipeline_postgres,
 };
 
 use std::future::Future;
