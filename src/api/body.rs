@@ -444,7 +444,7 @@ mod tests {
                 assert_eq!(errors[0].pointer, pointer, "{text}");
                 assert_eq!(
                     errors[0].message,
-                    format!("wrong type: expected a string, found {found}")
+                    format!("expected a string, found {found}")
                 );
             }
         }
@@ -460,7 +460,7 @@ mod tests {
         assert_eq!(errors[0].pointer, "/secrets/0");
         assert_eq!(
             errors[0].message,
-            "wrong type: expected an object, found a string"
+            "expected a secret: an object {\"name\": …, \"value\": …}, found a string"
         );
         // A well-typed secret next to an error elsewhere is not repeated either.
         let (_, text) = answer(&json!({
@@ -550,15 +550,21 @@ mod tests {
     #[test]
     fn serde_messages_lose_their_values() {
         assert_eq!(
-            without_value("invalid type: string \"a, expected b\", expected a sequence"),
-            "wrong type: expected an array, found a string"
+            without_value(
+                "invalid type: string \"a, expected b\", expected a sequence",
+                "/x"
+            ),
+            "expected an array, found a string"
         );
         assert_eq!(
-            without_value("invalid value: integer `7`, expected a positive number"),
-            "invalid value: expected a positive number, found a number"
+            without_value(
+                "invalid value: integer `7`, expected a positive number",
+                "/x"
+            ),
+            "expected a positive number, found a number"
         );
         assert_eq!(
-            without_value("unknown variant `s3cret`, expected `a` or `b`"),
+            without_value("unknown variant `s3cret`, expected `a` or `b`", "/x"),
             "unknown variant: expected `a` or `b`"
         );
         for kept in [
@@ -567,9 +573,110 @@ mod tests {
             "duplicate field `name`",
             "invalid length 3, expected 2 elements",
         ] {
-            assert_eq!(without_value(kept), kept);
+            assert_eq!(without_value(kept, "/x"), kept);
         }
-        assert!(!without_value("s3cret is bad").contains("s3cret"));
+        assert!(!without_value("s3cret is bad", "/x").contains("s3cret"));
+    }
+
+    /// A wrong type names the field's place and the form it takes, in the words of its
+    /// documentation, and the JSON type found; never the value.
+    #[test]
+    fn wrong_types_say_what_form_the_field_takes() {
+        let config = json!([{"name": "ci", "content": "steps: []"}]);
+        for (field, value, pointer, message) in [
+            (
+                "timeout",
+                json!(3600),
+                "/timeout",
+                r#"expected a duration such as "1h", found a number"#,
+            ),
+            (
+                "namespace",
+                json!(7),
+                "/namespace",
+                r#"expected a Kubernetes namespace name such as "ci-acme", found a number"#,
+            ),
+            (
+                "platform",
+                json!(["linux"]),
+                "/platform",
+                r#"expected a platform such as "linux/arm64", found an array"#,
+            ),
+            (
+                "labels",
+                json!({"team": 1}),
+                "/labels/team",
+                r#"expected a string (quote numbers and booleans: "1", "true"), found a number"#,
+            ),
+            (
+                "variables",
+                json!({"N": true}),
+                "/variables/N",
+                r#"expected a string (quote numbers and booleans: "1", "true"), found a boolean"#,
+            ),
+            (
+                "pipeline",
+                json!([1, 2]),
+                "/pipeline",
+                "expected a pipeline object, as a pipeline file parses into, found an array",
+            ),
+            (
+                "pipeline",
+                json!("steps: []"),
+                "/pipeline",
+                "expected a pipeline object, as a pipeline file parses into, found a string",
+            ),
+            (
+                "repo",
+                json!({"clone_url": 5}),
+                "/repo/clone_url",
+                r#"expected a URL such as "https://git.example.com/acme/api.git", found a number"#,
+            ),
+        ] {
+            let mut body = json!({"configs": config});
+            body[field] = value;
+            if field == "pipeline" {
+                body.as_object_mut().unwrap().remove("configs");
+            }
+            let (err, text) = answer(&body);
+            let ApiError::Validation { errors, detail, .. } = err else {
+                panic!("{text}")
+            };
+            assert_eq!(errors[0].pointer, pointer, "{text}");
+            assert_eq!(errors[0].message, message, "{text}");
+            assert_eq!(
+                detail,
+                format!("1 error in the submission: {pointer}: {message}")
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_json_body_says_it_is_empty() {
+        for body in [&b""[..], b"  \n"] {
+            let err = parse_submission(&headers("application/json"), body)
+                .err()
+                .unwrap();
+            let ApiError::MalformedBody(message) = &err else {
+                panic!("{err:?}")
+            };
+            assert!(message.starts_with("the body is empty;"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_yaml_body_that_is_not_utf8_is_refused_at_its_place() {
+        let err = parse_submission(&headers("application/yaml"), b"steps:\n  - na\xffme: a\n")
+            .err()
+            .unwrap();
+        let ApiError::Validation { errors, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!((errors[0].line, errors[0].column), (Some(2), Some(7)));
+        assert_eq!(
+            errors[0].message,
+            "the pipeline file is not UTF-8 text; save it as UTF-8"
+        );
     }
 
     #[test]

@@ -205,10 +205,10 @@ fn refine(doc: &mut Value) {
             .and_then(Value::as_object_mut)
         {
             document_statuses(&id, responses);
-            if matches!(id.as_str(), "create_pipeline" | "retry_pipeline") {
-                if let Some(created) = responses.get_mut("201") {
-                    created["links"] = pipeline_links();
-                }
+            if matches!(id.as_str(), "create_pipeline" | "retry_pipeline")
+                && let Some(created) = responses.get_mut("201")
+            {
+                created["links"] = pipeline_links();
             }
             for (status, response) in responses.iter_mut() {
                 let Some(content) = response.get_mut("content").and_then(Value::as_object_mut)

@@ -493,6 +493,64 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_uuids_in_the_form_the_api_writes() {
+        let id = "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10";
+        assert!(parse_id(id).is_ok());
+        assert!(parse_id(&id.to_uppercase()).is_ok());
+        for other in [
+            "0193a5c46a5e7cc0a7e13f1b2f7d9e10",
+            "{0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10}",
+            "urn:uuid:0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
+            "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e1g",
+            "",
+        ] {
+            assert!(
+                matches!(parse_id(other), Err(ApiError::InvalidId(_))),
+                "{other}"
+            );
+            refusal(&format!("cursor={other}"), 16);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let key = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_bytes(value).unwrap());
+            idempotency_key(&headers)
+        };
+        assert_eq!(key(b"build-42").unwrap().as_deref(), Some("build-42"));
+        let longest = vec![b'k'; MAX_IDEMPOTENCY_KEY];
+        assert!(key(&longest).is_ok());
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"tab\there",
+            "caf\u{e9}".as_bytes(),
+            &[b'k'; MAX_IDEMPOTENCY_KEY + 1],
+        ] {
+            assert!(
+                matches!(key(bad), Err(ApiError::InvalidHeader(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn status_filters_are_exact_names() {
+        for bad in [
+            "status=",
+            "status=queued,",
+            "status=%20queued",
+            "status=Queued",
+        ] {
+            refusal(bad, 16);
+        }
+    }
+
+    #[test]
     fn label_filters_are_bounded_in_number() {
         let query = |n: usize| vec!["label=team=red"; n].join("&");
         assert_eq!(list_filter(Some(&query(16)), 16).unwrap().labels.len(), 16);

@@ -562,14 +562,15 @@ fn merge(node: Node) -> Result<Node, ParseError> {
     }
 }
 
-/// The place of the first tab at or after `from` (1-based line and column, in characters).
+/// The place of the first tab from about `from` on (1-based line and column, in characters).
 fn first_tab_from(text: &str, from: Pos) -> Option<Pos> {
     let (line, column) = (from.line? as usize, from.column? as usize);
     for (index, content) in text.lines().enumerate().skip(line.saturating_sub(1)) {
         let number = index + 1;
-        // On the reported line, only what comes at or after the reported column.
+        // On the reported line, only what comes from just before the reported column: the
+        // scanner may report the character after the tab it stopped at.
         let skip = if number == line {
-            column.saturating_sub(1)
+            column.saturating_sub(2)
         } else {
             0
         };
@@ -776,6 +777,23 @@ fn convert(raw: Spanned<Raw>, text: &str) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tab is reported where it is, not where the token before it began.
+    #[test]
+    fn a_tab_is_reported_at_its_place() {
+        for (text, line, column) in [
+            ("steps:\n  - name: a\n\timage: alpine\n", 3, 1),
+            (
+                "steps:\n  - name: a\n    image: alpine\n    commands:\n\t- echo\n",
+                5,
+                1,
+            ),
+        ] {
+            let e = Node::parse(text, 32).expect_err("a tab is refused");
+            assert!(e.message.contains("tab"), "{}", e.message);
+            assert_eq!(e.pos, Pos::at(line, column), "{text:?}: {}", e.message);
+        }
+    }
 
     fn get<'a>(n: &'a Node, path: &[&str]) -> &'a Node {
         let mut cur = n;
