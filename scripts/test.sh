@@ -8,3 +8,6 @@ source scripts/postgres.sh
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# The API as clients see it: schemathesis against real servers (see scripts/contract.sh).
+./scripts/contract.sh

@@ -18,6 +18,9 @@ use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
 use crate::pipeline::Limits;
 use crate::store::{PoolSettings, Timeouts};
 
+/// `PICULET_MAX_LABEL_FILTERS` unless set; the API document states it as `label`'s `maxItems`.
+pub const DEFAULT_MAX_LABEL_FILTERS: usize = 16;
+
 /// A configuration error: names the setting and says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -699,7 +702,11 @@ impl Config {
             )?,
             timeouts,
         };
-        let max_label_filters = count("max_label_filters", &s.max_label_filters, 16)? as usize;
+        let max_label_filters = count(
+            "max_label_filters",
+            &s.max_label_filters,
+            DEFAULT_MAX_LABEL_FILTERS as u32,
+        )? as usize;
 
         let limits = limits(s)?;
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;

@@ -46,6 +46,7 @@ pub struct Submission {
     pub configs: Vec<ConfigFile>,
     /// One already-parsed pipeline, instead of `configs`.
     #[schema(value_type = Option<Object>)]
+    #[serde(default, deserialize_with = "pipeline_object")]
     pub pipeline: Option<serde_json::Value>,
     /// Submission variables (`CI_COMMIT_BRANCH`, `CI_PIPELINE_EVENT`, …): `when` conditions
     /// match against them, `${NAME}` substitutes them, and steps see them.
@@ -69,6 +70,26 @@ pub struct Submission {
     pub timeout: Option<String>,
     /// The platform (`linux/arm64`) when the workflow does not name one.
     pub platform: Option<String>,
+}
+
+/// `pipeline` is an object (a pipeline as a file parses into) or absent: another JSON type is
+/// a wrong type of the submission, refused with its pointer like any other.
+fn pipeline_object<'de, D>(deserializer: D) -> Result<Option<serde_json::Value>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    use serde::de::{Error, Unexpected};
+    use serde_json::Value;
+    let value = Option::<Value>::deserialize(deserializer)?;
+    let unexpected = match &value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(_)) => return Ok(value),
+        Some(Value::Array(_)) => Unexpected::Seq,
+        Some(Value::Bool(b)) => Unexpected::Bool(*b),
+        Some(Value::Number(_)) => Unexpected::Other("integer or floating point"),
+        Some(Value::String(s)) => Unexpected::Str(s),
+    };
+    Err(D::Error::invalid_type(unexpected, &"a pipeline object"))
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -608,6 +629,9 @@ fn step_kind(kind: pipeline::StepKind) -> StepKind {
 }
 
 /// RFC 1123 label: what Kubernetes accepts as a namespace name.
+/// [`is_dns_label`] as a regular expression, for the API document.
+pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
 pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63

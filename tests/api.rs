@@ -40,6 +40,9 @@ on_both_databases!(
     probes_and_documents_are_open,
     every_response_carries_a_request_id,
     without_tokens_only_loopback_names_are_answered,
+    an_exactly_full_last_page_has_no_next_cursor,
+    errors_name_the_field_and_the_form,
+    the_documents_examples_are_accepted,
 );
 
 async fn submit_yaml_then_read_it_back(db: Db) {
@@ -1122,4 +1125,126 @@ async fn blocked_requests_answer_503_in_time_and_free_their_connection(db: Db) {
         1,
         "the refused submission stored nothing"
     );
+}
+
+/// A page that ends the list says so, also when it is exactly full: no cursor to an empty page.
+async fn an_exactly_full_last_page_has_no_next_cursor(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let p: Value = app
+            .submit_json(&json!({
+                "name": format!("run {i}"),
+                "configs": [{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}],
+            }))
+            .await
+            .json()
+            .await
+            .unwrap();
+        ids.push(p["id"].as_str().unwrap().to_string());
+    }
+    let page = |query: String| {
+        let request = app.get(&format!("/api/v1/pipelines?{query}"));
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            (
+                page["items"].as_array().unwrap().len(),
+                page["next_cursor"].clone(),
+            )
+        }
+    };
+    // Newest first: ids[3], ids[2] | ids[1], ids[0].
+    assert_eq!(page("limit=2".into()).await, (2, json!(ids[2])));
+    assert_eq!(
+        page(format!("limit=2&cursor={}", ids[2])).await,
+        (2, Value::Null),
+        "the second page is exactly full and the last"
+    );
+    assert_eq!(page("limit=4".into()).await, (4, Value::Null));
+    assert_eq!(page("limit=3".into()).await, (3, json!(ids[1])));
+    assert_eq!(
+        page(format!("limit=3&cursor={}", ids[1])).await,
+        (1, Value::Null)
+    );
+    // With a label filter too, which the database reads another way.
+    assert_eq!(page("limit=4&label=x=y".into()).await, (0, Value::Null));
+}
+
+/// A refusal names the field by its JSON pointer, says what form it takes, and places YAML
+/// errors at their line and column.
+async fn errors_name_the_field_and_the_form(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let config = json!([{"name": "ci", "content": "steps:\n  - name: a\n    image: alpine\n    commands: [true]\n"}]);
+
+    let body = expect_problem(
+        app.submit_json(&json!({"configs": config, "timeout": 3600}))
+            .await,
+        422,
+        "validation-failed",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["pointer"], "/timeout");
+    assert_eq!(
+        body["errors"][0]["message"],
+        r#"expected a duration such as "1h", found a number"#
+    );
+    assert_eq!(
+        body["detail"],
+        r#"1 error in the submission: /timeout: expected a duration such as "1h", found a number"#
+    );
+
+    let empty = app
+        .post("/api/v1/pipelines")
+        .header(CONTENT_TYPE, "application/json")
+        .send()
+        .await
+        .unwrap();
+    let body = expect_problem(empty, 400, "malformed-body").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the body is empty;"),
+        "{body:#}"
+    );
+
+    for yaml in ["", "\n", "# nothing yet\n\n"] {
+        let body = expect_problem(app.submit_yaml(yaml).await, 422, "validation-failed").await;
+        assert_eq!(
+            body["errors"][0]["message"],
+            "the pipeline file is empty (nothing but whitespace and comments); a pipeline needs \
+             at least `steps`",
+            "{yaml:?}"
+        );
+        assert_eq!(
+            (&body["errors"][0]["line"], &body["errors"][0]["column"]),
+            (&json!(1), &json!(1))
+        );
+    }
+
+    let tabbed = "steps:\n  - name: a\n\timage: alpine\n    commands: [true]\n";
+    let body = expect_problem(app.submit_yaml(tabbed).await, 422, "validation-failed").await;
+    let error = &body["errors"][0];
+    assert!(
+        error["message"].as_str().unwrap().contains("tab"),
+        "{body:#}"
+    );
+    assert_eq!(
+        (&error["line"], &error["column"]),
+        (&json!(3), &json!(1)),
+        "{body:#}"
+    );
+    assert_eq!(app.pipeline_count().await, 0, "nothing refused is stored");
+}
+
+/// What the document shows is what the server takes: its YAML example and its submission
+/// example are accepted when sent as they are.
+async fn the_documents_examples_are_accepted(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let doc: Value = serde_json::from_str(&piculet::api::openapi::document()).unwrap();
+    let content = &doc["paths"]["/api/v1/pipelines"]["post"]["requestBody"]["content"];
+    let yaml = content["application/yaml"]["example"].as_str().unwrap();
+    assert_eq!(app.submit_yaml(yaml).await.status(), 201);
+    let submission = &doc["components"]["schemas"]["Submission"]["example"];
+    assert_eq!(app.submit_json(submission).await.status(), 201);
 }

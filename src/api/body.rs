@@ -86,18 +86,18 @@ fn format(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
+/// Whether the body is announced as one YAML pipeline file.
+pub fn is_yaml(headers: &HeaderMap) -> bool {
+    matches!(format(headers), Ok(Format::Yaml))
+}
+
 /// Parses the body by its Content-Type. Malformed JSON is a 400; JSON of the wrong shape
 /// (an unknown field, a wrong type) is a 422 with its pointer, line and column.
 pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<ParsedSubmission, ApiError> {
     let format = format(headers)?;
     let submission = match format {
         Format::Json => read_json(body)?,
-        Format::Yaml => {
-            let text = std::str::from_utf8(body).map_err(|_| {
-                ApiError::MalformedBody("the pipeline file is not UTF-8 text".into())
-            })?;
-            Submission::from_file(text.to_string())
-        }
+        Format::Yaml => Submission::from_file(yaml_text(body)?.to_string()),
     };
     let mut hasher = Sha256::new();
     hasher.update(match format {
@@ -108,6 +108,30 @@ pub fn parse_submission(headers: &HeaderMap, body: &[u8]) -> Result<ParsedSubmis
     Ok(ParsedSubmission {
         submission,
         request_hash: hex(&hasher.finalize()),
+    })
+}
+
+/// The text of a YAML body. Bytes that are not UTF-8 are a fault of the file's content, like
+/// a YAML syntax error (422 with the place), not of the request's framing.
+fn yaml_text(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|e| {
+        let valid = &body[..e.valid_up_to()];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let column = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
+        validation(
+            vec![Diagnostic {
+                config: "pipeline".into(),
+                pointer: String::new(),
+                line: u32::try_from(line).ok(),
+                column: u32::try_from(column).ok(),
+                message: "the pipeline file is not UTF-8 text; save it as UTF-8".into(),
+            }],
+            vec![],
+        )
     })
 }
 
@@ -122,6 +146,13 @@ fn read_json(body: &[u8]) -> Result<Submission, ApiError> {
              Content-Type: application/yaml"
         ))
     };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::MalformedBody(
+            "the body is empty; send a JSON submission, or one pipeline file with \
+             Content-Type: application/yaml"
+                .into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let submission = match serde_path_to_error::deserialize::<_, Submission>(&mut de) {
         Ok(s) => s,
@@ -131,7 +162,7 @@ fn read_json(body: &[u8]) -> Result<Submission, ApiError> {
             if e.classify() != serde_json::error::Category::Data {
                 return Err(malformed(e));
             }
-            let message = without_value(&strip_position(&e.to_string()));
+            let message = without_value(&strip_position(&e.to_string()), &pointer);
             // An unknown key in a secret may itself be the secret (a value written where the
             // key belongs); the answer points at the secret and names only what it takes.
             let message = match fields {
@@ -202,23 +233,53 @@ fn json_pointer(path: &serde_path_to_error::Path) -> (String, Option<&'static st
     (pointer, None)
 }
 
-/// serde's message about a value that does not fit, with the value left out: what was
-/// expected and the JSON type found. Messages about keys (an unknown, missing or repeated
-/// field) and lengths carry no value and are kept; anything else is replaced whole.
-fn without_value(message: &str) -> String {
+/// What the field at a pointer of a submission takes, in the words of its documentation;
+/// `None` where serde's own words (in JSON's terms) say it well enough.
+fn expected_form(pointer: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    Some(match segments.as_slice() {
+        ["name"] => r#"a name for people, such as "acme/api #42""#,
+        ["configs"] => "an array of pipeline files, each {\"name\": …, \"content\": …}",
+        ["configs", _] => "a pipeline file: an object {\"name\": …, \"content\": …}",
+        ["configs", _, "name"] => r#"a workflow name such as "build""#,
+        ["configs", _, "content"] => "the pipeline file as text (YAML or JSON)",
+        ["pipeline"] => "a pipeline object, as a pipeline file parses into",
+        ["variables"] => r#"an object of strings, such as {"CI_COMMIT_BRANCH": "main"}"#,
+        ["variables", _] | ["labels", _] => r#"a string (quote numbers and booleans: "1", "true")"#,
+        ["secrets"] => "an array of secrets, each {\"name\": …, \"value\": …}",
+        ["secrets", _] => "a secret: an object {\"name\": …, \"value\": …}",
+        ["secrets", _, "name"] => r#"a secret name such as "registry_password""#,
+        ["registries"] => "an array of registries, each {\"address\", \"username\", \"password\"}",
+        ["registries", _] => "a registry: an object {\"address\", \"username\", \"password\"}",
+        ["registries", _, "address"] => r#"a registry address such as "registry.example.com""#,
+        ["repo"] => "a repository: an object {\"clone_url\", \"ref\", \"sha\"}",
+        ["repo", "clone_url"] => r#"a URL such as "https://git.example.com/acme/api.git""#,
+        ["repo", "ref"] => r#"a git ref such as "refs/heads/main""#,
+        ["repo", "sha"] => "a commit id (40 hexadecimal digits)",
+        ["labels"] => r#"an object of strings, such as {"project": "acme/api"}"#,
+        ["namespace"] => r#"a Kubernetes namespace name such as "ci-acme""#,
+        ["timeout"] => r#"a duration such as "1h""#,
+        ["platform"] => r#"a platform such as "linux/arm64""#,
+        _ => return None,
+    })
+}
+
+/// serde's message about a value that does not fit, with the value left out: what the field
+/// at `pointer` takes and the JSON type found. Messages about keys (an unknown, missing or
+/// repeated field) and lengths carry no value and are kept; anything else is replaced whole.
+fn without_value(message: &str, pointer: &str) -> String {
     // The expected part comes from the schema; the value comes before it.
-    let expected = message
-        .rfind(", expected ")
-        .map(|i| json_terms(&message[i + ", expected ".len()..]));
-    for (prefix, what) in [
-        ("invalid type: ", "wrong type"),
-        ("invalid value: ", "invalid value"),
-    ] {
+    let expected = expected_form(pointer).map(str::to_string).or_else(|| {
+        message
+            .rfind(", expected ")
+            .map(|i| json_terms(&message[i + ", expected ".len()..]))
+    });
+    for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(unexpected) = message.strip_prefix(prefix) {
             let found = json_type(unexpected);
             return match expected {
-                Some(expected) => format!("{what}: expected {expected}, found {found}"),
-                None => format!("{what}: found {found}"),
+                Some(expected) => format!("expected {expected}, found {found}"),
+                None => format!("found {found}, which does not fit here"),
             };
         }
     }
@@ -383,7 +444,7 @@ mod tests {
                 assert_eq!(errors[0].pointer, pointer, "{text}");
                 assert_eq!(
                     errors[0].message,
-                    format!("wrong type: expected a string, found {found}")
+                    format!("expected a string, found {found}")
                 );
             }
         }
@@ -399,7 +460,7 @@ mod tests {
         assert_eq!(errors[0].pointer, "/secrets/0");
         assert_eq!(
             errors[0].message,
-            "wrong type: expected an object, found a string"
+            "expected a secret: an object {\"name\": …, \"value\": …}, found a string"
         );
         // A well-typed secret next to an error elsewhere is not repeated either.
         let (_, text) = answer(&json!({
@@ -489,15 +550,21 @@ mod tests {
     #[test]
     fn serde_messages_lose_their_values() {
         assert_eq!(
-            without_value("invalid type: string \"a, expected b\", expected a sequence"),
-            "wrong type: expected an array, found a string"
+            without_value(
+                "invalid type: string \"a, expected b\", expected a sequence",
+                "/x"
+            ),
+            "expected an array, found a string"
         );
         assert_eq!(
-            without_value("invalid value: integer `7`, expected a positive number"),
-            "invalid value: expected a positive number, found a number"
+            without_value(
+                "invalid value: integer `7`, expected a positive number",
+                "/x"
+            ),
+            "expected a positive number, found a number"
         );
         assert_eq!(
-            without_value("unknown variant `s3cret`, expected `a` or `b`"),
+            without_value("unknown variant `s3cret`, expected `a` or `b`", "/x"),
             "unknown variant: expected `a` or `b`"
         );
         for kept in [
@@ -506,9 +573,110 @@ mod tests {
             "duplicate field `name`",
             "invalid length 3, expected 2 elements",
         ] {
-            assert_eq!(without_value(kept), kept);
+            assert_eq!(without_value(kept, "/x"), kept);
         }
-        assert!(!without_value("s3cret is bad").contains("s3cret"));
+        assert!(!without_value("s3cret is bad", "/x").contains("s3cret"));
+    }
+
+    /// A wrong type names the field's place and the form it takes, in the words of its
+    /// documentation, and the JSON type found; never the value.
+    #[test]
+    fn wrong_types_say_what_form_the_field_takes() {
+        let config = json!([{"name": "ci", "content": "steps: []"}]);
+        for (field, value, pointer, message) in [
+            (
+                "timeout",
+                json!(3600),
+                "/timeout",
+                r#"expected a duration such as "1h", found a number"#,
+            ),
+            (
+                "namespace",
+                json!(7),
+                "/namespace",
+                r#"expected a Kubernetes namespace name such as "ci-acme", found a number"#,
+            ),
+            (
+                "platform",
+                json!(["linux"]),
+                "/platform",
+                r#"expected a platform such as "linux/arm64", found an array"#,
+            ),
+            (
+                "labels",
+                json!({"team": 1}),
+                "/labels/team",
+                r#"expected a string (quote numbers and booleans: "1", "true"), found a number"#,
+            ),
+            (
+                "variables",
+                json!({"N": true}),
+                "/variables/N",
+                r#"expected a string (quote numbers and booleans: "1", "true"), found a boolean"#,
+            ),
+            (
+                "pipeline",
+                json!([1, 2]),
+                "/pipeline",
+                "expected a pipeline object, as a pipeline file parses into, found an array",
+            ),
+            (
+                "pipeline",
+                json!("steps: []"),
+                "/pipeline",
+                "expected a pipeline object, as a pipeline file parses into, found a string",
+            ),
+            (
+                "repo",
+                json!({"clone_url": 5}),
+                "/repo/clone_url",
+                r#"expected a URL such as "https://git.example.com/acme/api.git", found a number"#,
+            ),
+        ] {
+            let mut body = json!({"configs": config});
+            body[field] = value;
+            if field == "pipeline" {
+                body.as_object_mut().unwrap().remove("configs");
+            }
+            let (err, text) = answer(&body);
+            let ApiError::Validation { errors, detail, .. } = err else {
+                panic!("{text}")
+            };
+            assert_eq!(errors[0].pointer, pointer, "{text}");
+            assert_eq!(errors[0].message, message, "{text}");
+            assert_eq!(
+                detail,
+                format!("1 error in the submission: {pointer}: {message}")
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_json_body_says_it_is_empty() {
+        for body in [&b""[..], b"  \n"] {
+            let err = parse_submission(&headers("application/json"), body)
+                .err()
+                .unwrap();
+            let ApiError::MalformedBody(message) = &err else {
+                panic!("{err:?}")
+            };
+            assert!(message.starts_with("the body is empty;"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_yaml_body_that_is_not_utf8_is_refused_at_its_place() {
+        let err = parse_submission(&headers("application/yaml"), b"steps:\n  - na\xffme: a\n")
+            .err()
+            .unwrap();
+        let ApiError::Validation { errors, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!((errors[0].line, errors[0].column), (Some(2), Some(7)));
+        assert_eq!(
+            errors[0].message,
+            "the pipeline file is not UTF-8 text; save it as UTF-8"
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl From<StoreError> for ApiError {
     "type": "urn:piculet:problem:validation-failed",
     "title": "The submission is invalid",
     "status": 422,
-    "detail": "1 error in the submission; fix each and submit again",
+    "detail": "1 error in the submission: build /steps/0/comands: unknown key \"comands\", did you mean \"commands\"?",
     "errors": [{"config": "build", "pointer": "/steps/0/comands", "line": 4, "column": 5,
                 "message": "unknown key \"comands\", did you mean \"commands\"?"}]
 }))]
@@ -290,14 +290,32 @@ impl From<crate::dry_run::Refusal> for ApiError {
     }
 }
 
-/// A validation problem from a report of errors.
+/// A validation problem from a report of errors. A single error is also said in the detail,
+/// with its place, for clients that show only the detail.
 pub fn validation(errors: Vec<Diagnostic>, warnings: Vec<Diagnostic>) -> ApiError {
-    let n = errors.len();
-    ApiError::Validation {
-        detail: format!(
-            "{n} error{} in the submission; fix each and submit again",
-            if n == 1 { "" } else { "s" }
+    let detail = match errors.as_slice() {
+        [one] => {
+            let place: Vec<&str> = [one.config.as_str(), one.pointer.as_str()]
+                .into_iter()
+                .filter(|part| !part.is_empty() && *part != crate::submission::SUBMISSION)
+                .collect();
+            if place.is_empty() {
+                format!("1 error in the submission: {}", one.message)
+            } else {
+                format!(
+                    "1 error in the submission: {}: {}",
+                    place.join(" "),
+                    one.message
+                )
+            }
+        }
+        many => format!(
+            "{} errors in the submission; fix each and submit again",
+            many.len()
         ),
+    };
+    ApiError::Validation {
+        detail,
         errors,
         warnings,
     }

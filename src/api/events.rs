@@ -4,6 +4,8 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
+use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::AppState;
@@ -11,7 +13,7 @@ use super::error::{ApiError, Problem};
 use super::follow::{self, Feed, Live, PAGE, Record};
 use super::pipelines::parse_id;
 use crate::hub::PipelineFeed;
-use crate::model::{Event, Subject};
+use crate::model::{Event, Status, Subject};
 use crate::store::{Store, StoreError};
 
 impl Record for Event {
@@ -20,6 +22,15 @@ impl Record for Event {
     fn seq(&self) -> i64 {
         self.seq
     }
+}
+
+/// The last event of a pipeline's event stream: the pipeline's final state.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"status": "failure", "reason": "step \"test\" failed"}))]
+pub struct PipelineEnd {
+    pub status: Status,
+    /// Why it ended so, in words a person can act on; null on success.
+    pub reason: Option<String>,
 }
 
 struct PipelineEvents {
@@ -31,17 +42,20 @@ struct PipelineEvents {
 impl Feed for PipelineEvents {
     type Item = PipelineFeed;
     type Record = Event;
-    type End = serde_json::Value;
+    type End = PipelineEnd;
 
     async fn page(&self, after: i64) -> Result<Vec<Event>, StoreError> {
         self.store.events(self.pipeline_id, after, PAGE).await
     }
 
-    async fn end(&self) -> Result<Option<serde_json::Value>, StoreError> {
+    async fn end(&self) -> Result<Option<PipelineEnd>, StoreError> {
         let pipeline = self.store.get_pipeline(self.pipeline_id).await?;
         Ok(pipeline
             .filter(|p| p.summary.status.is_finished())
-            .map(|p| serde_json::json!({"status": p.summary.status, "reason": p.summary.reason})))
+            .map(|p| PipelineEnd {
+                status: p.summary.status,
+                reason: p.summary.reason,
+            }))
     }
 
     fn live(&self, item: PipelineFeed) -> Live<Event> {
@@ -71,12 +85,12 @@ impl Feed for PipelineEvents {
     tag = "pipelines",
     operation_id = "get_pipeline_events",
     params(
-        ("id" = String, Path, description = "Pipeline id (UUID)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ("id" = Uuid, Path, description = "Pipeline id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id (the `seq` of the last event received)"),
     ),
     responses(
-        (status = 200, description = "Server-Sent Events; the data of each `status` event is an Event", content(
-            (Event = "text/event-stream"),
+        (status = 200, description = "Server-Sent Events: a `status` event (data: `Event`) per state change, then one `end` event (data: `PipelineEnd`) once the pipeline has finished; `: keep-alive` comments every 15 s meanwhile", content(
+            (String = "text/event-stream"),
         )),
         (status = 400, description = "Malformed id or Last-Event-ID, or any query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong token", body = Problem, content_type = "application/problem+json"),

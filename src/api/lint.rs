@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::body::{RawBody, parse_submission};
+use super::body::{RawBody, is_yaml, parse_submission};
 use super::cpu;
 use super::error::{ApiError, Problem};
 use crate::pipeline::Diagnostic;
@@ -73,7 +73,21 @@ fn lint_body(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Json<LintResult>, ApiError> {
-    let parsed = parse_submission(headers, body)?;
+    let parsed = match parse_submission(headers, body) {
+        Ok(parsed) => parsed,
+        // A pipeline file that is not text is an error of the file, reported as lint reports
+        // every other error of a file; a JSON body of the wrong shape stays a 422.
+        Err(ApiError::Validation {
+            errors, warnings, ..
+        }) if is_yaml(headers) => {
+            return Ok(Json(LintResult {
+                valid: false,
+                errors,
+                warnings,
+            }));
+        }
+        Err(e) => return Err(e),
+    };
     let report = parsed
         .submission
         .lint(&state.config.platform, &state.config.limits);

@@ -33,8 +33,9 @@ pub struct LogEnd {
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct LogQuery {
-    /// Only lines after this line number (the SSE stream also honours `Last-Event-ID`).
-    after: Option<i64>,
+    /// Only lines after this line number (the SSE stream also honours `Last-Event-ID`, which
+    /// wins).
+    after: Option<u64>,
 }
 
 fn after_param(query: Option<&str>) -> Result<Option<i64>, ApiError> {
@@ -158,14 +159,14 @@ pub async fn find_step(store: &Store, id: Uuid) -> Result<StepState, ApiError> {
     tag = "logs",
     operation_id = "get_step_logs",
     params(
-        ("id" = String, Path, description = "Step id (UUID)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume an SSE stream after this line number"),
+        ("id" = Uuid, Path, description = "Step id"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume an SSE stream after this line number"),
         LogQuery,
     ),
     responses(
-        (status = 200, description = "The log", content(
+        (status = 200, description = "The log: plain text; JSON lines, one `LogLine` per line; or Server-Sent Events, a `message` event (data: `LogLine`) per line, then one `end` event (data: `LogEnd`) once the step has finished, with `: keep-alive` comments every 15 s meanwhile", content(
             (String = "text/plain"),
-            (LogLine = "application/x-ndjson"),
+            (String = "application/x-ndjson"),
             (String = "text/event-stream"),
         )),
         (status = 400, description = "Malformed id, Last-Event-ID or query", body = Problem, content_type = "application/problem+json"),

@@ -30,7 +30,6 @@ use sha2::{Digest, Sha256};
 use crate::backend::Backend;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use utoipa::OpenApi as _;
 use utoipa_swagger_ui::SwaggerUi;
 
 use tokio_util::sync::CancellationToken;
@@ -172,7 +171,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(
-            SwaggerUi::new("/api/v1/docs").url("/api/v1/openapi.json", openapi::ApiDoc::openapi()),
+            // The refined document (see [`openapi`]), not utoipa's alone.
+            SwaggerUi::new("/api/v1/docs")
+                .external_url_unchecked("/api/v1/openapi.json", openapi::value()),
         )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))

@@ -16,28 +16,51 @@ use super::cpu;
 use super::error::{ApiError, Problem, validation};
 use crate::config::BackendKind;
 use crate::model::{Pipeline, PipelineSummary, Status};
-use crate::store::{Created, ListFilter, NewPipeline};
+use crate::store::{Created, ListFilter, NewPipeline, PipelineList};
 use crate::submission::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, Submission};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest `Idempotency-Key`, in characters (visible ASCII).
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// What an `Idempotency-Key` may hold, for the API document: visible ASCII, no space.
+pub const IDEMPOTENCY_KEY_PATTERN: &str = "^[!-~]+$";
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
 
+/// The length of a UUID in its hyphenated form, the only form the API writes.
+const UUID_TEXT_LEN: usize = 36;
+
+/// Parses an id as the API writes it (hyphenated, 36 characters), refusing anything else with
+/// 400 rather than 404. The `uuid` crate would also take the braced, URN and bare-hex forms; the
+/// document promises `format: uuid`, so those are refused like any other string that is not one.
+pub fn parse_uuid(text: &str) -> Option<Uuid> {
+    (text.len() == UUID_TEXT_LEN)
+        .then(|| Uuid::parse_str(text).ok())
+        .flatten()
+}
+
 /// Parses a path id, refusing what is not a UUID with 400 rather than 404.
 pub fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| ApiError::InvalidId(text.to_string()))
+    parse_uuid(text).ok_or_else(|| ApiError::InvalidId(shortened(text)))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
-    match value.to_str() {
-        Ok(key) if !key.is_empty() && key.len() <= 255 => Ok(Some(key.to_string())),
-        _ => Err(ApiError::InvalidHeader(
-            "Idempotency-Key must be 1 to 255 visible ASCII characters, e.g. a UUID".into(),
-        )),
+    let bytes = value.as_bytes();
+    // Visible ASCII only: a space or a control character in a key is more likely a client's
+    // mistake than a key, and the document's pattern says the same.
+    if bytes.is_empty()
+        || bytes.len() > MAX_IDEMPOTENCY_KEY
+        || !bytes.iter().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::InvalidHeader(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters \
+             without spaces, e.g. a UUID"
+        )));
     }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
 }
 
 /// Submit a pipeline.
@@ -160,7 +183,7 @@ fn created(pipeline: Pipeline) -> Response {
     path = "/api/v1/pipelines/{id}/retry",
     tag = "pipelines",
     operation_id = "retry_pipeline",
-    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    params(("id" = Uuid, Path, description = "Pipeline id")),
     responses(
         (status = 201, description = "The new pipeline", body = Pipeline,
          headers(("Location" = String, description = "The new pipeline's URL"))),
@@ -199,20 +222,26 @@ pub async fn retry_pipeline(
 }
 
 /// Query of `GET /pipelines`; documented here, parsed by hand so that `status` and `label`
-/// may repeat.
+/// may repeat. The `label` pattern and item limit are set in [`super::openapi`], from the
+/// same constants the parser uses.
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 struct ListQuery {
-    /// Only these statuses; comma-separated or repeated (`status=queued,running`).
-    status: Option<String>,
+    /// Only these statuses; repeated (`status=queued&status=running`) or comma-separated
+    /// (`status=queued,running`).
+    #[param(style = Form, explode, inline)]
+    status: Option<Vec<Status>>,
     /// Only pipelines with this label, as `key=value`; repeat for several (all must match), up
-    /// to `PICULET_MAX_LABEL_FILTERS` (16 by default). Keys are at most 256 bytes, values 1024.
-    /// The first label is the one the database scans by: list the rarest first.
-    label: Option<String>,
+    /// to `PICULET_MAX_LABEL_FILTERS` (16 by default). Keys are at most 256 characters, values
+    /// 1024, neither with NUL. The first label is the one the database scans by: list the
+    /// rarest first.
+    #[param(style = Form, explode)]
+    label: Option<Vec<String>>,
     /// The `next_cursor` of the previous page.
-    cursor: Option<String>,
-    /// Page size, 1 to 200 (default 50).
+    cursor: Option<Uuid>,
+    /// Page size.
+    #[param(minimum = 1, maximum = 200, default = 50)]
     limit: Option<u32>,
 }
 
@@ -220,28 +249,37 @@ struct ListQuery {
 pub struct PipelinePage {
     /// Newest first.
     pub items: Vec<PipelineSummary>,
-    /// Pass as `cursor` to get the next page; absent on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page, also when it is exactly
+    /// full.
+    #[schema(value_type = Option<Uuid>)]
     pub next_cursor: Option<String>,
 }
 
+/// What a `label` filter may be, for the API document: the same rule as [`label_filter`].
+pub fn label_filter_pattern() -> String {
+    format!("^[^=\\u0000]{{1,{MAX_LABEL_KEY_BYTES}}}=[^\\u0000]{{0,{MAX_LABEL_VALUE_BYTES}}}$")
+}
+
 /// One `label=key=value` filter, checked: a key, and both within their lengths and free of NUL
-/// (which no stored label holds, and Postgres cannot even compare).
+/// (which no stored label holds, and Postgres cannot even compare). Lengths are counted in
+/// characters, as the document's pattern counts them: a stored label is at most as many bytes,
+/// so a longer filter could match nothing, and one of that many characters is still small.
 fn label_filter(text: &str) -> Result<(String, String), ApiError> {
     let bad =
         |why: String| ApiError::InvalidQuery(format!("label filter {:?} {why}", shortened(text)));
     let Some((key, value)) = text.split_once('=').filter(|(k, _)| !k.is_empty()) else {
         return Err(bad("is not key=value".into()));
     };
-    if key.len() > MAX_LABEL_KEY_BYTES {
+    let key_chars = key.chars().count();
+    if key_chars > MAX_LABEL_KEY_BYTES {
         return Err(bad(format!(
-            "has a key of {} bytes, over the limit of {MAX_LABEL_KEY_BYTES}",
-            key.len()
+            "has a key of {key_chars} characters, over the limit of {MAX_LABEL_KEY_BYTES}"
         )));
     }
-    if value.len() > MAX_LABEL_VALUE_BYTES {
+    let value_chars = value.chars().count();
+    if value_chars > MAX_LABEL_VALUE_BYTES {
         return Err(bad(format!(
-            "has a value of {} bytes, over the limit of {MAX_LABEL_VALUE_BYTES}",
-            value.len()
+            "has a value of {value_chars} characters, over the limit of {MAX_LABEL_VALUE_BYTES}"
         )));
     }
     if text.contains('\0') {
@@ -279,7 +317,9 @@ fn list_filter(query: Option<&str>, max_labels: usize) -> Result<ListFilter, Api
     for (name, value) in pairs {
         match name.as_str() {
             "status" => {
-                for s in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                // Exactly the names, as the document's enum has them: an empty or padded entry
+                // is refused rather than read as no filter.
+                for s in value.split(',') {
                     let status = Status::parse(s).ok_or_else(|| {
                         ApiError::InvalidQuery(format!(
                             "status {:?} is not one of {}",
@@ -292,7 +332,7 @@ fn list_filter(query: Option<&str>, max_labels: usize) -> Result<ListFilter, Api
             }
             "label" => filter.labels.push(label_filter(&value)?),
             "cursor" => {
-                filter.before = Some(Uuid::parse_str(&value).map_err(|_| {
+                filter.before = Some(parse_uuid(&value).ok_or_else(|| {
                     ApiError::InvalidQuery(format!(
                         "cursor {:?} is not one this API returned; pass next_cursor as it came",
                         shortened(&value)
@@ -342,8 +382,8 @@ pub async fn list_pipelines(
     RawQuery(query): RawQuery,
 ) -> Result<Json<PipelinePage>, ApiError> {
     let filter = list_filter(query.as_deref(), state.config.max_label_filters)?;
-    let items = state.store.list_pipelines(&filter).await?;
-    let next_cursor = (items.len() == filter.limit as usize)
+    let PipelineList { items, more } = state.store.list_pipelines(&filter).await?;
+    let next_cursor = more
         .then(|| items.last().map(|p| p.id.to_string()))
         .flatten();
     Ok(Json(PipelinePage { items, next_cursor }))
@@ -355,7 +395,7 @@ pub async fn list_pipelines(
     path = "/api/v1/pipelines/{id}",
     tag = "pipelines",
     operation_id = "get_pipeline",
-    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    params(("id" = Uuid, Path, description = "Pipeline id")),
     responses(
         (status = 200, description = "The pipeline", body = Pipeline),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
@@ -391,7 +431,7 @@ fn not_found(id: Uuid) -> ApiError {
     path = "/api/v1/pipelines/{id}/cancel",
     tag = "pipelines",
     operation_id = "cancel_pipeline",
-    params(("id" = String, Path, description = "Pipeline id (UUID)")),
+    params(("id" = Uuid, Path, description = "Pipeline id")),
     responses(
         (status = 200, description = "The pipeline after the cancel", body = Pipeline),
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
@@ -453,6 +493,64 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_uuids_in_the_form_the_api_writes() {
+        let id = "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10";
+        assert!(parse_id(id).is_ok());
+        assert!(parse_id(&id.to_uppercase()).is_ok());
+        for other in [
+            "0193a5c46a5e7cc0a7e13f1b2f7d9e10",
+            "{0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10}",
+            "urn:uuid:0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10",
+            "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e1g",
+            "",
+        ] {
+            assert!(
+                matches!(parse_id(other), Err(ApiError::InvalidId(_))),
+                "{other}"
+            );
+            refusal(&format!("cursor={other}"), 16);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_are_visible_ascii() {
+        let key = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_bytes(value).unwrap());
+            idempotency_key(&headers)
+        };
+        assert_eq!(key(b"build-42").unwrap().as_deref(), Some("build-42"));
+        let longest = vec![b'k'; MAX_IDEMPOTENCY_KEY];
+        assert!(key(&longest).is_ok());
+        for bad in [
+            &b""[..],
+            b"a b",
+            b"tab\there",
+            "caf\u{e9}".as_bytes(),
+            &[b'k'; MAX_IDEMPOTENCY_KEY + 1],
+        ] {
+            assert!(
+                matches!(key(bad), Err(ApiError::InvalidHeader(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn status_filters_are_exact_names() {
+        for bad in [
+            "status=",
+            "status=queued,",
+            "status=%20queued",
+            "status=Queued",
+        ] {
+            refusal(bad, 16);
+        }
+    }
+
+    #[test]
     fn label_filters_are_bounded_in_number() {
         let query = |n: usize| vec!["label=team=red"; n].join("&");
         assert_eq!(list_filter(Some(&query(16)), 16).unwrap().labels.len(), 16);
@@ -474,12 +572,12 @@ mod tests {
 
         let detail = refusal(&format!("label={key}k=v"), 16);
         assert!(
-            detail.ends_with("has a key of 257 bytes, over the limit of 256"),
+            detail.ends_with("has a key of 257 characters, over the limit of 256"),
             "{detail}"
         );
         let detail = refusal(&format!("label=k={value}v"), 16);
         assert!(
-            detail.ends_with("has a value of 1025 bytes, over the limit of 1024"),
+            detail.ends_with("has a value of 1025 characters, over the limit of 1024"),
             "{detail}"
         );
         assert!(

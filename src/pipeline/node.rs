@@ -227,7 +227,17 @@ impl Node {
                     serde_saphyr::Error::Budget { breach, .. } => {
                         budget_refusal(breach, max_depth, pos)
                     }
-                    _ => ParseError::syntax(clean_parse_message(&e.to_string()), pos),
+                    _ => {
+                        let message = clean_parse_message(&e.to_string());
+                        // The scanner reports a tab where the token before it began (a plain
+                        // scalar on the line above, say); the tab is what to fix, so point at it.
+                        let pos = if message.contains("tab") {
+                            first_tab_from(text, pos).unwrap_or(pos)
+                        } else {
+                            pos
+                        };
+                        ParseError::syntax(message, pos)
+                    }
                 })
             }
         }
@@ -552,6 +562,28 @@ fn merge(node: Node) -> Result<Node, ParseError> {
     }
 }
 
+/// The place of the first tab from about `from` on (1-based line and column, in characters).
+fn first_tab_from(text: &str, from: Pos) -> Option<Pos> {
+    let (line, column) = (from.line? as usize, from.column? as usize);
+    for (index, content) in text.lines().enumerate().skip(line.saturating_sub(1)) {
+        let number = index + 1;
+        // On the reported line, only what comes from just before the reported column: the
+        // scanner may report the character after the tab it stopped at.
+        let skip = if number == line {
+            column.saturating_sub(2)
+        } else {
+            0
+        };
+        if let Some(offset) = content.chars().skip(skip).position(|c| c == '\t') {
+            return Some(Pos::at(
+                u32::try_from(number).unwrap_or(u32::MAX),
+                u32::try_from(skip + offset + 1).unwrap_or(u32::MAX),
+            ));
+        }
+    }
+    None
+}
+
 fn clamp(v: u64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
@@ -745,6 +777,23 @@ fn convert(raw: Spanned<Raw>, text: &str) -> Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tab is reported where it is, not where the token before it began.
+    #[test]
+    fn a_tab_is_reported_at_its_place() {
+        for (text, line, column) in [
+            ("steps:\n  - name: a\n\timage: alpine\n", 3, 1),
+            (
+                "steps:\n  - name: a\n    image: alpine\n    commands:\n\t- echo\n",
+                5,
+                1,
+            ),
+        ] {
+            let e = Node::parse(text, 32).expect_err("a tab is refused");
+            assert!(e.message.contains("tab"), "{}", e.message);
+            assert_eq!(e.pos, Pos::at(line, column), "{text:?}: {}", e.message);
+        }
+    }
 
     fn get<'a>(n: &'a Node, path: &[&str]) -> &'a Node {
         let mut cur = n;

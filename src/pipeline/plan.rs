@@ -227,6 +227,14 @@ fn read_source(source: &Source, limits: &Limits) -> Result<Node, ParseError> {
                     pos,
                 ));
             }
+            if is_blank(text) {
+                return Err(ParseError::syntax(
+                    "the pipeline file is empty (nothing but whitespace and comments); a \
+                     pipeline needs at least `steps`"
+                        .into(),
+                    Pos::at(1, 1),
+                ));
+            }
             Node::parse(text, depth).or_else(|yaml_err| {
                 // JSON is YAML, but not every JSON text is valid YAML (tabs for indentation);
                 // take serde_json's word for text that is meant to be JSON. A limit stands.
@@ -246,6 +254,14 @@ fn read_source(source: &Source, limits: &Limits) -> Result<Node, ParseError> {
             })
         }
     }
+}
+
+/// Whether a text holds no YAML at all: only blank lines and comments.
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#')
+    })
 }
 
 /// What one workflow element of a config holds, counted on its tree before the matrix

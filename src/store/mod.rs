@@ -23,7 +23,7 @@ pub use engine::{ClaimedWorkflow, LeaseState, StartRecord, StepState};
 pub use events::NewEvent;
 pub use notify::{APPLICATION_NAME as FEED_LISTENER_NAME, CHANNEL as FEED_CHANNEL};
 pub use pipelines::{
-    Created, ListFilter, NewPipeline, NewStep, NewWorkflow, insert_pipeline_postgres,
+    Created, ListFilter, NewPipeline, NewStep, NewWorkflow, PipelineList, insert_pipeline_postgres,
 };
 
 use std::future::Future;

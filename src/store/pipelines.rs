@@ -169,6 +169,15 @@ pub struct ListFilter {
     pub limit: u32,
 }
 
+/// A page of [`Store::list_pipelines`].
+#[derive(Debug)]
+pub struct PipelineList {
+    /// Newest first, at most the filter's limit.
+    pub items: Vec<PipelineSummary>,
+    /// Whether more pipelines match after the last item.
+    pub more: bool,
+}
+
 /// The label filters as the query needs them: each pair once, in the order given; `None` when
 /// no pipeline can match (one key asked with two values: a pipeline has one value per key).
 fn required_labels(labels: &[(String, String)]) -> Option<Vec<(&str, &str)>> {
@@ -646,12 +655,14 @@ impl Store {
     }
 
     /// Pipelines newest first, filtered; pass the last id seen as `before` for the next page.
-    pub async fn list_pipelines(
-        &self,
-        filter: &ListFilter,
-    ) -> Result<Vec<PipelineSummary>, StoreError> {
+    /// One row more than the page is read, so that a page knows whether another follows: an
+    /// exactly full last page says there is none, rather than send the client to an empty one.
+    pub async fn list_pipelines(&self, filter: &ListFilter) -> Result<PipelineList, StoreError> {
         let Some(labels) = required_labels(&filter.labels) else {
-            return Ok(Vec::new());
+            return Ok(PipelineList {
+                items: Vec::new(),
+                more: false,
+            });
         };
         let rows: Vec<PipelineRow> = self
             .read(async {
@@ -671,12 +682,18 @@ impl Store {
                         q.push(format_args!(" AND {order} < ")).push_bind(before);
                     }
                     q.push(format_args!(" ORDER BY {order} DESC LIMIT "))
-                        .push_bind(i64::from(filter.limit));
+                        .push_bind(i64::from(filter.limit) + 1);
                     q.build_query_as().fetch_all(pool).await?
                 }))
             })
             .await?;
-        rows.into_iter().map(PipelineRow::into_summary).collect()
+        let more = rows.len() > filter.limit as usize;
+        let items = rows
+            .into_iter()
+            .take(filter.limit as usize)
+            .map(PipelineRow::into_summary)
+            .collect::<Result<_, _>>()?;
+        Ok(PipelineList { items, more })
     }
 
     /// Cancels a pipeline: its queued workflows and steps become `canceled` at once, and a
