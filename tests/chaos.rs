@@ -20,7 +20,8 @@ use serde_json::{Value, json};
 const LINES: u32 = 12;
 /// Steps of each pipeline, one after another.
 const STEPS: usize = 3;
-/// The attempts a step may take here: each kill may interrupt it once more.
+/// More attempts than any step should need, so that a step run again shows as an attempt
+/// above 1 rather than as an `error` that hides how it came about.
 const MAX_ATTEMPTS: &str = "6";
 
 fn free_port() -> u16 {
@@ -272,8 +273,8 @@ fn pause(cycle: u64) -> Duration {
     Duration::from_millis(300 + (cycle * 7919 + 104_729) % 1200)
 }
 
-// Waits on the local backend's durable attempts (branch `local`): until then a step dies with
-// the replica that ran it, its unread lines are lost, and each kill costs it an attempt.
+// Local steps outlive their replica (a durable record, output in a file): the next replica
+// re-attaches, so no kill costs a step an attempt.
 #[tokio::test]
 async fn kill_9_cycles_start_no_step_twice_and_lose_no_line() {
     let started = Instant::now();
@@ -293,9 +294,7 @@ async fn kill_9_cycles_start_no_step_twice_and_lose_no_line() {
             chaos.submit(through).await;
         }
     }
-    chaos
-        .check(|attempt| (1..=MAX_ATTEMPTS.parse().unwrap()).contains(&attempt))
-        .await;
+    chaos.check(|attempt| attempt == 1).await;
     eprintln!(
         "20 kill -9 cycles, {} pipelines of {STEPS} steps: {:?}",
         chaos.pipelines.len(),
@@ -321,8 +320,7 @@ async fn sigterm_restarts_let_running_steps_finish_within_the_grace() {
     chaos.check(|attempt| attempt == 1).await;
 }
 
-// Waits on the local backend's durable attempts (branch `local`): until then the steps handed
-// over die with the replica, their unread lines lost (they run again as new attempts).
+// The steps handed over keep running and are re-attached: none runs again.
 #[tokio::test]
 async fn sigterm_restarts_past_the_grace_hand_the_steps_over() {
     let mut chaos = Chaos::new().await;
@@ -343,7 +341,5 @@ async fn sigterm_restarts_past_the_grace_hand_the_steps_over() {
         }
         replica = chaos.server("a", &args).await;
     }
-    chaos
-        .check(|attempt| (1..=MAX_ATTEMPTS.parse().unwrap()).contains(&attempt))
-        .await;
+    chaos.check(|attempt| attempt == 1).await;
 }
