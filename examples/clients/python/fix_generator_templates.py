@@ -21,8 +21,10 @@ NAME = "endpoint_macros.py.jinja"
 FIXES = [
     (
         "{% elif endpoint.bodies | length > 1 %}\nbody:\n",
-        "{% elif endpoint.bodies | length > 1 %}\n"
-        "{% set bodies = namespace(required=true) %}\nbody:\n",
+        (
+            "{% elif endpoint.bodies | length > 1 %}\n"
+            "{% set bodies = namespace(required=true) %}\nbody:\n"
+        ),
     ),
     (
         "{% set body_required = body_required and body.prop.required %}",

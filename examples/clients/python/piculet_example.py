@@ -102,8 +102,9 @@ def connect(headers: dict[str, str] | None = None) -> AnyClient:
     makes it optional); with one, every request carries it. `headers` go with every request
     (a client's httpx client is shared by its copies, so a different Accept needs its own)."""
     if TOKEN:
-        return AuthenticatedClient(base_url=SERVER, token=TOKEN, timeout=TIMEOUT,
-                                   headers=headers or {})
+        return AuthenticatedClient(
+            base_url=SERVER, token=TOKEN, timeout=TIMEOUT, headers=headers or {}
+        )
     return Client(base_url=SERVER, timeout=TIMEOUT, headers=headers or {})
 
 
@@ -117,12 +118,16 @@ def wait_until(
         if done(pipeline):
             return pipeline
         if time.monotonic() > deadline:
-            raise Mismatch(f"pipeline {pipeline_id} still {pipeline.status} after "
-                           f"{DEADLINE_SECONDS:.0f} s, waiting for {what}")
+            raise Mismatch(
+                f"pipeline {pipeline_id} still {pipeline.status} after "
+                f"{DEADLINE_SECONDS:.0f} s, waiting for {what}"
+            )
         time.sleep(0.5)
 
 
-def sse(client: AnyClient, path: str, last_event_id: int | None = None) -> Iterator[ServerSentEvent]:
+def sse(
+    client: AnyClient, path: str, last_event_id: int | None = None
+) -> Iterator[ServerSentEvent]:
     """The events of a stream, through the generated client's own httpx client (its base URL,
     token and timeout), until the server ends the stream."""
     headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
@@ -179,11 +184,16 @@ def main() -> None:
     run = str(uuid.uuid4())  # labels this run's pipelines apart from any others on the server
 
     # A pipeline file, sent as the YAML it is: linted, then submitted.
-    lint = expect(lint_pipeline.sync_detailed(client=client, body=File(payload=io.BytesIO(HELLO_YAML))),
-                  200, LintResult)
+    lint = expect(
+        lint_pipeline.sync_detailed(client=client, body=File(payload=io.BytesIO(HELLO_YAML))),
+        200,
+        LintResult,
+    )
     check(lint.valid and not lint.errors, f"the YAML lints clean: {lint.errors}")
     hello = expect(
-        create_pipeline.sync_detailed(client=client, body=File(payload=io.BytesIO(HELLO_YAML))), 201, Pipeline
+        create_pipeline.sync_detailed(client=client, body=File(payload=io.BytesIO(HELLO_YAML))),
+        201,
+        Pipeline,
     )
     check(hello.workflows[0].steps[0].name == "hello", "the YAML's step is planned")
     log(f"linted and submitted YAML: pipeline {hello.id} ({hello.status})")
@@ -192,19 +202,25 @@ def main() -> None:
     changes, end = follow_events(client, hello.id)
     check(end.status == Status.SUCCESS, f"hello ended {end.status}")
     check([e.seq for e in changes] == sorted({e.seq for e in changes}), "events in seq order")
-    check(any(e.name == "hello" and e.status == Status.SUCCESS for e in changes),
-          "the step's success is an event")
+    check(
+        any(e.name == "hello" and e.status == Status.SUCCESS for e in changes),
+        "the step's success is an event",
+    )
     log(f"followed {len(changes)} events, then end: {end.status}")
 
     # Its step's log: live, resumed after line 2, as text, and as JSON lines.
     step = first_step(hello)
     lines, log_end = follow_log(client, step)
     texts = [line.text for line in lines]  # each with its own line ending, as printed
-    check("hello from hello\n" in texts and "tick 3\n" in texts, f"the log holds the output: {texts}")
+    check(
+        "hello from hello\n" in texts and "tick 3\n" in texts, f"the log holds the output: {texts}"
+    )
     check(log_end.status == Status.SUCCESS and log_end.exit_code == 0, "the log's end event")
     resumed, _ = follow_log(client, step, last_event_id=2)
-    check([line.number for line in resumed] == [line.number for line in lines if line.number > 2],
-          "Last-Event-ID resumes right after that line")
+    check(
+        [line.number for line in resumed] == [line.number for line in lines if line.number > 2],
+        "Last-Event-ID resumes right after that line",
+    )
     text = get_step_logs.sync(step, client=client)
     check(text == "".join(texts), "the text log is the same lines, byte for byte")
     # The format is chosen by Accept, which OpenAPI cannot express as a parameter: a client
@@ -213,62 +229,104 @@ def main() -> None:
     check(isinstance(ndjson, str), "JSON lines are text")
     stored = [LogLine.from_dict(json.loads(row)) for row in str(ndjson).splitlines()]
     check([line.text for line in stored] == texts[1:], "JSON lines after line 1")
-    log(f"log: {len(lines)} lines live, {len(resumed)} after Last-Event-ID 2, "
-        f"{len(stored)} JSON lines after 1")
+    log(
+        f"log: {len(lines)} lines live, {len(resumed)} after Last-Event-ID 2, "
+        f"{len(stored)} JSON lines after 1"
+    )
 
     # A JSON submission with a secret, variables and an idempotency key, sent twice: the second
     # answer is the pipeline of the first. Then polled until it ends.
     body = Submission(
         name="python json",
-        configs=[ConfigFile(name="build", content=(
-            "steps:\n  - name: run\n    image: alpine\n    commands:\n"
-            "      - echo \"branch $CI_COMMIT_BRANCH, token $TOKEN\"\n"
-            "    environment:\n      TOKEN:\n        from_secret: token\n"))],
+        configs=[
+            ConfigFile(
+                name="build",
+                content=(
+                    "steps:\n  - name: run\n    image: alpine\n    commands:\n"
+                    '      - echo "branch $CI_COMMIT_BRANCH, token $TOKEN"\n'
+                    "    environment:\n      TOKEN:\n        from_secret: token\n"
+                ),
+            )
+        ],
         variables=SubmissionVariables.from_dict({"CI_COMMIT_BRANCH": "main"}),
         secrets=[SecretValue(name="token", value="s3cr3t-value")],
         labels=SubmissionLabels.from_dict({"run": run}),
         timeout="5m",
     )
     key = f"python-{run}"
-    first = expect(create_pipeline.sync_detailed(client=client, body=body, idempotency_key=key),
-                   201, Pipeline)
+    first = expect(
+        create_pipeline.sync_detailed(client=client, body=body, idempotency_key=key), 201, Pipeline
+    )
     again = create_pipeline.sync_detailed(client=client, body=body, idempotency_key=key)
     check(expect(again, 201, Pipeline).id == first.id, "the idempotency key answers the same")
     check(again.headers.get("Idempotent-Replayed") == "true", "the replay is said")
     done = wait_until(client, first.id, lambda p: p.status in FINISHED, "the end")
     check(done.status == Status.SUCCESS, f"the JSON pipeline ended {done.status}")
     output = get_step_logs.sync(first_step(done), client=client)
-    check(isinstance(output, str) and "branch main, token ********" in output
-          and "s3cr3t-value" not in output, f"the secret is masked: {output!r}")
-    log(f"submitted JSON twice with one Idempotency-Key: pipeline {first.id}, polled: {done.status}")
+    check(
+        isinstance(output, str)
+        and "branch main, token ********" in output
+        and "s3cr3t-value" not in output,
+        f"the secret is masked: {output!r}",
+    )
+    log(
+        f"submitted JSON twice with one Idempotency-Key: pipeline {first.id}, polled: {done.status}"
+    )
 
     # Two more with the run's label, one of them with a second label; then the run's pipelines,
     # two to a page, newest first.
-    second = expect(create_pipeline.sync_detailed(
-        client=client, body=submission("python second", "true", {"run": run})), 201, Pipeline)
-    third = expect(create_pipeline.sync_detailed(
-        client=client, body=submission("python third", "true", {"run": run, "which": "third"})),
-        201, Pipeline)
-    page = expect(list_pipelines.sync_detailed(client=client, label=[f"run={run}"], limit=2),
-                  200, PipelinePage)
+    second = expect(
+        create_pipeline.sync_detailed(
+            client=client, body=submission("python second", "true", {"run": run})
+        ),
+        201,
+        Pipeline,
+    )
+    third = expect(
+        create_pipeline.sync_detailed(
+            client=client, body=submission("python third", "true", {"run": run, "which": "third"})
+        ),
+        201,
+        Pipeline,
+    )
+    page = expect(
+        list_pipelines.sync_detailed(client=client, label=[f"run={run}"], limit=2),
+        200,
+        PipelinePage,
+    )
     check([p.id for p in page.items] == [third.id, second.id], "page 1 is the newest two")
     cursor = page.next_cursor
     if not isinstance(cursor, uuid.UUID):
         raise Mismatch(f"page 1 has no next_cursor: {cursor!r}")
-    last = expect(list_pipelines.sync_detailed(client=client, label=[f"run={run}"], limit=2,
-                                               cursor=cursor), 200, PipelinePage)
+    last = expect(
+        list_pipelines.sync_detailed(client=client, label=[f"run={run}"], limit=2, cursor=cursor),
+        200,
+        PipelinePage,
+    )
     check([p.id for p in last.items] == [first.id], "page 2 is the oldest")
     check(last.next_cursor is None or isinstance(last.next_cursor, Unset), "page 2 is the last")
-    both = expect(list_pipelines.sync_detailed(
-        client=client, label=[f"run={run}", "which=third"]), 200, PipelinePage)
+    both = expect(
+        list_pipelines.sync_detailed(client=client, label=[f"run={run}", "which=third"]),
+        200,
+        PipelinePage,
+    )
     check([p.id for p in both.items] == [third.id], "two labels: both must match")
     log("listed by label, 2 a page: 2 + 1 pipelines; by two labels: 1")
 
     # A long pipeline, polled until its step runs, then canceled; its log stream ends canceled.
-    slow = expect(create_pipeline.sync_detailed(
-        client=client, body=submission("python slow", "sleep 120", {"run": run})), 201, Pipeline)
-    wait_until(client, slow.id, lambda p: p.workflows[0].steps[0].status == Status.RUNNING,
-               "its step to run")
+    slow = expect(
+        create_pipeline.sync_detailed(
+            client=client, body=submission("python slow", "sleep 120", {"run": run})
+        ),
+        201,
+        Pipeline,
+    )
+    wait_until(
+        client,
+        slow.id,
+        lambda p: p.workflows[0].steps[0].status == Status.RUNNING,
+        "its step to run",
+    )
     canceled = expect(cancel_pipeline.sync_detailed(slow.id, client=client), 200, Pipeline)
     check(canceled.id == slow.id, "cancel answers the pipeline")
     stopped = wait_until(client, slow.id, lambda p: p.status in FINISHED, "the cancel")
@@ -286,8 +344,12 @@ def main() -> None:
 
     # Errors are problem details, parsed into the generated Problem.
     missing = get_pipeline.sync_detailed(uuid.uuid4(), client=client)
-    check(missing.status_code == 404 and isinstance(missing.parsed, Problem)
-          and missing.parsed.type_ == "urn:piculet:problem:not-found", "404 is a problem")
+    check(
+        missing.status_code == 404
+        and isinstance(missing.parsed, Problem)
+        and missing.parsed.type_ == "urn:piculet:problem:not-found",
+        "404 is a problem",
+    )
     log("a missing pipeline: 404 urn:piculet:problem:not-found")
 
 
