@@ -11,3 +11,7 @@ cargo test --all-targets --locked
 
 # The API as clients see it: schemathesis against real servers (see scripts/contract.sh).
 ./scripts/contract.sh
+
+# The API as generated clients see it: a Python and a TypeScript client generated from the
+# document, type-checked, and run against a real server (see scripts/clients.sh).
+./scripts/clients.sh

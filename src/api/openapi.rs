@@ -66,7 +66,7 @@ impl Modify for BearerAuth {
                         .description(Some(
                             "One of PICULET_API_TOKENS. A server without tokens serves loopback \
                              only and takes requests without one, hence the empty alternative \
-                             in every operation's security.",
+                             in the document's security.",
                         ))
                         .build(),
                 ),
@@ -181,10 +181,16 @@ fn refine(doc: &mut Value) {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        // The requirement is said once, document-wide (see `refine`'s end); the probes opt
+        // out with an empty list. Said per operation, it is the same requirement to the
+        // specification, but openapi-python-client then demands a token-carrying client for
+        // every call, which a tokenless server has no token for.
         if operation.get("security").is_some() {
-            // A tokenless server takes requests without credentials: `{}` says a request
-            // may carry none, the bearer alternative says what a server with tokens wants.
-            operation["security"] = json!([{}, {"bearer": []}]);
+            if let Some(operation) = operation.as_object_mut() {
+                operation.remove("security");
+            }
+        } else {
+            operation["security"] = json!([]);
         }
         if let Some(parameters) = operation
             .get_mut("parameters")
@@ -222,6 +228,9 @@ fn refine(doc: &mut Value) {
             }
         }
     });
+    // A tokenless server takes requests without credentials: `{}` says a request may carry
+    // none, the bearer alternative says what a server with tokens wants.
+    doc["security"] = json!([{}, {"bearer": []}]);
     lint_takes_any_submission(doc);
     if let Some(submission) = doc.pointer_mut("/components/schemas/Submission") {
         submission_rules(submission);
