@@ -11,3 +11,7 @@ cargo test --all-targets --locked
 
 # The API as clients see it: schemathesis against real servers (see scripts/contract.sh).
 ./scripts/contract.sh
+
+# The README's curl walkthrough and CLI examples, as written, against a fresh server
+# (see scripts/walkthrough.sh).
+./scripts/walkthrough.sh
