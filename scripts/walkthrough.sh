@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WORK=$PWD/target/walkthrough
+# Where cargo puts the binary: CARGO_TARGET_DIR when it is set, as cargo itself reads it.
+BIN=$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug
 
 cargo build --locked --quiet --bin piculet
 rm -rf "$WORK"
@@ -30,7 +32,7 @@ URL=http://127.0.0.1:$port
 # PICULET_* setting of the caller's environment leaks in.
 env $(env | sed -n 's/^\(PICULET_[A-Z0-9_]*\)=.*/-u \1/p') \
     PICULET_LISTEN=127.0.0.1:$port PICULET_DATA_DIR="$WORK/data" \
-    target/debug/piculet serve >"$WORK/server.log" 2>&1 &
+    "$BIN/piculet" serve >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for _ in $(seq 100); do
     curl -fsS "$URL/api/v1/healthz" >/dev/null 2>&1 && break
@@ -44,4 +46,4 @@ fi
 
 echo "walkthrough: the README's examples against $URL"
 mkdir -p "$WORK/run"
-PATH=$PWD/target/debug:$PATH python3 scripts/walkthrough/check.py README.md "$URL" "$WORK/run"
+PATH=$BIN:$PATH python3 scripts/walkthrough/check.py README.md "$URL" "$WORK/run"
