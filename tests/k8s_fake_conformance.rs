@@ -1,5 +1,5 @@
 //! The fake held to the recordings of a real v1.28 API server and kubelet in
-//! `shared/k8s-wire`: each test sends a recorded request (or replays the
+//! `tests/k8s-wire`: each test sends a recorded request (or replays the
 //! scenario) and compares status, headers, framing and body, volatile values
 //! by shape. Watch scenarios compare the sequence of event digests.
 
