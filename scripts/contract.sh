@@ -15,6 +15,8 @@ SEED=${CONTRACT_SEED:-20261206}
 WORK=target/contract
 VENV=target/contract-venv
 TOKEN=contract-test-token
+# Where cargo puts the binary: CARGO_TARGET_DIR when it is set, as cargo itself reads it.
+BIN=$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug
 
 # The venv lives under target/ and is reused while it holds the pinned version.
 if [[ "$("$VENV/bin/st" --version 2>/dev/null)" != "st, version $SCHEMATHESIS_VERSION" ]]; then
@@ -46,7 +48,7 @@ serve() {
     port=$(free_port)
     mkdir -p "$WORK/$name"
     PICULET_API_TOKENS=$tokens PICULET_LISTEN=127.0.0.1:$port PICULET_DATA_DIR=$WORK/$name/data \
-        target/debug/piculet serve >"$WORK/$name/server.log" 2>&1 &
+        "$BIN/piculet" serve >"$WORK/$name/server.log" 2>&1 &
     PIDS+=($!)
     URL=http://127.0.0.1:$port
     for _ in $(seq 100); do

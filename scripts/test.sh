@@ -15,3 +15,7 @@ cargo test --all-targets --locked
 # The API as generated clients see it: a Python and a TypeScript client generated from the
 # document, type-checked, and run against a real server (see scripts/clients.sh).
 ./scripts/clients.sh
+
+# The README's curl walkthrough and CLI examples, as written, against a fresh server
+# (see scripts/walkthrough.sh).
+./scripts/walkthrough.sh

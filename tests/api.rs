@@ -39,6 +39,7 @@ on_both_databases!(
     lint_reports_errors_and_warnings,
     probes_and_documents_are_open,
     every_response_carries_a_request_id,
+    json_answers_end_with_a_newline,
     without_tokens_only_loopback_names_are_answered,
     an_exactly_full_last_page_has_no_next_cursor,
     errors_name_the_field_and_the_form,
@@ -712,6 +713,62 @@ async fn every_response_carries_a_request_id(db: Db) {
         "trace-me-42",
         "errors too, and a given id is kept"
     );
+}
+
+/// `curl` leaves the next prompt on a line of its own: every JSON answer, problems and the API
+/// document included, ends with one newline, counted in its length. (Plain-text logs stay the
+/// step's output byte for byte: tests/engine.rs compares them whole.)
+async fn json_answers_end_with_a_newline(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let created = app.submit_yaml(PIPELINE).await;
+    let id = created.headers()[LOCATION].to_str().unwrap().to_string();
+    let answers = vec![
+        created,
+        app.get(&id).send().await.unwrap(),
+        app.get("/api/v1/pipelines?limit=1").send().await.unwrap(),
+        app.get("/api/v1/pipelines/nope").send().await.unwrap(),
+        app.get("/api/v1/healthz").send().await.unwrap(),
+        app.get("/api/v1/openapi.json").send().await.unwrap(),
+        app.post("/api/v1/lint")
+            .header(CONTENT_TYPE, "application/yaml")
+            .body(PIPELINE)
+            .send()
+            .await
+            .unwrap(),
+        app.post("/api/v1/render")
+            .header(CONTENT_TYPE, "application/yaml")
+            .body(PIPELINE)
+            .send()
+            .await
+            .unwrap(),
+        app.post(&format!("{id}/cancel")).send().await.unwrap(),
+    ];
+    for response in answers {
+        let url = response.url().clone();
+        let status = response.status();
+        let kind = response.headers()[CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(kind.contains("json"), "{url}: {kind}");
+        let length: usize = response.headers()[reqwest::header::CONTENT_LENGTH]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let body = response.bytes().await.unwrap();
+        assert_eq!(
+            body.len(),
+            length,
+            "{url}: Content-Length counts the newline"
+        );
+        assert!(
+            body.ends_with(b"}\n"),
+            "{url} ({status}): {:?}",
+            body.last()
+        );
+        let _: Value = serde_json::from_slice(&body).unwrap();
+    }
 }
 
 /// DNS rebinding: a page whose name now points at 127.0.0.1 reaches a tokenless server, but

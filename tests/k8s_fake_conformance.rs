@@ -1,5 +1,5 @@
 //! The fake held to the recordings of a real v1.28 API server and kubelet in
-//! `shared/k8s-wire`: each test sends a recorded request (or replays the
+//! `tests/k8s-wire`: each test sends a recorded request (or replays the
 //! scenario) and compares status, headers, framing and body, volatile values
 //! by shape. Watch scenarios compare the sequence of event digests.
 
@@ -1338,5 +1338,46 @@ fn run_as_non_root_rules_follow_the_kubelet() {
     assert_eq!(
         verify(&json!({"runAsNonRoot": true}), &none, "nobody", p, "step"),
         Err("container has runAsNonRoot and image has non-numeric user (nobody), cannot verify user is non-root (pod: \"p_ci(u)\", container: step)".into())
+    );
+}
+
+/// Every file under `dir`, by its path relative to `dir`, with its bytes; walked without
+/// recursion.
+fn files_under(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                files.insert(path.strip_prefix(dir).unwrap().to_path_buf(), bytes);
+            }
+        }
+    }
+    files
+}
+
+/// The repository carries a copy of the shared recordings so that a clone runs every test on
+/// its own; where the shared ones are beside it (CI), the copy must be the same, file for file.
+#[test]
+fn the_recordings_in_the_repository_are_the_shared_ones() {
+    let shared = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s-wire");
+    if !shared.is_dir() {
+        eprintln!("no ../shared/k8s-wire beside the repository: nothing to compare");
+        return;
+    }
+    let copy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s-wire");
+    let (ours, theirs) = (files_under(&copy), files_under(&shared));
+    let differing: Vec<_> = theirs
+        .keys()
+        .chain(ours.keys())
+        .filter(|p| ours.get(*p) != theirs.get(*p))
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "tests/k8s-wire differs from ../shared/k8s-wire (copy it again: rm -r tests/k8s-wire && cp -r ../shared/k8s-wire tests/): {differing:?}"
     );
 }

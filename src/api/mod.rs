@@ -143,6 +143,43 @@ async fn no_method() -> ApiError {
     ApiError::MethodNotAllowed("this route does not take that method; see /api/v1/docs".into())
 }
 
+/// Ends every JSON answer (`application/json`, `application/problem+json`) with a newline, so
+/// that `curl` leaves the shell prompt on a line of its own and a log of answers reads as one
+/// answer per line. Only a body whose exact length is known is touched: JSON answers are built
+/// whole in memory, and an event or log stream (never JSON) is not held back.
+async fn json_newline(response: Response) -> Response {
+    use axum::body::HttpBody as _;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json")
+                || v.eq_ignore_ascii_case(error::PROBLEM_JSON)
+        });
+    let Some(length) = response.body().size_hint().exact() else {
+        return response;
+    };
+    if !is_json || length == 0 {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, length as usize).await else {
+        // An in-memory body cannot fail to be read; should one, its length no longer holds.
+        return ApiError::Fault("a JSON answer could not be read back".into()).into_response();
+    };
+    let mut with_newline = Vec::with_capacity(bytes.len() + 1);
+    with_newline.extend_from_slice(&bytes);
+    if with_newline.last() != Some(&b'\n') {
+        with_newline.push(b'\n');
+    }
+    // The length is the new body's, computed when the answer is written.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(with_newline))
+}
+
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_size;
@@ -187,6 +224,7 @@ pub fn router(state: AppState) -> Router {
             refuse_oversized_body,
         ))
         .layer(middleware::from_fn_with_state(state, host::check_host))
+        .layer(middleware::map_response(json_newline))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
             TraceLayer::new_for_http()

@@ -15,24 +15,13 @@ use tower::ServiceExt;
 
 use super::fake_k8s::FakeCluster;
 
-/// `shared/k8s-wire` next to the repository root, or `PICULET_K8S_WIRE`.
+/// The recordings: `tests/k8s-wire` of this repository (a copy of the project's shared
+/// recordings, kept here so that a clean clone runs every test), or `PICULET_K8S_WIRE`.
 pub fn wire_dir() -> PathBuf {
     if let Ok(p) = std::env::var("PICULET_K8S_WIRE") {
         return PathBuf::from(p);
     }
-    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    loop {
-        let candidate = dir.join("shared").join("k8s-wire");
-        if candidate.join("README.md").is_file() {
-            return candidate;
-        }
-        if !dir.pop() {
-            panic!(
-                "shared/k8s-wire not found above {}; set PICULET_K8S_WIRE",
-                env!("CARGO_MANIFEST_DIR")
-            );
-        }
-    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/k8s-wire"))
 }
 
 /// A recorded request: method, path with query, headers, body.
