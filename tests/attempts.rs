@@ -32,6 +32,7 @@ on_both_databases!(
     a_fresh_start_is_committed_before_the_backend_starts_it,
     an_interrupted_step_of_a_canceled_pipeline_is_stopped_not_run_again,
     shutdown_finishes_within_the_grace_and_hands_the_rest_over,
+    a_replica_that_lost_its_lease_cannot_end_a_step_or_its_workflow,
 );
 
 /// What the scripted backend was asked to do.
@@ -687,5 +688,90 @@ async fn shutdown_finishes_within_the_grace_and_hands_the_rest_over(db: Db) {
     wait_finished(&app, &queued.to_string(), 60).await;
     shutdown.cancel();
     second.await.unwrap();
+    store.close().await;
+}
+
+/// A replica whose lease ran out (stalled past `PICULET_LEASE`, or a clock ahead on the
+/// claimer's side) may still be inside a step it follows. The step's end, or its workflow's,
+/// that it then records must not land: the adopting replica may have stopped the attempt to
+/// run it again, and the stalled replica's "killed by signal 15" would be the step's outcome.
+async fn a_replica_that_lost_its_lease_cannot_end_a_step_or_its_workflow(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = store_of(&app).await;
+    let (pid, p) = submit(
+        &app,
+        "steps:\n  - name: only\n    image: alpine\n    commands: [true]\n",
+    )
+    .await;
+    let sid = uuid(&p, "only");
+    let lease = Duration::from_secs(30);
+    let claimed = store.claim_workflow("a", lease).await.unwrap().unwrap();
+    let now = Utc::now().trunc_subsecs(3);
+    assert_eq!(
+        store
+            .step_started(pid, sid, "a", 1, None, now)
+            .await
+            .unwrap(),
+        StartRecord::Recorded
+    );
+    store.step_launched(sid, 1).await.unwrap();
+    // "b" takes the workflow over (released here; a lease running out is the same to "b").
+    store.release_lease(claimed.workflow_id, "a").await.unwrap();
+    let taken = store.claim_workflow("b", lease).await.unwrap().unwrap();
+    assert!(taken.takeover);
+
+    // "a" saw its step killed (by "b", stopping what it cannot trust) and records that.
+    store
+        .step_finished(
+            pid,
+            sid,
+            "a",
+            Status::Failure,
+            Some(143),
+            Some("exit code 143 (killed by signal 15)".into()),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .workflow_finished(
+            pid,
+            claimed.workflow_id,
+            "a",
+            Status::Failure,
+            Some("step only failed".into()),
+        )
+        .await
+        .unwrap();
+    let row = store.step(sid).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status.0, row.attempt),
+        (Status::Running, 1),
+        "the end recorded by a replica without the lease landed"
+    );
+    let api = app.pipeline(&pid.to_string()).await;
+    assert_eq!(api["status"], "running", "{api:#}");
+
+    // The lease holder goes on: the next attempt, then the step's and the workflow's ends.
+    let why = "attempt 1 interrupted: gone; running it again as attempt 2";
+    assert_eq!(
+        store
+            .step_started(pid, sid, "b", 2, Some(why.into()), now)
+            .await
+            .unwrap(),
+        StartRecord::Recorded
+    );
+    store
+        .step_finished(pid, sid, "b", Status::Success, Some(0), None, Utc::now())
+        .await
+        .unwrap();
+    store
+        .workflow_finished(pid, taken.workflow_id, "b", Status::Success, None)
+        .await
+        .unwrap();
+    let done = app.pipeline(&pid.to_string()).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(find_step(&done, "only").unwrap()["status"], "success");
+    assert_eq!(find_step(&done, "only").unwrap()["attempt"], 2);
     store.close().await;
 }

@@ -537,6 +537,7 @@ impl StepContext {
             .step_finished(
                 self.run.pipeline_id,
                 id,
+                &self.inner.owner,
                 status,
                 None,
                 reason.clone(),
@@ -569,6 +570,7 @@ impl StepContext {
             .step_finished(
                 self.run.pipeline_id,
                 id,
+                &self.inner.owner,
                 status,
                 exit_code,
                 reason.clone(),
@@ -725,6 +727,7 @@ pub(super) async fn run(
                 .step_finished(
                     claimed.pipeline_id,
                     s.id,
+                    &inner.owner,
                     Status::Error,
                     None,
                     Some(reason.clone()),
@@ -736,6 +739,7 @@ pub(super) async fn run(
             .workflow_finished(
                 claimed.pipeline_id,
                 workflow_id,
+                &inner.owner,
                 Status::Error,
                 Some(reason),
             )
@@ -879,6 +883,7 @@ pub(super) async fn run(
                         .step_finished(
                             claimed.pipeline_id,
                             id,
+                            &inner.owner,
                             status,
                             None,
                             Some(reason),
@@ -936,6 +941,7 @@ pub(super) async fn run(
                     .step_finished(
                         claimed.pipeline_id,
                         id,
+                        &inner.owner,
                         Status::Error,
                         None,
                         Some(reason),
@@ -982,7 +988,13 @@ pub(super) async fn run(
     let mut delay = Duration::from_millis(100);
     for tries in 1.. {
         match store
-            .workflow_finished(claimed.pipeline_id, workflow_id, status, reason.clone())
+            .workflow_finished(
+                claimed.pipeline_id,
+                workflow_id,
+                &inner.owner,
+                status,
+                reason.clone(),
+            )
             .await
         {
             Ok(()) => break,
