@@ -350,11 +350,12 @@ impl Backend for LocalBackend {
         };
         // The record, durable before the step may run: a replica that finds no record knows
         // the step never ran. Dropping the gate on failure ends the waiting wrapper unrun.
+        let proc_start = process::proc_start(pgid);
         let record = Record {
             step_id: step.step_id,
             attempt: step.attempt,
             pgid,
-            proc_start: process::proc_start(pgid),
+            proc_start,
             started_at: Utc::now(),
         };
         let written = {
@@ -376,7 +377,8 @@ impl Backend for LocalBackend {
         }
         let tail = Tail::open(&files, None)
             .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
-        Ok(self.supervise(workflow, step, pgid, files, tail, Main::Child(child)))
+        let group = (pgid, proc_start);
+        Ok(self.supervise(workflow, step, group, files, tail, Main::Child(child)))
     }
 
     async fn stop_step(
@@ -416,7 +418,7 @@ impl Backend for LocalBackend {
                     }
                     let files = Files::new(&state_dir, id, attempt);
                     if let Recorded::Some(r) = record::read_record(&files).await {
-                        process::stop_group(r.pgid, grace).await;
+                        process::stop_group(r.pgid, r.proc_start, grace).await;
                     }
                 }
             }
@@ -510,7 +512,8 @@ impl Backend for LocalBackend {
             pid: record.pgid,
             start: record.proc_start,
         };
-        Ok(self.supervise(workflow, step, record.pgid, files, tail, main))
+        let group = (record.pgid, record.proc_start);
+        Ok(self.supervise(workflow, step, group, files, tail, main))
     }
 
     async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
@@ -565,12 +568,13 @@ impl LocalBackend {
         })
     }
 
-    /// Follows a started or adopted attempt to its end in a task of its own.
+    /// Follows a started or adopted attempt to its end in a task of its own. `group` is the
+    /// attempt's process group id and the start time of its leader, the wrapper.
     fn supervise(
         &self,
         workflow: &WorkflowRun,
         step: &StepRun,
-        pgid: i32,
+        (pgid, start): (i32, Option<u64>),
         files: Files,
         tail: Tail,
         main: Main,
@@ -592,6 +596,7 @@ impl LocalBackend {
         let supervisor = Supervisor {
             step_id: step.step_id,
             pgid,
+            start,
             state: Arc::clone(&self.state),
             out: Output { tx: Some(tx) },
             tail,
@@ -656,10 +661,12 @@ impl LocalBackend {
         for (step_id, attempt) in record::recorded_attempts(&state_dir).await {
             if let Recorded::Some(r) =
                 record::read_record(&Files::new(&state_dir, step_id, attempt)).await
-                && process::group_alive(r.pgid)
+                && process::recorded_group_alive(r.pgid, r.proc_start)
             {
-                process::signal_group(r.pgid, libc::SIGKILL);
-                others.push(r.pgid);
+                // Every attempt the workflow ever ran has a record, most of them long over:
+                // an id since given to another process's group is left alone.
+                process::signal_recorded_group(r.pgid, r.proc_start, libc::SIGKILL);
+                others.push((r.pgid, r.proc_start));
             }
         }
         // Removing the workspace while a dying process still writes into it could fail.
@@ -667,7 +674,11 @@ impl LocalBackend {
         for mut done in waiting {
             let _ = timeout_at(deadline, done.wait_for(|d| *d)).await;
         }
-        while others.iter().any(|&g| process::group_alive(g)) && Instant::now() < deadline {
+        while others
+            .iter()
+            .any(|&(g, start)| process::recorded_group_alive(g, start))
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(POLL).await;
         }
         remove_dir_all(self.workflow_root(id)).await
@@ -2047,6 +2058,73 @@ mod tests {
         }
         assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
         assert!(adopter.managed_workflows().await.unwrap().is_empty());
+    }
+
+    /// A record outlives its processes: once an attempt's group is gone, its id may be reused
+    /// by an unrelated process that leads a group of its own (another step, any shell job).
+    /// Stopping the attempt, attaching to it, or removing its workflow must not kill that.
+    #[tokio::test]
+    async fn a_recorded_group_id_reused_by_another_process_is_never_signalled() {
+        use std::os::unix::process::CommandExt as _;
+        let f = fixture().await;
+        // The unrelated process: leader of its own group, as every step is.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = process::proc_start(pid).expect("/proc");
+        // An attempt that ended long ago while nobody watched, recorded with that id and the
+        // start time of its own wrapper (another process, so another start time).
+        let run = step_run(spec("ended-long-ago", &["true"]));
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
+        record::write_record(
+            &files,
+            &Record {
+                step_id: run.step_id,
+                attempt: 1,
+                pgid: pid,
+                proc_start: Some(start.saturating_sub(1)),
+                started_at: Utc::now(),
+            },
+        )
+        .unwrap();
+        std::fs::write(files.log(), "done\n").unwrap();
+        std::fs::write(files.exit(), "0\n").unwrap();
+        let alive = |stranger: &mut std::process::Child| stranger.try_wait().unwrap().is_none();
+
+        let adopter = LocalBackend::new(f.dir.0.clone());
+        adopter
+            .stop_step(&f.wf, run.step_id, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(
+            alive(&mut stranger),
+            "stop_step killed an unrelated process"
+        );
+
+        let (lines, exit) = collect(
+            adopter
+                .attach_step(&f.wf, &run, None)
+                .await
+                .expect("attach"),
+        )
+        .await;
+        assert_eq!((lines, exit), (vec!["done\n".to_string()], exited(0)));
+        assert!(
+            alive(&mut stranger),
+            "the adopted attempt's end killed an unrelated process"
+        );
+
+        adopter.remove_workflow(f.wf.workflow_id).await.unwrap();
+        assert!(
+            alive(&mut stranger),
+            "removing the workflow killed an unrelated process"
+        );
+        assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
     }
 
     /// Not a test: prints the output figures of the README's Performance section (run with
