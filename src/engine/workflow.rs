@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::env::{EnvContext, step_env};
-use super::logs::pump;
+use super::logs::{LIMIT_NOTICE, Stored, pump};
 use super::mask::Masker;
 use super::{Inner, Opened};
 use crate::backend::{BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
@@ -153,14 +153,36 @@ impl StepContext {
             Err(outcome) => return outcome,
         };
 
+        // The size cap is the step's: what earlier attempts or replicas stored counts.
+        let already = if first_number > 1 {
+            match self.stored(id).await {
+                Ok(stored) => stored,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            Stored::default()
+        };
         let pump_stop = CancellationToken::new();
         let pumping = tokio::spawn({
             let store = store.clone();
             let masker = self.masker.clone();
             let max = self.inner.settings.max_log_bytes;
             let stop = pump_stop.clone();
-            async move { pump(&store, id, &masker, max, first_number, handle.output, stop).await }
-                .in_current_span()
+            let output = handle.output;
+            async move {
+                pump(
+                    &store,
+                    id,
+                    &masker,
+                    max,
+                    first_number,
+                    already,
+                    output,
+                    stop,
+                )
+                .await
+            }
+            .in_current_span()
         });
         let mut exit = handle.exit;
 
@@ -521,6 +543,23 @@ impl StepContext {
                 Ok(last) => return Ok(last),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the step's last log line failed; retrying");
+                    if !backoff(&mut delay, &self.stops.abandon).await {
+                        return Err(Outcome::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// How much of the step's log is stored, trying again while the database cannot be read:
+    /// a wrong guess would let the log grow past its cap.
+    async fn stored(&self, id: Uuid) -> Result<Stored, Outcome> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.inner.store.log_size(id, LIMIT_NOTICE).await {
+                Ok((bytes, truncated)) => return Ok(Stored { bytes, truncated }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the size of the step's log failed; retrying");
                     if !backoff(&mut delay, &self.stops.abandon).await {
                         return Err(Outcome::Abandoned);
                     }
