@@ -63,6 +63,9 @@ pub struct LocalBackend {
     data_dir: PathBuf,
     /// [`HOST_VARIABLES`] as piculet found them at start.
     host_env: Vec<(OsString, OsString)>,
+    /// Where this replica's process ids mean something: written into every record, and
+    /// compared with a record's before its ids are looked at or signalled.
+    host: Option<record::Host>,
     state: Arc<Mutex<State>>,
 }
 
@@ -105,6 +108,7 @@ impl LocalBackend {
         LocalBackend {
             data_dir,
             host_env,
+            host: record::Host::current(),
             state: Arc::default(),
         }
     }
@@ -357,6 +361,7 @@ impl Backend for LocalBackend {
             pgid,
             proc_start,
             started_at: Utc::now(),
+            host: self.host.clone(),
         };
         let written = {
             let files = files.clone();
@@ -418,7 +423,8 @@ impl Backend for LocalBackend {
                     }
                     let files = Files::new(&state_dir, id, attempt);
                     if let Recorded::Some(r) = record::read_record(&files).await {
-                        process::stop_group(r.pgid, r.proc_start, grace).await;
+                        let (pgid, start) = r.group(self.host.as_ref());
+                        process::stop_group(pgid, start, grace).await;
                     }
                 }
             }
@@ -450,7 +456,12 @@ impl Backend for LocalBackend {
         }
         for (step_id, attempt) in latest {
             let known = self.lock().steps.contains_key(&step_id);
-            if !known && self.probe_files(&state_dir, step_id, attempt).await == Presence::Present {
+            if !known
+                && matches!(
+                    self.probe_files(&state_dir, step_id, attempt).await,
+                    Ok(Presence::Present)
+                )
+            {
                 running.push(step_id);
             }
         }
@@ -474,7 +485,7 @@ impl Backend for LocalBackend {
             return Ok(Presence::Present);
         }
         let state_dir = self.state_dir(workflow.workflow_id);
-        Ok(self.probe_files(&state_dir, step_id, attempt).await)
+        self.probe_files(&state_dir, step_id, attempt).await
     }
 
     async fn attach_step(
@@ -502,17 +513,18 @@ impl Backend for LocalBackend {
         let state_dir = self.state_dir(workflow.workflow_id);
         if let Presence::Interrupted { reason } = self
             .probe_files(&state_dir, step.step_id, step.attempt)
-            .await
+            .await?
         {
             return Err(BackendError::Refused(reason));
         }
         let tail = Tail::open(&files, after)
             .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
+        // Ids from before a restart of this host name nothing of the step's any more.
+        let group = record.group(self.host.as_ref());
         let main = Main::Adopted {
-            pid: record.pgid,
-            start: record.proc_start,
+            pid: group.0,
+            start: group.1,
         };
-        let group = (record.pgid, record.proc_start);
         Ok(self.supervise(workflow, step, group, files, tail, main))
     }
 
@@ -612,31 +624,52 @@ impl LocalBackend {
         StepHandle { output: rx, exit }
     }
 
-    /// What the files say of an attempt this process does not follow (see [`Presence`]).
-    async fn probe_files(&self, state_dir: &Path, step_id: Uuid, attempt: u32) -> Presence {
+    /// What the files say of an attempt this process does not follow (see [`Presence`]); an
+    /// error when its record comes from where its processes cannot be seen (another host or
+    /// pid namespace): it may be running there, and it must not run twice.
+    async fn probe_files(
+        &self,
+        state_dir: &Path,
+        step_id: Uuid,
+        attempt: u32,
+    ) -> Result<Presence, BackendError> {
         let files = Files::new(state_dir, step_id, attempt);
         let record = match record::read_record(&files).await {
-            Recorded::None => return Presence::Absent,
-            Recorded::Unreadable(reason) => return Presence::Interrupted { reason },
+            Recorded::None => return Ok(Presence::Absent),
+            Recorded::Unreadable(reason) => return Ok(Presence::Interrupted { reason }),
             Recorded::Some(r) => r,
         };
+        match record.seen_from(self.host.as_ref()) {
+            record::Seen::Here => {}
+            record::Seen::Elsewhere(reason) => return Err(BackendError::Failed(reason)),
+            // Its processes died with the host; an exit written before is still its end.
+            record::Seen::BeforeRestart => {
+                return Ok(if record::read_exit(&files).await.is_some() {
+                    Presence::Present
+                } else {
+                    Presence::Interrupted {
+                        reason: format!("attempt {attempt} was lost when its host restarted"),
+                    }
+                });
+            }
+        }
         if tokio::fs::metadata(files.log()).await.is_err() {
-            return Presence::Interrupted {
+            return Ok(Presence::Interrupted {
                 reason: format!("the output file of attempt {attempt} is gone"),
-            };
+            });
         }
         // Alive first, then the exit file: a wrapper found gone has written its exit, if it
         // was going to, before it ended.
         if process::process_alive(record.pgid, record.proc_start)
             || record::read_exit(&files).await.is_some()
         {
-            return Presence::Present;
+            return Ok(Presence::Present);
         }
-        Presence::Interrupted {
+        Ok(Presence::Interrupted {
             reason: format!(
                 "attempt {attempt} ended without recording its exit: its processes were killed outside piculet, or its replica died before letting it run"
             ),
-        }
+        })
     }
 
     /// Kills every process of a workflow, its own and those left by other replicas, and
@@ -659,14 +692,17 @@ impl LocalBackend {
         let state_dir = self.state_dir(id);
         let mut others = Vec::new();
         for (step_id, attempt) in record::recorded_attempts(&state_dir).await {
-            if let Recorded::Some(r) =
+            let Recorded::Some(r) =
                 record::read_record(&Files::new(&state_dir, step_id, attempt)).await
-                && process::recorded_group_alive(r.pgid, r.proc_start)
-            {
-                // Every attempt the workflow ever ran has a record, most of them long over:
-                // an id since given to another process's group is left alone.
-                process::signal_recorded_group(r.pgid, r.proc_start, libc::SIGKILL);
-                others.push((r.pgid, r.proc_start));
+            else {
+                continue;
+            };
+            let (pgid, start) = r.group(self.host.as_ref());
+            // Every attempt the workflow ever ran has a record, most of them long over: an id
+            // since given to another process's group is left alone.
+            if process::recorded_group_alive(pgid, start) {
+                process::signal_recorded_group(pgid, start, libc::SIGKILL);
+                others.push((pgid, start));
             }
         }
         // Removing the workspace while a dying process still writes into it could fail.
@@ -1971,6 +2007,7 @@ mod tests {
                 pgid: pid,
                 proc_start: None,
                 started_at: Utc::now(),
+                host: None,
             },
         )
         .unwrap();
@@ -2087,6 +2124,7 @@ mod tests {
                 pgid: pid,
                 proc_start: Some(start.saturating_sub(1)),
                 started_at: Utc::now(),
+                host: None,
             },
         )
         .unwrap();
@@ -2123,6 +2161,70 @@ mod tests {
             "removing the workflow killed an unrelated process"
         );
         assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+
+    /// A data directory shared with a replica on another host (or in another pid namespace, or
+    /// before the host restarted): the pids its records name are not this replica's to see.
+    /// A process of ours that happens to have that pid and start time is not the step, and the
+    /// step may be running over there: never taken for present, never signalled, never run
+    /// again blindly. After a restart of this same host it is gone for sure.
+    #[tokio::test]
+    async fn a_record_written_on_another_host_is_not_read_as_this_hosts() {
+        use std::os::unix::process::CommandExt as _;
+        let f = fixture().await;
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = process::proc_start(pid).expect("/proc");
+        let here = record::Host::current().expect("this host");
+        let state_dir = f.backend.state_dir(f.wf.workflow_id);
+        let write = |step_id: Uuid, name: &str, boot_id: &str| {
+            let files = Files::new(&state_dir, step_id, 1);
+            let json = serde_json::json!({
+                "step_id": step_id, "attempt": 1, "pgid": pid, "proc_start": start,
+                "started_at": Utc::now(),
+                "host": {"name": name, "boot_id": boot_id, "pid_ns": "pid:[1]"},
+            });
+            std::fs::write(files.record(), json.to_string()).unwrap();
+            std::fs::write(files.log(), "running over there\n").unwrap();
+        };
+        let elsewhere = Uuid::now_v7();
+        write(
+            elsewhere,
+            "another-host",
+            "00000000-0000-0000-0000-000000000000",
+        );
+        let rebooted = Uuid::now_v7();
+        write(rebooted, &here.name, "00000000-0000-0000-0000-000000000000");
+
+        let probed = f.backend.probe_step(&f.wf, elsewhere, 1).await;
+        assert!(
+            matches!(&probed, Err(BackendError::Failed(r)) if r.contains("another-host")),
+            "{probed:?}"
+        );
+        assert_eq!(
+            f.backend.probe_step(&f.wf, rebooted, 1).await.unwrap(),
+            Presence::Interrupted {
+                reason: "attempt 1 was lost when its host restarted".into()
+            }
+        );
+        for step in [elsewhere, rebooted] {
+            f.backend
+                .stop_step(&f.wf, step, Duration::from_millis(200))
+                .await
+                .unwrap();
+        }
+        assert!(f.backend.running_steps(&f.wf).await.unwrap().is_empty());
+        f.backend.remove_workflow(f.wf.workflow_id).await.unwrap();
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "a process of this host was signalled for a step of another"
+        );
         let _ = stranger.kill();
         let _ = stranger.wait();
     }
