@@ -636,7 +636,13 @@ impl LocalBackend {
         let files = Files::new(state_dir, step_id, attempt);
         let record = match record::read_record(&files).await {
             Recorded::None => return Ok(Presence::Absent),
-            Recorded::Unreadable(reason) => return Ok(Presence::Interrupted { reason }),
+            // Whether the attempt still runs, and as which processes, is unknown: running it
+            // again could run it twice at once. The engine ends the step as an error.
+            Recorded::Unreadable(reason) => {
+                return Err(BackendError::Failed(format!(
+                    "{reason}; whether attempt {attempt} still runs cannot be told, so it is not run again"
+                )));
+            }
             Recorded::Some(r) => r,
         };
         match record.seen_from(self.host.as_ref()) {
@@ -2227,6 +2233,22 @@ mod tests {
         );
         let _ = stranger.kill();
         let _ = stranger.wait();
+    }
+
+    /// A record that cannot be read (a disk error, a hand-edited file) hides whether the
+    /// attempt still runs, and where: running it again could run it twice at once.
+    #[tokio::test]
+    async fn an_unreadable_record_is_not_an_interrupted_attempt() {
+        let f = fixture().await;
+        let step_id = Uuid::now_v7();
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), step_id, 1);
+        std::fs::write(files.record(), "{\"step_id\": ").unwrap();
+        std::fs::write(files.log(), "still running, maybe\n").unwrap();
+        let probed = f.backend.probe_step(&f.wf, step_id, 1).await;
+        assert!(
+            matches!(&probed, Err(BackendError::Failed(r)) if r.contains("is not a record")),
+            "{probed:?}"
+        );
     }
 
     /// Not a test: prints the output figures of the README's Performance section (run with
