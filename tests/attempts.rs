@@ -32,6 +32,8 @@ on_both_databases!(
     a_fresh_start_is_committed_before_the_backend_starts_it,
     an_interrupted_step_of_a_canceled_pipeline_is_stopped_not_run_again,
     shutdown_finishes_within_the_grace_and_hands_the_rest_over,
+    a_replica_that_lost_its_lease_cannot_end_a_step_or_its_workflow,
+    the_log_limit_holds_across_adoption,
 );
 
 /// What the scripted backend was asked to do.
@@ -91,6 +93,8 @@ impl Scripted {
         if long {
             self.stops.lock().unwrap().insert(step.step_id, stop_tx);
         }
+        // Steps named `…loud…` print 100 lines of 64 bytes after their first.
+        let loud = step.spec.name.contains("loud");
         let exit = async move {
             let _ = tx
                 .send(OutputLine {
@@ -98,6 +102,14 @@ impl Scripted {
                     text,
                 })
                 .await;
+            for i in 0..100 * usize::from(loud) {
+                let _ = tx
+                    .send(OutputLine {
+                        at: Utc::now(),
+                        text: format!("{i:063}\n"),
+                    })
+                    .await;
+            }
             if long {
                 let _ = stop_rx.wait_for(|s| *s).await;
                 drop(tx);
@@ -229,6 +241,16 @@ fn engine(
     backend: Arc<Scripted>,
     shutdown_grace: Duration,
 ) -> Engine {
+    engine_with_log_limit(app, store, backend, shutdown_grace, 1 << 20)
+}
+
+fn engine_with_log_limit(
+    app: &TestApp,
+    store: &Store,
+    backend: Arc<Scripted>,
+    shutdown_grace: Duration,
+    max_log_bytes: usize,
+) -> Engine {
     Engine::new(
         store.clone(),
         backend,
@@ -238,7 +260,7 @@ fn engine(
             lease: Duration::from_secs(30),
             max_timeout: Duration::from_secs(3600),
             grace: Duration::from_secs(1),
-            max_log_bytes: 1 << 20,
+            max_log_bytes,
             poll: Duration::from_millis(50),
             max_attempts: 3,
             shutdown_grace,
@@ -687,5 +709,192 @@ async fn shutdown_finishes_within_the_grace_and_hands_the_rest_over(db: Db) {
     wait_finished(&app, &queued.to_string(), 60).await;
     shutdown.cancel();
     second.await.unwrap();
+    store.close().await;
+}
+
+/// A replica whose lease ran out (stalled past `PICULET_LEASE`, or a clock ahead on the
+/// claimer's side) may still be inside a step it follows. The step's end, or its workflow's,
+/// that it then records must not land: the adopting replica may have stopped the attempt to
+/// run it again, and the stalled replica's "killed by signal 15" would be the step's outcome.
+async fn a_replica_that_lost_its_lease_cannot_end_a_step_or_its_workflow(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = store_of(&app).await;
+    let (pid, p) = submit(
+        &app,
+        "steps:\n  - name: only\n    image: alpine\n    commands: [true]\n",
+    )
+    .await;
+    let sid = uuid(&p, "only");
+    let lease = Duration::from_secs(30);
+    let claimed = store.claim_workflow("a", lease).await.unwrap().unwrap();
+    let now = Utc::now().trunc_subsecs(3);
+    assert_eq!(
+        store
+            .step_started(pid, sid, "a", 1, None, now)
+            .await
+            .unwrap(),
+        StartRecord::Recorded
+    );
+    store.step_launched(sid, 1).await.unwrap();
+    // "b" takes the workflow over (released here; a lease running out is the same to "b").
+    store.release_lease(claimed.workflow_id, "a").await.unwrap();
+    let taken = store.claim_workflow("b", lease).await.unwrap().unwrap();
+    assert!(taken.takeover);
+
+    // "a" saw its step killed (by "b", stopping what it cannot trust) and records that.
+    store
+        .step_finished(
+            pid,
+            sid,
+            "a",
+            Status::Failure,
+            Some(143),
+            Some("exit code 143 (killed by signal 15)".into()),
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    store
+        .workflow_finished(
+            pid,
+            claimed.workflow_id,
+            "a",
+            Status::Failure,
+            Some("step only failed".into()),
+        )
+        .await
+        .unwrap();
+    let row = store.step(sid).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status.0, row.attempt),
+        (Status::Running, 1),
+        "the end recorded by a replica without the lease landed"
+    );
+    let api = app.pipeline(&pid.to_string()).await;
+    assert_eq!(api["status"], "running", "{api:#}");
+
+    // The lease holder goes on: the next attempt, then the step's and the workflow's ends.
+    let why = "attempt 1 interrupted: gone; running it again as attempt 2";
+    assert_eq!(
+        store
+            .step_started(pid, sid, "b", 2, Some(why.into()), now)
+            .await
+            .unwrap(),
+        StartRecord::Recorded
+    );
+    store
+        .step_finished(pid, sid, "b", Status::Success, Some(0), None, Utc::now())
+        .await
+        .unwrap();
+    store
+        .workflow_finished(pid, taken.workflow_id, "b", Status::Success, None)
+        .await
+        .unwrap();
+    let done = app.pipeline(&pid.to_string()).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    assert_eq!(find_step(&done, "only").unwrap()["status"], "success");
+    assert_eq!(find_step(&done, "only").unwrap()["attempt"], 2);
+    store.close().await;
+}
+
+/// `PICULET_MAX_LOG_SIZE` is a step's, not a replica's: a replica that adopts a step whose
+/// log already reached the limit (or runs it again as a new attempt) stores nothing more of
+/// its output, and one that adopts a step below the limit stores only what is left of it.
+async fn the_log_limit_holds_across_adoption(db: Db) {
+    const LIMIT: usize = 4096;
+    let notice = format!(
+        "piculet: the log reached its limit of {LIMIT} bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n"
+    );
+    let app = TestApp::spawn_api(db).await;
+    let store = store_of(&app).await;
+    let (pid, p) = submit(
+        &app,
+        "steps:\n  - name: loud-full\n    image: alpine\n    commands: [true]\n  \
+         - name: loud-half\n    image: alpine\n    commands: [true]\n    depends_on: []\n  \
+         - name: loud-gone\n    image: alpine\n    commands: [true]\n    depends_on: []\n",
+    )
+    .await;
+    // A replica that died: it had stored up to the limit and the notice of two of the
+    // steps, and half the limit of the third.
+    let dead = store
+        .claim_workflow("dead", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let line = |number: i64, text: String| piculet::model::LogLine {
+        number,
+        at: Utc::now().trunc_subsecs(6),
+        text,
+    };
+    for (name, lines, truncated) in [
+        ("loud-full", LIMIT / 64, true),
+        ("loud-half", LIMIT / 128, false),
+        ("loud-gone", LIMIT / 64, true),
+    ] {
+        let sid = uuid(&p, name);
+        store
+            .step_started(pid, sid, "dead", 1, None, Utc::now())
+            .await
+            .unwrap();
+        store.step_launched(sid, 1).await.unwrap();
+        let mut stored: Vec<_> = (1..=lines as i64)
+            .map(|n| line(n, format!("{n:063}\n")))
+            .collect();
+        if truncated {
+            stored.push(line(lines as i64 + 1, notice.clone()));
+        }
+        store.insert_log_lines(sid, stored.into()).await.unwrap();
+    }
+    store.release_lease(dead.workflow_id, "dead").await.unwrap();
+
+    // The adopting replica re-attaches to two of them, and runs the third again.
+    let backend = Scripted::new(
+        store.clone(),
+        &[
+            ("loud-full", Presence::Present),
+            ("loud-half", Presence::Present),
+            (
+                "loud-gone",
+                Presence::Interrupted {
+                    reason: "gone".into(),
+                },
+            ),
+        ],
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(
+        engine_with_log_limit(&app, &store, backend.clone(), Duration::ZERO, LIMIT)
+            .run(shutdown.clone()),
+    );
+    let done = wait_finished(&app, &pid.to_string(), 60).await;
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(done["status"], "success", "{done:#}");
+
+    for name in ["loud-full", "loud-half", "loud-gone"] {
+        let log = log_text(&app, &step_id(&p, name)).await;
+        let own: usize = log
+            .split_inclusive('\n')
+            .filter(|l| !l.starts_with("piculet:"))
+            .map(str::len)
+            .sum();
+        assert!(
+            own <= LIMIT,
+            "{name}: {own} bytes of output stored, the limit is {LIMIT}"
+        );
+        assert_eq!(
+            log.matches(&notice).count(),
+            1,
+            "{name}: one notice of the limit\n{log}"
+        );
+        // After it, only piculet's own lines (why the step runs again).
+        let (_, after) = log.split_once(&notice).unwrap();
+        assert!(
+            after
+                .split_inclusive('\n')
+                .all(|l| l.starts_with("piculet:")),
+            "{name}: the step's output after the notice\n{log}"
+        );
+    }
     store.close().await;
 }

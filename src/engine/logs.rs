@@ -24,15 +24,30 @@ struct Pumped {
     truncated: bool,
 }
 
+/// The start of the notice that ends a log at `PICULET_MAX_LOG_SIZE`.
+pub const LIMIT_NOTICE: &str = "piculet: the log reached its limit of ";
+
+/// What a step's log already holds when a pump begins: nothing for a first start, what
+/// earlier attempts or replicas stored for an adopted or re-run step.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub bytes: u64,
+    /// The log already ends at its limit: nothing more of the step is stored.
+    pub truncated: bool,
+}
+
 /// Reads a step's output to its end (or until `stop`) and stores it; returns once every line
 /// read is stored. One batch is written while the next is read, so that reading never waits on
-/// the database longer than one write.
+/// the database longer than one write. The size cap counts what is `already` stored: it is the
+/// step's, whichever replica or attempt wrote its lines.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump(
     store: &Store,
     step_id: Uuid,
     masker: &Masker,
     max_bytes: usize,
     first_number: i64,
+    already: Stored,
     mut output: mpsc::Receiver<OutputLine>,
     stop: CancellationToken,
 ) {
@@ -43,8 +58,11 @@ pub async fn pump(
         next: first_number,
         lines: Vec::new(),
         bytes: 0,
-        stored_bytes: 0,
-        done: Pumped::default(),
+        stored_bytes: usize::try_from(already.bytes).unwrap_or(usize::MAX),
+        done: Pumped {
+            truncated: already.truncated,
+            ..Pumped::default()
+        },
         held: None,
     };
     let mut deadline: Option<Instant> = None;
@@ -167,10 +185,10 @@ impl Batch<'_> {
             // Postgres text cannot hold NUL; show where one was.
             text = text.replace('\0', "\u{FFFD}");
         }
-        if self.stored_bytes + text.len() > self.max_bytes {
+        if self.stored_bytes.saturating_add(text.len()) > self.max_bytes {
             self.done.truncated = true;
             text = format!(
-                "piculet: the log reached its limit of {} bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n",
+                "{LIMIT_NOTICE}{} bytes (PICULET_MAX_LOG_SIZE); further output of this step is discarded\n",
                 self.max_bytes
             );
             tracing::info!(step_id = %self.step_id, "log truncated at its size limit");

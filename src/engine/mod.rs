@@ -325,6 +325,7 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
                     .step_finished(
                         claimed.pipeline_id,
                         s.id,
+                        &inner.owner,
                         crate::model::Status::Error,
                         None,
                         Some(reason.clone()),
@@ -337,6 +338,7 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
                 .workflow_finished(
                     claimed.pipeline_id,
                     workflow_id,
+                    &inner.owner,
                     crate::model::Status::Error,
                     Some(reason),
                 )

@@ -13,7 +13,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::env::{EnvContext, step_env};
-use super::logs::pump;
+use super::logs::{LIMIT_NOTICE, Stored, pump};
 use super::mask::Masker;
 use super::{Inner, Opened};
 use crate::backend::{BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
@@ -153,14 +153,36 @@ impl StepContext {
             Err(outcome) => return outcome,
         };
 
+        // The size cap is the step's: what earlier attempts or replicas stored counts.
+        let already = if first_number > 1 {
+            match self.stored(id).await {
+                Ok(stored) => stored,
+                Err(outcome) => return outcome,
+            }
+        } else {
+            Stored::default()
+        };
         let pump_stop = CancellationToken::new();
         let pumping = tokio::spawn({
             let store = store.clone();
             let masker = self.masker.clone();
             let max = self.inner.settings.max_log_bytes;
             let stop = pump_stop.clone();
-            async move { pump(&store, id, &masker, max, first_number, handle.output, stop).await }
-                .in_current_span()
+            let output = handle.output;
+            async move {
+                pump(
+                    &store,
+                    id,
+                    &masker,
+                    max,
+                    first_number,
+                    already,
+                    output,
+                    stop,
+                )
+                .await
+            }
+            .in_current_span()
         });
         let mut exit = handle.exit;
 
@@ -529,6 +551,23 @@ impl StepContext {
         }
     }
 
+    /// How much of the step's log is stored, trying again while the database cannot be read:
+    /// a wrong guess would let the log grow past its cap.
+    async fn stored(&self, id: Uuid) -> Result<Stored, Outcome> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.inner.store.log_size(id, LIMIT_NOTICE).await {
+                Ok((bytes, truncated)) => return Ok(Stored { bytes, truncated }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the size of the step's log failed; retrying");
+                    if !backoff(&mut delay, &self.stops.abandon).await {
+                        return Err(Outcome::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+
     /// Ends a step that has no handle, without the duration metric of a step that ran here.
     async fn finish_unstarted(&self, id: Uuid, status: Status, reason: Option<String>) -> Outcome {
         if let Err(e) = self
@@ -537,6 +576,7 @@ impl StepContext {
             .step_finished(
                 self.run.pipeline_id,
                 id,
+                &self.inner.owner,
                 status,
                 None,
                 reason.clone(),
@@ -569,6 +609,7 @@ impl StepContext {
             .step_finished(
                 self.run.pipeline_id,
                 id,
+                &self.inner.owner,
                 status,
                 exit_code,
                 reason.clone(),
@@ -725,6 +766,7 @@ pub(super) async fn run(
                 .step_finished(
                     claimed.pipeline_id,
                     s.id,
+                    &inner.owner,
                     Status::Error,
                     None,
                     Some(reason.clone()),
@@ -736,6 +778,7 @@ pub(super) async fn run(
             .workflow_finished(
                 claimed.pipeline_id,
                 workflow_id,
+                &inner.owner,
                 Status::Error,
                 Some(reason),
             )
@@ -879,6 +922,7 @@ pub(super) async fn run(
                         .step_finished(
                             claimed.pipeline_id,
                             id,
+                            &inner.owner,
                             status,
                             None,
                             Some(reason),
@@ -936,6 +980,7 @@ pub(super) async fn run(
                     .step_finished(
                         claimed.pipeline_id,
                         id,
+                        &inner.owner,
                         Status::Error,
                         None,
                         Some(reason),
@@ -982,7 +1027,13 @@ pub(super) async fn run(
     let mut delay = Duration::from_millis(100);
     for tries in 1.. {
         match store
-            .workflow_finished(claimed.pipeline_id, workflow_id, status, reason.clone())
+            .workflow_finished(
+                claimed.pipeline_id,
+                workflow_id,
+                &inner.owner,
+                status,
+                reason.clone(),
+            )
             .await
         {
             Ok(()) => break,

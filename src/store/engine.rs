@@ -454,11 +454,15 @@ impl Store {
     }
 
     /// Records a step's end (or that it was skipped or canceled before it started). A step
-    /// that has already finished keeps its first end.
+    /// that has already finished keeps its first end. Only the holder of the workflow's lease
+    /// (`owner`) records it: a replica whose lease ran out while it followed the step may see
+    /// the attempt killed by the replica that adopted it, and that is not the step's outcome.
+    #[allow(clippy::too_many_arguments)]
     pub async fn step_finished(
         &self,
         pipeline_id: Uuid,
         step_id: Uuid,
+        owner: &str,
         status: Status,
         exit_code: Option<i32>,
         reason: Option<String>,
@@ -470,13 +474,17 @@ impl Store {
                 lock_pipeline(&mut *tx, pipeline_id).await?;
                 let row: Option<(Uuid, String)> = sqlx::query_as(
                     "UPDATE steps SET status = $1, exit_code = $2, reason = $3, finished_at = $4 \
-                     WHERE id = $5 AND status IN ('queued', 'running') RETURNING pipeline_id, name",
+                     WHERE id = $5 AND status IN ('queued', 'running') \
+                       AND EXISTS (SELECT 1 FROM workflows w WHERE w.id = steps.workflow_id \
+                                   AND w.status = 'running' AND w.lease_owner = $6) \
+                     RETURNING pipeline_id, name",
                 )
                 .bind(status.as_str())
                 .bind(exit_code)
                 .bind(reason.as_deref())
                 .bind(at)
                 .bind(step_id)
+                .bind(owner)
                 .fetch_optional(&mut *tx)
                 .await?;
                 let event = match row {
@@ -500,11 +508,13 @@ impl Store {
     }
 
     /// Records a workflow's end, then what follows from it: dependent workflows become ready
-    /// or are skipped, and the pipeline ends when all its workflows have.
+    /// or are skipped, and the pipeline ends when all its workflows have. Only the holder of
+    /// the workflow's lease (`owner`) records it (see [`Store::step_finished`]).
     pub async fn workflow_finished(
         &self,
         pipeline_id: Uuid,
         workflow_id: Uuid,
+        owner: &str,
         status: Status,
         reason: Option<String>,
     ) -> Result<(), StoreError> {
@@ -517,12 +527,14 @@ impl Store {
             let row: Option<(Uuid, String)> = sqlx::query_as(
                 "UPDATE workflows SET status = $1, reason = $2, finished_at = $3, \
                  lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id = $4 AND status = 'running' RETURNING pipeline_id, name",
+                 WHERE id = $4 AND status = 'running' AND lease_owner = $5 \
+                 RETURNING pipeline_id, name",
             )
             .bind(status.as_str())
             .bind(reason.as_deref())
             .bind(now)
             .bind(workflow_id)
+            .bind(owner)
             .fetch_optional(&mut *tx)
             .await?;
             let Some((pipeline_id, name)) = row else {

@@ -111,6 +111,50 @@ impl Store {
         .await
     }
 
+    /// How many bytes of a step's log are stored, and whether it holds the notice that it
+    /// reached `PICULET_MAX_LOG_SIZE` (whose text begins with `limit_notice`): where the cap
+    /// stands for a replica that adopts the step or runs it again. Reads the whole log (only
+    /// the lengths on Postgres, where long texts are not decompressed to be measured); asked
+    /// once per adopted or re-run step.
+    pub async fn log_size(
+        &self,
+        step_id: Uuid,
+        limit_notice: &str,
+    ) -> Result<(u64, bool), StoreError> {
+        let pattern = format!("{}%", limit_notice.replace(['%', '_'], ""));
+        self.read(async {
+            let (bytes, truncated): (Option<i64>, Option<i64>) = match &self.pool {
+                Pool::Postgres(pool) => {
+                    sqlx::query_as(
+                        "SELECT SUM(octet_length(text))::int8, \
+                                MAX(CASE WHEN text LIKE $2 THEN 1 ELSE 0 END)::int8 \
+                         FROM log_lines WHERE step_id = $1",
+                    )
+                    .bind(step_id)
+                    .bind(&pattern)
+                    .fetch_one(pool)
+                    .await?
+                }
+                Pool::Sqlite(pool) => {
+                    sqlx::query_as(
+                        "SELECT SUM(length(CAST(text AS BLOB))), \
+                                MAX(CASE WHEN text LIKE $2 THEN 1 ELSE 0 END) \
+                         FROM log_lines WHERE step_id = $1",
+                    )
+                    .bind(step_id)
+                    .bind(&pattern)
+                    .fetch_one(pool)
+                    .await?
+                }
+            };
+            Ok((
+                u64::try_from(bytes.unwrap_or(0)).unwrap_or(0),
+                truncated.unwrap_or(0) > 0,
+            ))
+        })
+        .await
+    }
+
     /// The last stored line of a step: where an adopted step's log resumes.
     pub async fn last_log_line(&self, step_id: Uuid) -> Result<Option<LogLine>, StoreError> {
         self.read(async {

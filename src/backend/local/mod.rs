@@ -63,6 +63,9 @@ pub struct LocalBackend {
     data_dir: PathBuf,
     /// [`HOST_VARIABLES`] as piculet found them at start.
     host_env: Vec<(OsString, OsString)>,
+    /// Where this replica's process ids mean something: written into every record, and
+    /// compared with a record's before its ids are looked at or signalled.
+    host: Option<record::Host>,
     state: Arc<Mutex<State>>,
 }
 
@@ -105,6 +108,7 @@ impl LocalBackend {
         LocalBackend {
             data_dir,
             host_env,
+            host: record::Host::current(),
             state: Arc::default(),
         }
     }
@@ -350,12 +354,14 @@ impl Backend for LocalBackend {
         };
         // The record, durable before the step may run: a replica that finds no record knows
         // the step never ran. Dropping the gate on failure ends the waiting wrapper unrun.
+        let proc_start = process::proc_start(pgid);
         let record = Record {
             step_id: step.step_id,
             attempt: step.attempt,
             pgid,
-            proc_start: process::proc_start(pgid),
+            proc_start,
             started_at: Utc::now(),
+            host: self.host.clone(),
         };
         let written = {
             let files = files.clone();
@@ -376,7 +382,8 @@ impl Backend for LocalBackend {
         }
         let tail = Tail::open(&files, None)
             .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
-        Ok(self.supervise(workflow, step, pgid, files, tail, Main::Child(child)))
+        let group = (pgid, proc_start);
+        Ok(self.supervise(workflow, step, group, files, tail, Main::Child(child)))
     }
 
     async fn stop_step(
@@ -416,7 +423,8 @@ impl Backend for LocalBackend {
                     }
                     let files = Files::new(&state_dir, id, attempt);
                     if let Recorded::Some(r) = record::read_record(&files).await {
-                        process::stop_group(r.pgid, grace).await;
+                        let (pgid, start) = r.group(self.host.as_ref());
+                        process::stop_group(pgid, start, grace).await;
                     }
                 }
             }
@@ -448,7 +456,12 @@ impl Backend for LocalBackend {
         }
         for (step_id, attempt) in latest {
             let known = self.lock().steps.contains_key(&step_id);
-            if !known && self.probe_files(&state_dir, step_id, attempt).await == Presence::Present {
+            if !known
+                && matches!(
+                    self.probe_files(&state_dir, step_id, attempt).await,
+                    Ok(Presence::Present)
+                )
+            {
                 running.push(step_id);
             }
         }
@@ -472,7 +485,7 @@ impl Backend for LocalBackend {
             return Ok(Presence::Present);
         }
         let state_dir = self.state_dir(workflow.workflow_id);
-        Ok(self.probe_files(&state_dir, step_id, attempt).await)
+        self.probe_files(&state_dir, step_id, attempt).await
     }
 
     async fn attach_step(
@@ -500,17 +513,19 @@ impl Backend for LocalBackend {
         let state_dir = self.state_dir(workflow.workflow_id);
         if let Presence::Interrupted { reason } = self
             .probe_files(&state_dir, step.step_id, step.attempt)
-            .await
+            .await?
         {
             return Err(BackendError::Refused(reason));
         }
         let tail = Tail::open(&files, after)
             .map_err(|e| failed(format!("cannot read {}", files.log().display()), e))?;
+        // Ids from before a restart of this host name nothing of the step's any more.
+        let group = record.group(self.host.as_ref());
         let main = Main::Adopted {
-            pid: record.pgid,
-            start: record.proc_start,
+            pid: group.0,
+            start: group.1,
         };
-        Ok(self.supervise(workflow, step, record.pgid, files, tail, main))
+        Ok(self.supervise(workflow, step, group, files, tail, main))
     }
 
     async fn managed_workflows(&self) -> Result<Vec<Uuid>, BackendError> {
@@ -565,12 +580,13 @@ impl LocalBackend {
         })
     }
 
-    /// Follows a started or adopted attempt to its end in a task of its own.
+    /// Follows a started or adopted attempt to its end in a task of its own. `group` is the
+    /// attempt's process group id and the start time of its leader, the wrapper.
     fn supervise(
         &self,
         workflow: &WorkflowRun,
         step: &StepRun,
-        pgid: i32,
+        (pgid, start): (i32, Option<u64>),
         files: Files,
         tail: Tail,
         main: Main,
@@ -592,6 +608,7 @@ impl LocalBackend {
         let supervisor = Supervisor {
             step_id: step.step_id,
             pgid,
+            start,
             state: Arc::clone(&self.state),
             out: Output { tx: Some(tx) },
             tail,
@@ -607,31 +624,58 @@ impl LocalBackend {
         StepHandle { output: rx, exit }
     }
 
-    /// What the files say of an attempt this process does not follow (see [`Presence`]).
-    async fn probe_files(&self, state_dir: &Path, step_id: Uuid, attempt: u32) -> Presence {
+    /// What the files say of an attempt this process does not follow (see [`Presence`]); an
+    /// error when its record comes from where its processes cannot be seen (another host or
+    /// pid namespace): it may be running there, and it must not run twice.
+    async fn probe_files(
+        &self,
+        state_dir: &Path,
+        step_id: Uuid,
+        attempt: u32,
+    ) -> Result<Presence, BackendError> {
         let files = Files::new(state_dir, step_id, attempt);
         let record = match record::read_record(&files).await {
-            Recorded::None => return Presence::Absent,
-            Recorded::Unreadable(reason) => return Presence::Interrupted { reason },
+            Recorded::None => return Ok(Presence::Absent),
+            // Whether the attempt still runs, and as which processes, is unknown: running it
+            // again could run it twice at once. The engine ends the step as an error.
+            Recorded::Unreadable(reason) => {
+                return Err(BackendError::Failed(format!(
+                    "{reason}; whether attempt {attempt} still runs cannot be told, so it is not run again"
+                )));
+            }
             Recorded::Some(r) => r,
         };
+        match record.seen_from(self.host.as_ref()) {
+            record::Seen::Here => {}
+            record::Seen::Elsewhere(reason) => return Err(BackendError::Failed(reason)),
+            // Its processes died with the host; an exit written before is still its end.
+            record::Seen::BeforeRestart => {
+                return Ok(if record::read_exit(&files).await.is_some() {
+                    Presence::Present
+                } else {
+                    Presence::Interrupted {
+                        reason: format!("attempt {attempt} was lost when its host restarted"),
+                    }
+                });
+            }
+        }
         if tokio::fs::metadata(files.log()).await.is_err() {
-            return Presence::Interrupted {
+            return Ok(Presence::Interrupted {
                 reason: format!("the output file of attempt {attempt} is gone"),
-            };
+            });
         }
         // Alive first, then the exit file: a wrapper found gone has written its exit, if it
         // was going to, before it ended.
         if process::process_alive(record.pgid, record.proc_start)
             || record::read_exit(&files).await.is_some()
         {
-            return Presence::Present;
+            return Ok(Presence::Present);
         }
-        Presence::Interrupted {
+        Ok(Presence::Interrupted {
             reason: format!(
                 "attempt {attempt} ended without recording its exit: its processes were killed outside piculet, or its replica died before letting it run"
             ),
-        }
+        })
     }
 
     /// Kills every process of a workflow, its own and those left by other replicas, and
@@ -654,12 +698,17 @@ impl LocalBackend {
         let state_dir = self.state_dir(id);
         let mut others = Vec::new();
         for (step_id, attempt) in record::recorded_attempts(&state_dir).await {
-            if let Recorded::Some(r) =
+            let Recorded::Some(r) =
                 record::read_record(&Files::new(&state_dir, step_id, attempt)).await
-                && process::group_alive(r.pgid)
-            {
-                process::signal_group(r.pgid, libc::SIGKILL);
-                others.push(r.pgid);
+            else {
+                continue;
+            };
+            let (pgid, start) = r.group(self.host.as_ref());
+            // Every attempt the workflow ever ran has a record, most of them long over: an id
+            // since given to another process's group is left alone.
+            if process::recorded_group_alive(pgid, start) {
+                process::signal_recorded_group(pgid, start, libc::SIGKILL);
+                others.push((pgid, start));
             }
         }
         // Removing the workspace while a dying process still writes into it could fail.
@@ -667,7 +716,11 @@ impl LocalBackend {
         for mut done in waiting {
             let _ = timeout_at(deadline, done.wait_for(|d| *d)).await;
         }
-        while others.iter().any(|&g| process::group_alive(g)) && Instant::now() < deadline {
+        while others
+            .iter()
+            .any(|&(g, start)| process::recorded_group_alive(g, start))
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(POLL).await;
         }
         remove_dir_all(self.workflow_root(id)).await
@@ -1960,6 +2013,7 @@ mod tests {
                 pgid: pid,
                 proc_start: None,
                 started_at: Utc::now(),
+                host: None,
             },
         )
         .unwrap();
@@ -2047,6 +2101,154 @@ mod tests {
         }
         assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
         assert!(adopter.managed_workflows().await.unwrap().is_empty());
+    }
+
+    /// A record outlives its processes: once an attempt's group is gone, its id may be reused
+    /// by an unrelated process that leads a group of its own (another step, any shell job).
+    /// Stopping the attempt, attaching to it, or removing its workflow must not kill that.
+    #[tokio::test]
+    async fn a_recorded_group_id_reused_by_another_process_is_never_signalled() {
+        use std::os::unix::process::CommandExt as _;
+        let f = fixture().await;
+        // The unrelated process: leader of its own group, as every step is.
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = process::proc_start(pid).expect("/proc");
+        // An attempt that ended long ago while nobody watched, recorded with that id and the
+        // start time of its own wrapper (another process, so another start time).
+        let run = step_run(spec("ended-long-ago", &["true"]));
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
+        record::write_record(
+            &files,
+            &Record {
+                step_id: run.step_id,
+                attempt: 1,
+                pgid: pid,
+                proc_start: Some(start.saturating_sub(1)),
+                started_at: Utc::now(),
+                host: None,
+            },
+        )
+        .unwrap();
+        std::fs::write(files.log(), "done\n").unwrap();
+        std::fs::write(files.exit(), "0\n").unwrap();
+        let alive = |stranger: &mut std::process::Child| stranger.try_wait().unwrap().is_none();
+
+        let adopter = LocalBackend::new(f.dir.0.clone());
+        adopter
+            .stop_step(&f.wf, run.step_id, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert!(
+            alive(&mut stranger),
+            "stop_step killed an unrelated process"
+        );
+
+        let (lines, exit) = collect(
+            adopter
+                .attach_step(&f.wf, &run, None)
+                .await
+                .expect("attach"),
+        )
+        .await;
+        assert_eq!((lines, exit), (vec!["done\n".to_string()], exited(0)));
+        assert!(
+            alive(&mut stranger),
+            "the adopted attempt's end killed an unrelated process"
+        );
+
+        adopter.remove_workflow(f.wf.workflow_id).await.unwrap();
+        assert!(
+            alive(&mut stranger),
+            "removing the workflow killed an unrelated process"
+        );
+        assert!(!f.backend.workflow_root(f.wf.workflow_id).exists());
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+
+    /// A data directory shared with a replica on another host (or in another pid namespace, or
+    /// before the host restarted): the pids its records name are not this replica's to see.
+    /// A process of ours that happens to have that pid and start time is not the step, and the
+    /// step may be running over there: never taken for present, never signalled, never run
+    /// again blindly. After a restart of this same host it is gone for sure.
+    #[tokio::test]
+    async fn a_record_written_on_another_host_is_not_read_as_this_hosts() {
+        use std::os::unix::process::CommandExt as _;
+        let f = fixture().await;
+        let mut stranger = std::process::Command::new("sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = stranger.id() as i32;
+        let start = process::proc_start(pid).expect("/proc");
+        let here = record::Host::current().expect("this host");
+        let state_dir = f.backend.state_dir(f.wf.workflow_id);
+        let write = |step_id: Uuid, name: &str, boot_id: &str| {
+            let files = Files::new(&state_dir, step_id, 1);
+            let json = serde_json::json!({
+                "step_id": step_id, "attempt": 1, "pgid": pid, "proc_start": start,
+                "started_at": Utc::now(),
+                "host": {"name": name, "boot_id": boot_id, "pid_ns": "pid:[1]"},
+            });
+            std::fs::write(files.record(), json.to_string()).unwrap();
+            std::fs::write(files.log(), "running over there\n").unwrap();
+        };
+        let elsewhere = Uuid::now_v7();
+        write(
+            elsewhere,
+            "another-host",
+            "00000000-0000-0000-0000-000000000000",
+        );
+        let rebooted = Uuid::now_v7();
+        write(rebooted, &here.name, "00000000-0000-0000-0000-000000000000");
+
+        let probed = f.backend.probe_step(&f.wf, elsewhere, 1).await;
+        assert!(
+            matches!(&probed, Err(BackendError::Failed(r)) if r.contains("another-host")),
+            "{probed:?}"
+        );
+        assert_eq!(
+            f.backend.probe_step(&f.wf, rebooted, 1).await.unwrap(),
+            Presence::Interrupted {
+                reason: "attempt 1 was lost when its host restarted".into()
+            }
+        );
+        for step in [elsewhere, rebooted] {
+            f.backend
+                .stop_step(&f.wf, step, Duration::from_millis(200))
+                .await
+                .unwrap();
+        }
+        assert!(f.backend.running_steps(&f.wf).await.unwrap().is_empty());
+        f.backend.remove_workflow(f.wf.workflow_id).await.unwrap();
+        assert!(
+            stranger.try_wait().unwrap().is_none(),
+            "a process of this host was signalled for a step of another"
+        );
+        let _ = stranger.kill();
+        let _ = stranger.wait();
+    }
+
+    /// A record that cannot be read (a disk error, a hand-edited file) hides whether the
+    /// attempt still runs, and where: running it again could run it twice at once.
+    #[tokio::test]
+    async fn an_unreadable_record_is_not_an_interrupted_attempt() {
+        let f = fixture().await;
+        let step_id = Uuid::now_v7();
+        let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), step_id, 1);
+        std::fs::write(files.record(), "{\"step_id\": ").unwrap();
+        std::fs::write(files.log(), "still running, maybe\n").unwrap();
+        let probed = f.backend.probe_step(&f.wf, step_id, 1).await;
+        assert!(
+            matches!(&probed, Err(BackendError::Failed(r)) if r.contains("is not a record")),
+            "{probed:?}"
+        );
     }
 
     /// Not a test: prints the output figures of the README's Performance section (run with

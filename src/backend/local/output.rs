@@ -344,6 +344,8 @@ impl Main {
 pub(super) struct Supervisor {
     pub(super) step_id: Uuid,
     pub(super) pgid: i32,
+    /// The start time of the group's leader, the wrapper (see [`process::proc_start`]).
+    pub(super) start: Option<u64>,
     pub(super) state: Arc<Mutex<State>>,
     pub(super) out: Output,
     pub(super) tail: Tail,
@@ -378,23 +380,24 @@ impl Supervisor {
         let deadline = Instant::now() + DRAIN_GRACE;
         loop {
             self.tail.read_all(&mut self.out).await;
-            if !process::group_alive(self.pgid) || Instant::now() >= deadline {
+            if !process::recorded_group_alive(self.pgid, self.start) || Instant::now() >= deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let sent = {
             let mut state = lock(&self.state);
-            // The wrapper was reaped just now (or by init) and its group id stays in use while
-            // a member lives, so the id cannot name someone else's group here.
-            process::signal_group(self.pgid, libc::SIGKILL);
+            // The wrapper is gone, and its group id stays in use while a member lives; but an
+            // adopted attempt may have ended long ago, its id since given to a process that
+            // leads a group of its own: that one is left alone.
+            process::signal_recorded_group(self.pgid, self.start, libc::SIGKILL);
             state.steps.get_mut(&self.step_id).and_then(|entry| {
                 entry.finished = true;
                 entry.sent
             })
         };
         // What the killed processes wrote before they died is in the file once they are gone.
-        process::wait_group_gone(self.pgid, DRAIN_GRACE).await;
+        process::wait_group_gone(self.pgid, self.start, DRAIN_GRACE).await;
         self.tail.read_all(&mut self.out).await;
         self.tail.finish(&mut self.out).await;
         // Closing the channel before the exit is reported: the engine reads the output to

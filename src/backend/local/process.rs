@@ -199,6 +199,34 @@ pub(super) fn group_alive(pgid: i32) -> bool {
     exists && group_has_live_member(pgid).unwrap_or(true)
 }
 
+/// Whether a group named by a record (`pgid`, and the start time of the wrapper that led it)
+/// is still that attempt's and has a live member. A record outlives its processes: once they
+/// are all gone the id is free, and an unrelated process may get it and lead a group of its
+/// own (every step does, and so does any shell job), which must never be signalled for the
+/// attempt. While the group has a member, its id is not handed out again (Linux keeps an id
+/// in use while a group bears it), so a group whose leader is gone is still the attempt's; a
+/// leader that lives is the attempt's only if it started when the record says.
+pub(super) fn recorded_group_alive(pgid: i32, start: Option<u64>) -> bool {
+    group_alive(pgid) && leader_matches(pgid, start)
+}
+
+/// Whether the process `pgid`, if there is one, is the one that started at `start`.
+fn leader_matches(pgid: i32, start: Option<u64>) -> bool {
+    match proc_stat(&pgid.to_string()) {
+        Some((_, _, started)) => start.is_none_or(|s| s == started),
+        // No such process: the leader is gone (or there is no /proc to ask).
+        None => true,
+    }
+}
+
+/// Sends `signal` to a recorded group (see [`recorded_group_alive`]) unless its id now names
+/// someone else's group.
+pub(super) fn signal_recorded_group(pgid: i32, start: Option<u64>, signal: libc::c_int) {
+    if leader_matches(pgid, start) {
+        signal_group(pgid, signal);
+    }
+}
+
 /// `(state, pgrp, starttime)` of a process from `/proc/<pid>/stat`.
 fn proc_stat(pid: &str) -> Option<(String, i32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -250,17 +278,17 @@ pub(super) fn process_alive(pid: i32, start: Option<u64>) -> bool {
     }
 }
 
-/// Stops a group this process is not the parent of: SIGTERM, then SIGKILL after `grace`.
-/// Returns the last signal sent, if any.
-pub(super) async fn stop_group(pgid: i32, grace: Duration) -> Option<i32> {
-    if !group_alive(pgid) {
+/// Stops a recorded group (see [`recorded_group_alive`]) this process is not the parent of:
+/// SIGTERM, then SIGKILL after `grace`. Returns the last signal sent, if any.
+pub(super) async fn stop_group(pgid: i32, start: Option<u64>, grace: Duration) -> Option<i32> {
+    if !recorded_group_alive(pgid, start) {
         return None;
     }
-    signal_group(pgid, libc::SIGTERM);
+    signal_recorded_group(pgid, start, libc::SIGTERM);
     let deadline = Instant::now() + grace;
-    while group_alive(pgid) {
+    while recorded_group_alive(pgid, start) {
         if Instant::now() >= deadline {
-            signal_group(pgid, libc::SIGKILL);
+            signal_recorded_group(pgid, start, libc::SIGKILL);
             return Some(libc::SIGKILL);
         }
         tokio::time::sleep(POLL).await;
@@ -268,10 +296,10 @@ pub(super) async fn stop_group(pgid: i32, grace: Duration) -> Option<i32> {
     Some(libc::SIGTERM)
 }
 
-/// Waits, up to `limit`, until a group has no live member.
-pub(super) async fn wait_group_gone(pgid: i32, limit: Duration) {
+/// Waits, up to `limit`, until a recorded group has no live member.
+pub(super) async fn wait_group_gone(pgid: i32, start: Option<u64>, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while group_alive(pgid) && Instant::now() < deadline {
+    while recorded_group_alive(pgid, start) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

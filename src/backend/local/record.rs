@@ -80,6 +80,84 @@ pub(super) struct Record {
     /// reused by an unrelated process is not taken for the step; `None` without `/proc`.
     pub proc_start: Option<u64>,
     pub started_at: DateTime<Utc>,
+    /// Where `pgid` and `proc_start` mean something; `None` in records of earlier versions,
+    /// and without `/proc`.
+    #[serde(default)]
+    pub host: Option<Host>,
+}
+
+/// The host, boot and pid namespace a record's process ids belong to. Replicas must share
+/// one host and one pid namespace; a data directory shared with another (a network file
+/// system, a volume mounted into two containers) must not make one take another's pids for
+/// its own.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(super) struct Host {
+    pub name: String,
+    pub boot_id: String,
+    pub pid_ns: String,
+}
+
+impl Host {
+    /// This process's, from `/proc`; `None` without it.
+    pub(super) fn current() -> Option<Host> {
+        let read = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        Some(Host {
+            name: read("/proc/sys/kernel/hostname")?,
+            boot_id: read("/proc/sys/kernel/random/boot_id")?,
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()?
+                .to_string_lossy()
+                .into_owned(),
+        })
+    }
+}
+
+/// Whether a record's process ids can be looked at from here.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Seen {
+    /// Same boot and pid namespace (or a record that does not say).
+    Here,
+    /// Written on this host before it restarted: its processes are gone.
+    BeforeRestart,
+    /// Written where this replica cannot see the processes: whether they run is unknown.
+    Elsewhere(String),
+}
+
+impl Record {
+    pub(super) fn seen_from(&self, here: Option<&Host>) -> Seen {
+        let (Some(there), Some(here)) = (&self.host, here) else {
+            return Seen::Here;
+        };
+        if there.boot_id == here.boot_id && there.pid_ns == here.pid_ns {
+            Seen::Here
+        } else if there.name == here.name && there.boot_id != here.boot_id {
+            Seen::BeforeRestart
+        } else {
+            Seen::Elsewhere(format!(
+                "attempt {} was started on host {:?} (boot {}, {}), whose processes this replica on {:?} (boot {}, {}) cannot see: replicas using the local backend must share one host and pid namespace",
+                self.attempt,
+                there.name,
+                there.boot_id,
+                there.pid_ns,
+                here.name,
+                here.boot_id,
+                here.pid_ns
+            ))
+        }
+    }
+
+    /// The process group to follow and signal from here: none when the record's ids name
+    /// processes of another host or boot.
+    pub(super) fn group(&self, here: Option<&Host>) -> (i32, Option<u64>) {
+        match self.seen_from(here) {
+            Seen::Here => (self.pgid, self.proc_start),
+            Seen::BeforeRestart | Seen::Elsewhere(_) => (0, None),
+        }
+    }
 }
 
 /// Writes the record so that it survives a crash of this process or of the host: a
@@ -168,6 +246,7 @@ mod tests {
             pgid: 1234,
             proc_start: Some(99),
             started_at: Utc::now(),
+            host: Host::current(),
         };
         write_record(&files, &record).unwrap();
         match read_record(&files).await {
