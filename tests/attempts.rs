@@ -18,9 +18,9 @@ use piculet::backend::{
 };
 use piculet::config::DatabaseUrl;
 use piculet::engine::{Control, Engine, EngineSettings};
-use piculet::model::Status;
+use piculet::model::{LogLine, Status};
 use piculet::secrets::SecretBox;
-use piculet::store::{StartRecord, Store};
+use piculet::store::{Fenced, StartRecord, Store};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -736,10 +736,41 @@ async fn a_replica_that_lost_its_lease_cannot_end_a_step_or_its_workflow(db: Db)
         StartRecord::Recorded
     );
     store.step_launched(sid, 1).await.unwrap();
+    let line = |number: i64, text: &str| LogLine {
+        number,
+        at: Utc::now().trunc_subsecs(6),
+        text: format!("{text}\n"),
+    };
+    assert_eq!(
+        store
+            .insert_log_lines(sid, "a", vec![line(1, "from a")].into())
+            .await
+            .unwrap(),
+        Fenced::Stored
+    );
     // "b" takes the workflow over (released here; a lease running out is the same to "b").
     store.release_lease(claimed.workflow_id, "a").await.unwrap();
     let taken = store.claim_workflow("b", lease).await.unwrap().unwrap();
     assert!(taken.takeover);
+
+    // A batch "a" had in flight lands after the takeover: refused, so the lines "b" numbers
+    // from the last one stored cannot collide with it.
+    assert_eq!(
+        store
+            .insert_log_lines(sid, "a", vec![line(2, "late from a")].into())
+            .await
+            .unwrap(),
+        Fenced::LeaseLost
+    );
+    let last = store.last_log_line(sid).await.unwrap().unwrap();
+    assert_eq!((last.number, last.text.as_str()), (1, "from a\n"));
+    assert_eq!(
+        store
+            .insert_log_lines(sid, "b", vec![line(2, "from b")].into())
+            .await
+            .unwrap(),
+        Fenced::Stored
+    );
 
     // "a" saw its step killed (by "b", stopping what it cannot trust) and records that.
     store
@@ -843,7 +874,10 @@ async fn the_log_limit_holds_across_adoption(db: Db) {
         if truncated {
             stored.push(line(lines as i64 + 1, notice.clone()));
         }
-        store.insert_log_lines(sid, stored.into()).await.unwrap();
+        store
+            .insert_log_lines(sid, "dead", stored.into())
+            .await
+            .unwrap();
     }
     store.release_lease(dead.workflow_id, "dead").await.unwrap();
 

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::mask::Masker;
 use crate::backend::OutputLine;
 use crate::model::LogLine;
-use crate::store::Store;
+use crate::store::{Fenced, Store};
 
 const BATCH_BYTES: usize = 128 * 1024;
 const BATCH_DELAY: Duration = Duration::from_millis(250);
@@ -44,6 +44,7 @@ pub struct Stored {
 pub async fn pump(
     store: &Store,
     step_id: Uuid,
+    owner: &str,
     masker: &Masker,
     max_bytes: usize,
     first_number: i64,
@@ -65,6 +66,7 @@ pub async fn pump(
         },
         held: None,
     };
+    let owner: std::sync::Arc<str> = owner.into();
     let mut deadline: Option<Instant> = None;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
     let mut received = Vec::with_capacity(512);
@@ -101,9 +103,10 @@ pub async fn pump(
             }
             let lines = batch.take();
             let store = store.clone();
-            writing = Some(tokio::spawn(
-                async move { write(&store, step_id, lines).await },
-            ));
+            let owner = owner.clone();
+            writing = Some(tokio::spawn(async move {
+                write(&store, step_id, &owner, lines).await
+            }));
             deadline = None;
         }
     }
@@ -112,7 +115,7 @@ pub async fn pump(
     }
     batch.finish();
     let lines = batch.take();
-    write(store, step_id, lines).await;
+    write(store, step_id, &owner, lines).await;
     metrics::counter!("piculet_log_lines_stored_total").increment(batch.done.lines);
     metrics::counter!("piculet_log_bytes_stored_total").increment(batch.done.bytes);
 }
@@ -214,27 +217,33 @@ impl Batch<'_> {
 
 /// Stores one line of piculet's own in a step's log (why a step starts over), numbered
 /// `number`; the step's own output follows it.
-pub async fn notice(store: &Store, step_id: Uuid, number: i64, text: String) {
+pub async fn notice(store: &Store, step_id: Uuid, owner: &str, number: i64, text: String) {
     let line = LogLine {
         number,
         at: chrono::Utc::now(),
         text,
     };
-    write(store, step_id, vec![line]).await;
+    write(store, step_id, owner, vec![line]).await;
 }
 
 /// Writes a batch, retrying while the database is unreachable. A batch the database refuses
 /// outright, or that still fails after about a minute, is given up with an error in the
-/// server log rather than holding the step forever.
-async fn write(store: &Store, step_id: Uuid, lines: Vec<LogLine>) {
+/// server log rather than holding the step forever. A batch refused because this replica's
+/// lease is gone is left to the replica that took the workflow over: it reads the step's output
+/// on from the last line stored.
+async fn write(store: &Store, step_id: Uuid, owner: &str, lines: Vec<LogLine>) {
     if lines.is_empty() {
         return;
     }
     let lines: std::sync::Arc<[LogLine]> = lines.into();
     let mut delay = Duration::from_millis(100);
     for attempt in 1..=12 {
-        match store.insert_log_lines(step_id, lines.clone()).await {
-            Ok(()) => return,
+        match store.insert_log_lines(step_id, owner, lines.clone()).await {
+            Ok(Fenced::Stored) => return,
+            Ok(Fenced::LeaseLost) => {
+                tracing::warn!(%step_id, lines = lines.len(), "the lease is gone: log lines left to the replica that took the workflow over");
+                return;
+            }
             Err(e) => {
                 let refused = matches!(
                     &e,

@@ -169,10 +169,12 @@ impl StepContext {
             let max = self.inner.settings.max_log_bytes;
             let stop = pump_stop.clone();
             let output = handle.output;
+            let inner = self.inner.clone();
             async move {
                 pump(
                     &store,
                     id,
+                    &inner.owner,
                     &masker,
                     max,
                     first_number,
@@ -337,6 +339,7 @@ impl StepContext {
                             super::logs::notice(
                                 &self.inner.store,
                                 id,
+                                &self.inner.owner,
                                 next_number,
                                 format!("piculet: {why}\n"),
                             )

@@ -12,6 +12,15 @@ use crate::model::LogLine;
 /// Rows per statement on SQLite, under its limit of 32766 bound parameters.
 const SQLITE_ROWS_PER_INSERT: usize = 5000;
 
+/// Whether a fenced write was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    Stored,
+    /// The writer no longer holds the workflow's lease: nothing was stored; the replica that
+    /// holds it now reads the step's output on from the last line stored.
+    LeaseLost,
+}
+
 #[derive(sqlx::FromRow)]
 struct LineRow {
     number: i64,
@@ -21,15 +30,23 @@ struct LineRow {
 
 impl Store {
     /// Stores a batch of a step's lines in one transaction, then publishes it to followers
-    /// (on Postgres, those of other replicas are notified by the transaction itself).
+    /// (on Postgres, those of other replicas are notified by the transaction itself), if `owner`
+    /// holds the lease of the step's workflow; otherwise stores nothing and answers
+    /// [`Fenced::LeaseLost`].
+    ///
+    /// The fence keeps a replica that stalled past its lease from writing lines the adopting
+    /// replica numbers too: on Postgres the batch holds the workflow's row `FOR SHARE`, so a
+    /// claim (`FOR UPDATE SKIP LOCKED`) comes either before it (and the batch is refused) or
+    /// after its commit (and the adopter resumes after its lines).
     pub async fn insert_log_lines(
         &self,
         step_id: Uuid,
+        owner: &str,
         lines: Arc<[LogLine]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Fenced, StoreError> {
         self.write(async {
             if lines.is_empty() {
-                return Ok(());
+                return Ok(Fenced::Stored);
             }
             match &self.pool {
                 Pool::Postgres(pool) => {
@@ -43,10 +60,15 @@ impl Store {
                     // The notification for other replicas rides in the same statement, so
                     // in the same transaction: sent at its commit, never before.
                     let last = lines.last().map_or(0, |l| l.number);
-                    sqlx::query(
-                        "WITH stored AS (INSERT INTO log_lines (step_id, number, ts, text) \
-                         SELECT $1, * FROM unnest($2::int8[], $3::timestamptz[], $4::text[])) \
-                         SELECT pg_notify($5, $6)",
+                    let held = sqlx::query(
+                        "WITH held AS (SELECT w.id FROM steps s \
+                         JOIN workflows w ON w.id = s.workflow_id \
+                         WHERE s.id = $1 AND w.lease_owner = $7 FOR SHARE OF w), \
+                         stored AS (INSERT INTO log_lines (step_id, number, ts, text) \
+                         SELECT $1, u.n, u.t, u.x \
+                         FROM unnest($2::int8[], $3::timestamptz[], $4::text[]) AS u (n, t, x) \
+                         WHERE EXISTS (SELECT 1 FROM held)) \
+                         SELECT pg_notify($5, $6) FROM held",
                     )
                     .bind(step_id)
                     .bind(numbers)
@@ -54,11 +76,26 @@ impl Store {
                     .bind(texts)
                     .bind(notify::CHANNEL)
                     .bind(notify::lines_payload(step_id, last, self.hub.origin()))
-                    .execute(pool)
+                    .bind(owner)
+                    .fetch_optional(pool)
                     .await?;
+                    if held.is_none() {
+                        return Ok(Fenced::LeaseLost);
+                    }
                 }
                 Pool::Sqlite(pool) => {
                     let mut tx = pool.begin().await?;
+                    let held: Option<(i32,)> = sqlx::query_as(
+                        "SELECT 1 FROM steps s JOIN workflows w ON w.id = s.workflow_id \
+                         WHERE s.id = $1 AND w.lease_owner = $2",
+                    )
+                    .bind(step_id)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if held.is_none() {
+                        return Ok(Fenced::LeaseLost);
+                    }
                     for chunk in lines.chunks(SQLITE_ROWS_PER_INSERT) {
                         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                             "INSERT INTO log_lines (step_id, number, ts, text) ",
@@ -75,7 +112,7 @@ impl Store {
                 }
             }
             self.hub.publish_lines(step_id, lines);
-            Ok(())
+            Ok(Fenced::Stored)
         })
         .await
     }

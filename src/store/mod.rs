@@ -21,6 +21,7 @@ mod pipelines;
 
 pub use engine::{ClaimedWorkflow, LeaseState, StartRecord, StepState};
 pub use events::NewEvent;
+pub use logs::Fenced;
 pub use notify::{APPLICATION_NAME as FEED_LISTENER_NAME, CHANNEL as FEED_CHANNEL};
 pub use pipelines::{
     Created, ListFilter, NewPipeline, NewStep, NewWorkflow, PipelineList, insert_pipeline_postgres,
@@ -607,25 +608,21 @@ mod tests {
             .await
             .unwrap();
         assert!(!lease.held, "no such workflow");
+        // No workflow holds this step: the write is answered (fenced), not left waiting.
         let step = uuid::Uuid::now_v7();
-        let mut lines = api.hub().subscribe_step(step);
         let line = crate::model::LogLine {
             number: 1,
             at: chrono::Utc::now(),
             text: "hello".into(),
         };
-        engine
-            .insert_log_lines(step, vec![line].into())
-            .await
-            .unwrap();
         assert_eq!(
-            engine.last_log_line(step).await.unwrap().unwrap().text,
-            "hello"
+            engine
+                .insert_log_lines(step, "replica", vec![line].into())
+                .await
+                .unwrap(),
+            Fenced::LeaseLost
         );
-        assert!(
-            matches!(lines.recv().await, Ok(crate::hub::StepFeed::Lines(l)) if l[0].text == "hello"),
-            "what the engine stores reaches the followers of the API's store"
-        );
+        assert!(engine.last_log_line(step).await.unwrap().is_none());
 
         drop(held);
         api.ping().await.expect("the API's pool is free again");
