@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use futures::{AsyncBufReadExt, StreamExt as _};
+use futures::{AsyncBufReadExt, AsyncReadExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use super::client::Kube;
 use crate::backend::OutputLine;
-use crate::backend::lines::LineSplitter;
+use crate::backend::lines::{LineSplitter, MAX_LINE};
 use crate::k8s::names::CONTAINER;
 
 /// Where a log stream stands: what was delivered last.
@@ -37,6 +37,9 @@ pub struct Cursor {
     /// Lines delivered through this cursor, so that a caller can tell whether a read found
     /// anything new.
     delivered: u64,
+    /// A long line whose first pieces were delivered when its stream broke: its timestamp and
+    /// how many bytes of its text were delivered, so that the next read sends only the rest.
+    partial: Option<(DateTime<Utc>, usize)>,
 }
 
 impl Cursor {
@@ -46,6 +49,7 @@ impl Cursor {
             last: None,
             stored_until: after,
             delivered: 0,
+            partial: None,
         }
     }
 
@@ -74,6 +78,7 @@ impl Cursor {
     /// Records that a line with this timestamp was delivered.
     pub fn delivered(&mut self, at: DateTime<Utc>) {
         self.delivered += 1;
+        self.partial = None;
         self.last = match self.last {
             Some((t, n)) if t == at => Some((t, n + 1)),
             _ => Some((at, 1)),
@@ -108,15 +113,6 @@ impl Replay {
     }
 }
 
-/// Splits `2024-05-01T10:00:00.123456789Z text` into its time and text.
-pub fn parse_line(line: &str) -> Option<(DateTime<Utc>, &str)> {
-    let (stamp, text) = line.split_once(' ').unwrap_or((line, ""));
-    let at = DateTime::parse_from_rfc3339(stamp)
-        .ok()?
-        .with_timezone(&Utc);
-    Some((at, text))
-}
-
 /// How one stream ended.
 #[derive(Debug)]
 pub enum StreamEnd {
@@ -132,8 +128,6 @@ pub enum StreamEnd {
 /// (`follow`), or the whole rest of an ended container's log. Returns when the stream ends.
 ///
 /// `progress` counts the lines read, so that a caller can tell a quiet stream from a busy one.
-/// A followed stream that ends inside a line (no `\n` yet) leaves that line for the next
-/// read: the connection may have broken in the middle of it.
 pub async fn read_log(
     kube: &Kube,
     pods: &Api<Pod>,
@@ -153,55 +147,149 @@ pub async fn read_log(
         ..LogParams::default()
     };
     // One attempt: the caller retries an outage with its own, longer budget.
-    let stream = match kube.call_once(|| pods.log_stream(pod, &params)).await {
-        Ok(s) => s,
-        Err(e) => return StreamEnd::Failed(e),
-    };
-    let mut replay = cursor.restart();
-    let mut lines = std::pin::pin!(split_lines(stream));
-    while let Some(line) = lines.next().await {
-        let Ok(raw) = line else {
-            return StreamEnd::Closed;
-        };
-        progress.fetch_add(1, Ordering::Relaxed);
-        if follow && !raw.ends_with(b"\n") {
-            return StreamEnd::Closed;
-        }
-        let text = String::from_utf8_lossy(&raw);
-        let Some((at, body)) = parse_line(&text) else {
-            continue;
-        };
-        if !replay.is_new(at) {
-            continue;
-        }
-        // A long line comes whole, under one timestamp (recording 44b); it is cut into the
-        // pieces every backend delivers.
-        let mut splitter = LineSplitter::new();
-        let mut pieces = splitter.push(body.as_bytes());
-        pieces.extend(splitter.finish());
-        for text in pieces {
-            if out.send(OutputLine { at, text }).await.is_err() {
-                return StreamEnd::ReceiverGone;
-            }
-        }
-        cursor.delivered(at);
+    match kube.call_once(|| pods.log_stream(pod, &params)).await {
+        Ok(stream) => deliver(stream, follow, cursor, out, progress).await,
+        Err(e) => StreamEnd::Failed(e),
     }
-    StreamEnd::Closed
 }
 
-/// The stream's lines with their `\n` kept, so that the last line without one stays so.
-fn split_lines(
-    reader: impl futures::AsyncBufRead + Unpin,
-) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
-    futures::stream::unfold(Some(reader), |reader| async move {
-        let mut reader = reader?;
-        let mut buf = Vec::new();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) => None,
-            Ok(_) => Some((Ok(buf), Some(reader))),
-            Err(e) => Some((Err(e), None)),
+/// The longest read from the stream at once: a piece of a line plus its timestamp prefix.
+/// A line is never held whole, so a container printing gigabytes without a newline costs
+/// this much, not its size.
+const SEGMENT: usize = MAX_LINE + 64;
+
+/// The line being read: its timestamp, whether it is new, and its text so far.
+struct OpenLine {
+    at: DateTime<Utc>,
+    /// False for a line delivered before (a resumed stream repeats a whole second) or one
+    /// without a timestamp: the rest of it is read and dropped.
+    new: bool,
+    splitter: LineSplitter,
+    /// Bytes of the text still to drop: delivered by an earlier stream that broke inside it.
+    skip: usize,
+    /// Bytes of the text delivered (including those dropped by `skip`).
+    sent: usize,
+}
+
+/// Sends a log stream's new lines, cut into the pieces every backend delivers (a long line
+/// comes whole under one timestamp, recording 44b).
+///
+/// A followed stream that ends inside a line leaves the rest of that line for the next read
+/// (the connection may have broken in the middle of it); the cursor remembers how much of it
+/// was sent, so the next read sends only the rest.
+async fn deliver(
+    mut stream: impl futures::AsyncBufRead + Unpin,
+    follow: bool,
+    cursor: &mut Cursor,
+    out: &mpsc::Sender<OutputLine>,
+    progress: &AtomicUsize,
+) -> StreamEnd {
+    let mut replay = cursor.restart();
+    let mut line: Option<OpenLine> = None;
+    let mut buf = Vec::with_capacity(SEGMENT.min(8 * 1024));
+    loop {
+        buf.clear();
+        let read = (&mut stream)
+            .take(SEGMENT as u64)
+            .read_until(b'\n', &mut buf)
+            .await;
+        let ended = match read {
+            Ok(0) | Err(_) => true,
+            Ok(_) => false,
+        };
+        if ended {
+            if let Some(open) = line.take()
+                && open.new
+            {
+                if follow {
+                    // The rest comes with the next read: remember what was sent of it.
+                    if open.sent > 0 {
+                        cursor.partial = Some((open.at, open.sent));
+                    }
+                } else {
+                    // An ended container's last line without `\n`.
+                    if let Some(text) = open.splitter.finish()
+                        && out.send(OutputLine { at: open.at, text }).await.is_err()
+                    {
+                        return StreamEnd::ReceiverGone;
+                    }
+                    cursor.delivered(open.at);
+                }
+            }
+            return StreamEnd::Closed;
         }
-    })
+        let complete = buf.ends_with(b"\n");
+        let mut text: &[u8] = &buf;
+        if line.is_none() {
+            progress.fetch_add(1, Ordering::Relaxed);
+            line = Some(match parse_head(&buf) {
+                Some((at, offset)) => {
+                    text = &buf[offset..];
+                    let new = replay.is_new(at);
+                    let skip = match cursor.partial {
+                        Some((t, sent)) if new && t == at => sent,
+                        _ => 0,
+                    };
+                    if new {
+                        cursor.partial = None;
+                    }
+                    OpenLine {
+                        at,
+                        new,
+                        splitter: LineSplitter::new(),
+                        skip,
+                        sent: skip,
+                    }
+                }
+                None => OpenLine {
+                    at: DateTime::<Utc>::MIN_UTC,
+                    new: false,
+                    splitter: LineSplitter::new(),
+                    skip: 0,
+                    sent: 0,
+                },
+            });
+        }
+        let open = line.as_mut().expect("a line is open");
+        if open.new {
+            let dropped = open.skip.min(text.len());
+            open.skip -= dropped;
+            for (piece, used) in open.splitter.push_measured(&text[dropped..]) {
+                if out
+                    .send(OutputLine {
+                        at: open.at,
+                        text: piece,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return StreamEnd::ReceiverGone;
+                }
+                open.sent += used;
+            }
+        }
+        if complete {
+            let open = line.take().expect("a line is open");
+            if open.new {
+                // The `\n` ended the splitter's last piece: nothing is pending.
+                cursor.delivered(open.at);
+            }
+        }
+    }
+}
+
+/// The timestamp at the start of a line and where its text begins (after the one space).
+fn parse_head(segment: &[u8]) -> Option<(DateTime<Utc>, usize)> {
+    // An RFC 3339 time with nanoseconds and an offset is at most 35 bytes.
+    let head = &segment[..segment.len().min(40)];
+    let space = head.iter().position(|&b| b == b' ');
+    let stamp_end =
+        space.unwrap_or_else(|| head.iter().position(|&b| b == b'\n').unwrap_or(head.len()));
+    let stamp = std::str::from_utf8(&segment[..stamp_end]).ok()?;
+    let at = DateTime::parse_from_rfc3339(stamp)
+        .ok()?
+        .with_timezone(&Utc);
+    Some((at, space.map_or(stamp_end, |s| s + 1)))
 }
 
 #[cfg(test)]
@@ -214,12 +302,114 @@ mod tests {
 
     #[test]
     fn parses_the_timestamp_prefix_and_keeps_the_text_exact() {
-        let (at, text) = parse_line("2024-05-01T10:00:00.123456789Z  two spaces\n").unwrap();
+        let line = b"2024-05-01T10:00:00.123456789Z  two spaces\n";
+        let (at, offset) = parse_head(line).unwrap();
         assert_eq!(at, t("2024-05-01T10:00:00.123456789Z"));
-        assert_eq!(text, " two spaces\n");
-        let (_, text) = parse_line("2024-05-01T10:00:00.1Z no newline").unwrap();
-        assert_eq!(text, "no newline");
-        assert!(parse_line("not a time\n").is_none());
+        assert_eq!(&line[offset..], b" two spaces\n");
+        let line = b"2024-05-01T10:00:00.1Z no newline";
+        let (_, offset) = parse_head(line).unwrap();
+        assert_eq!(&line[offset..], b"no newline");
+        assert!(parse_head(b"not a time\n").is_none());
+    }
+
+    /// Runs [`deliver`] over `stream` and returns what it sent and how it ended.
+    async fn read(stream: &[u8], follow: bool, cursor: &mut Cursor) -> Vec<OutputLine> {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let end = deliver(
+            futures::io::Cursor::new(stream.to_vec()),
+            follow,
+            cursor,
+            &tx,
+            &AtomicUsize::new(0),
+        )
+        .await;
+        assert!(matches!(end, StreamEnd::Closed), "{end:?}");
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        lines
+    }
+
+    fn stamped(lines: &[(&str, &str)]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|(at, text)| format!("{at} {text}").into_bytes())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_long_line_comes_in_bounded_pieces_under_its_timestamp() {
+        let long = "x".repeat(3 * MAX_LINE + 10) + "\n";
+        let stream = stamped(&[
+            ("2024-05-01T10:00:00.1Z", &long),
+            ("2024-05-01T10:00:00.2Z", "short\n"),
+        ]);
+        let mut cursor = Cursor::default();
+        let lines = read(&stream, true, &mut cursor).await;
+        assert_eq!(lines.len(), 5);
+        assert!(lines.iter().all(|l| l.text.len() <= MAX_LINE + 1));
+        let joined: String = lines[..4].iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(joined, long);
+        assert!(
+            lines[..4]
+                .iter()
+                .all(|l| l.at == t("2024-05-01T10:00:00.1Z"))
+        );
+        assert_eq!(lines[4].text, "short\n");
+        assert_eq!(cursor.count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stream_broken_inside_a_long_line_resumes_with_the_rest_of_it() {
+        let body = "y".repeat(2 * MAX_LINE + 100);
+        // The first stream breaks inside the long line.
+        let first = stamped(&[
+            ("2024-05-01T10:00:00.1Z", "before\n"),
+            ("2024-05-01T10:00:00.2Z", &body[..MAX_LINE + 500]),
+        ]);
+        let mut cursor = Cursor::default();
+        let sent = read(&first, true, &mut cursor).await;
+        assert_eq!(
+            sent.len(),
+            2,
+            "the line so far, less what may be cut differently"
+        );
+        assert_eq!(sent[1].text.len(), MAX_LINE);
+        // The resumed stream repeats the whole second, the long line complete this time.
+        let whole = body.clone() + "\n";
+        let second = stamped(&[
+            ("2024-05-01T10:00:00.1Z", "before\n"),
+            ("2024-05-01T10:00:00.2Z", &whole),
+            ("2024-05-01T10:00:00.3Z", "after\n"),
+        ]);
+        let rest = read(&second, true, &mut cursor).await;
+        let long: String = std::iter::once(&sent[1])
+            .chain(&rest[..rest.len() - 1])
+            .map(|l| l.text.as_str())
+            .collect();
+        assert_eq!(long, whole, "every byte of the line once");
+        assert_eq!(sent[0].text, "before\n");
+        assert_eq!(rest.last().unwrap().text, "after\n");
+        assert_eq!(cursor.count(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_ended_containers_last_line_without_a_newline_is_delivered() {
+        let stream = stamped(&[
+            ("2024-05-01T10:00:00.1Z", "a\n"),
+            ("2024-05-01T10:00:00.2Z", "end"),
+        ]);
+        let mut cursor = Cursor::default();
+        let lines = read(&stream, false, &mut cursor).await;
+        let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(texts, ["a\n", "end"]);
+        // Followed, the same stream leaves the unfinished line for the next read.
+        let mut cursor = Cursor::default();
+        let lines = read(&stream, true, &mut cursor).await;
+        assert_eq!(lines.len(), 1);
+        assert_eq!(cursor.count(), 1);
     }
 
     #[test]
