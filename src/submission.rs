@@ -588,7 +588,9 @@ impl Submission {
                 .timeout
                 .as_deref()
                 .and_then(|t| humantime::parse_duration(t).ok())
-                .map(|d| d.as_secs() as i64),
+                // Beyond i64 it would wrap negative, and a negative timeout ends at once; the
+                // server's maximum caps it anyway.
+                .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
             idempotency: None,
             retry_of: None,
             // Microseconds: what Postgres keeps, so that the answer equals a later read.
@@ -664,6 +666,21 @@ mod tests {
             .into_iter()
             .map(|d| (d.pointer, d.message))
             .collect()
+    }
+
+    #[test]
+    fn a_timeout_beyond_what_is_stored_is_kept_as_the_longest() {
+        let mut s = valid();
+        s.timeout = Some("500000000000y".into());
+        let new = s
+            .prepare("linux/amd64", &Limits::default(), &SecretBox::new([7; 32]))
+            .unwrap();
+        assert_eq!(new.timeout_seconds, Some(i64::MAX));
+        s.timeout = Some("90s".into());
+        let new = s
+            .prepare("linux/amd64", &Limits::default(), &SecretBox::new([7; 32]))
+            .unwrap();
+        assert_eq!(new.timeout_seconds, Some(90));
     }
 
     #[test]
