@@ -209,8 +209,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .merge(
             // The refined document (see [`openapi`]), not utoipa's alone.
-            SwaggerUi::new("/api/v1/docs")
-                .external_url_unchecked("/api/v1/openapi.json", openapi::value()),
+            SwaggerUi::new("/api/v1/docs").external_url_unchecked(
+                "/api/v1/openapi.json",
+                openapi::served(state.config.max_label_filters),
+            ),
         )
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(limit))

@@ -166,6 +166,24 @@ pub fn value() -> Value {
     doc
 }
 
+/// The document as a server with this many label filters allowed (`PICULET_MAX_LABEL_FILTERS`)
+/// serves it: the checked-in one states the default.
+pub fn served(max_label_filters: usize) -> Value {
+    let mut doc = value();
+    for_each_operation_value(&mut doc, |_, _, operation| {
+        for parameter in operation
+            .get_mut("parameters")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"] == "label")
+        {
+            parameter["schema"]["maxItems"] = json!(max_label_filters);
+        }
+    });
+    doc
+}
+
 /// The document as checked in under `openapi/openapi.json` and printed by `piculet openapi`.
 pub fn document() -> String {
     let mut text = serde_json::to_string_pretty(&value())
@@ -588,5 +606,33 @@ fn submission_rules(submission: &mut Value) {
     });
     if let Some(namespace) = submission.pointer_mut("/properties/namespace") {
         namespace["pattern"] = json!(crate::submission::NAMESPACE_PATTERN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label_limits(doc: &mut Value) -> Vec<Value> {
+        let mut limits = Vec::new();
+        for_each_operation_value(doc, |_, _, operation| {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["name"] == "label" {
+                    limits.push(parameter["schema"]["maxItems"].clone());
+                }
+            }
+        });
+        limits
+    }
+
+    #[test]
+    fn the_served_document_states_the_servers_label_filter_limit() {
+        let default = label_limits(&mut value());
+        assert_eq!(
+            default,
+            [json!(crate::config::DEFAULT_MAX_LABEL_FILTERS)],
+            "one operation filters by label"
+        );
+        assert_eq!(label_limits(&mut served(3)), [json!(3)]);
     }
 }
