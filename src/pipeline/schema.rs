@@ -4,7 +4,8 @@
 //! suggestion used by every "unknown key" error.
 //!
 //! Every key listed here is read: honoured, or answered with a warning or a refusal that says
-//! why. README's "Woodpecker compatibility" table says which, and a test holds the two together.
+//! why. README's "Woodpecker compatibility" table says which, and `src/woodpecker_compat.rs`
+//! holds the two together (a new list here needs a line there).
 
 /// Top level of a workflow file.
 pub const WORKFLOW_KEYS: &[&str] = &[
