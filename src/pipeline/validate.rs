@@ -389,7 +389,7 @@ impl Reader<'_> {
                     // by its name, so Woodpecker requires one, and so does piculet.
                     if section == Section::Service
                         && item.as_map().is_some()
-                        && item.get("name").is_none()
+                        && item.get("name").is_none_or(|e| e.value.is_null())
                     {
                         self.sink.error(
                             &p,
