@@ -19,3 +19,5 @@ pub mod server;
 pub mod store;
 pub mod submission;
 pub mod telemetry;
+#[cfg(test)]
+mod woodpecker_compat;

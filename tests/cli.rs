@@ -54,6 +54,34 @@ fn lint_accepts_a_valid_file() {
     );
 }
 
+/// Woodpecker's verdicts from the binary itself: its own CI's plugin steps with only an image
+/// pass; a plugin step with `environment` is refused where the key is, in Woodpecker's words.
+#[test]
+fn lint_gives_woodpeckers_verdicts() {
+    let fixtures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/pipeline/testdata/woodpecker"
+    );
+    let accepted = format!("{fixtures}/accept/plugin-image-only.yaml");
+    let out = piculet(&["lint", &accepted]);
+    assert!(
+        out.status.success() && text(&out.stdout).is_empty(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let refused = format!("{fixtures}/refuse/plugin-with-environment.yaml");
+    let out = piculet(&["lint", &refused]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!(
+            "{refused}:9:5: step \"publish\" has both \"settings\" and \"environment\""
+        )) && stdout.contains("Should not configure both `environment` and `settings`"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn lint_applies_the_servers_limit_settings() {
     let file = temp_file(

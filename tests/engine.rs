@@ -24,6 +24,9 @@ on_both_databases!(
     a_silent_step_ends_cleanly,
     log_requests_with_bad_input_are_refused,
     dependent_workflows_are_skipped_when_one_fails,
+    workflow_when_status_follows_the_workflows_it_depends_on,
+    a_failed_service_fails_its_workflow_unless_ignored,
+    failure_cancel_cancels_the_rest_of_the_pipeline,
     retry_runs_the_submission_again,
     pipeline_timeout_stops_everything,
     events_stream_every_change_and_ends,
@@ -601,6 +604,119 @@ async fn dependent_workflows_are_skipped_when_one_fails(db: Db) {
     );
     assert_eq!(done["status"], "failure");
     assert_eq!(done["workflows"][1]["steps"][0]["status"], "skipped");
+}
+
+fn workflow_statuses(done: &Value) -> Vec<(String, String, String)> {
+    done["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_string(),
+                w["status"].as_str().unwrap().to_string(),
+                w["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Woodpecker's workflow-level `when.status`: the statuses of the workflows it depends on in
+/// which a workflow runs; a workflow skipped for it says why.
+async fn workflow_when_status_follows_the_workflows_it_depends_on(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let step =
+        |cmd: &str| format!("steps:\n  - name: s\n    image: alpine\n    commands: [{cmd}]\n");
+    let p = submit(
+        &app,
+        json!({"configs": [
+            {"name": "build", "content": step("exit 1")},
+            {"name": "lint", "content": step("echo lint")},
+            {"name": "on-build-failure", "content": format!("depends_on: [build]\nwhen:\n  - status: [failure]\n{}", step("echo notify"))},
+            {"name": "on-lint-failure", "content": format!("depends_on: [lint]\nwhen: {{status: failure}}\n{}", step("echo notify"))},
+            {"name": "after-lint", "content": format!("depends_on: [lint]\nwhen: {{status: [success, failure]}}\n{}", step("echo always"))},
+        ]}),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    let statuses = workflow_statuses(&done);
+    let of = |name: &str| statuses.iter().find(|w| w.0 == name).unwrap().clone();
+    assert_eq!(of("build").1, "failure");
+    assert_eq!(of("on-build-failure").1, "success", "{done:#}");
+    assert_eq!(of("after-lint").1, "success");
+    assert_eq!(
+        (of("on-lint-failure").1, of("on-lint-failure").2),
+        (
+            "skipped".to_string(),
+            "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and lint did not fail".to_string()
+        )
+    );
+    assert_eq!(done["status"], "failure");
+}
+
+/// A service that ends on its own with a failure fails its workflow (a service stopped at the
+/// end is a success), unless it says `failure: ignore`, as in Woodpecker.
+async fn a_failed_service_fails_its_workflow_unless_ignored(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let config = |failure: &str| {
+        format!(
+            "services:\n  - name: broken\n    image: alpine\n    failure: {failure}\n    commands: [exit 3]\nsteps:\n  - name: s\n    image: alpine\n    commands: [sleep 1]\n"
+        )
+    };
+    let p = submit(
+        &app,
+        json!({"configs": [
+            {"name": "counted", "content": config("fail")},
+            {"name": "ignored", "content": config("ignore")},
+        ]}),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    let statuses = workflow_statuses(&done);
+    assert_eq!(
+        statuses,
+        [
+            (
+                "counted".to_string(),
+                "failure".to_string(),
+                "service broken failed".to_string()
+            ),
+            ("ignored".to_string(), "success".to_string(), String::new()),
+        ],
+        "{done:#}"
+    );
+    assert_eq!(done["workflows"][1]["steps"][0]["status"], "failure");
+}
+
+/// `failure: cancel`: the step's failure cancels the rest of the pipeline; its workflow ends
+/// `failure`, saying so, and so does the pipeline.
+async fn failure_cancel_cancels_the_rest_of_the_pipeline(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit(
+        &app,
+        json!({"configs": [
+            {"name": "deploy", "content": "steps:\n  - name: push\n    image: alpine\n    failure: cancel\n    commands: [sleep 1, exit 1]\n  - name: after\n    image: alpine\n    commands: [echo never]\n"},
+            {"name": "slow", "content": "steps:\n  - name: wait\n    image: alpine\n    commands: [sleep 60]\n"},
+            {"name": "later", "content": "depends_on: [slow]\nsteps:\n  - name: s\n    image: alpine\n    commands: [echo later]\n"},
+        ]}),
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 30).await;
+    let statuses = workflow_statuses(&done);
+    assert_eq!(
+        statuses[0],
+        (
+            "deploy".to_string(),
+            "failure".to_string(),
+            "step push failed, and its failure: cancel canceled the rest of the pipeline"
+                .to_string()
+        ),
+        "{done:#}"
+    );
+    assert_eq!(statuses[1].1, "canceled", "{done:#}");
+    assert_eq!(statuses[2].1, "canceled", "{done:#}");
+    assert_eq!(find_step(&done, "after").unwrap()["status"], "canceled");
+    assert_eq!(done["status"], "failure");
 }
 
 async fn retry_runs_the_submission_again(db: Db) {

@@ -2,7 +2,7 @@
 //! parallel, `when.status` against the workflow's status so far, timeouts, cancel, and at the
 //! end the services stopped, the backend torn down and the outcome recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -661,7 +661,7 @@ fn ids(steps: &[StepState]) -> (HashMap<String, &StepState>, HashMap<String, &St
 
 /// A step that counts against the workflow: failed or errored, and not `failure: ignore`.
 fn fails_workflow(status: Status, spec: &StepSpec) -> bool {
-    matches!(status, Status::Failure | Status::Error) && spec.failure == Failure::Fail
+    matches!(status, Status::Failure | Status::Error) && spec.failure.fails_workflow()
 }
 
 /// Runs the workflow to its end, or until this replica gives it up.
@@ -838,11 +838,13 @@ pub(super) async fn run(
     let mut background: JoinSet<Outcome> = JoinSet::new();
 
     // Services first, for the life of the workflow.
+    let mut services_done: HashMap<String, Status> = HashMap::new();
     for spec in &plan.services {
         let Some(state) = service_ids.get(&spec.name) else {
             continue;
         };
-        if claimed_status(state).is_some_and(Status::is_finished) {
+        if let Some(status) = claimed_status(state).filter(|s| s.is_finished()) {
+            services_done.insert(spec.name.clone(), status);
             continue;
         }
         let begin = begin_for(state.id);
@@ -995,15 +997,34 @@ pub(super) async fn run(
         };
         if let Some(spec) = specs.get(name.as_str()) {
             failed |= fails_workflow(status, spec);
+            if spec.failure == Failure::Cancel && fails_workflow(status, spec) {
+                // `failure: cancel`: the rest of the pipeline stops, this workflow's other
+                // steps with it; this workflow itself ends `failure` (see `outcome`).
+                tracing::info!(step = %name, "failure: cancel, canceling the pipeline");
+                if let Err(e) = store.cancel_pipeline(claimed.pipeline_id).await {
+                    tracing::warn!(error = %e, "canceling the pipeline after a failure: cancel step failed");
+                }
+                inner.control.cancel(claimed.pipeline_id);
+            }
         }
         done.insert(name, status);
     }
 
-    // Services and detached steps end with the workflow.
+    // Services and detached steps end with the workflow; a service that ended on its own
+    // with a failure counts against it (a service stopped here counts as success).
     stops.end_of_workflow.cancel();
-    while let Some(joined) = background.join_next().await {
-        if matches!(joined, Ok(Outcome::Abandoned)) {
-            abandoned = true;
+    let service_task_ids: HashSet<Uuid> = service_ids.values().map(|s| s.id).collect();
+    while let Some(joined) = background.join_next_with_id().await {
+        match joined {
+            Ok((_, Outcome::Abandoned)) => abandoned = true,
+            Ok((task, Outcome::Finished { status, .. })) => {
+                if let Some((name, id)) = tasks.get(&task)
+                    && service_task_ids.contains(id)
+                {
+                    services_done.insert(name.clone(), status);
+                }
+            }
+            Err(_) => {}
         }
     }
     // Steps never started because the workflow was given up are left queued for whoever
@@ -1021,6 +1042,7 @@ pub(super) async fn run(
     let (status, reason) = outcome(
         plan,
         &done,
+        &services_done,
         cancel.is_cancelled(),
         pipeline_expired.is_cancelled(),
     );
@@ -1057,38 +1079,55 @@ pub(super) async fn run(
     tracing::info!(%status, "workflow finished");
 }
 
-/// The workflow's status from its steps'.
+/// The workflow's status from its steps' and its services'.
 fn outcome(
     plan: &pipeline::WorkflowPlan,
     done: &HashMap<String, Status>,
+    services: &HashMap<String, Status>,
     canceled: bool,
     expired: bool,
 ) -> (Status, Option<String>) {
+    // A step with `failure: cancel` canceled the rest: its own failure is what this workflow
+    // reports, not the cancel it caused.
+    if let Some(s) = plan.steps.iter().find(|s| {
+        s.failure == Failure::Cancel
+            && matches!(done.get(&s.name), Some(Status::Failure | Status::Error))
+    }) {
+        return (
+            Status::Failure,
+            Some(format!(
+                "step {} failed, and its failure: cancel canceled the rest of the pipeline",
+                s.name
+            )),
+        );
+    }
     // A cancel that came after every step had ended changes nothing.
     if canceled && done.values().any(|s| *s == Status::Canceled) {
         return (Status::Canceled, Some("canceled".into()));
     }
     let counted = |wanted: Status| {
-        plan.steps
+        let step = plan
+            .steps
             .iter()
-            .find(|s| s.failure == Failure::Fail && done.get(&s.name) == Some(&wanted))
+            .find(|s| s.failure.fails_workflow() && done.get(&s.name) == Some(&wanted))
+            .map(|s| ("step", &s.name));
+        step.or_else(|| {
+            plan.services
+                .iter()
+                .find(|s| s.failure.fails_workflow() && services.get(&s.name) == Some(&wanted))
+                .map(|s| ("service", &s.name))
+        })
     };
-    if let Some(s) = counted(Status::Error) {
-        return (
-            Status::Error,
-            Some(format!("step {} could not run", s.name)),
-        );
+    if let Some((what, name)) = counted(Status::Error) {
+        return (Status::Error, Some(format!("{what} {name} could not run")));
     }
-    if let Some(s) = counted(Status::Failure) {
+    if let Some((what, name)) = counted(Status::Failure) {
         let why = if expired {
             " (the pipeline timed out)"
         } else {
             ""
         };
-        return (
-            Status::Failure,
-            Some(format!("step {} failed{why}", s.name)),
-        );
+        return (Status::Failure, Some(format!("{what} {name} failed{why}")));
     }
     (Status::Success, None)
 }
@@ -1128,18 +1167,19 @@ mod tests {
         let done = |s: &[(&str, Status)]| -> HashMap<String, Status> {
             s.iter().map(|(n, st)| ((*n).to_string(), *st)).collect()
         };
+        let none = HashMap::new();
         let ok = done(&[
             ("a", Status::Success),
             ("b", Status::Failure),
             ("c", Status::Success),
         ]);
         assert_eq!(
-            outcome(&p, &ok, false, false),
+            outcome(&p, &ok, &none, false, false),
             (Status::Success, None),
             "failure: ignore"
         );
         assert_eq!(
-            outcome(&p, &ok, true, false),
+            outcome(&p, &ok, &none, true, false),
             (Status::Success, None),
             "a cancel after the end changes nothing"
         );
@@ -1148,14 +1188,17 @@ mod tests {
             ("b", Status::Canceled),
             ("c", Status::Canceled),
         ]);
-        assert_eq!(outcome(&p, &canceled, true, false).0, Status::Canceled);
+        assert_eq!(
+            outcome(&p, &canceled, &none, true, false).0,
+            Status::Canceled
+        );
         let failed = done(&[
             ("a", Status::Failure),
             ("b", Status::Success),
             ("c", Status::Skipped),
         ]);
         assert_eq!(
-            outcome(&p, &failed, false, false),
+            outcome(&p, &failed, &none, false, false),
             (Status::Failure, Some("step a failed".into()))
         );
         let errored = done(&[
@@ -1164,9 +1207,74 @@ mod tests {
             ("c", Status::Error),
         ]);
         assert_eq!(
-            outcome(&p, &errored, false, false).0,
+            outcome(&p, &errored, &none, false, false).0,
             Status::Error,
             "an error outranks a failure"
+        );
+    }
+
+    #[test]
+    fn a_service_that_fails_fails_the_workflow_unless_ignored() {
+        let mut p = plan(&[("a", Failure::Fail)]);
+        p.services = ["db", "cache"]
+            .into_iter()
+            .map(|n| StepSpec::new(n, pipeline::StepKind::Service, "x"))
+            .collect();
+        p.services[1].failure = Failure::Ignore;
+        let steps: HashMap<String, Status> = [("a".to_string(), Status::Success)].into();
+        let services = |db: Status, cache: Status| -> HashMap<String, Status> {
+            [("db".to_string(), db), ("cache".to_string(), cache)].into()
+        };
+        assert_eq!(
+            outcome(
+                &p,
+                &steps,
+                &services(Status::Success, Status::Failure),
+                false,
+                false
+            ),
+            (Status::Success, None),
+            "a stopped service is a success; failure: ignore keeps the workflow green"
+        );
+        assert_eq!(
+            outcome(
+                &p,
+                &steps,
+                &services(Status::Failure, Status::Success),
+                false,
+                false
+            ),
+            (Status::Failure, Some("service db failed".into()))
+        );
+        assert_eq!(
+            outcome(
+                &p,
+                &steps,
+                &services(Status::Error, Status::Success),
+                false,
+                false
+            ),
+            (Status::Error, Some("service db could not run".into()))
+        );
+    }
+
+    #[test]
+    fn a_failure_cancel_step_is_what_its_workflow_reports() {
+        let p = plan(&[("deploy", Failure::Cancel), ("after", Failure::Fail)]);
+        let done: HashMap<String, Status> = [
+            ("deploy".to_string(), Status::Failure),
+            ("after".to_string(), Status::Canceled),
+        ]
+        .into();
+        assert_eq!(
+            outcome(&p, &done, &HashMap::new(), true, false),
+            (
+                Status::Failure,
+                Some(
+                    "step deploy failed, and its failure: cancel canceled the rest of the pipeline"
+                        .into()
+                )
+            )
         );
     }
 }

@@ -597,11 +597,16 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
         image: Some(image),
         image_pull_policy,
         command,
-        working_dir: Some(working_dir(
-            &input.workflow.workspace.base,
-            &input.workflow.workspace.path,
-            step.directory.as_deref(),
-        )),
+        working_dir: Some(match step.directory.as_deref() {
+            // A service's absolute directory is a place in its own container, as Woodpecker
+            // takes it; everything else is inside the workspace.
+            Some(dir) if step.kind == StepKind::Service && dir.starts_with('/') => dir.to_string(),
+            dir => working_dir(
+                &input.workflow.workspace.base,
+                &input.workflow.workspace.path,
+                dir,
+            ),
+        }),
         env: (!env.is_empty()).then(|| env.into_values().collect()),
         ports: (!ports.is_empty()).then_some(ports),
         resources,

@@ -565,6 +565,38 @@ fn plugin_step_settings_become_plugin_variables() {
     insta::assert_yaml_snapshot!(c.env);
 }
 
+/// A step with only an image (Woodpecker's own CI has them) is a plugin step: the pod runs
+/// the image's own entrypoint, with no command, no arguments and no script.
+#[test]
+fn a_step_with_only_an_image_runs_its_entrypoint() {
+    let yaml = "steps:\n  - name: lint\n    image: woodpeckerci/plugin-prettier\n";
+    let workflow = plan(yaml);
+    assert_eq!(workflow.steps[0].kind, pipeline::StepKind::Plugin);
+    let r = render_ok(&config(&[]), &input(workflow));
+    let c = container_of(&r, "lint");
+    assert_eq!(c.image.as_deref(), Some("woodpeckerci/plugin-prettier"));
+    assert!(c.command.is_none() && c.args.is_none(), "{c:?}");
+    assert!(!env_of(&r, "lint").contains_key("CI_SCRIPT"));
+    assert_eq!(c.working_dir.as_deref(), Some("/woodpecker/src"));
+    insta::assert_yaml_snapshot!(r.pod("lint"));
+}
+
+/// A service's absolute directory is its working directory as written, as Woodpecker takes
+/// it; a relative one is inside the workspace.
+#[test]
+fn a_service_directory_is_its_working_directory() {
+    let yaml = "services:\n  cache: {image: redis, directory: /tmp/}\n  db: {image: postgres, directory: data}\nsteps: [{name: a, image: alpine, commands: [ls]}]\n";
+    let r = render_ok(&config(&[]), &input(plan(yaml)));
+    assert_eq!(
+        container_of(&r, "cache").working_dir.as_deref(),
+        Some("/tmp/")
+    );
+    assert_eq!(
+        container_of(&r, "db").working_dir.as_deref(),
+        Some("/woodpecker/src/data")
+    );
+}
+
 #[test]
 fn entrypoint_overrides_the_shell_wrapper() {
     let yaml = "steps: [{name: a, image: node, entrypoint: [node, '-e', 'eval(process.env.CI_SCRIPT)'], commands: [ls]}]";

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::diagnostic::Pos;
+use super::diagnostic::{Pos, child};
 
 /// A step's status condition, and a workflow's `runs_on`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -17,13 +17,25 @@ pub enum Status {
     Failure,
 }
 
-/// What a failed step does to its workflow.
+/// What a failed step (or service) does to its workflow.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Failure {
+    /// The workflow fails.
     #[default]
     Fail,
+    /// The workflow stays green.
     Ignore,
+    /// The workflow fails and the rest of the pipeline is canceled (Woodpecker's
+    /// `failure: cancel`, steps only).
+    Cancel,
+}
+
+impl Failure {
+    /// Whether a failure of the step counts against its workflow.
+    pub fn fails_workflow(self) -> bool {
+        self != Failure::Ignore
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,6 +261,8 @@ pub(crate) struct StepModel {
     pub timeout: Option<std::time::Duration>,
     pub ports: Vec<String>,
     pub kubernetes: KubernetesOptions,
+    /// Where each key of the step was written, for checks that look at the step as a whole.
+    pub key_pos: BTreeMap<String, Pos>,
 }
 
 impl StepModel {
@@ -278,6 +292,22 @@ impl StepModel {
             timeout: None,
             ports: Vec::new(),
             kubernetes: KubernetesOptions::default(),
+            key_pos: BTreeMap::new(),
+        }
+    }
+
+    /// A plugin step runs its image's own entrypoint: it has `settings`, or neither `commands`
+    /// nor `entrypoint` (Woodpecker's own CI has such steps, with only an image).
+    pub(crate) fn is_plugin(&self) -> bool {
+        self.section == Section::Step
+            && (self.settings.is_some() || (self.commands.is_none() && self.entrypoint.is_none()))
+    }
+
+    /// The pointer and place of one of the step's keys (the step's own when it has none).
+    pub(crate) fn place_of(&self, key: &str) -> (String, Pos) {
+        match self.key_pos.get(key) {
+            Some(pos) => (child(&self.pointer, key), *pos),
+            None => (self.pointer.clone(), self.pos),
         }
     }
 }
@@ -292,6 +322,8 @@ pub(crate) struct WorkflowModel {
     pub workspace: Workspace,
     pub labels: BTreeMap<String, String>,
     pub depends_on: Vec<Dependency>,
-    pub runs_on: Vec<Status>,
+    /// `runs_on` as given (Woodpecker's older form of the workflow's `when.status`).
+    pub runs_on: Option<Vec<Status>>,
+    pub runs_on_pos: Option<Pos>,
     pub when: Vec<Condition>,
 }

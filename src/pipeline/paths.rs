@@ -44,6 +44,19 @@ pub(crate) fn inside_workspace(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A service's `directory`: its working directory. Relative, it is inside the workspace; an
+/// absolute one is a place in the service's own container, as Woodpecker takes it (a service
+/// writes nothing there that a step reads). No `..` either way.
+pub(crate) fn service_directory(path: &str) -> Result<(), String> {
+    if path.starts_with('/') {
+        if climbs(path) {
+            return Err(format!("\"{path}\" {CLIMBS}"));
+        }
+        return Ok(());
+    }
+    inside_workspace(path)
+}
+
 /// A `volumes` entry, `name:/mount/path[:ro]` (or just `/mount/path`): its mount path must be
 /// absolute. Other forms are left to the backend, which says what it can mount.
 pub(crate) fn volume(entry: &str) -> Result<(), String> {
@@ -107,6 +120,18 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn a_service_directory_may_be_anywhere_in_its_container() {
+        for ok in ["/tmp/", "/var/lib/data", "sub/dir", ""] {
+            assert_eq!(service_directory(ok), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            service_directory("/tmp/../etc"),
+            Err("\"/tmp/../etc\" has a \"..\" segment; write the path without one".into())
+        );
+        assert!(service_directory("../x").is_err());
     }
 
     #[test]

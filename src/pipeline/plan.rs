@@ -9,7 +9,7 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use super::diagnostic::{Diagnostic, Pos, Report, Sink};
+use super::diagnostic::{Diagnostic, Pos, Report, Sink, child};
 use super::duration;
 use super::graph;
 use super::limits::{self, Limits, over};
@@ -208,6 +208,8 @@ struct Candidate {
     source: usize,
     plan: WorkflowPlan,
     deps: Vec<Dependency>,
+    /// Where its status condition (`when.status`, or `runs_on`) is written, when it has one.
+    status_place: Option<(String, Pos)>,
 }
 
 /// Reads a config into a tree; nothing deeper than the limit is built, and no text holding a
@@ -512,10 +514,9 @@ fn run(sources: &[Source], ctx: &Context) -> (Plan, Report) {
             };
             validate::check_workflow(&model, sink);
             match plan_workflow(&source.name, &element, model, ctx, files.as_deref(), sink) {
-                Ok((wp, deps)) => candidates.push(Candidate {
+                Ok(candidate) => candidates.push(Candidate {
                     source: i,
-                    plan: wp,
-                    deps,
+                    ..candidate
                 }),
                 Err(dropped) => plan.dropped_workflows.push(dropped),
             }
@@ -568,9 +569,21 @@ fn check_events(candidates: &[Candidate], limits: &Limits, sinks: &mut [Sink]) {
     );
 }
 
+/// Why a workflow that runs only after a failure cannot run: nothing it waits for can fail.
+fn never_fails_before(c: &Candidate) -> String {
+    if c.deps.is_empty() {
+        "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and it depends on none".to_string()
+    } else {
+        "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and none of them is in this pipeline".to_string()
+    }
+}
+
 /// Workflow `depends_on`: an absent or dropped required dependency drops the workflow (and,
 /// in turn, those depending on it), as Woodpecker does; optional ones are ignored; cycles are
-/// errors. Linear: each drop is propagated once, to the workflows requiring its name.
+/// errors. A workflow that runs only after a failure (`when.status: [failure]`, or
+/// `runs_on: [failure]`) and is left with no dependency that could fail is dropped too, since
+/// nothing could ever start it. Linear: each drop is propagated once, to the workflows
+/// depending on its name.
 fn resolve_workflow_dependencies(
     sources: &[Source],
     candidates: &mut Vec<Candidate>,
@@ -581,10 +594,47 @@ fn resolve_workflow_dependencies(
     // Elements alive per workflow name (matrix elements share theirs).
     let mut alive: HashMap<String, usize> = HashMap::new();
     let mut required_by: HashMap<&str, Vec<usize>> = HashMap::new();
+    // Every dependent of a name, required or optional, once per dependent.
+    let mut depended_by: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, c) in candidates.iter().enumerate() {
         *alive.entry(c.plan.name.clone()).or_default() += 1;
-        for d in c.deps.iter().filter(|d| !d.optional) {
-            required_by.entry(d.name.as_str()).or_default().push(i);
+        let mut seen = HashSet::new();
+        for d in &c.deps {
+            if !d.optional {
+                required_by.entry(d.name.as_str()).or_default().push(i);
+            }
+            if seen.insert(d.name.as_str()) {
+                depended_by.entry(d.name.as_str()).or_default().push(i);
+            }
+        }
+    }
+    // Per candidate: how many distinct workflow names it depends on are still alive.
+    let mut live_deps: Vec<usize> = candidates
+        .iter()
+        .map(|c| {
+            let names: HashSet<&str> = c
+                .deps
+                .iter()
+                .filter(|d| alive.get(&d.name).copied().unwrap_or(0) > 0)
+                .map(|d| d.name.as_str())
+                .collect();
+            names.len()
+        })
+        .collect();
+    let runs_after_failure_only = |c: &Candidate| !c.plan.runs_on.contains(&Status::Success);
+    for c in candidates.iter() {
+        if c.deps.is_empty()
+            && runs_after_failure_only(c)
+            && let Some((pointer, pos)) = &c.status_place
+        {
+            sinks[c.source].warn(
+                pointer,
+                *pos,
+                format!(
+                    "workflow \"{}\" runs only when a workflow it depends on fails, and it has no depends_on: it never runs",
+                    c.plan.name
+                ),
+            );
         }
     }
 
@@ -597,6 +647,11 @@ fn resolve_workflow_dependencies(
             .iter()
             .find(|d| !d.optional && alive.get(&d.name).copied().unwrap_or(0) == 0)
         else {
+            if live_deps[i] == 0 && runs_after_failure_only(c) {
+                reasons[i] = Some(never_fails_before(c));
+                order.push(i);
+                queue.push_back(i);
+            }
             continue;
         };
         let reason = if declared.contains(d.name.as_str()) {
@@ -631,6 +686,15 @@ fn resolve_workflow_dependencies(
         for &j in required_by.get(name).into_iter().flatten() {
             if reasons[j].is_none() {
                 reasons[j] = Some(format!("depends on workflow \"{name}\", which was dropped"));
+                order.push(j);
+                queue.push_back(j);
+            }
+        }
+        for &j in depended_by.get(name).into_iter().flatten() {
+            live_deps[j] -= 1;
+            if live_deps[j] == 0 && reasons[j].is_none() && runs_after_failure_only(&candidates[j])
+            {
+                reasons[j] = Some(never_fails_before(&candidates[j]));
                 order.push(j);
                 queue.push_back(j);
             }
@@ -692,6 +756,40 @@ fn resolve_workflow_dependencies(
     }
 }
 
+/// The statuses of the workflows it depends on in which a workflow runs: its `when.status`
+/// (Woodpecker's current form: the statuses of the conditions that match, a matching condition
+/// without one meaning success) joined with its `runs_on` (the older form); `[success]` when
+/// neither says anything.
+fn workflow_runs_on(
+    runs_on: Option<Vec<Status>>,
+    when: &[Condition],
+    matched: Vec<Status>,
+) -> Vec<Status> {
+    let says_status = when.iter().any(|c| !c.status.is_empty());
+    let mut statuses = match (runs_on, says_status) {
+        (Some(mut given), true) => {
+            given.extend(matched);
+            given
+        }
+        (Some(given), false) => given,
+        (None, true) => matched,
+        (None, false) => vec![Status::Success],
+    };
+    statuses.sort();
+    statuses.dedup();
+    statuses
+}
+
+/// Where a workflow's status condition is written: its first `when` condition with a
+/// `status`, else its `runs_on`.
+fn status_place(w: &WorkflowModel, runs_on_pos: Option<Pos>) -> Option<(String, Pos)> {
+    w.when
+        .iter()
+        .find(|c| !c.status.is_empty())
+        .map(|c| (child(&c.pointer, "status"), c.pos))
+        .or_else(|| runs_on_pos.map(|pos| ("/runs_on".to_string(), pos)))
+}
+
 /// Plans one workflow element, or drops it when its `when` is not met.
 fn plan_workflow(
     name: &str,
@@ -700,7 +798,7 @@ fn plan_workflow(
     ctx: &Context,
     files: Option<&[String]>,
     sink: &mut Sink,
-) -> Result<(WorkflowPlan, Vec<Dependency>), DroppedWorkflow> {
+) -> Result<Candidate, DroppedWorkflow> {
     let platform = w
         .labels
         .get("platform")
@@ -712,13 +810,18 @@ fn plan_workflow(
         matrix: element,
         files,
     };
-    if let Outcome::Skip(reason) = when::evaluate(&w.when, &facts, false, sink) {
-        return Err(DroppedWorkflow {
-            name: name.to_string(),
-            matrix: element.clone(),
-            reason,
-        });
-    }
+    let matched = match when::evaluate(&w.when, &facts, false, sink) {
+        Outcome::Skip(reason) => {
+            return Err(DroppedWorkflow {
+                name: name.to_string(),
+                matrix: element.clone(),
+                reason,
+            });
+        }
+        Outcome::Run(statuses) => statuses,
+    };
+    let status_place = status_place(&w, w.runs_on_pos);
+    let runs_on = workflow_runs_on(w.runs_on, &w.when, matched);
 
     let mut dropped_steps = Vec::new();
     let mut keep = |s: StepModel, sink: &mut Sink| -> Option<(StepModel, Vec<Status>)> {
@@ -816,21 +919,23 @@ fn plan_workflow(
         steps.push(step);
     }
 
-    Ok((
-        WorkflowPlan {
+    Ok(Candidate {
+        source: 0,
+        plan: WorkflowPlan {
             name: name.to_string(),
             matrix: element.clone(),
             platform,
             workspace: w.workspace,
             labels: w.labels,
             depends_on: Vec::new(),
-            runs_on: w.runs_on,
+            runs_on,
             services,
             steps,
             dropped_steps,
         },
-        w.depends_on,
-    ))
+        deps: w.depends_on,
+        status_place,
+    })
 }
 
 fn check_secrets(s: &StepModel, ctx: &Context, sink: &mut Sink) {
@@ -852,7 +957,7 @@ fn kind_of(s: &StepModel) -> StepKind {
     match s.section {
         Section::Clone => StepKind::Clone,
         Section::Service => StepKind::Service,
-        Section::Step if s.settings.is_some() => StepKind::Plugin,
+        Section::Step if s.is_plugin() => StepKind::Plugin,
         Section::Step => StepKind::Step,
     }
 }
@@ -1248,6 +1353,85 @@ mod tests {
             ),
             ("ghost", "/depends_on/0")
         );
+    }
+
+    /// Woodpecker's workflow `when.status` (and the older `runs_on`): the statuses of the
+    /// workflows it depends on in which it runs; one that runs only after a failure and has
+    /// nothing that could fail before it is dropped, saying why.
+    #[test]
+    fn workflow_when_status() {
+        let step = "steps: [{name: a, image: x, commands: [ls]}]";
+        let sources = [
+            text("build", step),
+            text(
+                "on-failure",
+                &format!("depends_on: [build]\nwhen: {{status: failure}}\n{step}"),
+            ),
+            text(
+                "always",
+                &format!(
+                    "depends_on: [build]\nwhen: [{{event: push, status: [success, failure]}}]\n{step}"
+                ),
+            ),
+            text(
+                "joined",
+                &format!(
+                    "depends_on: [build]\nruns_on: [success]\nwhen: {{status: [failure]}}\n{step}"
+                ),
+            ),
+            text("lonely", &format!("when: {{status: [failure]}}\n{step}")),
+            text(
+                "after-lonely",
+                &format!(
+                    "depends_on: [{{name: lonely, optional: true}}]\nruns_on: [failure]\n{step}"
+                ),
+            ),
+        ];
+        let p = planned(&sources, &ctx(&[("CI_PIPELINE_EVENT", "push")]));
+        let runs_on: Vec<(&str, &[Status])> = p
+            .plan
+            .workflows
+            .iter()
+            .map(|w| (w.name.as_str(), w.runs_on.as_slice()))
+            .collect();
+        assert_eq!(
+            runs_on,
+            [
+                ("build", &[Status::Success][..]),
+                ("on-failure", &[Status::Failure][..]),
+                ("always", &[Status::Success, Status::Failure][..]),
+                ("joined", &[Status::Success, Status::Failure][..]),
+            ]
+        );
+        let dropped: Vec<(&str, &str)> = p
+            .plan
+            .dropped_workflows
+            .iter()
+            .map(|d| (d.name.as_str(), d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                (
+                    "lonely",
+                    "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and it depends on none"
+                ),
+                (
+                    "after-lonely",
+                    "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and none of them is in this pipeline"
+                ),
+            ]
+        );
+        let warning = &p.warnings[0];
+        assert_eq!(
+            (
+                warning.config.as_str(),
+                warning.pointer.as_str(),
+                warning.line
+            ),
+            ("lonely", "/when/status", Some(1))
+        );
+        assert_eq!(p.warnings.len(), 1, "{:#?}", p.warnings);
     }
 
     #[test]

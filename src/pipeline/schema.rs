@@ -2,6 +2,10 @@
 //! (`pipeline/frontend/yaml/linter/schema/schema.json`), its `Container` type and its Kubernetes
 //! backend options, plus the few keys piculet adds (`timeout`, `hostUsers`). Also the did-you-mean
 //! suggestion used by every "unknown key" error.
+//!
+//! Every key listed here is read: honoured, or answered with a warning or a refusal that says
+//! why. README's "Woodpecker compatibility" table says which, and `src/woodpecker_compat.rs`
+//! holds the two together (a new list here needs a line there).
 
 /// Top level of a workflow file.
 pub const WORKFLOW_KEYS: &[&str] = &[
@@ -18,6 +22,7 @@ pub const WORKFLOW_KEYS: &[&str] = &[
     "depends_on",
     "runs_on",
     "concurrency",
+    "compile",
 ];
 
 /// Keys of a step (commands step and plugin step of Woodpecker's schema, plus `extra_hosts`,
@@ -45,7 +50,7 @@ pub const STEP_KEYS: &[&str] = &[
     "ports",
 ];
 
-/// Keys of a service: a step without the DAG and failure keys.
+/// Keys of a service: a step without the DAG keys.
 pub const SERVICE_KEYS: &[&str] = &[
     "name",
     "image",
@@ -58,6 +63,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "settings",
     "when",
     "volumes",
+    "failure",
     "backend_options",
     "dns",
     "dns_search",
@@ -85,9 +91,10 @@ pub const STEP_WHEN_KEYS: &[&str] = &[
     "evaluate",
 ];
 
-/// Condition keys of a workflow's `when` (no `status`, no `matrix`).
+/// Condition keys of a workflow's `when` (no `matrix`; `status` is about the workflows it
+/// depends on).
 pub const WORKFLOW_WHEN_KEYS: &[&str] = &[
-    "repo", "branch", "event", "ref", "cron", "platform", "instance", "path", "evaluate",
+    "repo", "branch", "event", "ref", "cron", "status", "platform", "instance", "path", "evaluate",
 ];
 
 /// Woodpecker's pipeline events.
@@ -107,10 +114,19 @@ pub const INCLUDE_EXCLUDE_KEYS: &[&str] = &["include", "exclude"];
 pub const PATH_KEYS: &[&str] = &["include", "exclude", "ignore_message", "on_empty"];
 pub const WORKSPACE_KEYS: &[&str] = &["base", "path"];
 pub const DEPENDENCY_KEYS: &[&str] = &["name", "optional"];
+/// A step's `depends_on` entry: also Woodpecker's cross-workflow form (`workflow`, `step`),
+/// which piculet refuses with the reason.
+pub const STEP_DEPENDENCY_KEYS: &[&str] = &["name", "optional", "workflow", "step"];
 pub const CONCURRENCY_KEYS: &[&str] = &["limit", "group"];
 
-/// Backends of Woodpecker's `backend_options`; only `kubernetes` is read by piculet.
+/// Backends of Woodpecker's `backend_options`; only `kubernetes` is read by piculet. Any other
+/// key is accepted with a warning, as Woodpecker accepts options for backends it does not know.
 pub const BACKEND_KEYS: &[&str] = &["kubernetes", "docker", "local"];
+
+/// `failure` of a step: Woodpecker's commands steps also take `cancel`.
+pub const STEP_FAILURE_VALUES: &[&str] = &["fail", "ignore", "cancel"];
+/// `failure` of a service or a plugin step.
+pub const FAILURE_VALUES: &[&str] = &["fail", "ignore"];
 
 /// `backend_options.kubernetes`, as Woodpecker's Kubernetes backend reads it, plus `hostUsers`.
 pub const KUBERNETES_KEYS: &[&str] = &[

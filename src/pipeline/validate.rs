@@ -19,6 +19,15 @@ pub(crate) struct Reader<'s> {
     pub sink: &'s mut Sink,
 }
 
+/// What a step's unknown key draws.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unknown {
+    /// An error with a did-you-mean: the usual answer.
+    Refused,
+    /// A warning: the legacy `clone: {git: {…}}` form, whose old keys Woodpecker ignores.
+    IgnoredAsWoodpeckerDoes,
+}
+
 impl Reader<'_> {
     // ---- shapes ------------------------------------------------------------------------------
 
@@ -162,8 +171,15 @@ impl Reader<'_> {
         out
     }
 
-    /// `depends_on`: a name, or a list of names and `{name, optional}` maps.
-    pub(crate) fn dependencies(&mut self, n: &Node, ptr: &str) -> Vec<Dependency> {
+    /// `depends_on`: a name, or a list of names and `{name, optional}` maps. A step's entry may
+    /// also be Woodpecker's `{workflow, step}`, a dependency on another workflow, which piculet
+    /// does not run and refuses with the way to write it instead.
+    pub(crate) fn dependencies(&mut self, n: &Node, ptr: &str, of_step: bool) -> Vec<Dependency> {
+        let keys = if of_step {
+            schema::STEP_DEPENDENCY_KEYS
+        } else {
+            schema::DEPENDENCY_KEYS
+        };
         let one = |name: String, pointer: String, pos: Pos| Dependency {
             name,
             optional: false,
@@ -176,8 +192,9 @@ impl Reader<'_> {
                 for (i, item) in items.iter().enumerate() {
                     let p = index(ptr, i);
                     if let Some(entries) = item.as_map() {
-                        let _ = self.map(item, &p, schema::DEPENDENCY_KEYS);
+                        let _ = self.map(item, &p, keys);
                         let mut dep = one(String::new(), p.clone(), item.pos);
+                        let mut other_workflow = None;
                         for e in entries {
                             let ep = child(&p, &e.key);
                             match e.key.as_str() {
@@ -185,10 +202,21 @@ impl Reader<'_> {
                                 "optional" => {
                                     dep.optional = self.boolean(&e.value, &ep).unwrap_or(false)
                                 }
+                                "workflow" if of_step => {
+                                    other_workflow = Some(e.value.scalar_text().unwrap_or_default())
+                                }
                                 _ => {}
                             }
                         }
-                        if dep.name.is_empty() {
+                        if let Some(workflow) = other_workflow {
+                            self.sink.error(
+                                &p,
+                                item.pos,
+                                format!(
+                                    "a step cannot wait for another workflow (\"{workflow}\") in piculet: write depends_on: [{workflow}] at the top level of this workflow, so that the whole workflow waits for it"
+                                ),
+                            );
+                        } else if dep.name.is_empty() {
                             self.sink
                                 .error(&p, item.pos, "a dependency needs a \"name\"");
                         } else {
@@ -356,20 +384,46 @@ impl Reader<'_> {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, item)| {
+                    let p = index(ptr, i);
+                    // Steps are numbered when unnamed, as Woodpecker does; a service is reached
+                    // by its name, so Woodpecker requires one, and so does piculet.
+                    if section == Section::Service
+                        && item.as_map().is_some()
+                        && item.get("name").is_none_or(|e| e.value.is_null())
+                    {
+                        self.sink.error(
+                            &p,
+                            item.pos,
+                            "a service in the list form needs a \"name\": steps reach it by that name",
+                        );
+                    }
                     let default = format!("{}-{i}", section.noun());
-                    self.step(item, &index(ptr, i), default, item.pos, section)
+                    self.step(item, &p, default, item.pos, section, Unknown::Refused)
                 })
                 .collect(),
             Value::Map(entries) => entries
                 .iter()
                 .filter_map(|e| {
-                    self.step(
-                        &e.value,
-                        &child(ptr, &e.key),
-                        e.key.clone(),
-                        e.key_pos,
-                        section,
-                    )
+                    let p = child(ptr, &e.key);
+                    // The map form of `clone` is Woodpecker's legacy `clone: {git: {…}}`: one
+                    // step named git, whose other old keys (depth, path, …) Woodpecker ignores.
+                    let unknown = if section == Section::Clone {
+                        if e.key != "git" {
+                            self.sink.error(
+                                &p,
+                                e.key_pos,
+                                format!(
+                                    "the map form of \"clone\" takes one step, \"git\"; write other clone steps in the list form (clone: [{{name: {}, image: …}}])",
+                                    e.key
+                                ),
+                            );
+                            return None;
+                        }
+                        Unknown::IgnoredAsWoodpeckerDoes
+                    } else {
+                        Unknown::Refused
+                    };
+                    self.step(&e.value, &p, e.key.clone(), e.key_pos, section, unknown)
                 })
                 .collect(),
             _ => {
@@ -390,6 +444,7 @@ impl Reader<'_> {
         default_name: String,
         name_pos: Pos,
         section: Section,
+        unknown: Unknown,
     ) -> Option<StepModel> {
         let keys = if section == Section::Service {
             schema::SERVICE_KEYS
@@ -404,12 +459,22 @@ impl Reader<'_> {
         for e in entries {
             let p = child(ptr, &e.key);
             let v = &e.value;
+            step.key_pos.insert(e.key.clone(), e.key_pos);
             if !keys.contains(&e.key.as_str()) {
                 if schema::DOCKER_ONLY_STEP_KEYS.contains(&e.key.as_str()) {
                     self.sink.warn(
                         &p,
                         e.key_pos,
                         format!("\"{}\" is a Docker-only option; piculet ignores it", e.key),
+                    );
+                } else if unknown == Unknown::IgnoredAsWoodpeckerDoes {
+                    self.sink.warn(
+                        &p,
+                        e.key_pos,
+                        format!(
+                            "\"{}\" is ignored, as Woodpecker ignores it here: to hand it to the clone plugin, write it under \"settings\"",
+                            e.key
+                        ),
                     );
                 } else {
                     let message = unknown_key(&e.key, self.sink.suggest(&e.key, keys));
@@ -428,22 +493,45 @@ impl Reader<'_> {
                     }
                 }
                 // A malformed image is reported once, not again as a missing one.
-                "image" => step.image = Some(self.string(v, &p).unwrap_or_default()),
+                "image" => {
+                    let image = self.string(v, &p);
+                    if image.as_deref().is_some_and(|i| i.trim().is_empty()) {
+                        self.sink.error(
+                            &p,
+                            v.pos,
+                            "\"image\" is empty: write the image to run, such as alpine",
+                        );
+                    }
+                    step.image = Some(image.unwrap_or_default());
+                }
                 "commands" => step.commands = Some(self.string_or_list(v, &p)),
                 "entrypoint" => step.entrypoint = Some(self.string_or_list(v, &p)),
                 "environment" => self.environment(v, &p, &mut step),
                 "settings" => self.settings(v, &p, &mut step),
                 "directory" => {
                     step.directory = self.string(v, &p);
+                    // A service's directory is only its working directory, anywhere in its
+                    // container, as in Woodpecker; a step works in the workspace.
+                    let rule = if section == Section::Service {
+                        paths::service_directory
+                    } else {
+                        paths::inside_workspace
+                    };
                     if let Some(d) = &step.directory {
-                        self.path(d, paths::inside_workspace, &p, v.pos);
+                        self.path(d, rule, &p, v.pos);
                     }
                 }
                 "when" => step.when = self.conditions(v, &p, schema::STEP_WHEN_KEYS),
-                "depends_on" => step.depends_on = Some(self.dependencies(v, &p)),
+                "depends_on" => step.depends_on = Some(self.dependencies(v, &p, true)),
                 "failure" => {
-                    step.failure = match self.one_of(v, &p, &["fail", "ignore"]).as_deref() {
+                    let values = if section == Section::Service {
+                        schema::FAILURE_VALUES
+                    } else {
+                        schema::STEP_FAILURE_VALUES
+                    };
+                    step.failure = match self.one_of(v, &p, values).as_deref() {
                         Some("ignore") => Failure::Ignore,
+                        Some("cancel") => Failure::Cancel,
                         _ => Failure::Fail,
                     }
                 }
@@ -566,25 +654,35 @@ impl Reader<'_> {
 
     // ---- backend options ---------------------------------------------------------------------
 
+    /// `backend_options`: piculet reads `kubernetes`. Options for any other backend are
+    /// accepted with a warning, as Woodpecker accepts them (a custom backend reads its own key).
     fn backend_options(&mut self, n: &Node, ptr: &str, step: &mut StepModel) {
-        let Some(entries) = self.map(n, ptr, schema::BACKEND_KEYS) else {
+        let Some(entries) = n.as_map() else {
+            self.sink.error(ptr, n.pos, "expected a map");
             return;
         };
         for e in entries {
             let p = child(ptr, &e.key);
             match e.key.as_str() {
-                "kubernetes" if !e.value.is_null() => {
-                    step.kubernetes = self.kubernetes(&e.value, &p);
+                "kubernetes" => {
+                    if !e.value.is_null() {
+                        step.kubernetes = self.kubernetes(&e.value, &p);
+                    }
                 }
-                "docker" | "local" => self.sink.warn(
-                    &p,
-                    e.key_pos,
-                    format!(
-                        "backend_options.{} is ignored: piculet runs steps on Kubernetes or as local processes and reads only backend_options.kubernetes",
-                        e.key
-                    ),
-                ),
-                _ => {}
+                other => {
+                    // A near miss of `kubernetes` is most likely a typo: say so.
+                    let typo = match self.sink.suggest(other, &["kubernetes"]) {
+                        Some(k) => format!(" (did you mean \"{k}\"?)"),
+                        None => String::new(),
+                    };
+                    self.sink.warn(
+                        &p,
+                        e.key_pos,
+                        format!(
+                            "backend_options.{other} is ignored{typo}: piculet runs steps on Kubernetes or as local processes and reads only backend_options.kubernetes"
+                        ),
+                    );
+                }
             }
         }
     }
@@ -846,10 +944,7 @@ impl Reader<'_> {
     /// Reads a whole workflow (matrix already expanded and substituted).
     pub(crate) fn workflow(&mut self, n: &Node) -> Option<WorkflowModel> {
         let entries = self.map(n, "", schema::WORKFLOW_KEYS)?;
-        let mut w = WorkflowModel {
-            runs_on: vec![Status::Success],
-            ..WorkflowModel::default()
-        };
+        let mut w = WorkflowModel::default();
         let mut saw_steps = false;
         for e in entries {
             let p = child("", &e.key);
@@ -900,12 +995,21 @@ impl Reader<'_> {
                     }
                 }
                 "labels" => w.labels = self.string_map(v, &p),
-                "depends_on" => w.depends_on = self.dependencies(v, &p),
+                "depends_on" => w.depends_on = self.dependencies(v, &p, false),
                 "runs_on" => {
                     let r = self.statuses(v, &p);
                     if !r.is_empty() {
-                        w.runs_on = r;
+                        w.runs_on = Some(r);
+                        w.runs_on_pos = Some(v.pos);
                     }
+                }
+                "compile" => {
+                    saw_steps = true;
+                    self.sink.error(
+                        &p,
+                        e.key_pos,
+                        "piculet does not run compile workflows (steps that generate the pipeline's configuration): run the generator first and submit the configs it prints",
+                    );
                 }
                 "when" => w.when = self.conditions(v, &p, schema::WORKFLOW_WHEN_KEYS),
                 "concurrency" => {
@@ -944,6 +1048,66 @@ impl Reader<'_> {
 }
 
 // ---- semantic checks ------------------------------------------------------------------------
+
+/// A step is a commands step or a plugin step (one that runs its image's own entrypoint,
+/// configured through `settings`), as Woodpecker's schema and linter tell them apart; a step
+/// that is neither is refused, with Woodpecker's own words where it has them.
+fn check_step_form(s: &StepModel, sink: &mut Sink) {
+    // Presence counts: a malformed value was already reported where it is.
+    let has_commands = s.commands.is_some();
+    let has_entrypoint = s.entrypoint.is_some();
+    let has_environment = s.key_pos.contains_key("environment");
+    if s.settings.is_some() && (has_commands || has_entrypoint) {
+        let other = if has_commands {
+            "commands"
+        } else {
+            "entrypoint"
+        };
+        sink.error(
+            &s.pointer,
+            s.pos,
+            format!(
+                "step \"{}\" has both \"settings\" and \"{other}\": a plugin step runs its image's own entrypoint",
+                s.name
+            ),
+        );
+        return;
+    }
+    if !s.is_plugin() {
+        return;
+    }
+    let (pointer, pos) = s.place_of("environment");
+    if s.settings.is_some() && has_environment {
+        sink.error(
+            &pointer,
+            pos,
+            format!(
+                "step \"{}\" has both \"settings\" and \"environment\" (Woodpecker: \"Should not configure both `environment` and `settings`\"): a plugin step takes its configuration from \"settings\"; write the values there",
+                s.name
+            ),
+        );
+    } else if s.settings.is_none() && has_environment && !s.detach {
+        sink.error(
+            &pointer,
+            pos,
+            format!(
+                "step \"{}\" has \"environment\" but neither \"commands\" nor \"entrypoint\": a step that runs its image's own entrypoint is a plugin step, configured through \"settings\"",
+                s.name
+            ),
+        );
+    }
+    if s.failure == Failure::Cancel {
+        let (pointer, pos) = s.place_of("failure");
+        sink.error(
+            &pointer,
+            pos,
+            format!(
+                "step \"{}\" is a plugin step, which takes \"failure: fail\" or \"failure: ignore\"; \"cancel\" is for commands steps, as in Woodpecker",
+                s.name
+            ),
+        );
+    }
+}
 
 /// Checks a workflow as a whole: images, commands, unique names, dependency targets, cycles.
 pub(crate) fn check_workflow(w: &WorkflowModel, sink: &mut Sink) {
@@ -990,33 +1154,7 @@ pub(crate) fn check_workflow(w: &WorkflowModel, sink: &mut Sink) {
             );
         }
         if s.section == Section::Step {
-            // Presence counts: a malformed value was already reported where it is.
-            let has_commands = s.commands.is_some();
-            let has_entrypoint = s.entrypoint.is_some();
-            if s.settings.is_some() && (has_commands || has_entrypoint) {
-                let other = if has_commands {
-                    "commands"
-                } else {
-                    "entrypoint"
-                };
-                sink.error(
-                    &s.pointer,
-                    s.pos,
-                    format!(
-                        "step \"{}\" has both \"settings\" and \"{other}\": a plugin step runs its image's own entrypoint",
-                        s.name
-                    ),
-                );
-            } else if s.settings.is_none() && !has_commands && !has_entrypoint && !s.detach {
-                sink.error(
-                    &s.pointer,
-                    s.pos,
-                    format!(
-                        "step \"{}\" has neither \"commands\" nor \"entrypoint\" (a plugin step needs \"settings\")",
-                        s.name
-                    ),
-                );
-            }
+            check_step_form(s, sink);
         }
     }
 
@@ -1141,7 +1279,7 @@ mod tests {
             one_error("steps: [{name: a, image: x, commands: [ls], failure: maybe}]"),
             (
                 "/steps/0/failure".into(),
-                "expected one of \"fail\", \"ignore\", got \"maybe\"".into()
+                "expected one of \"fail\", \"ignore\", \"cancel\", got \"maybe\"".into()
             )
         );
         assert_eq!(
@@ -1156,7 +1294,9 @@ mod tests {
             "steps:\n  - name: a\n    comands: [ls]\n  - name: b\n    image: x\n    commands: [ls]\n    timeout: soon\n",
         );
         let messages: Vec<&str> = e.iter().map(|(_, m)| m.as_str()).collect();
-        assert_eq!(messages.len(), 4, "{messages:#?}");
+        // The unknown key, the missing image, the bad duration. (Without "commands", step a
+        // is a plugin step, as in Woodpecker, which is not an error of its own.)
+        assert_eq!(messages.len(), 3, "{messages:#?}");
     }
 
     #[test]
@@ -1247,12 +1387,39 @@ mod tests {
 
     #[test]
     fn step_without_commands_or_entrypoint() {
-        assert_eq!(
-            one_error("steps: [{name: a, image: x}]"),
-            ("/steps/0".into(), "step \"a\" has neither \"commands\" nor \"entrypoint\" (a plugin step needs \"settings\")".into())
-        );
+        // Only an image: a plugin step that runs the image's own entrypoint, as Woodpecker's
+        // own CI writes them.
+        let (w, sink) = read("steps: [{name: a, image: x}]");
+        assert!(sink.errors.is_empty(), "{:#?}", sink.errors);
+        assert!(w.expect("workflow").steps[0].is_plugin());
         assert!(errors("steps: [{name: a, image: x, entrypoint: [/bin/run]}]").is_empty());
         assert!(errors("steps: [{name: a, image: x, settings: {k: v}}]").is_empty());
+    }
+
+    #[test]
+    fn a_plugin_step_takes_no_environment() {
+        let (_, sink) = read(
+            "steps:\n  - name: publish\n    image: plugins/docker\n    settings: {repo: a/b}\n    environment:\n      CGO: 0\n",
+        );
+        let d = &sink.errors[0];
+        assert_eq!(sink.errors.len(), 1, "{:#?}", sink.errors);
+        assert_eq!(d.pointer, "/steps/0/environment");
+        assert_eq!((d.line, d.column), (Some(5), Some(5)));
+        assert!(
+            d.message
+                .contains("Should not configure both `environment` and `settings`"),
+            "{}",
+            d.message
+        );
+        assert_eq!(
+            one_error("steps: [{name: a, image: x, environment: {A: b}}]"),
+            ("/steps/0/environment".into(), "step \"a\" has \"environment\" but neither \"commands\" nor \"entrypoint\": a step that runs its image's own entrypoint is a plugin step, configured through \"settings\"".into())
+        );
+        // Detached, it is a background helper with its environment, as Woodpecker's schema has it.
+        assert!(
+            errors("steps: [{name: a, image: redis, detach: true, environment: {A: b}}]")
+                .is_empty()
+        );
     }
 
     #[test]

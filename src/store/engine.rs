@@ -706,11 +706,19 @@ fn dependency_outcome(plan: &WorkflowPlan, siblings: &[SiblingRow]) -> Readiness
     };
     if plan.runs_on.contains(&outcome) {
         Readiness::Ready
+    } else if failed.is_empty() {
+        // It runs only after a failure (`when.status: [failure]`), and none came.
+        let mut names: Vec<&str> = deps.iter().map(|d| d.name.as_str()).collect();
+        names.dedup();
+        Readiness::Skip(format!(
+            "skipped: it runs only when a workflow it depends on fails (its status condition is [failure]), and {} did not fail",
+            names.join(", ")
+        ))
     } else {
         let mut names = failed;
         names.dedup();
         Readiness::Skip(format!(
-            "skipped: workflow {} did not succeed and runs_on does not include failure",
+            "skipped: workflow {} did not succeed, and this workflow runs only when the workflows it depends on succeed (add failure to its when.status to run it anyway)",
             names.join(", ")
         ))
     }

@@ -276,7 +276,7 @@ impl KubernetesBackend {
             adopted,
             counts: step.spec.kind != StepKind::Service
                 && !step.spec.detach
-                && step.spec.failure == crate::pipeline::Failure::Fail,
+                && step.spec.failure.fails_workflow(),
         };
         let span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(

@@ -143,6 +143,12 @@ impl LocalBackend {
         let spec = &step.spec;
         let workspace = self.workspace_dir(workflow)?;
         let dir = match spec.directory.as_deref() {
+            Some(d) if spec.kind == StepKind::Service && d.starts_with('/') => {
+                return Err(BackendError::Refused(format!(
+                    "the local backend cannot run service {:?} in {d:?}: a directory outside the workspace is a place in a container, and only the kubernetes backend has one; write a directory relative to the workspace",
+                    spec.name
+                )));
+            }
             Some(d) if !d.is_empty() => join_inside(
                 &self.workflow_root(workflow.workflow_id),
                 &workspace,
@@ -1379,6 +1385,23 @@ mod tests {
             f.backend.start_step(&f.wf, &step_run(s)).await,
             Err(BackendError::Refused(_))
         ));
+    }
+
+    /// A service's absolute directory is a place in a container; on this host it would be a
+    /// directory outside the workflow's, so it is refused rather than taken elsewhere.
+    #[tokio::test]
+    async fn a_service_in_an_absolute_directory_is_refused() {
+        let f = fixture().await;
+        let mut s = spec("cache", &["true"]);
+        s.kind = StepKind::Service;
+        s.directory = Some("/tmp/".to_string());
+        match f.backend.start_step(&f.wf, &step_run(s)).await {
+            Err(BackendError::Refused(m)) => {
+                assert!(m.contains("\"/tmp/\""), "{m}");
+                assert!(m.contains("kubernetes backend"), "{m}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.err()),
+        }
     }
 
     #[tokio::test]
