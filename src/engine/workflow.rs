@@ -1115,6 +1115,7 @@ mod tests {
                 })
                 .collect(),
             dropped_steps: Vec::new(),
+            concurrency: None,
         }
     }
 
