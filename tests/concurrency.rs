@@ -22,6 +22,7 @@ on_both_databases!(
     claims_in_one_group_take_turns_in_creation_order,
     a_waiting_workflow_says_so_once_and_the_metrics_count_it,
     depends_on_inside_a_group_does_not_deadlock,
+    an_earlier_pipelines_workflow_keeps_its_place_while_it_waits_for_its_dependencies,
     a_waiting_workflow_is_canceled_and_frees_no_place,
     an_expired_lease_keeps_its_place_until_its_workflow_ends,
     replicas_run_one_deploy_at_a_time_and_leave_other_groups_alone,
@@ -274,9 +275,9 @@ async fn a_waiting_workflow_says_so_once_and_the_metrics_count_it(db: Db) {
 async fn depends_on_inside_a_group_does_not_deadlock(db: Db) {
     let app = TestApp::spawn_api(db).await;
     let stores = replicas(&app).await;
-    // Both workflows of each pipeline share the group; the deploy needs the build.
+    // Both workflows of each pipeline share the group; the deploy, first in the pipeline,
+    // needs the build.
     let pipeline = [
-        ("build", config(Some("{limit: 1, group: release}"))),
         (
             "deploy",
             format!(
@@ -284,6 +285,7 @@ async fn depends_on_inside_a_group_does_not_deadlock(db: Db) {
                 config(Some("{limit: 1, group: release}"))
             ),
         ),
+        ("build", config(Some("{limit: 1, group: release}"))),
     ];
     let p1 = submit(&app, None, &pipeline).await;
     let p2 = submit(&app, None, &pipeline).await;
@@ -298,8 +300,8 @@ async fn depends_on_inside_a_group_does_not_deadlock(db: Db) {
     )
     .await;
 
-    // p1's deploy waits for p1's build, which may run although the deploy is ahead of it in
-    // the group; p2's build may not pass p1's deploy, ready or not.
+    // p1's deploy, not ready, holds no place against p1's own build (it waits for it); p2's
+    // build may not pass p1's deploy, ready or not.
     let mut order = Vec::new();
     let mut running = claim_round(&stores).await;
     assert_eq!(
@@ -336,6 +338,46 @@ async fn depends_on_inside_a_group_does_not_deadlock(db: Db) {
         .filter(|w| [workflow(&p3, "build"), workflow(&p3, "test")].contains(w))
         .collect();
     assert_eq!(other, [workflow(&p3, "build"), workflow(&p3, "test")]);
+}
+
+async fn an_earlier_pipelines_workflow_keeps_its_place_while_it_waits_for_its_dependencies(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let stores = replicas(&app).await;
+    let p1 = submit(
+        &app,
+        None,
+        &[
+            (
+                "deploy",
+                format!("depends_on: [test]\n{}", config(Some("1"))),
+            ),
+            ("test", config(None)),
+        ],
+    )
+    .await;
+    let p2 = submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    // The group is empty, but p1's deploy (not ready: its test runs) is ahead of p2's.
+    let test = claim_round(&stores).await;
+    assert_eq!(ids(&test), [workflow(&p1, "test")].into_iter().collect());
+    stores[0].note_waiting().await.unwrap();
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        "waiting for concurrency group deploy: 0 of 1 running, 1 queued ahead"
+    );
+    assert_eq!(
+        workflow_json(&app, &p1, "deploy").await["reason"],
+        Value::Null,
+        "waiting for its dependency, not for its group"
+    );
+    finish(&stores[0], &test[0]).await;
+    let first = claim_round(&stores).await;
+    assert_eq!(ids(&first), [workflow(&p1, "deploy")].into_iter().collect());
+    finish(&stores[0], &first[0]).await;
+    let second = claim_round(&stores).await;
+    assert_eq!(
+        ids(&second),
+        [workflow(&p2, "deploy")].into_iter().collect()
+    );
 }
 
 async fn a_waiting_workflow_is_canceled_and_frees_no_place(db: Db) {
