@@ -21,6 +21,10 @@ use crate::store::{PoolSettings, Timeouts};
 /// `PICULET_MAX_LABEL_FILTERS` unless set; the API document states it as `label`'s `maxItems`.
 pub const DEFAULT_MAX_LABEL_FILTERS: usize = 16;
 
+/// `PICULET_METRICS_CONCURRENCY_GROUPS` unless set: each group shown is a time series of its
+/// own in every scrape, so their number is capped.
+const DEFAULT_METRICS_CONCURRENCY_GROUPS: u32 = 100;
+
 /// A configuration error: names the setting and says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -325,6 +329,25 @@ pub struct Settings {
     )]
     pub max_secret_size: Option<String>,
 
+    /// Highest `concurrency` limit a workflow may declare [default: 1000]
+    #[arg(
+        long,
+        env = "PICULET_MAX_CONCURRENCY_LIMIT",
+        global = true,
+        value_name = "N"
+    )]
+    pub max_concurrency_limit: Option<String>,
+
+    /// Concurrency groups `/metrics` shows one by one (those with the most workflows running
+    /// and waiting); the others are summed under group "(other)" [default: 100]
+    #[arg(
+        long,
+        env = "PICULET_METRICS_CONCURRENCY_GROUPS",
+        global = true,
+        value_name = "N"
+    )]
+    pub metrics_concurrency_groups: Option<String>,
+
     /// The Kubernetes settings (`--k8s-*`, `PICULET_K8S_*`; a `[kubernetes]` table in the file).
     #[command(flatten)]
     #[serde(default)]
@@ -385,6 +408,8 @@ pub struct Config {
     /// The engine's database pool.
     pub db_engine: PoolSettings,
     pub max_label_filters: usize,
+    /// How many concurrency groups `/metrics` shows with labels of their own.
+    pub metrics_concurrency_groups: usize,
     /// What one submission may ask for (`PICULET_MAX_*` of the pipeline format).
     pub limits: Limits,
     /// Rendering and policy of Kubernetes objects; read whatever the backend, since
@@ -708,6 +733,12 @@ impl Config {
             DEFAULT_MAX_LABEL_FILTERS as u32,
         )? as usize;
 
+        let metrics_concurrency_groups = count(
+            "metrics_concurrency_groups",
+            &s.metrics_concurrency_groups,
+            DEFAULT_METRICS_CONCURRENCY_GROUPS,
+        )? as usize;
+
         let limits = limits(s)?;
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
 
@@ -716,6 +747,7 @@ impl Config {
             db_api,
             db_engine,
             max_label_filters,
+            metrics_concurrency_groups,
             limits,
             max_timeout,
             grace_period,
@@ -845,6 +877,13 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
             default.planned_bytes,
         )?,
         secret_bytes: size("max_secret_size", &s.max_secret_size, default.secret_bytes)?,
+        concurrency_limit: count(
+            "max_concurrency_limit",
+            &s.max_concurrency_limit,
+            default.concurrency_limit,
+            1,
+            1_000_000,
+        )?,
     })
 }
 
@@ -1125,6 +1164,7 @@ mod tests {
             max_events_per_pipeline: Some("7".into()),
             max_planned_size: Some("4MiB".into()),
             max_secret_size: Some("1KiB".into()),
+            max_concurrency_limit: Some("5".into()),
             ..settings()
         };
         assert_eq!(
@@ -1140,6 +1180,7 @@ mod tests {
                 events_per_pipeline: 7,
                 planned_bytes: 4 << 20,
                 secret_bytes: 1024,
+                concurrency_limit: 5,
             }
         );
     }
@@ -1239,6 +1280,13 @@ mod tests {
                     ..settings()
                 },
                 "--max-labels (PICULET_MAX_LABELS): \"-1\" is not a number from 0 to 1000000",
+            ),
+            (
+                Settings {
+                    max_concurrency_limit: Some("0".into()),
+                    ..settings()
+                },
+                "--max-concurrency-limit (PICULET_MAX_CONCURRENCY_LIMIT): \"0\" is not a number from 1 to 1000000",
             ),
         ];
         for (s, expected) in cases {

@@ -555,6 +555,7 @@ impl Submission {
                 status: Status::Queued,
                 reason: None,
                 ready: w.depends_on.is_empty(),
+                concurrency: w.concurrency.clone(),
                 steps,
             });
         }
@@ -567,6 +568,7 @@ impl Submission {
                 status: Status::Skipped,
                 reason: Some(dropped.reason.clone()),
                 ready: false,
+                concurrency: None,
                 steps: Vec::new(),
             });
         }

@@ -625,7 +625,7 @@ async fn lint_reports_errors_and_warnings(db: Db) {
     let invalid = app
         .post("/api/v1/lint")
         .header(CONTENT_TYPE, "application/yaml")
-        .body("concurrency: 1\nsteps:\n  - name: a\n    comands: [x]\n")
+        .body("concurrency: {group: deploy}\nsteps:\n  - name: a\n    comands: [x]\n    shm_size: 64m\n")
         .send()
         .await
         .unwrap();
@@ -640,8 +640,14 @@ async fn lint_reports_errors_and_warnings(db: Db) {
         .collect();
     assert!(messages.len() >= 2, "every error at once: {messages:?}");
     assert!(
+        messages.contains(
+            &"\"concurrency\" needs a \"limit\": how many workflows of the group may run at once"
+        ),
+        "a group without a limit is refused: {messages:?}"
+    );
+    assert!(
         !invalid["warnings"].as_array().unwrap().is_empty(),
-        "concurrency draws a warning"
+        "a Docker-only key draws a warning"
     );
     assert_eq!(app.pipeline_count().await, 0, "lint stores nothing");
 }

@@ -6,6 +6,10 @@
 //! Each step appends `<pipeline> <step> <pid>` to `starts` in a shared directory when it
 //! begins (the pid marks the execution), then prints numbered lines slowly, recording each
 //! in `printed` once it is written. Postgres only: SQLite is one replica.
+//!
+//! Last, the replica that holds a concurrency group's place is killed: the place stays taken
+//! until the workflow ends under the replica that adopts it, and no two workflows of the group
+//! ever run at once.
 
 mod common;
 
@@ -72,6 +76,8 @@ impl Server {
             .env("PICULET_API_TOKENS", common::TOKEN)
             .env("PICULET_MAX_ATTEMPTS", MAX_ATTEMPTS)
             .env("PICULET_LOG", "info,piculet=debug")
+            // Leases are held in the name `<HOSTNAME>/<uuid>`: which replica holds one.
+            .env("HOSTNAME", name)
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -342,4 +348,145 @@ async fn sigterm_restarts_past_the_grace_hand_the_steps_over() {
         replica = chaos.server("a", &args).await;
     }
     chaos.check(|attempt| attempt == 1).await;
+}
+
+/// The lease owner's replica (its `HOSTNAME`) of every running workflow of the group.
+async fn holders(db: &sqlx::PgPool, group: &str) -> Vec<String> {
+    let owners: Vec<(Option<String>,)> = sqlx::query_as(
+        "SELECT lease_owner FROM workflows WHERE concurrency_group = $1 AND status = 'running'",
+    )
+    .bind(group)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    owners
+        .into_iter()
+        .map(|(o,)| {
+            o.unwrap_or_default()
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+// One group, limit 1: the first deploy's replica is killed while its step runs on (the
+// adopter re-attaches to it and keeps the place), the second's right as its short step starts
+// (the step ends while no replica holds the lease; the adopter records it and the next deploy
+// runs). Throughout, at most one deploy runs, as the database says and as the steps' own
+// clocks say.
+#[tokio::test]
+async fn kill_9_of_the_replica_holding_a_concurrency_place() {
+    let started = Instant::now();
+    let chaos = Chaos::new().await;
+    let db = sqlx::PgPool::connect(&chaos.app.database_url)
+        .await
+        .unwrap();
+    let mut replicas = [chaos.server("a", &[]).await, chaos.server("b", &[]).await];
+    let shared = chaos.shared.display().to_string();
+    let mut ids = Vec::new();
+    for (i, seconds) in ["3", "1", "0.5", "0.5"].into_iter().enumerate() {
+        let script = format!(
+            "echo \"start $CI_PIPELINE_ID $(date +%s%N)\" >> {shared}/deploys; sleep {seconds}; \
+             echo \"end $CI_PIPELINE_ID $(date +%s%N)\" >> {shared}/deploys"
+        );
+        let body = json!({"pipeline": {
+            "concurrency": {"limit": 1, "group": "deploy"},
+            "steps": [{"name": "deploy", "image": "alpine", "commands": [script]}],
+        }});
+        let p: Value = reqwest::Client::new()
+            .post(format!("{}/api/v1/pipelines", replicas[i % 2].base))
+            .header("authorization", format!("Bearer {}", common::TOKEN))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(p["id"].as_str().expect("a pipeline").to_string());
+    }
+
+    // The database's view, sampled throughout: never two running.
+    let watch = tokio::spawn({
+        let db = db.clone();
+        async move {
+            let mut most = 0;
+            loop {
+                most = most.max(holders(&db, "deploy").await.len());
+                if most > 1 {
+                    return most;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+
+    for (victim_of, after) in [(0usize, Duration::from_millis(500)), (1, Duration::ZERO)] {
+        // Wait for the deploy's step to run, then kill the replica that holds its place.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let holder = loop {
+            let p = chaos.app.pipeline(&ids[victim_of]).await;
+            let step_runs = p["workflows"][0]["steps"][0]["status"] == "running";
+            let holder = holders(&db, "deploy").await;
+            if step_runs && holder.len() == 1 {
+                break holder[0].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "deploy {victim_of} never ran: {p:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        tokio::time::sleep(after).await;
+        let victim = usize::from(holder == "b");
+        replicas[victim].kill9();
+        replicas[victim] = chaos.server(&holder, &[]).await;
+    }
+
+    let mut finished = Vec::new();
+    for id in &ids {
+        let p = wait_finished(&chaos.app, id, 120).await;
+        assert_eq!(p["status"], "success", "{p:#}");
+        let step = &p["workflows"][0]["steps"][0];
+        assert_eq!(step["attempt"], 1, "adopted, not run again: {step}");
+        finished.push(p);
+    }
+    assert!(!watch.is_finished(), "two deploys ran at once");
+    watch.abort();
+    // The two whose replica died were adopted: claimed again, by the lease's takeover.
+    for id in &ids[..2] {
+        let (claims,): (i32,) =
+            sqlx::query_as("SELECT claims FROM workflows WHERE pipeline_id = CAST($1 AS uuid)")
+                .bind(id)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+        assert!(claims >= 2, "{id} was claimed {claims} times");
+    }
+
+    // The steps' own clocks: one start and one end each, every deploy after the one before.
+    let lines = read_lines(&chaos.shared.join("deploys"));
+    let at = |what: &str, id: &str| -> u128 {
+        let found: Vec<u128> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(&format!("{what} {id} ")))
+            .map(|t| t.parse().unwrap())
+            .collect();
+        assert_eq!(found.len(), 1, "{what} of {id} in {lines:?}");
+        found[0]
+    };
+    for pair in ids.windows(2) {
+        assert!(
+            at("start", &pair[1]) > at("end", &pair[0]),
+            "{} started before {} ended: {lines:?}",
+            pair[1],
+            pair[0]
+        );
+    }
+    eprintln!(
+        "4 deploys of one group, the place holder killed twice: {:?}",
+        started.elapsed()
+    );
 }

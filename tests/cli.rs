@@ -235,6 +235,8 @@ fn serve_help_lists_every_setting() {
         "PICULET_MAX_EVENTS_PER_PIPELINE",
         "PICULET_MAX_PLANNED_SIZE",
         "PICULET_MAX_SECRET_SIZE",
+        "PICULET_MAX_CONCURRENCY_LIMIT",
+        "PICULET_METRICS_CONCURRENCY_GROUPS",
         "PICULET_MAX_LABEL_FILTERS",
         "PICULET_ALLOWED_HOSTS",
         "PICULET_MAX_PLANNING",
@@ -437,13 +439,14 @@ async fn cli(app: &TestApp, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("run piculet")
 }
 
-/// Two steps, the second failing with exit code 3, and a third skipped by that; the
-/// `concurrency` key draws a warning.
+/// Two steps, the second failing with exit code 3, and a third skipped by that; a Docker-only
+/// key draws a warning (`concurrency` is honoured, without one).
 const FAILING: &str = "\
 concurrency: 2
 steps:
   - name: build
     image: alpine
+    shm_size: 64m
     commands: [echo built]
   - name: test
     image: alpine
@@ -485,7 +488,7 @@ async fn submit_following(db: Db) {
     assert!(stdout.contains(" test | testing\n"), "{stdout}");
     assert!(!stdout.contains("never"), "{stdout}");
     assert!(
-        stderr.contains(&format!("{path}:1:1: warning: \"concurrency\"")),
+        stderr.contains(&format!("{path}:5:5: warning: \"shm_size\"")),
         "the pipeline's warnings, placed in the file: {stderr}"
     );
     let line = |start: &str| {

@@ -19,8 +19,8 @@ use crate::submission::Submission;
     "valid": false,
     "errors": [{"config": "pipeline", "pointer": "/steps/0", "line": 2, "column": 5,
                 "message": "step \"build\" has no image"}],
-    "warnings": [{"config": "pipeline", "pointer": "/concurrency", "line": 1, "column": 1,
-                  "message": "piculet does not limit concurrency per workflow name; \"concurrency\" is ignored"}]
+    "warnings": [{"config": "pipeline", "pointer": "/steps/0/shm_size", "line": 4, "column": 5,
+                  "message": "\"shm_size\" is a Docker-only option; piculet ignores it"}]
 }))]
 pub struct LintResult {
     /// True when there is no error; warnings do not count.

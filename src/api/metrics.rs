@@ -9,6 +9,10 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
 use super::error::ApiError;
+use crate::store::ConcurrencyCounts;
+
+/// The label value of the groups `/metrics` sums instead of showing them one by one.
+pub const OTHER_GROUPS: &str = "(other)";
 
 /// The process-wide recorder: the `metrics` macros write into it wherever they are called.
 pub fn recorder() -> &'static PrometheusHandle {
@@ -28,8 +32,9 @@ pub fn recorder() -> &'static PrometheusHandle {
     })
 }
 
-/// Metrics in Prometheus text format: workflows queued and running, step durations by status,
-/// submit-to-start latency, log lines and bytes stored, SSE clients, lease takeovers.
+/// Metrics in Prometheus text format: workflows queued and running, per concurrency group the
+/// workflows running and waiting, step durations by status, submit-to-start latency, log lines
+/// and bytes stored, SSE clients, lease takeovers.
 #[utoipa::path(
     get,
     path = "/api/v1/metrics",
@@ -46,10 +51,117 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     for (status, n) in counts {
         metrics::gauge!("piculet_workflows", "status" => status.as_str()).set(n as f64);
     }
-    let mut response = recorder().render().into_response();
+    let groups = state
+        .store
+        .concurrency_counts(state.config.metrics_concurrency_groups)
+        .await?;
+    let mut text = recorder().render();
+    render_concurrency(&mut text, &groups);
+    let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// Appends `piculet_concurrency_running` and `piculet_concurrency_waiting`, read from the
+/// database at each scrape across replicas. Written here rather than through the recorder:
+/// a group whose workflows have all ended must disappear, not stay behind at 0, so that the
+/// series in a scrape are bounded by `PICULET_METRICS_CONCURRENCY_GROUPS`.
+fn render_concurrency(text: &mut String, counts: &ConcurrencyCounts) {
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let groups = counts
+        .groups
+        .iter()
+        .map(|g| (g.scope.as_str(), g.group.as_str(), g.running, g.waiting));
+    let others = counts
+        .others
+        .map(|(running, waiting)| (OTHER_GROUPS, OTHER_GROUPS, running, waiting));
+    let series: Vec<(&str, &str, i64, i64)> = groups.chain(others).collect();
+    gauge(
+        text,
+        "piculet_concurrency_running",
+        "Workflows of a concurrency group running, across replicas.",
+        series.iter().map(|s| (s.0, s.1, s.2)),
+    );
+    gauge(
+        text,
+        "piculet_concurrency_waiting",
+        "Workflows of a concurrency group ready to run and waiting for it, across replicas.",
+        series.iter().map(|s| (s.0, s.1, s.3)),
+    );
+}
+
+/// One gauge with its series, labelled by repository and group.
+fn gauge<'a>(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    series: impl Iterator<Item = (&'a str, &'a str, i64)>,
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(text, "# HELP {name} {help}");
+    let _ = writeln!(text, "# TYPE {name} gauge");
+    for (repo, group, value) in series {
+        let _ = writeln!(
+            text,
+            "{name}{{repo=\"{}\",group=\"{}\"}} {value}",
+            escape_label(repo),
+            escape_label(group),
+        );
+    }
+}
+
+/// A label value as the Prometheus text format writes it.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::GroupCount;
+
+    #[test]
+    fn groups_are_rendered_with_their_repository_and_the_rest_summed() {
+        let counts = ConcurrencyCounts {
+            groups: vec![
+                GroupCount {
+                    scope: "acme/api".into(),
+                    group: "deploy".into(),
+                    running: 1,
+                    waiting: 3,
+                },
+                GroupCount {
+                    scope: String::new(),
+                    group: "say \"hi\"\\\n".into(),
+                    running: 0,
+                    waiting: 1,
+                },
+            ],
+            others: Some((2, 5)),
+        };
+        let mut text = "piculet_workflows{status=\"queued\"} 4".to_string();
+        render_concurrency(&mut text, &counts);
+        assert_eq!(
+            text,
+            "piculet_workflows{status=\"queued\"} 4\n\
+             # HELP piculet_concurrency_running Workflows of a concurrency group running, across replicas.\n\
+             # TYPE piculet_concurrency_running gauge\n\
+             piculet_concurrency_running{repo=\"acme/api\",group=\"deploy\"} 1\n\
+             piculet_concurrency_running{repo=\"\",group=\"say \\\"hi\\\"\\\\\\n\"} 0\n\
+             piculet_concurrency_running{repo=\"(other)\",group=\"(other)\"} 2\n\
+             # HELP piculet_concurrency_waiting Workflows of a concurrency group ready to run and waiting for it, across replicas.\n\
+             # TYPE piculet_concurrency_waiting gauge\n\
+             piculet_concurrency_waiting{repo=\"acme/api\",group=\"deploy\"} 3\n\
+             piculet_concurrency_waiting{repo=\"\",group=\"say \\\"hi\\\"\\\\\\n\"} 1\n\
+             piculet_concurrency_waiting{repo=\"(other)\",group=\"(other)\"} 5\n"
+        );
+    }
 }

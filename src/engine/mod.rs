@@ -2,7 +2,10 @@
 //! a lease, run them through the backend, and record every state change and log line.
 //!
 //! Claims wake on a local nudge (a submission on this replica) and poll as a fallback (work
-//! submitted through another replica, expired leases to take over). A running workflow's lease
+//! submitted through another replica, expired leases to take over). A claim respects the
+//! workflows' concurrency groups (see [`Store::claim_workflow`]); after each claim that found
+//! nothing, and at each poll while every slot is taken, the workflows held back by their group
+//! are marked as waiting (see [`Store::note_waiting`]). A running workflow's lease
 //! is renewed by a keeper that also notices a cancel requested through another replica.
 //!
 //! Shutdown comes in two stages: at once no more work is claimed while the running workflows
@@ -173,13 +176,16 @@ impl Engine {
             if strays {
                 strays = !release_strays(&inner).await;
             }
-            let permit = tokio::select! {
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
-                () = shutdown.cancelled() => break,
+            // While every slot is taken, workflows still say when they wait for their
+            // concurrency group.
+            let permit = loop {
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => break permit.ok(),
+                    () = tokio::time::sleep(inner.settings.poll) => note_waiting(&inner).await,
+                    () = shutdown.cancelled() => break None,
+                }
             };
+            let Some(permit) = permit else { break };
             match inner
                 .store
                 .claim_workflow(&inner.owner, inner.settings.lease)
@@ -207,6 +213,7 @@ impl Engine {
                 }
                 Ok(None) => {
                     drop(permit);
+                    note_waiting(&inner).await;
                     tokio::select! {
                         () = inner.control.wake.notified() => {},
                         () = tokio::time::sleep(inner.settings.poll) => {},
@@ -255,6 +262,13 @@ impl Engine {
             }
         }
         tracing::info!("engine stopped");
+    }
+}
+
+/// Marks the workflows that wait for their concurrency group (their reason and one event).
+async fn note_waiting(inner: &Inner) {
+    if let Err(e) = inner.store.note_waiting().await {
+        tracing::warn!(error = %e, "marking the workflows that wait for their concurrency group failed");
     }
 }
 

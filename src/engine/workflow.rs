@@ -1154,6 +1154,7 @@ mod tests {
                 })
                 .collect(),
             dropped_steps: Vec::new(),
+            concurrency: None,
         }
     }
 

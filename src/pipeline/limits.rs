@@ -29,6 +29,8 @@ pub struct Limits {
     /// Bytes of all secret values and registry passwords of a submission together: masking
     /// builds an automaton over every encoded form of each.
     pub secret_bytes: usize,
+    /// The highest `concurrency` limit a workflow may declare.
+    pub concurrency_limit: usize,
 }
 
 impl Default for Limits {
@@ -44,6 +46,7 @@ impl Default for Limits {
             events_per_pipeline: 20_000,
             planned_bytes: 16 << 20,
             secret_bytes: 128 << 10,
+            concurrency_limit: 1000,
         }
     }
 }
@@ -64,21 +67,29 @@ pub const LABELS: &str = "PICULET_MAX_LABELS";
 pub const EVENTS_PER_PIPELINE: &str = "PICULET_MAX_EVENTS_PER_PIPELINE";
 pub const PLANNED_SIZE: &str = "PICULET_MAX_PLANNED_SIZE";
 pub const SECRET_SIZE: &str = "PICULET_MAX_SECRET_SIZE";
+pub const CONCURRENCY_LIMIT: &str = "PICULET_MAX_CONCURRENCY_LIMIT";
 
 /// The end of every refusal: `more than the limit of 256 (PICULET_MAX_STEPS_PER_WORKFLOW)`.
 pub(crate) fn over(limit: usize, setting: &str) -> String {
     format!("more than the limit of {limit} ({setting})")
 }
 
-/// The most events a pipeline records: the pipeline queued, running and finished (3); each
-/// workflow that may run, running and finished (2); each of its steps and services, running
-/// and finished (2). Workflows and steps dropped before the run are stored already skipped and
-/// record none; a step is never started twice (the store only starts a queued one).
+/// The most events a pipeline records: the pipeline queued, running and finished (3), and
+/// what each of its workflows records (see [`workflow_events`]). Workflows and steps dropped
+/// before the run are stored already skipped and record none.
 pub fn event_bound(step_counts: impl IntoIterator<Item = usize>) -> usize {
     step_counts.into_iter().fold(3usize, |sum, steps| {
-        sum.saturating_add(2)
-            .saturating_add(steps.saturating_mul(2))
+        sum.saturating_add(workflow_events(steps, false))
     })
+}
+
+/// The most events a workflow that may run records: running and finished (2); each of its
+/// steps and services, running and finished (2; the store only starts a queued step); and,
+/// with `concurrency`, once that it waits for its group (the store says so once).
+pub fn workflow_events(steps: usize, concurrency: bool) -> usize {
+    2usize
+        .saturating_add(usize::from(concurrency))
+        .saturating_add(steps.saturating_mul(2))
 }
 
 #[cfg(test)]
@@ -90,6 +101,12 @@ mod tests {
         assert_eq!(event_bound([]), 3);
         assert_eq!(event_bound([1]), 7);
         assert_eq!(event_bound([3, 2]), 3 + 2 + 6 + 2 + 4);
+        assert_eq!(workflow_events(1, false), 4);
+        assert_eq!(
+            workflow_events(1, true),
+            5,
+            "and once that it waits for its group"
+        );
     }
 
     #[test]

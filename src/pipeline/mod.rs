@@ -29,6 +29,6 @@ pub use model::{
     SecretTarget, SecurityContext, SettingValue, Status, StepKind, Toleration, Workspace,
 };
 pub use plan::{
-    Context, DEFAULT_CLONE_IMAGE, DroppedStep, DroppedWorkflow, Plan, Planned, RepoSpec, Source,
-    SourceContent, StepSpec, WorkflowPlan, lint, plan,
+    Concurrency, Context, DEFAULT_CLONE_IMAGE, DroppedStep, DroppedWorkflow, Plan, Planned,
+    RepoSpec, Source, SourceContent, StepSpec, WorkflowPlan, lint, plan,
 };

@@ -326,4 +326,18 @@ pub(crate) struct WorkflowModel {
     pub runs_on: Option<Vec<Status>>,
     pub runs_on_pos: Option<Pos>,
     pub when: Vec<Condition>,
+    pub concurrency: Option<ConcurrencyModel>,
+}
+
+/// `concurrency` as declared: `N`, or `{limit: N, group: NAME}`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ConcurrencyModel {
+    /// At least 1 (checked when read); the upper bound is a limit of the server's, checked
+    /// when the workflow is planned.
+    pub limit: i64,
+    /// Where the limit was written, for the refusal of one too high.
+    pub limit_pointer: String,
+    pub limit_pos: Pos,
+    /// `None` (or empty): the workflow's name.
+    pub group: Option<String>,
 }

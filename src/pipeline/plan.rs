@@ -117,6 +117,22 @@ pub struct WorkflowPlan {
     pub steps: Vec<StepSpec>,
     /// Steps and services dropped by `when`, to be shown as `skipped`.
     pub dropped_steps: Vec<DroppedStep>,
+    /// At most how many workflows of a group run at once (`concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
+}
+
+/// A workflow's `concurrency`: at most `limit` workflows of the group run at once, across
+/// replicas; the others wait, in the order their pipelines were created.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Concurrency {
+    /// From 1 to the server's `PICULET_MAX_CONCURRENCY_LIMIT`.
+    pub limit: u32,
+    /// After `${NAME}` substitution; the workflow's name when the config names none.
+    pub group: String,
+    /// The submission's `CI_REPO`, when it has one: groups of the same name in two
+    /// repositories are two groups, as Woodpecker scopes them by repository.
+    pub scope: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -543,17 +559,19 @@ fn report(sinks: Vec<Sink>) -> Report {
 /// workflow that crosses it is blamed.
 fn check_events(candidates: &[Candidate], limits: &Limits, sinks: &mut [Sink]) {
     let steps = |c: &Candidate| c.plan.steps.len() + c.plan.services.len();
-    let bound = limits::event_bound(candidates.iter().map(steps));
+    let events = |c: &Candidate| limits::workflow_events(steps(c), c.plan.concurrency.is_some());
+    let bound = candidates.iter().fold(limits::event_bound([]), |sum, c| {
+        sum.saturating_add(events(c))
+    });
     if bound <= limits.events_per_pipeline {
         return;
     }
     // The first workflow whose events, with those before it, cross the limit.
-    let pipeline_events = limits::event_bound([]);
-    let mut running = pipeline_events;
+    let mut running = limits::event_bound([]);
     let crossing = candidates
         .iter()
         .position(|c| {
-            running = running.saturating_add(limits::event_bound([steps(c)]) - pipeline_events);
+            running = running.saturating_add(events(c));
             running > limits.events_per_pipeline
         })
         .unwrap_or(candidates.len() - 1);
@@ -870,6 +888,8 @@ fn plan_workflow(
         clone_steps.push(implicit_clone(repo));
     }
 
+    let concurrency = w.concurrency.and_then(|c| concurrency(name, c, ctx, sink));
+
     let dag = w.steps.iter().any(|s| s.depends_on.is_some());
     let mut kept: Vec<(StepModel, Vec<Status>)> = Vec::new();
     for s in w.steps {
@@ -932,9 +952,48 @@ fn plan_workflow(
             services,
             steps,
             dropped_steps,
+            concurrency,
         },
         deps: w.depends_on,
         status_place,
+    })
+}
+
+/// The workflow's concurrency as it is enforced: its limit within the server's bound, its
+/// group (the workflow's name by default), scoped by the submission's `CI_REPO`.
+fn concurrency(
+    name: &str,
+    c: ConcurrencyModel,
+    ctx: &Context,
+    sink: &mut Sink,
+) -> Option<Concurrency> {
+    let bound = ctx.limits.concurrency_limit;
+    let limit = match u32::try_from(c.limit) {
+        Ok(limit) if (limit as usize) <= bound => limit,
+        _ => {
+            sink.error(
+                &c.limit_pointer,
+                c.limit_pos,
+                format!(
+                    "a concurrency limit of {} is {}",
+                    c.limit,
+                    over(bound, limits::CONCURRENCY_LIMIT)
+                ),
+            );
+            return None;
+        }
+    };
+    Some(Concurrency {
+        limit,
+        group: c
+            .group
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| name.to_string()),
+        scope: ctx
+            .variables
+            .get("CI_REPO")
+            .filter(|r| !r.is_empty())
+            .cloned(),
     })
 }
 
@@ -1491,6 +1550,111 @@ mod tests {
         );
         let r = lint(&[text("bad", "{\"steps\": [}")], &ctx(&[]));
         assert_eq!(r.errors[0].line, Some(1));
+    }
+
+    #[test]
+    fn concurrency_groups_default_to_the_workflow_name_and_are_scoped_by_the_repository() {
+        let sources = [
+            text(
+                "deploy",
+                "concurrency: 1\nmatrix: {ENV: [staging, prod]}\nsteps: [{name: a, image: x, commands: [ls]}]",
+            ),
+            text(
+                "release",
+                "concurrency: {limit: 2, group: \"rollout-${ENV}-${CI_COMMIT_BRANCH}\"}\nmatrix: {ENV: [eu]}\nsteps: [{name: a, image: x, commands: [ls]}]",
+            ),
+            text("test", "steps: [{name: a, image: x, commands: [ls]}]"),
+        ];
+        let p = planned(
+            &sources,
+            &ctx(&[("CI_REPO", "acme/api"), ("CI_COMMIT_BRANCH", "main")]),
+        );
+        let got: Vec<Option<Concurrency>> = p
+            .plan
+            .workflows
+            .iter()
+            .map(|w| w.concurrency.clone())
+            .collect();
+        let scoped = |limit: u32, group: &str| {
+            Some(Concurrency {
+                limit,
+                group: group.into(),
+                scope: Some("acme/api".into()),
+            })
+        };
+        assert_eq!(
+            got,
+            [
+                scoped(1, "deploy"),
+                scoped(1, "deploy"),
+                scoped(2, "rollout-eu-main"),
+                None
+            ]
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+
+        // Without CI_REPO, one scope for every submission.
+        let p = planned(&sources[..1], &ctx(&[]));
+        assert_eq!(
+            p.plan.workflows[0].concurrency.as_ref().unwrap().scope,
+            None
+        );
+        // An empty group is the workflow's name too.
+        let p = planned(
+            &[text(
+                "ship",
+                "concurrency: {limit: 1, group: \"\"}\nsteps: [{name: a, image: x, commands: [ls]}]",
+            )],
+            &ctx(&[]),
+        );
+        assert_eq!(
+            p.plan.workflows[0].concurrency.as_ref().unwrap().group,
+            "ship"
+        );
+    }
+
+    #[test]
+    fn a_concurrency_limit_over_the_servers_bound_is_refused_at_its_place() {
+        let c = with_limits(Limits {
+            concurrency_limit: 3,
+            ..Limits::default()
+        });
+        let yaml = |limit: &str| {
+            format!(
+                "steps: [{{name: a, image: x, commands: [ls]}}]\nconcurrency:\n  limit: {limit}\n"
+            )
+        };
+        assert!(lint(&[text("ci", &yaml("3"))], &c).errors.is_empty());
+        let r = lint(&[text("ci", &yaml("4"))], &c);
+        let [e] = r.errors.as_slice() else {
+            panic!("one error: {r:?}")
+        };
+        assert_eq!(
+            (e.pointer.as_str(), e.line, e.column),
+            ("/concurrency/limit", Some(3), Some(10))
+        );
+        assert_eq!(
+            e.message,
+            "a concurrency limit of 4 is more than the limit of 3 (PICULET_MAX_CONCURRENCY_LIMIT)"
+        );
+        let r = lint(&[text("ci", &yaml("99999999999"))], &c);
+        assert_eq!(r.errors.len(), 1, "{r:?}");
+    }
+
+    #[test]
+    fn a_workflow_with_concurrency_may_record_one_event_more() {
+        // 3 for the pipeline, 2 for the workflow, 2 for its step: 7; waiting for its group: 8.
+        let c = with_limits(Limits {
+            events_per_pipeline: 7,
+            ..Limits::default()
+        });
+        let step = "steps: [{name: a, image: x, commands: [ls]}]";
+        assert!(lint(&[text("ci", step)], &c).errors.is_empty());
+        let r = lint(&[text("ci", &format!("concurrency: 1\n{step}"))], &c);
+        assert_eq!(
+            r.errors[0].message,
+            "the pipeline can record up to 8 events (1 workflows with 1 steps and services in all), more than the limit of 7 (PICULET_MAX_EVENTS_PER_PIPELINE)"
+        );
     }
 
     #[test]

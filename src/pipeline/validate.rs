@@ -939,6 +939,81 @@ impl Reader<'_> {
         })
     }
 
+    // ---- concurrency -------------------------------------------------------------------------
+
+    /// `concurrency: N` or `{limit: N, group: NAME}`, as Woodpecker reads it; a group without a
+    /// limit is refused, as Woodpecker's linter refuses it.
+    fn concurrency(&mut self, n: &Node, ptr: &str) -> Option<ConcurrencyModel> {
+        match &n.value {
+            Value::Number(_) => {
+                let limit = self.concurrency_limit(n, ptr)?;
+                Some(ConcurrencyModel {
+                    limit,
+                    limit_pointer: ptr.to_string(),
+                    limit_pos: n.pos,
+                    group: None,
+                })
+            }
+            Value::Map(_) => {
+                let entries = self.map(n, ptr, schema::CONCURRENCY_KEYS)?;
+                let mut limit = None;
+                let mut group = None;
+                let mut saw_limit = false;
+                for e in entries.iter().filter(|e| !e.value.is_null()) {
+                    let p = child(ptr, &e.key);
+                    match e.key.as_str() {
+                        "limit" => {
+                            saw_limit = true;
+                            limit = self
+                                .concurrency_limit(&e.value, &p)
+                                .map(|l| (l, p, e.value.pos));
+                        }
+                        "group" => group = self.string(&e.value, &p),
+                        _ => {}
+                    }
+                }
+                if !saw_limit {
+                    self.sink.error(
+                        ptr,
+                        n.pos,
+                        "\"concurrency\" needs a \"limit\": how many workflows of the group may run at once",
+                    );
+                }
+                let (limit, limit_pointer, limit_pos) = limit?;
+                Some(ConcurrencyModel {
+                    limit,
+                    limit_pointer,
+                    limit_pos,
+                    group,
+                })
+            }
+            _ => {
+                self.sink.error(
+                    ptr,
+                    n.pos,
+                    "expected an integer or a map with \"limit\" and \"group\"",
+                );
+                None
+            }
+        }
+    }
+
+    /// A concurrency limit: a whole number, at least 1.
+    fn concurrency_limit(&mut self, n: &Node, ptr: &str) -> Option<i64> {
+        let limit = self.integer(n, ptr)?;
+        if limit < 1 {
+            self.sink.error(
+                ptr,
+                n.pos,
+                format!(
+                    "expected a limit of 1 or more, found {limit}; to let every run start at once, leave \"concurrency\" out"
+                ),
+            );
+            return None;
+        }
+        Some(limit)
+    }
+
     // ---- workflow ----------------------------------------------------------------------------
 
     /// Reads a whole workflow (matrix already expanded and substituted).
@@ -1012,26 +1087,7 @@ impl Reader<'_> {
                     );
                 }
                 "when" => w.when = self.conditions(v, &p, schema::WORKFLOW_WHEN_KEYS),
-                "concurrency" => {
-                    match &v.value {
-                        Value::Number(_) => {
-                            let _ = self.integer(v, &p);
-                        }
-                        Value::Map(_) => {
-                            let _ = self.map(v, &p, schema::CONCURRENCY_KEYS);
-                        }
-                        _ => self.sink.error(
-                            &p,
-                            v.pos,
-                            "expected an integer or a map with limit and group",
-                        ),
-                    }
-                    self.sink.warn(
-                        &p,
-                        e.key_pos,
-                        "\"concurrency\" is accepted but not enforced: piculet does not limit how many runs of a workflow execute at once",
-                    );
-                }
+                "concurrency" => w.concurrency = self.concurrency(v, &p),
                 // `matrix` is expanded before reading; `variables` holds anchors only.
                 _ => {}
             }
@@ -1498,13 +1554,100 @@ mod tests {
         );
     }
 
+    const ONE_STEP: &str = "steps: [{name: a, image: x, commands: [ls]}]";
+
+    fn concurrency(yaml: &str) -> (Option<ConcurrencyModel>, Sink) {
+        let (w, sink) = read(&format!("{yaml}\n{ONE_STEP}"));
+        (w.and_then(|w| w.concurrency), sink)
+    }
+
     #[test]
-    fn concurrency_warns() {
-        let (_, sink) = read("concurrency: 1\nsteps: [{name: a, image: x, commands: [ls]}]");
-        assert!(sink.errors.is_empty());
+    fn concurrency_is_a_limit_or_a_limit_and_a_group_and_draws_no_warning() {
+        let (c, sink) = concurrency("concurrency: 2");
+        assert!(
+            sink.errors.is_empty() && sink.warnings.is_empty(),
+            "{sink:?}"
+        );
+        let c = c.unwrap();
         assert_eq!(
-            sink.warnings[0].message,
-            "\"concurrency\" is accepted but not enforced: piculet does not limit how many runs of a workflow execute at once"
+            (c.limit, c.group, c.limit_pointer.as_str()),
+            (2, None, "/concurrency")
+        );
+
+        let (c, sink) = concurrency("concurrency:\n  limit: 1\n  group: deploy");
+        assert!(
+            sink.errors.is_empty() && sink.warnings.is_empty(),
+            "{sink:?}"
+        );
+        let c = c.unwrap();
+        assert_eq!((c.limit, c.group.as_deref()), (1, Some("deploy")));
+        assert_eq!(c.limit_pointer, "/concurrency/limit");
+        assert_eq!((c.limit_pos.line, c.limit_pos.column), (Some(2), Some(10)));
+
+        let (c, sink) = concurrency("concurrency: {limit: 3}");
+        assert!(sink.errors.is_empty(), "{sink:?}");
+        assert_eq!(c.unwrap().group, None);
+    }
+
+    #[test]
+    fn a_concurrency_group_without_a_limit_is_refused_where_it_stands() {
+        let (c, sink) = concurrency("concurrency:\n  group: deploy");
+        assert!(c.is_none());
+        let [e] = sink.errors.as_slice() else {
+            panic!("one error: {sink:?}")
+        };
+        assert_eq!(e.pointer, "/concurrency");
+        assert_eq!((e.line, e.column), (Some(2), Some(3)));
+        assert_eq!(
+            e.message,
+            "\"concurrency\" needs a \"limit\": how many workflows of the group may run at once"
+        );
+    }
+
+    #[test]
+    fn concurrency_limits_below_one_and_other_shapes_are_refused() {
+        for (yaml, pointer, message) in [
+            (
+                "concurrency: 0",
+                "/concurrency",
+                "expected a limit of 1 or more, found 0; to let every run start at once, leave \"concurrency\" out",
+            ),
+            (
+                "concurrency: {limit: -2, group: g}",
+                "/concurrency/limit",
+                "expected a limit of 1 or more, found -2; to let every run start at once, leave \"concurrency\" out",
+            ),
+            ("concurrency: 1.5", "/concurrency", "expected an integer"),
+            (
+                "concurrency: {limit: \"1\"}",
+                "/concurrency/limit",
+                "expected an integer",
+            ),
+            (
+                "concurrency: [1]",
+                "/concurrency",
+                "expected an integer or a map with \"limit\" and \"group\"",
+            ),
+            (
+                "concurrency: {limit: 1, group: [a]}",
+                "/concurrency/group",
+                "expected a string",
+            ),
+        ] {
+            let (c, sink) = concurrency(yaml);
+            let found: Vec<(&str, &str)> = sink
+                .errors
+                .iter()
+                .map(|e| (e.pointer.as_str(), e.message.as_str()))
+                .collect();
+            assert_eq!(found, [(pointer, message)], "{yaml}");
+            assert!(c.is_none() || yaml.contains("group: [a]"), "{yaml}");
+        }
+        let (_, sink) = concurrency("concurrency: {limit: 1, grup: g}");
+        assert_eq!(sink.errors[0].pointer, "/concurrency/grup");
+        assert!(
+            sink.errors[0].message.contains("did you mean \"group\""),
+            "{sink:?}"
         );
     }
 

@@ -146,47 +146,243 @@ fn new_event(
     }
 }
 
+/// How many times a claim on Postgres looks again when the workflow it found was taken, or its
+/// group filled, by another replica between the look and the claim.
+const CLAIM_TRIES: usize = 3;
+
+/// How many waiting workflows one [`Store::note_waiting`] marks; the rest at its next call.
+const WAITING_NOTES: i64 = 64;
+
+/// Which concurrency groups a claim statement may claim from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Groups {
+    /// Every group, counted in the statement: SQLite, where one writer at a time makes the
+    /// count and the claim one atomic step; and the look for a candidate on Postgres.
+    All,
+    /// Only workflows without a group (and expired leases, which keep their slot).
+    Ungrouped,
+    /// Those without a group and the one group (`$4` scope, `$5` group) whose lock the
+    /// transaction holds.
+    Locked,
+}
+
+/// The common table expressions `queue`, `running` and `places`: for each queued workflow
+/// of a concurrency group (of a pipeline not being canceled), how many of its group run, how
+/// many are ahead of it, and its group's limit as it declares it.
+///
+/// Ahead of a workflow are the queued workflows of its group from earlier pipelines (in the
+/// order pipelines were created, ready or not: a slower `depends_on` cannot reorder them),
+/// and the ready ones of its own pipeline at an earlier position. A workflow of its own
+/// pipeline that is not ready is not ahead: it may be waiting for this very one, and
+/// reserving its place would deadlock the pipeline. It may start when those running and
+/// those ahead together leave a place under its limit.
+fn places(groups: Groups) -> String {
+    let only = if groups == Groups::Locked {
+        " AND w.concurrency_scope = $4 AND w.concurrency_group = $5"
+    } else {
+        ""
+    };
+    format!(
+        "queue AS ( \
+           SELECT w.id, w.ready, w.concurrency_scope AS scope, w.concurrency_group AS grp, \
+             w.concurrency_limit AS lim, \
+             COUNT(*) OVER (PARTITION BY w.concurrency_scope, w.concurrency_group \
+                            ORDER BY w.created_at, w.pipeline_id) \
+             - COUNT(*) OVER (PARTITION BY w.concurrency_scope, w.concurrency_group, w.pipeline_id) \
+             + COALESCE(SUM(CASE WHEN w.ready THEN 1 ELSE 0 END) OVER ( \
+                 PARTITION BY w.concurrency_scope, w.concurrency_group, w.pipeline_id \
+                 ORDER BY w.position ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead \
+           FROM workflows w \
+           WHERE w.status = 'queued' AND w.concurrency_group IS NOT NULL{only} \
+             AND NOT EXISTS (SELECT 1 FROM pipelines p \
+                             WHERE p.id = w.pipeline_id AND p.cancel_requested)), \
+         running AS ( \
+           SELECT w.concurrency_scope AS scope, w.concurrency_group AS grp, COUNT(*) AS n \
+           FROM workflows w \
+           WHERE w.status = 'running' AND w.concurrency_group IS NOT NULL{only} \
+           GROUP BY w.concurrency_scope, w.concurrency_group), \
+         places AS ( \
+           SELECT q.id, q.ready, q.grp, q.lim, q.ahead, COALESCE(r.n, 0) AS running \
+           FROM queue q LEFT JOIN running r ON r.scope = q.scope AND r.grp = q.grp)"
+    )
+}
+
+/// The condition a claimable workflow (of the `workflows` table, unaliased) meets, `now` being
+/// the parameter that holds the time: queued and ready, its pipeline not being canceled, and
+/// with a place in its concurrency group (see [`places`]); or running with an expired lease,
+/// to be adopted (it keeps its place: it was counted as running all along).
+fn claimable(groups: Groups, now: &str) -> String {
+    let group = match groups {
+        Groups::Ungrouped => "concurrency_group IS NULL",
+        Groups::All | Groups::Locked => {
+            "(concurrency_group IS NULL OR id IN (SELECT id FROM places \
+                                                  WHERE ready AND running + ahead < lim))"
+        }
+    };
+    format!(
+        "((status = 'queued' AND ready AND {group}) \
+          OR (status = 'running' AND lease_expires_at < {now})) \
+         AND NOT EXISTS (SELECT 1 FROM pipelines p \
+                         WHERE p.id = workflows.pipeline_id \
+                           AND p.cancel_requested AND workflows.status = 'queued')"
+    )
+}
+
+/// The claim statement: takes the oldest claimable workflow (see [`claimable`]) for the lease.
+/// A queued workflow that waited for its group no longer says so once it runs.
+fn claim_statement(groups: Groups, postgres: bool) -> String {
+    // Postgres: SKIP LOCKED lets replicas claim side by side without waiting on each
+    // other. SQLite has one writer at a time, which makes the plain statement atomic.
+    let lock = if postgres {
+        " FOR UPDATE SKIP LOCKED"
+    } else {
+        ""
+    };
+    let with = match groups {
+        Groups::Ungrouped => String::new(),
+        Groups::All | Groups::Locked => format!("WITH {} ", places(groups)),
+    };
+    format!(
+        "{with}UPDATE workflows SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
+         started_at = COALESCE(started_at, $3), claims = claims + 1, \
+         reason = CASE WHEN status = 'queued' THEN NULL ELSE reason END \
+         WHERE id = (SELECT id FROM workflows WHERE {} \
+                     ORDER BY created_at, position LIMIT 1{lock}) \
+         RETURNING id, pipeline_id, plan, claims",
+        claimable(groups, "$3")
+    )
+}
+
+/// What one try at a claim found.
+enum Claim {
+    Claimed(Box<ClaimedWorkflow>, Vec<Event>),
+    /// Nothing is claimable.
+    Nothing,
+    /// Something looked claimable but was taken (or its group filled) meanwhile: look again.
+    Raced,
+}
+
+/// A queued workflow that waits for its concurrency group and does not say so, or says so
+/// with numbers that have changed, as [`Store::note_waiting`] finds it.
+#[derive(sqlx::FromRow)]
+struct WaitingRow {
+    id: Uuid,
+    pipeline_id: Uuid,
+    /// Its reason now: `None` until it is first marked.
+    was: Option<String>,
+    /// What it says once marked.
+    why: String,
+}
+
+/// How every waiting reason begins: what marks a reason as one of these.
+const WAITING: &str = "waiting for concurrency group ";
+
+/// The workflows of one concurrency group running and waiting, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCount {
+    /// The submissions' `CI_REPO`; empty for those without one.
+    pub scope: String,
+    pub group: String,
+    pub running: i64,
+    /// Queued and ready: only their group holds them back.
+    pub waiting: i64,
+}
+
+/// Per concurrency group, the workflows running and waiting: the groups with the most
+/// workflows one by one, the rest summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConcurrencyCounts {
+    pub groups: Vec<GroupCount>,
+    /// The groups left out, summed: (running, waiting); `None` when none was left out.
+    pub others: Option<(i64, i64)>,
+}
+
 impl Store {
-    /// Claims the oldest runnable workflow — a queued one whose dependencies let it run, or a
-    /// running one whose lease expired — for `lease` from now.
+    /// Claims the oldest runnable workflow — a queued one whose dependencies let it run and
+    /// whose concurrency group has a place, or a running one whose lease expired — for
+    /// `lease` from now.
+    ///
+    /// At most `limit` workflows of a concurrency group run at once, across replicas. On
+    /// SQLite the count and the claim are one statement under the one write lock. On Postgres
+    /// a claim first looks for the oldest runnable workflow; when it is queued in a group, the
+    /// claim takes that group's transaction-scoped advisory lock and counts again, in a
+    /// statement whose snapshot comes after the lock: two replicas claiming in one group at
+    /// once take turns, and the second counts what the first claimed. A workflow taken over
+    /// from an expired lease needs no lock: it keeps the place it holds.
     pub async fn claim_workflow(
         &self,
         owner: &str,
         lease: std::time::Duration,
     ) -> Result<Option<ClaimedWorkflow>, StoreError> {
         self.write(async {
-        let now = Utc::now();
-        let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
-        // Postgres: SKIP LOCKED lets replicas claim side by side without waiting on each
-        // other. SQLite has one writer at a time, which makes the plain statement atomic.
-        let lock = if self.is_postgres() {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE workflows SET status = 'running', lease_owner = $1, lease_expires_at = $2, \
-             started_at = COALESCE(started_at, $3), claims = claims + 1 \
-             WHERE id = (SELECT id FROM workflows \
-                         WHERE ((status = 'queued' AND ready) \
-                            OR (status = 'running' AND lease_expires_at < $3)) \
-                           AND NOT EXISTS (SELECT 1 FROM pipelines p \
-                                           WHERE p.id = workflows.pipeline_id \
-                                             AND p.cancel_requested AND workflows.status = 'queued') \
-                         ORDER BY created_at, position LIMIT 1{lock}) \
-             RETURNING id, pipeline_id, plan, claims"
-        );
+            for _ in 0..CLAIM_TRIES {
+                match self.try_claim(owner, lease).await? {
+                    Claim::Claimed(claimed, events) => {
+                        self.publish(events);
+                        return Ok(Some(*claimed));
+                    }
+                    Claim::Nothing => return Ok(None),
+                    Claim::Raced => {}
+                }
+            }
+            // Taken from under us each time: the next poll looks again.
+            Ok(None)
+        })
+        .await
+    }
+
+    async fn try_claim(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+    ) -> Result<Claim, StoreError> {
+        let postgres = self.is_postgres();
         let mut events = Vec::new();
-        let claimed = on_pool!(self, pool => {
+        let claim = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let row: Option<ClaimRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            let (groups, group) = if postgres {
+                // The oldest runnable workflow as of now, to know which group to lock.
+                let look: Option<(String, Option<String>, Option<String>)> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                        "WITH {} SELECT status, concurrency_scope, concurrency_group \
+                         FROM workflows WHERE {} ORDER BY created_at, position LIMIT 1",
+                        places(Groups::All),
+                        claimable(Groups::All, "$1")
+                    )))
+                    .bind(Utc::now())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match look {
+                    None => return Ok(Claim::Nothing),
+                    Some((status, Some(scope), Some(group))) if status == "queued" => {
+                        sqlx::query(
+                            "SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))",
+                        )
+                        .bind(&scope)
+                        .bind(&group)
+                        .execute(&mut *tx)
+                        .await?;
+                        (Groups::Locked, Some((scope, group)))
+                    }
+                    Some(_) => (Groups::Ungrouped, None),
+                }
+            } else {
+                (Groups::All, None)
+            };
+            // On Postgres taken after the group's lock: a start time after the end of
+            // whatever freed the place.
+            let now = Utc::now();
+            let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
+            let mut claim = sqlx::query_as(sqlx::AssertSqlSafe(claim_statement(groups, postgres)))
                 .bind(owner)
                 .bind(expires)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await?;
+                .bind(now);
+            if let Some((scope, group)) = &group {
+                claim = claim.bind(scope).bind(group);
+            }
+            let row: Option<ClaimRow> = claim.fetch_optional(&mut *tx).await?;
             let Some(row) = row else {
-                return Ok(None);
+                return Ok(if postgres { Claim::Raced } else { Claim::Nothing });
             };
             let takeover = row.claims > 1;
             if !takeover {
@@ -235,8 +431,74 @@ impl Store {
                 cancel_requested: pipeline.cancel_requested,
             }
         });
-        self.publish(events);
-        Ok(Some(claimed))
+        Ok(Claim::Claimed(Box::new(claim), events))
+    }
+
+    /// Marks the queued workflows that wait for their concurrency group: each gets its reason
+    /// (`waiting for concurrency group deploy: 1 of 1 running`, and `, 2 queued ahead` when
+    /// earlier workflows of the group wait too) and, when it starts waiting, one event; a later
+    /// call brings the numbers of the reason up to date without another event, and a claim
+    /// clears it. Returns how many workflows started waiting. At most [`WAITING_NOTES`]
+    /// workflows are written per call; the rest at the next.
+    ///
+    /// Each mark takes its pipeline's lock first, as a cancel does, so that a cancel never
+    /// skips a workflow being marked (it would stay queued).
+    pub async fn note_waiting(&self) -> Result<usize, StoreError> {
+        self.write(async {
+            let waiting: Vec<WaitingRow> = on_pool!(self, pool => {
+                sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "WITH {}, waiting AS ( \
+                       SELECT w.id, w.pipeline_id, w.reason AS was, w.created_at, w.position, \
+                         '{WAITING}' || pl.grp || ': ' || CAST(pl.running AS TEXT) || ' of ' \
+                         || CAST(pl.lim AS TEXT) || ' running' \
+                         || CASE WHEN pl.ahead > 0 \
+                                 THEN ', ' || CAST(pl.ahead AS TEXT) || ' queued ahead' \
+                                 ELSE '' END AS why \
+                       FROM places pl JOIN workflows w ON w.id = pl.id \
+                       WHERE pl.ready AND pl.running + pl.ahead >= pl.lim) \
+                     SELECT id, pipeline_id, was, why FROM waiting \
+                     WHERE was IS NULL OR (was <> why AND was LIKE '{WAITING}%') \
+                     ORDER BY created_at, position LIMIT $1",
+                    places(Groups::All)
+                )))
+                .bind(WAITING_NOTES)
+                .fetch_all(pool)
+                .await?
+            });
+            let mut started = 0;
+            for w in waiting {
+                let event = on_pool!(self, pool => {
+                    let mut tx = pool.begin().await?;
+                    lock_pipeline(&mut *tx, w.pipeline_id).await?;
+                    // Only as it was read: a claim (or a cancel) since then wins.
+                    let row: Option<(String,)> = sqlx::query_as(
+                        "UPDATE workflows SET reason = $1 \
+                         WHERE id = $2 AND status = 'queued' \
+                           AND (reason = $3 OR (reason IS NULL AND $4)) RETURNING name",
+                    )
+                    .bind(&w.why)
+                    .bind(w.id)
+                    .bind(w.was.as_deref())
+                    .bind(w.was.is_none())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    let event = match row {
+                        Some((name,)) if w.was.is_none() => Some(
+                            insert_event(&mut tx, NewEvent {
+                                reason: Some(w.why.clone()),
+                                ..new_event(w.pipeline_id, Subject::Workflow, w.id, name, Status::Queued, Utc::now())
+                            })
+                            .await?,
+                        ),
+                        _ => None,
+                    };
+                    tx.commit().await?;
+                    event
+                });
+                started += usize::from(event.is_some());
+                self.publish(event.into_iter().collect());
+            }
+            Ok(started)
         })
         .await
     }
@@ -673,6 +935,64 @@ impl Store {
         })
         .await
     }
+}
+
+impl Store {
+    /// The workflows running and waiting per concurrency group, for `/metrics`: the `shown`
+    /// groups (at least 1) with the most workflows one by one, the others summed. One
+    /// statement, so that the sum of the others agrees with the groups shown.
+    pub async fn concurrency_counts(&self, shown: usize) -> Result<ConcurrencyCounts, StoreError> {
+        self.read(async {
+            let rows: Vec<GroupCountRow> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "SELECT scope, grp, running, waiting, \
+                       CAST(SUM(running) OVER () AS BIGINT) AS all_running, \
+                       CAST(SUM(waiting) OVER () AS BIGINT) AS all_waiting \
+                     FROM (SELECT concurrency_scope AS scope, concurrency_group AS grp, \
+                             CAST(SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS BIGINT) AS running, \
+                             CAST(SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS BIGINT) AS waiting \
+                           FROM workflows WHERE concurrency_group IS NOT NULL \
+                             AND (status = 'running' OR (status = 'queued' AND ready)) \
+                           GROUP BY concurrency_scope, concurrency_group) g \
+                     ORDER BY running + waiting DESC, scope, grp LIMIT $1",
+                )
+                .bind(i64::try_from(shown.max(1)).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?
+            });
+            let totals = rows
+                .first()
+                .map_or((0, 0), |r| (r.all_running, r.all_waiting));
+            let groups: Vec<GroupCount> = rows
+                .into_iter()
+                .map(|r| GroupCount {
+                    scope: r.scope,
+                    group: r.grp,
+                    running: r.running,
+                    waiting: r.waiting,
+                })
+                .collect();
+            let others = (
+                totals.0 - groups.iter().map(|g| g.running).sum::<i64>(),
+                totals.1 - groups.iter().map(|g| g.waiting).sum::<i64>(),
+            );
+            Ok(ConcurrencyCounts {
+                others: (others != (0, 0)).then_some(others),
+                groups,
+            })
+        })
+        .await
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct GroupCountRow {
+    scope: String,
+    grp: String,
+    running: i64,
+    waiting: i64,
+    all_running: i64,
+    all_waiting: i64,
 }
 
 enum Readiness {

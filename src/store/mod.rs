@@ -19,7 +19,9 @@ mod logs;
 mod notify;
 mod pipelines;
 
-pub use engine::{ClaimedWorkflow, LeaseState, StartRecord, StepState};
+pub use engine::{
+    ClaimedWorkflow, ConcurrencyCounts, GroupCount, LeaseState, StartRecord, StepState,
+};
 pub use events::NewEvent;
 pub use logs::Fenced;
 pub use notify::{APPLICATION_NAME as FEED_LISTENER_NAME, CHANNEL as FEED_CHANNEL};

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::events::{NewEvent, insert_event, insert_numbered_event, lock_pipeline, subject_text};
 use super::{Pool, Store, StoreError, on_pool};
 use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Subject, Workflow};
-use crate::pipeline::Diagnostic;
+use crate::pipeline::{Concurrency, Diagnostic};
 
 /// A pipeline to insert, already planned; ids are chosen by the caller.
 #[derive(Debug, Clone)]
@@ -42,6 +42,8 @@ pub struct NewWorkflow {
     pub reason: Option<String>,
     /// Whether it may start at once (it depends on no other workflow).
     pub ready: bool,
+    /// At most how many workflows of its group may run at once (`concurrency`).
+    pub concurrency: Option<Concurrency>,
     pub steps: Vec<NewStep>,
 }
 
@@ -61,6 +63,20 @@ impl NewWorkflow {
     /// A workflow inserted already finished (skipped) finishes when it is created.
     fn finished_at(&self, created_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.status.is_finished().then_some(created_at)
+    }
+
+    /// `concurrency_scope`, `concurrency_group` and `concurrency_limit`: all NULL without
+    /// `concurrency`, and the scope `''` when the submission names no repository, so that
+    /// the claim compares scopes with `=`.
+    fn concurrency_columns(&self) -> (Option<&str>, Option<&str>, Option<i32>) {
+        match &self.concurrency {
+            Some(c) => (
+                Some(c.scope.as_deref().unwrap_or("")),
+                Some(c.group.as_str()),
+                Some(i32::try_from(c.limit).unwrap_or(i32::MAX)),
+            ),
+            None => (None, None, None),
+        }
     }
 }
 
@@ -303,7 +319,7 @@ impl PipelineRow {
     }
 }
 
-/// Rows per multi-row insert on SQLite: 11 parameters a row stays under its limit of 32766.
+/// Rows per multi-row insert on SQLite: 14 parameters a row stays under its limit of 32766.
 const ROWS_PER_INSERT: usize = 1000;
 
 /// The columns of a [`PipelineRow`], from the pipelines table as `p`.
@@ -322,21 +338,24 @@ const INSERT_PIPELINE: &str = "WITH pipeline AS ( \
            SELECT $1, * FROM unnest($14::text[], $15::text[])), \
          workflows AS ( \
            INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, reason, \
-             ready, created_at, finished_at) \
+             ready, created_at, finished_at, concurrency_scope, concurrency_group, \
+             concurrency_limit) \
            SELECT w.id, $1, w.position, w.name, w.matrix, w.plan, w.status, w.reason, w.ready, \
-             $13, w.finished_at \
+             $13, w.finished_at, w.concurrency_scope, w.concurrency_group, w.concurrency_limit \
            FROM unnest($16::uuid[], $17::int4[], $18::text[], $19::jsonb[], $20::jsonb[], \
-             $21::text[], $22::text[], $23::bool[], $24::timestamptz[]) \
-             AS w(id, position, name, matrix, plan, status, reason, ready, finished_at)), \
+             $21::text[], $22::text[], $23::bool[], $24::timestamptz[], $25::text[], $26::text[], \
+             $27::int4[]) \
+             AS w(id, position, name, matrix, plan, status, reason, ready, finished_at, \
+               concurrency_scope, concurrency_group, concurrency_limit)), \
          steps AS ( \
            INSERT INTO steps (id, workflow_id, pipeline_id, position, name, kind, status, reason, \
              attempt) \
            SELECT s.id, s.workflow_id, $1, s.position, s.name, s.kind, s.status, s.reason, 0 \
-           FROM unnest($25::uuid[], $26::uuid[], $27::int4[], $28::text[], $29::text[], \
-             $30::text[], $31::text[]) \
+           FROM unnest($28::uuid[], $29::uuid[], $30::int4[], $31::text[], $32::text[], \
+             $33::text[], $34::text[]) \
              AS s(id, workflow_id, position, name, kind, status, reason)) \
          INSERT INTO events (pipeline_id, seq, subject, subject_id, status, payload, created_at) \
-         VALUES ($1, 1, $32, $33, $34, $35, $36)";
+         VALUES ($1, 1, $35, $36, $37, $38, $39)";
 
 /// Inserts `new` into Postgres as [`Store`] does, without publishing anything. Public for
 /// the benchmark, whose plain-SQL baseline is this very statement with the same parameters.
@@ -364,6 +383,9 @@ pub async fn insert_pipeline_postgres(
         .bind(column(workflows, |w| w.reason.as_deref()))
         .bind(column(workflows, |w| w.ready))
         .bind(column(workflows, |w| w.finished_at(new.created_at)))
+        .bind(column(workflows, |w| w.concurrency_columns().0))
+        .bind(column(workflows, |w| w.concurrency_columns().1))
+        .bind(column(workflows, |w| w.concurrency_columns().2))
         .bind(column(&steps, |(_, _, s)| s.id))
         .bind(column(&steps, |(w, _, _)| *w))
         .bind(column(&steps, |(_, i, _)| *i))
@@ -451,9 +473,11 @@ async fn insert_pipeline_sqlite(
     for chunk in workflows.chunks(ROWS_PER_INSERT) {
         let mut q = sqlx::QueryBuilder::new(
             "INSERT INTO workflows (id, pipeline_id, position, name, matrix, plan, status, \
-             reason, ready, created_at, finished_at) ",
+             reason, ready, created_at, finished_at, concurrency_scope, concurrency_group, \
+             concurrency_limit) ",
         );
         q.push_values(chunk, |mut row, (position, w)| {
+            let (scope, group, limit) = w.concurrency_columns();
             row.push_bind(w.id)
                 .push_bind(new.id)
                 .push_bind(*position as i32)
@@ -464,7 +488,10 @@ async fn insert_pipeline_sqlite(
                 .push_bind(w.reason.as_deref())
                 .push_bind(w.ready)
                 .push_bind(new.created_at)
-                .push_bind(w.finished_at(new.created_at));
+                .push_bind(w.finished_at(new.created_at))
+                .push_bind(scope)
+                .push_bind(group)
+                .push_bind(limit);
         });
         q.build().execute(&mut *tx).await?;
     }

@@ -1060,6 +1060,7 @@ mod tests {
                 services: Vec::new(),
                 steps: Vec::new(),
                 dropped_steps: Vec::new(),
+                concurrency: None,
             },
             secrets: secrets
                 .iter()
