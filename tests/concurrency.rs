@@ -594,3 +594,66 @@ async fn a_claim_waits_for_its_groups_lock_and_counts_after_it() {
     );
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
 }
+
+/// Leases are measured by the database's clock: a replica on a host whose clock is ten
+/// minutes ahead does not take over a lease another replica holds (it would have taken
+/// every workflow as soon as it looked), and one whose clock is ten minutes behind holds its
+/// leases as long as any other. Postgres only: SQLite serves one replica, one clock.
+#[tokio::test]
+async fn leases_hold_whatever_the_replicas_clocks_say() {
+    let app = TestApp::spawn_api(Db::Postgres).await;
+    let stores = replicas(&app).await;
+    let ahead = stores[0]
+        .clone()
+        .with_clock_offset(chrono::Duration::minutes(10));
+    let behind = stores[1]
+        .clone()
+        .with_clock_offset(chrono::Duration::minutes(-10));
+    submit(&app, None, &[("one", config(None))]).await;
+    submit(&app, None, &[("two", config(None))]).await;
+
+    let held = behind
+        .claim_workflow("behind", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    let renewed = behind
+        .renew_lease(held.workflow_id, "behind", LEASE)
+        .await
+        .unwrap();
+    assert!(renewed.held);
+    let other = ahead.claim_workflow("ahead", LEASE).await.unwrap().unwrap();
+    assert_ne!(
+        other.workflow_id, held.workflow_id,
+        "a clock ten minutes ahead took over a lease of 30 s"
+    );
+    assert!(!other.takeover);
+    assert!(
+        ahead
+            .claim_workflow("ahead", LEASE)
+            .await
+            .unwrap()
+            .is_none(),
+        "both leases hold"
+    );
+    assert!(
+        behind
+            .claim_workflow("behind", LEASE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A released lease is expired by every clock: the replica behind takes it at once.
+    ahead
+        .release_lease(other.workflow_id, "ahead")
+        .await
+        .unwrap();
+    let taken = behind
+        .claim_workflow("behind", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.workflow_id, other.workflow_id);
+    assert!(taken.takeover);
+}

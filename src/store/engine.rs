@@ -123,6 +123,25 @@ struct SiblingRow {
     plan: Json<Option<WorkflowPlan>>,
 }
 
+/// The time leases are measured by, read through `$exec`: the database's clock on Postgres,
+/// where replicas on different hosts compare each other's leases and a host whose clock is a
+/// minute ahead would otherwise take every workflow over as soon as it looks; this host's
+/// clock on SQLite, which serves one replica.
+macro_rules! lease_now {
+    ($store:expr, $exec:expr) => {
+        if $store.is_postgres() {
+            sqlx::query_scalar::<_, DateTime<Utc>>("SELECT clock_timestamp()")
+                .fetch_one($exec)
+                .await?
+        } else {
+            $store.local_now()
+        }
+    };
+}
+
+/// What a released lease is set to: expired by every clock.
+const RELEASED: DateTime<Utc> = DateTime::<Utc>::UNIX_EPOCH;
+
 const STEP_COLUMNS: &str =
     "id, pipeline_id, name, kind, status, exit_code, reason, started_at, attempt, launched";
 
@@ -349,7 +368,7 @@ impl Store {
                         places(Groups::All),
                         claimable(Groups::All, "$1")
                     )))
-                    .bind(Utc::now())
+                    .bind(lease_now!(self, &mut *tx))
                     .fetch_optional(&mut *tx)
                     .await?;
                 match look {
@@ -371,7 +390,7 @@ impl Store {
             };
             // On Postgres taken after the group's lock: a start time after the end of
             // whatever freed the place.
-            let now = Utc::now();
+            let now = lease_now!(self, &mut *tx);
             let expires = now + chrono::Duration::from_std(lease).unwrap_or_default();
             let mut claim = sqlx::query_as(sqlx::AssertSqlSafe(claim_statement(groups, postgres)))
                 .bind(owner)
@@ -511,8 +530,9 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<LeaseState, StoreError> {
         self.write(async {
-            let expires = Utc::now() + chrono::Duration::from_std(lease).unwrap_or_default();
+            let lease = chrono::Duration::from_std(lease).unwrap_or_default();
             let row: Option<(bool,)> = on_pool!(self, pool => {
+                let expires = lease_now!(self, pool) + lease;
                 let updated = sqlx::query(
                     "UPDATE workflows SET lease_expires_at = $1 \
                      WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
@@ -556,7 +576,7 @@ impl Store {
                 sqlx::query(
                     "UPDATE workflows SET lease_expires_at = $1 WHERE id = $2 AND lease_owner = $3",
                 )
-                .bind(Utc::now() - chrono::Duration::seconds(1))
+                .bind(RELEASED)
                 .bind(workflow_id)
                 .bind(owner)
                 .execute(pool)
@@ -593,7 +613,7 @@ impl Store {
                         "UPDATE workflows SET lease_expires_at = $1 \
                          WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
                     )
-                    .bind(Utc::now() - chrono::Duration::seconds(1))
+                    .bind(RELEASED)
                     .bind(id)
                     .bind(owner)
                     .execute(pool)

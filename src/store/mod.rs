@@ -233,6 +233,9 @@ pub struct Store {
     pool: Pool,
     hub: Hub,
     timeouts: Timeouts,
+    /// How far this host's clock is taken to be off (zero but in tests; see
+    /// [`Store::with_clock_offset`]).
+    clock_offset: chrono::Duration,
 }
 
 impl Store {
@@ -254,6 +257,7 @@ impl Store {
             pool: open_pool(url, settings).await?,
             hub: Hub::default(),
             timeouts: settings.timeouts,
+            clock_offset: chrono::Duration::zero(),
         })
     }
 
@@ -268,7 +272,21 @@ impl Store {
             pool: open_pool(url, settings).await?,
             hub: self.hub.clone(),
             timeouts: settings.timeouts,
+            clock_offset: self.clock_offset,
         })
+    }
+
+    /// This handle as a replica on a host whose clock is `offset` off would use it. Tests use
+    /// it to show that leases do not depend on replicas' clocks (see [`Store::lease_now`]).
+    #[doc(hidden)]
+    pub fn with_clock_offset(mut self, offset: chrono::Duration) -> Store {
+        self.clock_offset = offset;
+        self
+    }
+
+    /// The time by this host's clock.
+    pub(crate) fn local_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.clock_offset
     }
 
     /// Applies every migration not applied yet; safe to run on every start. Without a time
