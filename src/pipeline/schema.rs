@@ -112,7 +112,8 @@ pub const CONCURRENCY_KEYS: &[&str] = &["limit", "group"];
 /// Backends of Woodpecker's `backend_options`; only `kubernetes` is read by piculet.
 pub const BACKEND_KEYS: &[&str] = &["kubernetes", "docker", "local"];
 
-/// `backend_options.kubernetes`, as Woodpecker's Kubernetes backend reads it, plus `hostUsers`.
+/// `backend_options.kubernetes`, as Woodpecker's Kubernetes backend reads it (`workspaceVolume`
+/// since 2026), plus `hostUsers`.
 pub const KUBERNETES_KEYS: &[&str] = &[
     "resources",
     "runtimeClassName",
@@ -125,6 +126,7 @@ pub const KUBERNETES_KEYS: &[&str] = &[
     "securityContext",
     "secrets",
     "hostUsers",
+    "workspaceVolume",
 ];
 pub const RESOURCES_KEYS: &[&str] = &["requests", "limits"];
 pub const TOLERATION_KEYS: &[&str] = &["key", "operator", "value", "effect", "tolerationSeconds"];
