@@ -865,11 +865,11 @@ fn resource_name(e: &mut Errors, field: &str, name: &str) {
 
 /// A resource's quantity, or why it is none.
 fn quantity(e: &mut Errors, field: &str, name: &str, text: &str) -> Option<Quantity> {
-    if let Some(positive) = text.trim().strip_prefix('-') {
-        if Quantity::parse(positive).is_ok() {
-            e.invalid_key(field, text, "must be greater than or equal to 0", name);
-            return None;
-        }
+    if let Some(positive) = text.trim().strip_prefix('-')
+        && Quantity::parse(positive).is_ok()
+    {
+        e.invalid_key(field, text, "must be greater than or equal to 0", name);
+        return None;
     }
     match Quantity::parse(text) {
         Ok(q) => {
