@@ -1454,6 +1454,13 @@ fn settings_errors_are_one_exact_line() {
             "--k8s-pull-secret-names (PICULET_K8S_PULL_SECRET_NAMES): \"Not_OK\" is not a Secret name: lowercase letters, digits, '-' and '.'",
         ),
         (
+            &[(
+                "tolerations",
+                "[{\"key\":\"ci\",\"operator\":\"Equal\",\"value\":\"x\",\"effect\":\"NoSchedule\",\"tolerationSeconds\":60}]",
+            )],
+            "--k8s-tolerations (PICULET_K8S_TOLERATIONS): the Kubernetes API server would refuse every workflow's objects with it: spec.tolerations[0].effect \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set",
+        ),
+        (
             &[("clone_image", "a b")],
             "--k8s-clone-image (PICULET_K8S_CLONE_IMAGE): \"a b\" is not an image reference: it contains white space",
         ),
