@@ -115,16 +115,14 @@ pub fn render(
                 namespace: rendered.namespace.clone(),
                 objects: rendered.to_list(),
             }),
-            Err(Refused::Policy(refused)) => violations.extend(
-                refused
-                    .into_iter()
-                    .map(|v| locate(submission, limits, plan, v)),
-            ),
-            Err(Refused::Invalid(refused)) => invalid.extend(
-                refused
-                    .into_iter()
-                    .map(|v| locate(submission, limits, plan, v)),
-            ),
+            Err(Refused::Policy(refused)) => {
+                let mut places = Places::new(submission, limits, plan);
+                violations.extend(refused.into_iter().map(|v| places.locate(v)));
+            }
+            Err(Refused::Invalid(refused)) => {
+                let mut places = Places::new(submission, limits, plan);
+                invalid.extend(refused.into_iter().map(|v| places.locate(v)));
+            }
         }
     }
     if !violations.is_empty() {
@@ -173,65 +171,93 @@ pub fn diagnostic(v: PolicyViolation) -> Diagnostic {
     }
 }
 
-/// Fills in where in the submission a refused value was written: the config, a JSON pointer,
-/// and line and column when the config was text. A value of the server's own settings (or of
-/// piculet's) has no place in the submission and gets none.
-fn locate(
-    submission: &Submission,
-    limits: &Limits,
-    plan: &WorkflowPlan,
-    mut v: PolicyViolation,
-) -> PolicyViolation {
-    // The policy's refusals name the step's key in their `field`.
-    let origin = v.origin.clone().unwrap_or_else(|| {
-        if v.step.is_empty() {
-            Origin::Submission(v.field.clone())
-        } else {
-            Origin::Step(v.field.clone())
+/// Where in the submission the refused values of one workflow were written. The config is
+/// read again at most once, and only when something is refused.
+struct Places<'a> {
+    submission: &'a Submission,
+    limits: &'a Limits,
+    plan: &'a WorkflowPlan,
+    workflow: Option<Option<Node>>,
+    keys: Option<Option<Node>>,
+}
+
+impl<'a> Places<'a> {
+    fn new(submission: &'a Submission, limits: &'a Limits, plan: &'a WorkflowPlan) -> Self {
+        Places {
+            submission,
+            limits,
+            plan,
+            workflow: None,
+            keys: None,
         }
-    });
-    let found = match &origin {
-        Origin::Submission(path) => {
-            // The submission's own keys (a variable's name may hold dots), walked on its JSON.
-            let tree = serde_json::to_value(submission)
-                .ok()
-                .map(|v| Node::from_json(&v));
-            let (pointer, _) = walk_path(tree.as_ref(), "", path);
-            Some((SUBMISSION.to_string(), pointer, Pos::NONE))
-        }
-        Origin::Step(path) => workflow_tree(submission, limits, plan).and_then(|root| {
-            let kind = plan
-                .services
-                .iter()
-                .chain(&plan.steps)
-                .find(|s| s.name == v.step)
-                .map(|s| s.kind);
-            match kind {
-                // The implicit clone step is the submission's `repo`.
-                Some(StepKind::Clone) if root.get("clone").is_none() => {
-                    Some((SUBMISSION.to_string(), "/repo".to_string(), Pos::NONE))
-                }
-                Some(kind) => {
-                    let (pointer, node) = step_node(&root, kind, &v.step)?;
-                    let (pointer, pos) = walk_path(Some(node), &pointer, path);
-                    Some((plan.name.clone(), pointer, pos))
-                }
-                None => None,
-            }
-        }),
-        Origin::Workflow(path) => workflow_tree(submission, limits, plan).map(|root| {
-            let (pointer, pos) = walk_path(Some(&root), "", path);
-            (plan.name.clone(), pointer, pos)
-        }),
-        Origin::Setting(_) | Origin::Piculet => None,
-    };
-    if let Some((config, pointer, pos)) = found {
-        v.config = Some(config);
-        v.pointer = Some(pointer);
-        v.line = pos.line;
-        v.column = pos.column;
     }
-    v
+
+    /// Fills in where a refused value was written: the config, a JSON pointer, and line and
+    /// column when the config was text. A value of the server's own settings (or of
+    /// piculet's) has no place in the submission and gets none.
+    fn locate(&mut self, mut v: PolicyViolation) -> PolicyViolation {
+        // The policy's refusals name the step's key in their `field`.
+        let origin = v.origin.clone().unwrap_or_else(|| {
+            if v.step.is_empty() {
+                Origin::Submission(v.field.clone())
+            } else {
+                Origin::Step(v.field.clone())
+            }
+        });
+        let plan = self.plan;
+        let found = match &origin {
+            Origin::Submission(path) => {
+                // The submission's own keys (a variable's name may hold dots), on its JSON.
+                let submission = self.submission;
+                let keys = self.keys.get_or_insert_with(|| {
+                    serde_json::to_value(submission)
+                        .ok()
+                        .map(|v| Node::from_json(&v))
+                });
+                let (pointer, _) = walk_path(keys.as_ref(), "", path);
+                Some((SUBMISSION.to_string(), pointer, Pos::NONE))
+            }
+            Origin::Step(path) => {
+                let kind = plan
+                    .services
+                    .iter()
+                    .chain(&plan.steps)
+                    .find(|s| s.name == v.step)
+                    .map(|s| s.kind);
+                self.workflow().and_then(|root| match kind {
+                    // The implicit clone step is the submission's `repo`.
+                    Some(StepKind::Clone) if root.get("clone").is_none() => {
+                        Some((SUBMISSION.to_string(), "/repo".to_string(), Pos::NONE))
+                    }
+                    Some(kind) => {
+                        let (pointer, node) = step_node(root, kind, &v.step)?;
+                        let (pointer, pos) = walk_path(Some(node), &pointer, path);
+                        Some((plan.name.clone(), pointer, pos))
+                    }
+                    None => None,
+                })
+            }
+            Origin::Workflow(path) => self.workflow().map(|root| {
+                let (pointer, pos) = walk_path(Some(root), "", path);
+                (plan.name.clone(), pointer, pos)
+            }),
+            Origin::Setting(_) | Origin::Piculet => None,
+        };
+        if let Some((config, pointer, pos)) = found {
+            v.config = Some(config);
+            v.pointer = Some(pointer);
+            v.line = pos.line;
+            v.column = pos.column;
+        }
+        v
+    }
+
+    fn workflow(&mut self) -> Option<&Node> {
+        let (submission, limits, plan) = (self.submission, self.limits, self.plan);
+        self.workflow
+            .get_or_insert_with(|| workflow_tree(submission, limits, plan))
+            .as_ref()
+    }
 }
 
 /// The tree of the config a workflow was planned from, with its matrix element's and the
@@ -351,4 +377,53 @@ fn walk_path(node: Option<&Node>, pointer: &str, path: &str) -> (String, Pos) {
         }
     }
     (pointer, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(yaml: &str) -> Node {
+        Node::parse(yaml, 32).expect("yaml")
+    }
+
+    #[test]
+    fn paths_become_pointers_with_places() {
+        let root = tree(
+            "steps:\n  - name: a\n    backend_options:\n      kubernetes:\n        labels:\n          app.kubernetes.io/name: x\n        tolerations:\n          - {key: k, effect: NoSchedule}\n",
+        );
+        let (pointer, node) = step_node(&root, StepKind::Step, "a").expect("step");
+        assert_eq!(pointer, "/steps/0");
+        let walk = |path: &str| walk_path(Some(node), &pointer, path);
+        assert_eq!(
+            walk("backend_options.kubernetes.labels.app.kubernetes.io/name"),
+            (
+                "/steps/0/backend_options/kubernetes/labels/app.kubernetes.io~1name".to_string(),
+                Pos::at(6, 35)
+            ),
+            "a key with dots is taken whole"
+        );
+        assert_eq!(
+            walk("backend_options.kubernetes.tolerations[0].effect"),
+            (
+                "/steps/0/backend_options/kubernetes/tolerations/0/effect".to_string(),
+                Pos::at(8, 30)
+            )
+        );
+        // A key the step left out: the pointer says where it would be, the place is the
+        // nearest one written.
+        assert_eq!(
+            walk("backend_options.kubernetes.tolerations[0].tolerationSeconds"),
+            (
+                "/steps/0/backend_options/kubernetes/tolerations/0/tolerationSeconds".to_string(),
+                Pos::at(8, 13)
+            )
+        );
+        let map = tree("steps:\n  build:\n    image: x\n");
+        assert_eq!(
+            step_node(&map, StepKind::Step, "build").map(|(p, _)| p),
+            Some("/steps/build".to_string())
+        );
+        assert!(step_node(&map, StepKind::Service, "build").is_none());
+    }
 }
