@@ -1,5 +1,8 @@
 //! The entry point: a planned workflow and the administrator's configuration in, the exact
-//! Kubernetes objects piculet will create out — or every policy violation. Pure and
+//! Kubernetes objects piculet will create out — or every policy violation, or else every field
+//! of those objects the API server's validation would refuse ([`super::validation`], traced to
+//! the submission by [`super::trace`]; owner references, filled in at creation, are the one
+//! part left to the API server). Pure and
 //! deterministic: the same input renders the same objects, byte for byte, so `POST /render`
 //! shows what a run creates, and an adopting replica finds the objects by name.
 //!
