@@ -907,6 +907,29 @@ async fn render_refuses_what_the_kubernetes_api_server_would_refuse(db: Db) {
         "a local backend runs no pods: {lint:#}"
     );
     assert_eq!(app.pipeline_count().await, 0);
+
+    // The dry run shows a pod with `workspaceVolume: false` without the workspace.
+    let shown = app
+        .post("/api/v1/render")
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body("steps:\n  - name: notify\n    image: curlimages/curl\n    commands: [curl -fsS https://example.com]\n    backend_options: {kubernetes: {workspaceVolume: false}}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 200);
+    let shown: Value = shown.json().await.unwrap();
+    let pod = shown["workflows"][0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Pod")
+        .unwrap()
+        .clone();
+    assert!(pod["spec"]["volumes"].is_null(), "{pod:#}");
+    assert!(
+        pod["spec"]["containers"][0]["volumeMounts"].is_null(),
+        "{pod:#}"
+    );
 }
 
 async fn render_shows_the_objects_and_applies_the_policy(db: Db) {
