@@ -773,6 +773,13 @@ fn render(config: &Config, args: &PipelineArgs, namespace: Option<String>) -> Ex
             }
             ExitCode::from(1)
         }
+        Err(crate::dry_run::Refusal::Kubernetes(violations)) => {
+            for v in violations {
+                let d = crate::dry_run::diagnostic(v);
+                println!("{}: {}", output::place(&d, &file_of), d.message);
+            }
+            ExitCode::from(1)
+        }
     }
 }
 
@@ -785,17 +792,29 @@ fn lint(
 ) -> ExitCode {
     let config = match offline_settings(offline.config.as_deref()).and_then(|s| {
         let limits = limits(&s).map_err(|e| e.to_string())?;
-        Ok((limits, s.platform.unwrap_or_else(|| "linux/amd64".into())))
+        // With a Kubernetes backend, the checks of its policy and of the API server too.
+        let kubernetes = match s.backend.as_deref() {
+            Some("kubernetes") => Some(
+                crate::k8s::KubernetesConfig::from_settings(&s.kubernetes)
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
+        Ok((
+            limits,
+            s.platform.unwrap_or_else(|| "linux/amd64".into()),
+            kubernetes,
+        ))
     }) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let (limits, platform) = config;
+    let (limits, platform, kubernetes) = config;
     let submission = match submission_from_files(files, vars, secrets) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let report = submission.lint(&platform, &limits);
+    let report = crate::dry_run::lint(&submission, &platform, &limits, kubernetes.as_ref());
     let file_of = |config: &str| file_of(files, config);
     let place = |d: &Diagnostic| output::place(d, &file_of);
     for w in &report.warnings {

@@ -1,7 +1,8 @@
 //! Dry run: the exact Kubernetes objects a submission would create, with the administrator's
 //! policy applied and secret values redacted — whatever backend the server runs. Serves
-//! `POST /render`, `piculet render`, and the policy check of submissions to a Kubernetes
-//! backend.
+//! `POST /render`, `piculet render`, the policy and API-server checks of submissions to a
+//! Kubernetes backend, and `lint` with a Kubernetes backend. Every refusal is traced to the
+//! place in the submission it comes from (config, JSON pointer, line and column).
 
 use std::collections::BTreeMap;
 
@@ -11,11 +12,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::engine::env::{EnvContext, workflow_env};
+use crate::k8s::trace::Origin;
 use crate::k8s::{
-    KubernetesConfig, PolicyViolation, RegistryCredential, RenderInput, render_workflow,
+    KubernetesConfig, PolicyViolation, Refused, RegistryCredential, RenderInput, render_workflow,
 };
-use crate::pipeline::{Diagnostic, Limits, Report};
-use crate::submission::Submission;
+use crate::pipeline::diagnostic::{Pos, child, index};
+use crate::pipeline::node::{Node, Value};
+use crate::pipeline::{Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
+use crate::submission::{SUBMISSION, Submission};
 
 /// The objects of one workflow, in the order they would be created.
 #[derive(Debug, Serialize, ToSchema)]
@@ -43,6 +47,8 @@ pub enum Refusal {
     Invalid(Report),
     /// It asks for what the administrator does not allow.
     Policy(Vec<PolicyViolation>),
+    /// An object it renders to would be refused by the Kubernetes API server.
+    Kubernetes(Vec<PolicyViolation>),
 }
 
 /// Renders every workflow of the submission; ids are fresh, so object names differ from run to
@@ -73,6 +79,7 @@ pub fn render(
     let repo = serde_json::to_value(&submission.repo).ok();
     let mut workflows = Vec::new();
     let mut violations = Vec::new();
+    let mut invalid = Vec::new();
     for plan in &planned.plan.workflows {
         let workflow_id = Uuid::now_v7();
         let environment = workflow_env(
@@ -108,14 +115,315 @@ pub fn render(
                 namespace: rendered.namespace.clone(),
                 objects: rendered.to_list(),
             }),
-            Err(mut refused) => violations.append(&mut refused),
+            Err(Refused::Policy(refused)) => {
+                let mut places = Places::new(submission, limits, plan);
+                violations.extend(refused.into_iter().map(|v| places.locate(v)));
+            }
+            Err(Refused::Invalid(refused)) => {
+                let mut places = Places::new(submission, limits, plan);
+                invalid.extend(refused.into_iter().map(|v| places.locate(v)));
+            }
         }
     }
     if !violations.is_empty() {
         return Err(Refusal::Policy(violations));
     }
+    if !invalid.is_empty() {
+        return Err(Refusal::Kubernetes(invalid));
+    }
     Ok(Rendered {
         workflows,
         warnings: planned.warnings,
     })
+}
+
+/// What `POST /lint` and `piculet lint` report: the submission's own errors and warnings, and
+/// with a Kubernetes backend (`kubernetes` given) what the dry run refuses — the policy's and
+/// the API server's rules — as errors at their places.
+pub fn lint(
+    submission: &Submission,
+    default_platform: &str,
+    limits: &Limits,
+    kubernetes: Option<&KubernetesConfig>,
+) -> Report {
+    let mut report = submission.lint(default_platform, limits);
+    let Some(config) = kubernetes.filter(|_| report.errors.is_empty()) else {
+        return report;
+    };
+    match render(submission, default_platform, limits, config) {
+        Ok(_) => {}
+        Err(Refusal::Invalid(r)) => report.errors.extend(r.errors),
+        Err(Refusal::Policy(v) | Refusal::Kubernetes(v)) => {
+            report.errors.extend(v.into_iter().map(diagnostic));
+        }
+    }
+    report
+}
+
+/// A refusal as a lint error.
+pub fn diagnostic(v: PolicyViolation) -> Diagnostic {
+    Diagnostic {
+        config: v.config.unwrap_or_else(|| SUBMISSION.to_string()),
+        pointer: v.pointer.unwrap_or_default(),
+        line: v.line,
+        column: v.column,
+        message: v.message,
+    }
+}
+
+/// Where in the submission the refused values of one workflow were written. The config is
+/// read again at most once, and only when something is refused.
+struct Places<'a> {
+    submission: &'a Submission,
+    limits: &'a Limits,
+    plan: &'a WorkflowPlan,
+    workflow: Option<Option<Node>>,
+    keys: Option<Option<Node>>,
+}
+
+impl<'a> Places<'a> {
+    fn new(submission: &'a Submission, limits: &'a Limits, plan: &'a WorkflowPlan) -> Self {
+        Places {
+            submission,
+            limits,
+            plan,
+            workflow: None,
+            keys: None,
+        }
+    }
+
+    /// Fills in where a refused value was written: the config, a JSON pointer, and line and
+    /// column when the config was text. A value of the server's own settings (or of
+    /// piculet's) has no place in the submission and gets none.
+    fn locate(&mut self, mut v: PolicyViolation) -> PolicyViolation {
+        // The policy's refusals name the step's key in their `field`.
+        let origin = v.origin.clone().unwrap_or_else(|| {
+            if v.step.is_empty() {
+                Origin::Submission(v.field.clone())
+            } else {
+                Origin::Step(v.field.clone())
+            }
+        });
+        let plan = self.plan;
+        let found = match &origin {
+            Origin::Submission(path) => {
+                // The submission's own keys (a variable's name may hold dots), on its JSON.
+                let submission = self.submission;
+                let keys = self.keys.get_or_insert_with(|| {
+                    serde_json::to_value(submission)
+                        .ok()
+                        .map(|v| Node::from_json(&v))
+                });
+                let (pointer, _) = walk_path(keys.as_ref(), "", path);
+                Some((SUBMISSION.to_string(), pointer, Pos::NONE))
+            }
+            Origin::Step(path) => {
+                let kind = plan
+                    .services
+                    .iter()
+                    .chain(&plan.steps)
+                    .find(|s| s.name == v.step)
+                    .map(|s| s.kind);
+                self.workflow().and_then(|root| match kind {
+                    // The implicit clone step is the submission's `repo`.
+                    Some(StepKind::Clone) if root.get("clone").is_none() => {
+                        Some((SUBMISSION.to_string(), "/repo".to_string(), Pos::NONE))
+                    }
+                    Some(kind) => {
+                        let (pointer, node) = step_node(root, kind, &v.step)?;
+                        let (pointer, pos) = walk_path(Some(node), &pointer, path);
+                        Some((plan.name.clone(), pointer, pos))
+                    }
+                    None => None,
+                })
+            }
+            Origin::Workflow(path) => self.workflow().map(|root| {
+                let (pointer, pos) = walk_path(Some(root), "", path);
+                (plan.name.clone(), pointer, pos)
+            }),
+            Origin::Setting(_) | Origin::Piculet => None,
+        };
+        if let Some((config, pointer, pos)) = found {
+            v.config = Some(config);
+            v.pointer = Some(pointer);
+            v.line = pos.line;
+            v.column = pos.column;
+        }
+        v
+    }
+
+    fn workflow(&mut self) -> Option<&Node> {
+        let (submission, limits, plan) = (self.submission, self.limits, self.plan);
+        self.workflow
+            .get_or_insert_with(|| workflow_tree(submission, limits, plan))
+            .as_ref()
+    }
+}
+
+/// The tree of the config a workflow was planned from, with its matrix element's and the
+/// submission's variables substituted, as the planner read it. `None` if it cannot be read
+/// again (it could, since it was planned).
+fn workflow_tree(submission: &Submission, limits: &Limits, plan: &WorkflowPlan) -> Option<Node> {
+    let mut node = match submission.configs.iter().find(|c| c.name == plan.name) {
+        Some(c) => Node::parse(&c.content, limits.nesting_depth)
+            .ok()
+            .or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&c.content)
+                    .ok()
+                    .map(|v| Node::from_json(&v))
+            })?,
+        None => Node::from_json(submission.pipeline.as_ref()?),
+    };
+    subst::substitute_node(
+        &mut node,
+        &plan.matrix,
+        &submission.variables,
+        limits.string_length,
+        limits.planned_bytes,
+    );
+    Some(node)
+}
+
+/// The node of a step or service by name, and its pointer: list form by `name`, map form by
+/// key.
+fn step_node<'a>(root: &'a Node, kind: StepKind, name: &str) -> Option<(String, &'a Node)> {
+    let section = match kind {
+        StepKind::Service => "services",
+        StepKind::Clone => "clone",
+        StepKind::Step | StepKind::Plugin => "steps",
+    };
+    let list = &root.get(section)?.value;
+    let base = child("", section);
+    match &list.value {
+        Value::Seq(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let named = item.get("name").and_then(|e| e.value.scalar_text());
+            (named.as_deref() == Some(name)).then(|| (index(&base, i), item))
+        }),
+        Value::Map(entries) => entries
+            .iter()
+            .find(|e| e.key == name)
+            .map(|e| (child(&base, &e.key), &e.value)),
+        _ => None,
+    }
+}
+
+/// A path in the pipeline's notation (`backend_options.kubernetes.tolerations[0].effect`)
+/// as a JSON pointer below `pointer`, walked down `node` as far as the tree goes (a key the
+/// step left out is where it would be written). Keys may hold dots (`app.kubernetes.io/name`):
+/// at each map the longest run of parts that is a key is taken.
+fn walk_path(node: Option<&Node>, pointer: &str, path: &str) -> (String, Pos) {
+    enum Part<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    let mut parts = Vec::new();
+    for segment in path.split('.') {
+        let (key, mut rest) = segment
+            .split_once('[')
+            .map_or((segment, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            parts.push(Part::Key(key));
+        }
+        while let Some((i, after)) = rest.split_once(']') {
+            if let Ok(i) = i.parse() {
+                parts.push(Part::Index(i));
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    let mut pointer = pointer.to_string();
+    let mut pos = node.map_or(Pos::NONE, |n| n.pos);
+    let mut node = node;
+    let mut i = 0;
+    while i < parts.len() {
+        match &parts[i] {
+            Part::Index(n) => {
+                pointer = index(&pointer, *n);
+                node = match node.map(|n| &n.value) {
+                    Some(Value::Seq(items)) => items.get(*n),
+                    _ => None,
+                };
+                i += 1;
+            }
+            Part::Key(_) => {
+                // The run of keys up to the next index.
+                let run: Vec<&str> = parts[i..]
+                    .iter()
+                    .map_while(|p| match p {
+                        Part::Key(k) => Some(*k),
+                        Part::Index(_) => None,
+                    })
+                    .collect();
+                let found = (1..=run.len()).rev().find_map(|n| {
+                    let key = run[..n].join(".");
+                    node.and_then(|nd| nd.get(&key)).map(|e| (n, key, &e.value))
+                });
+                match found {
+                    Some((n, key, value)) => {
+                        pointer = child(&pointer, &key);
+                        node = Some(value);
+                        i += n;
+                    }
+                    None => {
+                        pointer = child(&pointer, &run.join("."));
+                        node = None;
+                        i += run.len();
+                    }
+                }
+            }
+        }
+        if let Some(n) = node {
+            pos = n.pos;
+        }
+    }
+    (pointer, pos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(yaml: &str) -> Node {
+        Node::parse(yaml, 32).expect("yaml")
+    }
+
+    #[test]
+    fn paths_become_pointers_with_places() {
+        let root = tree(
+            "steps:\n  - name: a\n    backend_options:\n      kubernetes:\n        labels:\n          app.kubernetes.io/name: x\n        tolerations:\n          - {key: k, effect: NoSchedule}\n",
+        );
+        let (pointer, node) = step_node(&root, StepKind::Step, "a").expect("step");
+        assert_eq!(pointer, "/steps/0");
+        let walk = |path: &str| walk_path(Some(node), &pointer, path);
+        assert_eq!(
+            walk("backend_options.kubernetes.labels.app.kubernetes.io/name"),
+            (
+                "/steps/0/backend_options/kubernetes/labels/app.kubernetes.io~1name".to_string(),
+                Pos::at(6, 35)
+            ),
+            "a key with dots is taken whole"
+        );
+        assert_eq!(
+            walk("backend_options.kubernetes.tolerations[0].effect"),
+            (
+                "/steps/0/backend_options/kubernetes/tolerations/0/effect".to_string(),
+                Pos::at(8, 30)
+            )
+        );
+        // A key the step left out: the pointer says where it would be, the place is the
+        // nearest one written.
+        assert_eq!(
+            walk("backend_options.kubernetes.tolerations[0].tolerationSeconds"),
+            (
+                "/steps/0/backend_options/kubernetes/tolerations/0/tolerationSeconds".to_string(),
+                Pos::at(8, 13)
+            )
+        );
+        let map = tree("steps:\n  build:\n    image: x\n");
+        assert_eq!(
+            step_node(&map, StepKind::Step, "build").map(|(p, _)| p),
+            Some("/steps/build".to_string())
+        );
+        assert!(step_node(&map, StepKind::Service, "build").is_none());
+    }
 }

@@ -8,16 +8,6 @@ use std::path::{Path, PathBuf};
 use crate::client::submission_from_files;
 use crate::pipeline::{Diagnostic, Limits, Report};
 
-/// Keys that other branches of the same issue make honoured: `concurrency` (enforced) and
-/// `backend_options.kubernetes.workspaceVolume` (rendered). The table marks them honoured and
-/// the fixtures expect that; until those branches land, neither is checked here. The
-/// integrator removes this list on merge.
-const LANDING_IN_OTHER_BRANCHES: &[&str] = &["workspaceVolume"];
-
-fn lands_elsewhere(text: &str) -> bool {
-    LANDING_IN_OTHER_BRANCHES.iter().any(|k| text.contains(k))
-}
-
 /// What the submission says, as a CI server would: every `when` condition of the fixtures can
 /// be evaluated (none is met by default), so that a warning means a key piculet cannot honour.
 fn variables() -> Vec<(String, String)> {
@@ -89,9 +79,6 @@ fn describe(report: &Report) -> String {
 #[test]
 fn what_woodpecker_accepts_piculet_accepts() {
     for file in fixtures("accept") {
-        if lands_elsewhere(&file.display().to_string()) {
-            continue;
-        }
         let report = lint(std::slice::from_ref(&file));
         let mut warnings: Vec<String> = report.warnings.iter().map(|d| d.pointer.clone()).collect();
         warnings.sort();
@@ -116,9 +103,6 @@ fn what_woodpecker_refuses_piculet_refuses_where_it_is() {
     let mut wrong = Vec::new();
     for folder in ["refuse", "differ"] {
         for file in fixtures(folder) {
-            if lands_elsewhere(&file.display().to_string()) {
-                continue;
-            }
             let report = lint(std::slice::from_ref(&file));
             let mut errors: Vec<String> = report.errors.iter().map(place).collect();
             errors.sort();
@@ -228,9 +212,6 @@ fn the_compatibility_table_says_what_the_parser_does() {
     let example = dir.join("example.yaml");
     let mut wrong = Vec::new();
     for row in compatibility_table() {
-        if lands_elsewhere(&row.key) {
-            continue;
-        }
         let yaml = workflow_of(&row);
         std::fs::write(&example, &yaml).expect("write");
         let report = lint(&[build.clone(), example.clone()]);

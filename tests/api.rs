@@ -845,7 +845,98 @@ async fn without_tokens_only_loopback_names_are_answered(db: Db) {
     );
 }
 
-on_both_databases!(render_shows_the_objects_and_applies_the_policy);
+on_both_databases!(
+    render_shows_the_objects_and_applies_the_policy,
+    render_refuses_what_the_kubernetes_api_server_would_refuse,
+);
+
+/// `POST /render` holds every object to the API server's validation whatever the backend;
+/// lint does so only with the Kubernetes backend (a local run has no pods).
+async fn render_refuses_what_the_kubernetes_api_server_would_refuse(db: Db) {
+    let app = TestApp::spawn_api_with(
+        db,
+        piculet::config::Settings {
+            kubernetes: piculet::k8s::KubernetesSettings {
+                allow_from_step: Some("annotations".into()),
+                annotations_overwrite_allowed: Some(".*".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    // Five annotations of 60 KiB: more than the 256 KiB an object may carry.
+    let annotations: String = (0..5)
+        .map(|i| format!("          example.com/big-{i}: \"${{BIG}}\"\n"))
+        .collect();
+    let yaml = format!(
+        "steps:\n  - name: build\n    image: alpine\n    commands: [make]\n    environment:\n      \"A=B\": x\n    backend_options:\n      kubernetes:\n        annotations:\n{annotations}"
+    );
+    let body = json!({
+        "configs": [{"name": "build", "content": yaml}],
+        "variables": {"BIG": "x".repeat(60 * 1024), "MY VAR": "spaces are fine since v1.34"},
+    });
+    let refused = app.post("/api/v1/render").json(&body).send().await.unwrap();
+    let problem = expect_problem(refused, 422, "kubernetes-invalid").await;
+    let got: Vec<(&str, &str, &str)> = problem["violations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["field"].as_str().unwrap(),
+                v["config"].as_str().unwrap_or(""),
+                v["pointer"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "metadata.annotations",
+                "build",
+                "/steps/0/backend_options/kubernetes/annotations"
+            ),
+            (
+                "spec.containers[0].env[0].name",
+                "build",
+                "/steps/0/environment/A=B"
+            )
+        ],
+        "{problem:#}"
+    );
+    let lint = app.post("/api/v1/lint").json(&body).send().await.unwrap();
+    let lint: Value = lint.json().await.unwrap();
+    assert_eq!(
+        lint["valid"], true,
+        "a local backend runs no pods: {lint:#}"
+    );
+    assert_eq!(app.pipeline_count().await, 0);
+
+    // The dry run shows a pod with `workspaceVolume: false` without the workspace.
+    let shown = app
+        .post("/api/v1/render")
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body("steps:\n  - name: notify\n    image: curlimages/curl\n    commands: [curl -fsS https://example.com]\n    backend_options: {kubernetes: {workspaceVolume: false}}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shown.status(), 200);
+    let shown: Value = shown.json().await.unwrap();
+    let pod = shown["workflows"][0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["kind"] == "Pod")
+        .unwrap()
+        .clone();
+    assert!(pod["spec"]["volumes"].is_null(), "{pod:#}");
+    assert!(
+        pod["spec"]["containers"][0]["volumeMounts"].is_null(),
+        "{pod:#}"
+    );
+}
 
 async fn render_shows_the_objects_and_applies_the_policy(db: Db) {
     let app = TestApp::spawn_api(db).await;

@@ -109,6 +109,34 @@ fn lint_applies_the_servers_limit_settings() {
     );
 }
 
+/// With a Kubernetes backend, lint reports what the API server would refuse at its place in
+/// the file; `render` refuses it the same way; a local backend runs no pods.
+#[test]
+fn lint_and_render_report_what_the_kubernetes_api_server_would_refuse() {
+    let file = temp_file(
+        "ci.yaml",
+        "steps:\n  - name: build\n    image: alpine\n    commands: [make]\n    backend_options:\n      kubernetes:\n        tolerations:\n          - {key: key1, operator: Exists, value: value1}\n",
+    );
+    let path = file.to_str().unwrap();
+    assert!(piculet(&["lint", path]).status.success(), "local backend");
+    let k8s = [
+        ("PICULET_BACKEND", "kubernetes"),
+        ("PICULET_K8S_ALLOW_FROM_STEP", "tolerations"),
+    ];
+    let expected =
+        format!("{path}:8:35: step \"build\": the Kubernetes API server would refuse its pod ");
+    for args in [vec!["lint", path], vec!["render", path]] {
+        let out = piculet_env(&args, &k8s);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stdout = text(&out.stdout);
+        assert!(stdout.starts_with(&expected), "{args:?}: {stdout}");
+        assert!(
+            stdout.contains(": spec.tolerations[0].operator: Invalid value: \"value1\": value must be empty when `operator` is 'Exists'; change backend_options.kubernetes.tolerations[0].operator\n"),
+            "{args:?}: {stdout}"
+        );
+    }
+}
+
 #[test]
 fn lint_prints_every_error_with_its_place() {
     let file = temp_file(

@@ -1019,6 +1019,148 @@ async fn the_reaper_of_a_starting_replica_leaves_running_workflows_alone() {
     drop(second);
 }
 
+/// The toleration of Woodpecker's documentation (NoSchedule with tolerationSeconds), which a
+/// real API server refuses (recording 82): refused at submission with the API server's field
+/// and words and the place in the file, reported by lint as an error there, and nothing is
+/// created on the cluster.
+const DOCUMENTED_TOLERATION: &str = "\
+steps:
+  - name: build
+    image: busybox:1.36
+    commands: [true]
+    backend_options:
+      kubernetes:
+        tolerations:
+          - key: key1
+            operator: Equal
+            value: value1
+            effect: NoSchedule
+            tolerationSeconds: 3600
+";
+
+#[tokio::test]
+async fn what_the_api_server_would_refuse_is_refused_at_submission_and_by_lint() {
+    let env = Env::start(Db::Sqlite, |s| {
+        s.kubernetes.allow_from_step = Some("tolerations".into());
+    })
+    .await;
+    let r = env.app.submit_yaml(DOCUMENTED_TOLERATION).await;
+    let problem = common::expect_problem(r, 422, "kubernetes-invalid").await;
+    let v = &problem["violations"][0];
+    assert_eq!(v["step"], "build");
+    assert_eq!(v["field"], "spec.tolerations[0].effect");
+    assert_eq!(v["value"], "NoSchedule");
+    assert_eq!(
+        v["rule"],
+        "effect must be 'NoExecute' when `tolerationSeconds` is set"
+    );
+    assert_eq!(v["config"], "pipeline");
+    assert_eq!(
+        v["pointer"],
+        "/steps/0/backend_options/kubernetes/tolerations/0/effect"
+    );
+    assert_eq!(
+        (v["line"].as_u64(), v["column"].as_u64()),
+        (Some(11), Some(21))
+    );
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.tolerations[0].effect: Invalid value: \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set"),
+        "{problem:#}"
+    );
+    assert_eq!(env.app.pipeline_count().await, 0, "nothing stored");
+    assert!(
+        env.cluster.requests().iter().all(|r| r.verb != "create"),
+        "nothing created on the cluster"
+    );
+
+    let r = env
+        .app
+        .post("/api/v1/lint")
+        .header(reqwest::header::CONTENT_TYPE, "application/yaml")
+        .body(DOCUMENTED_TOLERATION)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let lint: Value = r.json().await.unwrap();
+    assert_eq!(lint["valid"], false, "{lint:#}");
+    let e = &lint["errors"][0];
+    assert_eq!(
+        (&e["config"], &e["pointer"], &e["line"], &e["column"]),
+        (
+            &json!("pipeline"),
+            &json!("/steps/0/backend_options/kubernetes/tolerations/0/effect"),
+            &json!(11),
+            &json!(21)
+        )
+    );
+    // The same with NoExecute is taken and runs.
+    let p = env
+        .run(&DOCUMENTED_TOLERATION.replace("NoSchedule", "NoExecute"))
+        .await;
+    assert_eq!(p["status"], "success", "{p:#}");
+}
+
+/// `workspaceVolume: false`: the service's and the step's pods run without the workspace
+/// volume, and with a ReadWriteOnce workspace they are not pinned to its node.
+#[tokio::test]
+async fn steps_and_services_without_the_workspace_volume_run() {
+    let env = Env::start(Db::Sqlite, |s| {
+        s.kubernetes.storage_rwx = Some("false".into());
+    })
+    .await;
+    let id = env
+        .submit(
+            "\
+services:
+  - name: cache
+    image: busybox:1.36
+    commands: [sleep 30]
+    backend_options: {kubernetes: {workspaceVolume: false}}
+steps:
+  - name: build
+    image: busybox:1.36
+    commands: [echo built > out.txt]
+  - name: notify
+    image: busybox:1.36
+    commands: [echo notified]
+    backend_options: {kubernetes: {workspaceVolume: false}}
+",
+        )
+        .await;
+    let pipeline = env.app.pipeline(&id).await;
+    for name in ["cache", "notify"] {
+        let pod = env.pod_of(&step_id(&pipeline, name)).await;
+        let volumes = pod["spec"]["volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            volumes.iter().all(|v| v["persistentVolumeClaim"].is_null()),
+            "{name}: {volumes:#?}"
+        );
+        assert!(
+            pod["spec"]["affinity"].is_null(),
+            "{name} is not pinned to the workspace's node"
+        );
+        assert_eq!(
+            pod["spec"]["containers"][0]["workingDir"],
+            "/woodpecker/src"
+        );
+    }
+    let p = wait_finished(&env.app, &id, 30).await;
+    assert_eq!(p["status"], "success", "{p:#}");
+    let notify = step(&p, "notify");
+    assert!(
+        log_text(&env.app, notify["id"].as_str().unwrap())
+            .await
+            .contains("notified")
+    );
+}
+
 #[tokio::test]
 async fn readyz_names_a_missing_permission() {
     let env = Env::start(Db::Postgres, |_| {}).await;

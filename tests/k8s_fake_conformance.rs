@@ -1381,3 +1381,307 @@ fn the_recordings_in_the_repository_are_the_shared_ones() {
         "tests/k8s-wire differs from ../shared/k8s-wire (copy it again: rm -r tests/k8s-wire && cp -r ../shared/k8s-wire tests/): {differing:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 82: validation. The fake answers as the recording; for every rule, the fake and piculet's
+// own check (src/k8s/validation.rs, written apart) refuse the same fields; and every object
+// piculet renders with every option passes the fake.
+
+#[tokio::test]
+async fn t82_a_toleration_with_seconds_and_no_noexecute_is_refused_as_recorded() {
+    let cluster = FakeCluster::start();
+    let folder = "82-pod-create-invalid-toleration-422";
+    let (req, rec) = load(folder);
+    let ours = replay(&cluster, &req).await;
+    assert_envelope(folder, &ours, &rec);
+    assert_eq!(
+        String::from_utf8_lossy(&ours.body),
+        String::from_utf8_lossy(&rec.body),
+        "{folder}: bytes"
+    );
+    assert!(cluster.objects(Resource::Pods, Some("ci")).is_empty());
+}
+
+/// Merges `patch` into `target` (objects key by key; anything else replaces).
+fn merged(mut target: Value, patch: &Value) -> Value {
+    fn merge(t: &mut Value, p: &Value) {
+        match (t, p) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+    merge(&mut target, patch);
+    target
+}
+
+/// The fields of the causes of the fake's 422, or none when it created the object.
+fn fake_refusal(cluster: &FakeCluster, resource: Resource, obj: Value) -> Vec<String> {
+    match cluster.create(resource, "ci", obj) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            assert_eq!(e.code, 422, "{e:?}");
+            e.details.expect("details")["causes"]
+                .as_array()
+                .expect("causes")
+                .iter()
+                .map(|c| c["field"].as_str().unwrap().to_string())
+                .collect()
+        }
+    }
+}
+
+fn good_pod() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "rules", "namespace": "ci", "labels": {"app": "x"}, "annotations": {"note": "y"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "hostname": "build",
+            "containers": [{
+                "name": "step", "image": "busybox:1.36", "command": ["sh", "-c", "true"],
+                "env": [{"name": "CI", "value": "woodpecker"}],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}
+            }],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 60}],
+            "dnsConfig": {"nameservers": ["10.0.0.10"], "searches": ["svc.cluster.local"]},
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}
+        }
+    })
+}
+
+#[tokio::test]
+async fn every_rule_is_applied_alike_by_piculet_and_the_fake() {
+    let cluster = FakeCluster::start();
+    cluster.stop_kubelet();
+    let long = "b".repeat(256 * 1024);
+    let req_term = |expr: Value| json!({"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [expr]}]}}}}});
+    let node_terms = "spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpressions[0]";
+    let searches: Vec<String> = (0..33).map(|i| format!("d{i}.example.com")).collect();
+    let cases: Vec<(&str, Value, String)> = vec![
+        ("name", json!({"metadata": {"name": "Bad_Name"}}), "metadata.name".into()),
+        ("label key", json!({"metadata": {"labels": {"a/b/c": "x"}}}), "metadata.labels".into()),
+        ("label value", json!({"metadata": {"labels": {"k": "x y"}}}), "metadata.labels".into()),
+        ("annotation key", json!({"metadata": {"annotations": {"bad key": ""}}}), "metadata.annotations".into()),
+        ("annotation size", json!({"metadata": {"annotations": {"a": long}}}), "metadata.annotations".into()),
+        ("toleration seconds", json!({"spec": {"tolerations": [{"key": "k", "operator": "Equal", "value": "v", "effect": "NoSchedule", "tolerationSeconds": 3600}]}}), "spec.tolerations[0].effect".into()),
+        ("toleration exists with value", json!({"spec": {"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}}), "spec.tolerations[0].operator".into()),
+        ("toleration without key", json!({"spec": {"tolerations": [{"operator": "Equal"}]}}), "spec.tolerations[0].operator".into()),
+        ("toleration effect", json!({"spec": {"tolerations": [{"key": "k", "operator": "Exists", "effect": "Sometimes"}]}}), "spec.tolerations[0].effect".into()),
+        ("toleration operator", json!({"spec": {"tolerations": [{"key": "k", "operator": "Gt", "value": "1"}]}}), "spec.tolerations[0].operator".into()),
+        ("affinity In without values", req_term(json!({"key": "zone", "operator": "In"})), format!("{node_terms}.values")),
+        ("affinity Exists with values", req_term(json!({"key": "zone", "operator": "Exists", "values": ["a"]})), format!("{node_terms}.values")),
+        ("affinity Gt with two values", req_term(json!({"key": "zone", "operator": "Gt", "values": ["1", "2"]})), format!("{node_terms}.values")),
+        ("affinity operator", req_term(json!({"key": "zone", "operator": "Near", "values": ["a"]})), format!("{node_terms}.operator")),
+        ("affinity value", req_term(json!({"key": "zone", "operator": "In", "values": ["a b"]})), format!("{node_terms}.values[0]")),
+        ("affinity weight", json!({"spec": {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 101, "preference": {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}}]}}}}), "spec.affinity.nodeAffinity.preferredDuringSchedulingIgnoredDuringExecution[0].weight".into()),
+        ("pod anti-affinity topology key", json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [{"labelSelector": {"matchLabels": {"app": "x"}}, "topologyKey": ""}]}}}}), "spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].topologyKey".into()),
+        ("request above limit", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}]}}), "spec.containers[0].resources.requests".into()),
+        ("negative quantity", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "resources": {"requests": {"memory": "-1Gi"}}}]}}), "spec.containers[0].resources.requests[memory]".into()),
+        ("extended resource fraction", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "resources": {"requests": {"example.com/gpu": "500m"}, "limits": {"example.com/gpu": "500m"}}}]}}), "spec.containers[0].resources.limits[example.com/gpu]".into()),
+        ("environment name", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "env": [{"name": "A=B", "value": "x"}]}]}}), "spec.containers[0].env[0].name".into()),
+        ("secret reference key", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "env": [{"name": "T", "valueFrom": {"secretKeyRef": {"name": "s", "key": "a/b"}}}]}]}}), "spec.containers[0].env[0].valueFrom.secretKeyRef.key".into()),
+        ("mount path twice", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "volumeMounts": [{"name": "scratch", "mountPath": "/s"}, {"name": "scratch", "mountPath": "/s"}]}]}}), "spec.containers[0].volumeMounts[1].mountPath".into()),
+        ("mount of no volume", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "volumeMounts": [{"name": "nowhere", "mountPath": "/s"}]}]}}), "spec.containers[0].volumeMounts[0].name".into()),
+        ("subPath leaving", json!({"spec": {"containers": [{"name": "step", "image": "busybox:1.36", "volumeMounts": [{"name": "scratch", "mountPath": "/s", "subPath": "../x"}]}]}}), "spec.containers[0].volumeMounts.subPath".into()),
+        ("four nameservers", json!({"spec": {"dnsConfig": {"nameservers": ["1.1.1.1", "1.0.0.1", "8.8.8.8", "9.9.9.9"]}}}), "spec.dnsConfig.nameservers".into()),
+        ("nameserver not an address", json!({"spec": {"dnsConfig": {"nameservers": ["dns.local"]}}}), "spec.dnsConfig.nameservers[0]".into()),
+        ("33 search domains", json!({"spec": {"dnsConfig": {"searches": searches}}}), "spec.dnsConfig.searches".into()),
+        ("search domain", json!({"spec": {"dnsConfig": {"searches": ["Corp.Example"]}}}), "spec.dnsConfig.searches[0]".into()),
+        ("seccomp Localhost without a profile", json!({"spec": {"securityContext": {"seccompProfile": {"type": "Localhost"}}}}), "spec.securityContext.seccompProfile.localhostProfile".into()),
+        ("seccomp profile without Localhost", json!({"spec": {"securityContext": {"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "p.json"}}}}), "spec.securityContext.seccompProfile.localhostProfile".into()),
+        ("seccomp absolute profile", json!({"spec": {"securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "/p.json"}}}}), "spec.securityContext.seccompProfile.localhostProfile".into()),
+        ("AppArmor Localhost without a profile", json!({"spec": {"securityContext": {"appArmorProfile": {"type": "Localhost"}}}}), "spec.securityContext.appArmorProfile.localhostProfile".into()),
+        ("AppArmor profile without Localhost", json!({"spec": {"securityContext": {"appArmorProfile": {"type": "RuntimeDefault", "localhostProfile": "p"}}}}), "spec.securityContext.appArmorProfile.localhostProfile".into()),
+        ("negative user", json!({"spec": {"securityContext": {"runAsUser": -1}}}), "spec.securityContext.runAsUser".into()),
+        ("host alias address", json!({"spec": {"hostAliases": [{"ip": "db", "hostnames": ["db.local"]}]}}), "spec.hostAliases[0].ip".into()),
+        ("host alias name", json!({"spec": {"hostAliases": [{"ip": "10.0.0.5", "hostnames": ["Not_A_Host"]}]}}), "spec.hostAliases[0].hostnames[0]".into()),
+        ("hostname", json!({"spec": {"hostname": "my.host"}}), "spec.hostname".into()),
+        ("service account", json!({"spec": {"serviceAccountName": "Builder"}}), "spec.serviceAccountName".into()),
+        ("node selector", json!({"spec": {"nodeSelector": {"disk": "-ssd"}}}), "spec.nodeSelector".into()),
+        ("image padded", json!({"spec": {"containers": [{"name": "step", "image": " busybox:1.36"}]}}), "spec.containers[0].image".into()),
+    ];
+    assert!(
+        fake_refusal(&cluster, Resource::Pods, good_pod()).is_empty(),
+        "the base passes the fake"
+    );
+    let base: k8s_openapi::api::core::v1::Pod = serde_json::from_value(good_pod()).unwrap();
+    assert_eq!(
+        piculet::k8s::validation::pod(&base),
+        [],
+        "the base passes piculet"
+    );
+    for (i, (rule, patch, field)) in cases.into_iter().enumerate() {
+        let mut pod = merged(good_pod(), &patch);
+        pod["metadata"]["name"] = match pod["metadata"]["name"].as_str() {
+            Some("rules") => json!(format!("rules-{i}")),
+            _ => pod["metadata"]["name"].clone(),
+        };
+        let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone()).unwrap();
+        let ours: Vec<String> = piculet::k8s::validation::pod(&typed)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        let fake = fake_refusal(&cluster, Resource::Pods, pod);
+        assert_eq!(ours, fake, "{rule}: piculet and the fake differ");
+        assert!(ours.contains(&field), "{rule}: {field} not in {ours:?}");
+    }
+
+    // The other objects piculet renders.
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "ci"}, "stringData": {"bad key": "v"}});
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "svc", "namespace": "ci"}, "spec": {"clusterIP": "None", "selector": {"app": "x y"}}});
+    let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "w", "namespace": "ci"}, "spec": {"resources": {"requests": {"storage": "1Gi"}}}});
+    let typed_fields = |errors: Vec<piculet::k8s::validation::FieldError>| -> Vec<String> {
+        errors.into_iter().map(|e| e.field).collect()
+    };
+    assert_eq!(
+        typed_fields(piculet::k8s::validation::secret(
+            &serde_json::from_value(secret.clone()).unwrap()
+        )),
+        fake_refusal(&cluster, Resource::Secrets, secret)
+    );
+    assert_eq!(
+        typed_fields(piculet::k8s::validation::service(
+            &serde_json::from_value(service.clone()).unwrap()
+        )),
+        fake_refusal(&cluster, Resource::Services, service)
+    );
+    assert_eq!(
+        typed_fields(piculet::k8s::validation::claim(
+            &serde_json::from_value(claim.clone()).unwrap()
+        )),
+        ["spec.accessModes"]
+    );
+    assert_eq!(
+        fake_refusal(&cluster, Resource::PersistentVolumeClaims, claim),
+        ["spec.accessModes"]
+    );
+}
+
+/// Renders `yaml` under `settings` as the backend would, with every step key the unit tests
+/// set by hand (`tune`).
+fn rendered(
+    yaml: &str,
+    settings: serde_json::Value,
+    tune: impl FnOnce(&mut piculet::pipeline::WorkflowPlan),
+) -> piculet::k8s::RenderedWorkflow {
+    use piculet::pipeline::{Context, RepoSpec, Source, SourceContent};
+    let ctx = Context {
+        repo: Some(RepoSpec {
+            clone_url: "https://example.com/acme/api.git".into(),
+            r#ref: "refs/heads/main".into(),
+            sha: "0123456789abcdef0123456789abcdef01234567".into(),
+        }),
+        secret_names: ["docker_password".to_string()].into(),
+        ..Context::default()
+    };
+    let src = [Source {
+        name: "ci".into(),
+        content: SourceContent::Text(yaml.to_string()),
+    }];
+    let mut workflow = piculet::pipeline::plan(&src, &ctx)
+        .unwrap_or_else(|r| panic!("{:#?}", r.errors))
+        .plan
+        .workflows
+        .remove(0);
+    tune(&mut workflow);
+    let settings: piculet::k8s::KubernetesSettings = serde_json::from_value(settings).unwrap();
+    let config = piculet::k8s::KubernetesConfig::from_settings(&settings).unwrap();
+    let input = piculet::k8s::RenderInput {
+        pipeline_id: uuid::Uuid::now_v7(),
+        workflow_id: uuid::Uuid::now_v7(),
+        step_ids: Default::default(),
+        attempt: 1,
+        namespace: Some("ci".into()),
+        workflow,
+        secrets: [("docker_password".to_string(), "hunter2".to_string())].into(),
+        registries: vec![piculet::k8s::RegistryCredential {
+            address: "registry.example.com".into(),
+            username: "ci".into(),
+            password: "pw".into(),
+        }],
+        environment: [("CI_PIPELINE_ID".to_string(), "42".to_string())].into(),
+        redact_secrets: false,
+    };
+    piculet::k8s::render_workflow(&config, &input).unwrap_or_else(|r| panic!("{r:#?}"))
+}
+
+#[tokio::test]
+async fn every_object_rendered_with_every_option_passes_the_fake() {
+    let all = "nodeSelector,tolerations,affinity,serviceAccountName,runtimeClassName,labels,annotations,hostUsers,secrets";
+    let renders = [
+        rendered(
+            include_str!("../src/k8s/testdata/every_option.yaml"),
+            json!({"namespace": "ci", "namespace_overwrite_allowed": "ci", "allow_from_step": all, "service_account_overwrite_allowed": "builder", "allowed_claims": "build-*,tools"}),
+            |w| {
+                let s = &mut w.steps[1];
+                s.extra_hosts = vec!["db.local:10.0.0.5".into()];
+                s.dns = vec!["10.0.0.53".into()];
+                s.dns_search = vec!["corp.example.com".into()];
+                s.pull = true;
+                s.volumes = vec!["build-cache:/cache".into(), "tools:/opt/tools:ro".into()];
+                s.timeout = Some(Duration::from_secs(600));
+                s.directory = Some("cmd/server".into());
+            },
+        ),
+        rendered(
+            include_str!("../src/k8s/testdata/woodpecker_docs.yaml"),
+            json!({"namespace": "ci", "allow_from_step": all, "allowed_claims": "woodpecker-cache", "privileged_images": "alpine"}),
+            |_| {},
+        ),
+        rendered(
+            include_str!("../src/k8s/testdata/drone_docs.yaml"),
+            json!({"namespace": "ci", "allow_from_step": "nodeSelector,tolerations,serviceAccountName", "privileged_images": "plugins/docker"}),
+            |_| {},
+        ),
+        rendered(
+            "services: [{name: redis, image: redis, backend_options: {kubernetes: {workspaceVolume: false}}}]\nsteps: [{name: build, image: golang, commands: [go build]}]\n",
+            json!({
+                "namespace": "ci", "storage_class": "fast-rwo", "storage_rwx": "false",
+                "pod_labels": "{\"team\":\"platform\"}", "pod_annotations": "a.example.com/x=y",
+                "node_selector": "pool=ci", "tolerations": "[{\"key\":\"ci\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]",
+                "service_account": "piculet-steps", "runtime_class": "gvisor", "pull_secret_names": "corp",
+                "pull_policy": "if-not-present,always", "priority_class": "ci-low", "dns_policy": "None",
+                "dns_config": "{\"nameservers\":[\"10.0.0.10\"],\"searches\":[\"corp.example.com\"],\"options\":[{\"name\":\"ndots\",\"value\":\"2\"}]}",
+                "termination_grace_period": "10s", "volumes": include_str!("../src/k8s/testdata/admin_volumes.json"),
+                "cpu_request": "500m", "cpu_limit": "2", "memory_limit": "2Gi", "secctx_nonroot": "true",
+                "pod_security": "baseline"
+            }),
+            |_| {},
+        ),
+    ];
+    for (i, mut r) in renders.into_iter().enumerate() {
+        let cluster = FakeCluster::start();
+        cluster.stop_kubelet();
+        let claim = cluster
+            .create(
+                Resource::PersistentVolumeClaims,
+                "ci",
+                serde_json::to_value(&r.workspace).unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("render {i}: workspace refused: {e:?}"));
+        r.set_owner_uid(claim["metadata"]["uid"].as_str().unwrap());
+        let mut objects: Vec<(Resource, Value)> = Vec::new();
+        for s in &r.secrets {
+            objects.push((Resource::Secrets, serde_json::to_value(s).unwrap()));
+        }
+        objects.push((
+            Resource::Services,
+            serde_json::to_value(&r.service).unwrap(),
+        ));
+        for p in &r.pods {
+            objects.push((Resource::Pods, serde_json::to_value(&p.pod).unwrap()));
+        }
+        for (resource, obj) in objects {
+            let name = obj["metadata"]["name"].clone();
+            if let Err(e) = cluster.create(resource, "ci", obj) {
+                panic!("render {i}: {resource:?} {name} refused: {e:?}");
+            }
+        }
+    }
+}

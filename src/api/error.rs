@@ -41,6 +41,11 @@ pub enum ApiError {
     /// 422: the submission asks for what the administrator's Kubernetes policy does not allow.
     #[error("{} request{} of the submission {} not allowed by the administrator's policy; change the pipeline or ask the administrator", .0.len(), if .0.len() == 1 { "" } else { "s" }, if .0.len() == 1 { "is" } else { "are" })]
     Policy(Vec<PolicyViolation>),
+    /// 422: an object the submission renders to would be refused by the Kubernetes API server
+    /// (its validation); each violation names the step, the API server's field and rule, and
+    /// where in the submission the value was written.
+    #[error("{} field{} of the objects the submission renders to would be refused by the Kubernetes API server; change the pipeline where each violation points", .0.len(), if .0.len() == 1 { "" } else { "s" })]
+    KubernetesInvalid(Vec<PolicyViolation>),
     /// 422: an `Idempotency-Key` already used for a different request.
     #[error(
         "Idempotency-Key {0:?} was already used for a different request; use a new key for a new submission"
@@ -135,8 +140,8 @@ pub struct Problem {
     /// For validation problems: keys accepted but not honoured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warnings: Option<Vec<Diagnostic>>,
-    /// For policy problems: each refused request, naming the step, the field, the value and
-    /// the rule.
+    /// For policy problems and what Kubernetes would refuse: each refused request, naming
+    /// the step, the field, the value, the rule and where in the submission it was written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub violations: Option<Vec<PolicyViolation>>,
 }
@@ -173,6 +178,11 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "policy-violation",
                 "The submission breaks the administrator's policy",
+            ),
+            ApiError::KubernetesInvalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "kubernetes-invalid",
+                "Kubernetes would refuse an object of the submission",
             ),
             ApiError::IdempotencyKeyReused(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -244,7 +254,7 @@ impl ApiError {
             errors,
             warnings,
             violations: match self {
-                ApiError::Policy(v) => Some(v.clone()),
+                ApiError::Policy(v) | ApiError::KubernetesInvalid(v) => Some(v.clone()),
                 _ => None,
             },
         }
@@ -286,6 +296,9 @@ impl From<crate::dry_run::Refusal> for ApiError {
         match refusal {
             crate::dry_run::Refusal::Invalid(report) => validation(report.errors, report.warnings),
             crate::dry_run::Refusal::Policy(violations) => ApiError::Policy(violations),
+            crate::dry_run::Refusal::Kubernetes(violations) => {
+                ApiError::KubernetesInvalid(violations)
+            }
         }
     }
 }

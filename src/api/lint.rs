@@ -11,6 +11,7 @@ use super::AppState;
 use super::body::{RawBody, is_yaml, parse_submission};
 use super::cpu;
 use super::error::{ApiError, Problem};
+use crate::config::BackendKind;
 use crate::pipeline::Diagnostic;
 use crate::submission::Submission;
 
@@ -33,7 +34,9 @@ pub struct LintResult {
 /// Validate a submission or a pipeline file.
 ///
 /// Takes the same bodies as `POST /pipelines` and answers 200 with every error and warning;
-/// nothing is stored or run.
+/// nothing is stored or run. With the Kubernetes backend, what the administrator's policy
+/// refuses and what the Kubernetes API server would refuse in the objects the submission
+/// renders to are errors too, at their places.
 #[utoipa::path(
     post,
     path = "/api/v1/lint",
@@ -88,9 +91,16 @@ fn lint_body(
         }
         Err(e) => return Err(e),
     };
-    let report = parsed
-        .submission
-        .lint(&state.config.platform, &state.config.limits);
+    // With a Kubernetes backend, what a submission would be refused for: the policy's and the
+    // API server's rules.
+    let kubernetes =
+        (state.config.backend == BackendKind::Kubernetes).then_some(&state.config.kubernetes);
+    let report = crate::dry_run::lint(
+        &parsed.submission,
+        &state.config.platform,
+        &state.config.limits,
+        kubernetes,
+    );
     Ok(Json(LintResult {
         valid: report.errors.is_empty(),
         errors: report.errors,

@@ -88,7 +88,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 408, description = "The body did not arrive within PICULET_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid submission, refused by the Kubernetes policy (with the Kubernetes backend), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid submission, refused by the Kubernetes policy or by the Kubernetes API server's validation (with the Kubernetes backend), or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -145,8 +145,9 @@ fn plan_body(
     Ok((new, parsed.request_hash))
 }
 
-/// Checks and plans a submission, and with the Kubernetes backend applies the policy: a
-/// refused submission is refused before anything is stored or created.
+/// Checks and plans a submission, and with the Kubernetes backend applies the policy and the
+/// API server's validation to the objects it renders to: a refused submission is refused
+/// before anything is stored or created.
 fn prepare(state: &AppState, submission: &Submission) -> Result<NewPipeline, ApiError> {
     if state.config.backend == BackendKind::Kubernetes {
         crate::dry_run::render(

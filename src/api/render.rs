@@ -17,7 +17,9 @@ use crate::submission::Submission;
 /// The exact objects piculet would send to the API server — workspace PVC, Secrets, headless
 /// Service, one Pod per service and step — with the administrator's policy applied and secret
 /// values redacted, whatever backend this server runs. Nothing is stored or created. Object
-/// names carry fresh ids, so they differ from the names of a real run.
+/// names carry fresh ids, so they differ from the names of a real run. Every object is held to
+/// the Kubernetes API server's validation; what it would refuse is a 422 that names the step,
+/// the API server's field and rule, and the place in the submission.
 #[utoipa::path(
     post,
     path = "/api/v1/render",
@@ -34,7 +36,7 @@ use crate::submission::Submission;
         (status = 408, description = "The body did not arrive within PICULET_BODY_TIMEOUT", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor YAML", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid submission (`validation-failed`) or refused by the policy (`policy-violation`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid submission (`validation-failed`), refused by the policy (`policy-violation`), or an object the Kubernetes API server would refuse (`kubernetes-invalid`)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Every planning slot stayed busy (`busy`, with `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

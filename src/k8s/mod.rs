@@ -11,6 +11,8 @@
 //! - [`policy`]: [`PolicyViolation`] and the allow rules;
 //! - [`names`], [`labels`]: object names and labels;
 //! - [`pss`]: a Pod Security Standards checker the tests hold every rendered pod to;
+//! - [`validation`]: the API server's own validation, which every rendered object must pass;
+//! - [`trace`]: where a field of a rendered object came from in the submission;
 //! - [`quantity`]: comparable resource quantities.
 
 pub mod labels;
@@ -25,11 +27,15 @@ pub mod secret;
 pub mod security;
 pub mod service;
 pub mod settings;
+pub mod trace;
+pub mod validation;
 pub mod volume;
 
 #[cfg(test)]
 mod tests;
 
 pub use policy::PolicyViolation;
-pub use render::{RegistryCredential, RenderInput, RenderedPod, RenderedWorkflow, render_workflow};
+pub use render::{
+    Refused, RegistryCredential, RenderInput, RenderedPod, RenderedWorkflow, render_workflow,
+};
 pub use settings::{KubernetesConfig, KubernetesSettings, PodSecurity, SettingError, StepField};

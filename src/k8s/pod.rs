@@ -130,6 +130,15 @@ pub fn set_environment(pod: &mut Pod, environment: &BTreeMap<String, String>) {
     }
 }
 
+/// Whether a rendered pod mounts the workflow's workspace: a pod rendered with
+/// `workspaceVolume: false` does not, and so need not follow the workspace to its node.
+pub fn mounts_workspace(pod: &Pod) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| v.name == names::WORKSPACE_VOLUME)
+}
+
 /// Pins a pod to a node: with a ReadWriteOnce workspace, every pod of a workflow must run on
 /// the node of the first one. Uses the node's name (`metadata.name`), as DaemonSets do, since
 /// the `kubernetes.io/hostname` label need not equal it.
@@ -371,13 +380,18 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
         host_users = Some(h);
     }
 
-    // Volumes: the workspace, the administrator's, the step's claims and Secret files.
-    let mut volumes: Vec<Volume> = vec![volume::workspace_volume(ctx)];
-    let mut mounts: Vec<VolumeMount> = vec![VolumeMount {
-        name: names::WORKSPACE_VOLUME.to_string(),
-        mount_path: input.workflow.workspace.base.clone(),
-        ..Default::default()
-    }];
+    // Volumes: the workspace (unless the step says `workspaceVolume: false`), the
+    // administrator's, the step's claims and Secret files.
+    let mut volumes: Vec<Volume> = Vec::new();
+    let mut mounts: Vec<VolumeMount> = Vec::new();
+    if opts.mounts_workspace() {
+        volumes.push(volume::workspace_volume(ctx));
+        mounts.push(VolumeMount {
+            name: names::WORKSPACE_VOLUME.to_string(),
+            mount_path: input.workflow.workspace.base.clone(),
+            ..Default::default()
+        });
+    }
     if !input.workflow.workspace.base.starts_with('/') {
         v.push(
             name,
@@ -597,9 +611,11 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
         image: Some(image),
         image_pull_policy,
         command,
+        // A service's absolute directory is a place in its own container, as Woodpecker
+        // takes it; everything else is inside the workspace. Kept without the workspace
+        // volume too, as Woodpecker keeps it: scripts and CI_WORKSPACE name the same
+        // directory, which the container runtime then creates empty (owned by root).
         working_dir: Some(match step.directory.as_deref() {
-            // A service's absolute directory is a place in its own container, as Woodpecker
-            // takes it; everything else is inside the workspace.
             Some(dir) if step.kind == StepKind::Service && dir.starts_with('/') => dir.to_string(),
             dir => working_dir(
                 &input.workflow.workspace.base,
@@ -611,7 +627,7 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
         ports: (!ports.is_empty()).then_some(ports),
         resources,
         security_context: Some(container_security),
-        volume_mounts: Some(mounts),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
         ..Default::default()
     };
 
@@ -622,7 +638,7 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             hostname: Some(names::hostname(name)),
             subdomain: Some(ctx.names.service.clone()),
             containers: vec![container],
-            volumes: Some(volumes),
+            volumes: (!volumes.is_empty()).then_some(volumes),
             security_context: Some(pod_security),
             service_account_name: service_account.clone(),
             automount_service_account_token: service_account.is_none().then_some(false),

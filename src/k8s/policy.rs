@@ -8,20 +8,41 @@ use regex::Regex;
 use serde::Serialize;
 
 use super::settings::{KubernetesConfig, StepField, env_name};
+use super::trace::Origin;
 
-/// One thing a submission asks for that piculet will not do, and what to change.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+/// One thing a submission asks for that piculet will not do (or that the Kubernetes API server
+/// would refuse), and what to change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PolicyViolation {
     /// The step or service name; empty for the workflow itself (its namespace).
     pub step: String,
-    /// Where in the pipeline, e.g. `backend_options.kubernetes.serviceAccountName`.
+    /// Where in the pipeline, e.g. `backend_options.kubernetes.serviceAccountName`; for what
+    /// the API server would refuse, its field path, e.g. `spec.tolerations[0].effect`.
     pub field: String,
     /// The value asked for (JSON for maps and lists).
     pub value: String,
-    /// The setting or rule that refuses it, e.g. `PICULET_K8S_ALLOW_FROM_STEP`.
+    /// The setting or rule that refuses it, e.g. `PICULET_K8S_ALLOW_FROM_STEP`; for what the
+    /// API server would refuse, its rule in its words.
     pub rule: String,
     /// A sentence for a person: what is refused, why, and what to change.
     pub message: String,
+    /// The config (file) the refused value was written in; `submission` for the submission's
+    /// own keys. Absent where the value is not the submission's (a server setting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// RFC 6901 pointer into that config, e.g. `/steps/0/backend_options/kubernetes/tolerations/0/effect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// 1-based line of that place, when the config was text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    /// 1-based column of that place, when the config was text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<u32>,
+    /// Where the value came from, for tracing it to the submission (see [`crate::dry_run`]).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub origin: Option<Origin>,
 }
 
 /// Rule of values Kubernetes itself would refuse (a request above its limit, a malformed host
@@ -53,6 +74,7 @@ impl Violations {
             value: value.to_string(),
             rule: rule.to_string(),
             message: format!("{who}{field} {} {problem}", shown(value)),
+            ..Default::default()
         });
     }
 

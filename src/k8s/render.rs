@@ -1,5 +1,8 @@
 //! The entry point: a planned workflow and the administrator's configuration in, the exact
-//! Kubernetes objects piculet will create out — or every policy violation. Pure and
+//! Kubernetes objects piculet will create out — or every policy violation, or else every field
+//! of those objects the API server's validation would refuse ([`super::validation`], traced to
+//! the submission by [`super::trace`]; owner references, filled in at creation, are the one
+//! part left to the API server). Pure and
 //! deterministic: the same input renders the same objects, byte for byte, so `POST /render`
 //! shows what a run creates, and an adopting replica finds the objects by name.
 //!
@@ -28,6 +31,8 @@ use super::labels;
 use super::names::{self, WorkflowNames};
 use super::policy::{PolicyViolation, Violations, allow_by_regex};
 use super::settings::KubernetesConfig;
+use super::trace::{self, Object, Origin};
+use super::validation;
 use super::{pod, secret, service, volume};
 use crate::pipeline::{StepKind, StepSpec, WorkflowPlan};
 
@@ -167,11 +172,32 @@ impl Ctx<'_> {
     }
 }
 
-/// Renders one workflow, or refuses it with every policy violation found.
+/// Why a workflow is not rendered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// It asks for what the administrator's policy (or piculet) does not allow; every
+    /// violation found.
+    Policy(Vec<PolicyViolation>),
+    /// An object it renders to would be refused by the Kubernetes API server (see
+    /// [`super::validation`]): every field, traced to where it came from. Checked once the
+    /// policy allows the workflow, on the objects exactly as they would be sent.
+    Invalid(Vec<PolicyViolation>),
+}
+
+impl Refused {
+    pub fn violations(&self) -> &[PolicyViolation] {
+        match self {
+            Refused::Policy(v) | Refused::Invalid(v) => v,
+        }
+    }
+}
+
+/// Renders one workflow, or refuses it with every policy violation found, or else with every
+/// field the API server would refuse.
 pub fn render_workflow(
     config: &KubernetesConfig,
     input: &RenderInput,
-) -> Result<RenderedWorkflow, Vec<PolicyViolation>> {
+) -> Result<RenderedWorkflow, Refused> {
     let mut v = Violations::default();
 
     let namespace = match &input.namespace {
@@ -263,7 +289,11 @@ pub fn render_workflow(
     }
 
     if !v.is_empty() {
-        return Err(v.0);
+        return Err(Refused::Policy(v.0));
+    }
+    let invalid = api_server_refusals(&ctx, &all_steps, &workspace, &secrets, &service, &pods);
+    if !invalid.is_empty() {
+        return Err(Refused::Invalid(invalid));
     }
     Ok(RenderedWorkflow {
         namespace: ctx.namespace.clone(),
@@ -274,4 +304,88 @@ pub fn render_workflow(
         pull_policies: config.pull_policies.clone(),
         read_write_once: !config.storage_rwx,
     })
+}
+
+/// Every field of the workflow's objects the API server would refuse, each traced to where it
+/// came from and said in the API server's words.
+fn api_server_refusals(
+    ctx: &Ctx,
+    steps: &[&StepSpec],
+    workspace: &PersistentVolumeClaim,
+    secrets: &[Secret],
+    service: &Service,
+    pods: &[RenderedPod],
+) -> Vec<PolicyViolation> {
+    let mut out = Vec::new();
+    let name = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.name.clone().unwrap_or_default()
+    };
+    let mut others: Vec<(Object, String, Vec<validation::FieldError>)> = vec![(
+        Object::Claim,
+        format!("the workspace claim \"{}\"", name(&workspace.metadata)),
+        validation::claim(workspace),
+    )];
+    for s in secrets {
+        let object = if s.metadata.name.as_deref() == Some(ctx.names.registry_secret.as_str()) {
+            Object::RegistrySecret
+        } else {
+            Object::ValuesSecret
+        };
+        others.push((
+            object,
+            format!("the Secret \"{}\"", name(&s.metadata)),
+            validation::secret(s),
+        ));
+    }
+    others.push((
+        Object::Service,
+        format!("the Service \"{}\"", name(&service.metadata)),
+        validation::service(service),
+    ));
+    for (object, what, errors) in others {
+        for e in errors {
+            let origin = trace::object_field(ctx, object, &e);
+            out.push(refusal("", &what, &e, origin));
+        }
+    }
+    for p in pods {
+        let Some(step) = steps.iter().find(|s| s.name == p.step && s.kind == p.kind) else {
+            continue;
+        };
+        let what = format!("its pod \"{}\"", name(&p.pod.metadata));
+        for e in validation::pod(&p.pod) {
+            let origin = trace::pod_field(ctx, step, &p.pod, &e);
+            out.push(refusal(&p.step, &what, &e, origin));
+        }
+    }
+    out
+}
+
+fn refusal(step: &str, what: &str, e: &validation::FieldError, origin: Origin) -> PolicyViolation {
+    let who = if step.is_empty() {
+        String::new()
+    } else {
+        format!("step {}: ", super::policy::quote(step))
+    };
+    let change = match &origin {
+        Origin::Step(f) | Origin::Workflow(f) => format!("; change {f}"),
+        Origin::Submission(f) => format!("; change the submission's {f}"),
+        Origin::Setting(s) => {
+            format!("; the value comes from the server's setting {s}: ask the administrator")
+        }
+        Origin::Piculet => "; piculet made this value: please report it".to_string(),
+    };
+    PolicyViolation {
+        step: step.to_string(),
+        field: e.field.clone(),
+        value: e.value.clone(),
+        rule: e.rule(),
+        message: format!(
+            "{who}the Kubernetes API server would refuse {what}: {}: {}{change}",
+            e.field,
+            e.message()
+        ),
+        origin: Some(origin),
+        ..Default::default()
+    }
 }

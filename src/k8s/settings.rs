@@ -1704,7 +1704,7 @@ impl KubernetesConfig {
             ),
         };
 
-        Ok(KubernetesConfig {
+        let config = KubernetesConfig {
             namespace,
             namespace_overwrite_allowed: regex(
                 "namespace_overwrite_allowed",
@@ -1760,7 +1760,89 @@ impl KubernetesConfig {
             step_resources,
             service_resources,
             clone_resources,
-        })
+        };
+        config.check_objects()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that would make every object the API server's validation refuses (a
+    /// toleration with `tolerationSeconds` and no `NoExecute`, more than 3 nameservers, …):
+    /// renders a workflow of one step, one service and a clone step, and names the first
+    /// setting one of its refused fields comes from. Otherwise every submission would be
+    /// refused for what only the administrator can change.
+    fn check_objects(&self) -> Result<(), SettingError> {
+        use crate::pipeline::{DEFAULT_CLONE_IMAGE, StepKind, StepSpec, WorkflowPlan};
+        /// The settings a rendered object's field can come from.
+        const SHAPING: &[&str] = &[
+            "namespace",
+            "volume_size",
+            "storage_class",
+            "pod_labels",
+            "pod_annotations",
+            "node_selector",
+            "tolerations",
+            "service_account",
+            "runtime_class",
+            "priority_class",
+            "pull_policy",
+            "dns_policy",
+            "dns_config",
+            "volumes",
+            "clone_image",
+            "run_as_user",
+            "run_as_group",
+            "cluster_domain",
+        ];
+        let mut step = StepSpec::new("build", StepKind::Step, "busybox");
+        step.commands = vec!["true".into()];
+        let workflow = WorkflowPlan {
+            name: "settings".into(),
+            matrix: BTreeMap::new(),
+            platform: "linux/amd64".into(),
+            workspace: Default::default(),
+            labels: BTreeMap::new(),
+            depends_on: Vec::new(),
+            runs_on: Vec::new(),
+            concurrency: None,
+            services: vec![StepSpec::new("db", StepKind::Service, "busybox")],
+            steps: vec![
+                StepSpec::new("clone", StepKind::Clone, DEFAULT_CLONE_IMAGE),
+                step,
+            ],
+            dropped_steps: Vec::new(),
+        };
+        let input = super::RenderInput {
+            pipeline_id: uuid::Uuid::nil(),
+            workflow_id: uuid::Uuid::nil(),
+            step_ids: BTreeMap::new(),
+            attempt: 1,
+            namespace: None,
+            workflow,
+            secrets: BTreeMap::new(),
+            registries: Vec::new(),
+            environment: BTreeMap::new(),
+            redact_secrets: true,
+        };
+        let Err(super::Refused::Invalid(refused)) = super::render_workflow(self, &input) else {
+            return Ok(());
+        };
+        for v in refused {
+            let Some(super::trace::Origin::Setting(env)) = &v.origin else {
+                continue;
+            };
+            if let Some(field) = SHAPING.iter().find(|f| env_name(f) == *env) {
+                return Err(SettingError::new(
+                    field,
+                    format!(
+                        "the Kubernetes API server would refuse every workflow's objects with it: {} {}: {}",
+                        v.field,
+                        super::policy::quote(&v.value),
+                        v.rule
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Whether a step may set `field`, by `PICULET_K8S_ALLOW_FROM_STEP`.

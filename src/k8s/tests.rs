@@ -203,7 +203,17 @@ fn render_ok(config: &KubernetesConfig, input: &RenderInput) -> RenderedWorkflow
 fn refused(config: &KubernetesConfig, input: &RenderInput) -> Vec<PolicyViolation> {
     match render_workflow(config, input) {
         Ok(_) => panic!("rendered, expected a refusal"),
-        Err(v) => v,
+        Err(Refused::Policy(v)) => v,
+        Err(Refused::Invalid(v)) => panic!("refused by the API server's rules: {v:#?}"),
+    }
+}
+
+/// What the API server would refuse in a rendering the policy allows.
+fn invalid(config: &KubernetesConfig, input: &RenderInput) -> Vec<PolicyViolation> {
+    match render_workflow(config, input) {
+        Ok(_) => panic!("rendered, expected a refusal"),
+        Err(Refused::Invalid(v)) => v,
+        Err(Refused::Policy(v)) => panic!("refused by the policy: {v:#?}"),
     }
 }
 
@@ -615,6 +625,47 @@ fn entrypoint_overrides_the_shell_wrapper() {
     assert!(env_of(&r, "a").contains_key("CI_SCRIPT"));
 }
 
+/// `workspaceVolume: false` (Woodpecker's key): the pod has neither the workspace volume nor
+/// its mount, keeps its working directory (as Woodpecker does; the runtime creates it empty),
+/// and needs no administrator switch, since it gives the pod less, not more.
+#[test]
+fn a_step_or_service_without_the_workspace_volume() {
+    let yaml = "services:\n  - name: cache\n    image: redis\n    backend_options: {kubernetes: {workspaceVolume: false}}\nsteps:\n  - name: notify\n    image: curlimages/curl\n    commands: [curl -fsS https://example.com]\n    volumes: ['tools:/opt/tools:ro']\n    backend_options: {kubernetes: {workspaceVolume: false}}\n  - name: build\n    image: golang\n    commands: [go build]\n    backend_options: {kubernetes: {workspaceVolume: true}}\n";
+    let config = config(&[("storage_rwx", "false"), ("allowed_claims", "tools")]);
+    let r = render_ok(&config, &input(plan(yaml)));
+    insta::assert_yaml_snapshot!(r.pod("cache"));
+    for step in ["cache", "notify"] {
+        let spec = spec_of(&r, step);
+        let volumes: Vec<&str> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert!(!volumes.contains(&"workspace"), "{step}: {volumes:?}");
+        assert!(
+            spec.containers[0]
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "workspace"),
+            "{step}"
+        );
+        assert_eq!(
+            spec.containers[0].working_dir.as_deref(),
+            Some("/woodpecker/src"),
+            "{step}"
+        );
+        assert!(!pod::mounts_workspace(r.pod(step).expect("pod")));
+    }
+    assert_eq!(
+        spec_of(&r, "notify").volumes.as_ref().map(|v| v.len()),
+        Some(1),
+        "the step's own claim stays"
+    );
+    assert!(pod::mounts_workspace(r.pod("build").expect("pod")));
+}
+
 #[test]
 fn privileged_image_on_the_allowlist() {
     let yaml = "steps: [{name: dind, image: 'docker.io/library/docker:27-dind', privileged: true, commands: [dockerd]}]";
@@ -907,6 +958,7 @@ fn the_brief_s_service_account_message() {
             value: "admin".into(),
             rule: "PICULET_K8S_SERVICE_ACCOUNT_OVERWRITE_ALLOWED".into(),
             message: "step \"build\": backend_options.kubernetes.serviceAccountName \"admin\" is not allowed: PICULET_K8S_SERVICE_ACCOUNT_OVERWRITE_ALLOWED is empty; ask the administrator to allow it".into(),
+            ..Default::default()
         }]
     );
     let v = refused(
@@ -1061,7 +1113,7 @@ fn woodpecker_documentation_examples() {
             Some("key1"),
             Some("Equal"),
             Some("value1"),
-            Some("NoSchedule"),
+            Some("NoExecute"),
             Some(3600)
         )
     );
@@ -1126,6 +1178,54 @@ fn woodpecker_documentation_examples() {
             .and_then(|a| a.get("app.kubernetes.io/name"))
             .map(String::as_str),
         Some("builder")
+    );
+}
+
+/// The toleration of Woodpecker's documentation as written (`NoSchedule` with
+/// `tolerationSeconds`) is what a real API server refused in recording 82: refused here with
+/// its field path and its words, traced to the step's toleration.
+#[test]
+fn the_documentations_toleration_is_refused_as_the_api_server_refuses_it() {
+    let yaml = "steps:\n  - name: build\n    image: golang\n    commands: [go build]\n    backend_options:\n      kubernetes:\n        tolerations:\n          - key: 'key1'\n            operator: 'Equal'\n            value: 'value1'\n            effect: 'NoSchedule'\n            tolerationSeconds: 3600\n";
+    let allowed = config(&[("allow_from_step", ALL_ALLOWED)]);
+    let v = invalid(&allowed, &input(plan(yaml)));
+    assert_eq!(v.len(), 1, "{v:#?}");
+    assert_eq!(v[0].step, "build");
+    assert_eq!(v[0].field, "spec.tolerations[0].effect");
+    assert_eq!(v[0].value, "NoSchedule");
+    assert_eq!(
+        v[0].rule,
+        "effect must be 'NoExecute' when `tolerationSeconds` is set"
+    );
+    assert_eq!(
+        v[0].origin,
+        Some(trace::Origin::Step(
+            "backend_options.kubernetes.tolerations[0].effect".into()
+        ))
+    );
+    let pod = render_workflow(
+        &allowed,
+        &input(plan(
+            "steps: [{name: build, image: golang, commands: [go build]}]",
+        )),
+    );
+    assert!(pod.is_ok(), "the same step without the toleration renders");
+    insta::assert_snapshot!(v[0].message);
+    // An administrator's toleration comes first in the pod; the step's index is its own.
+    let with_admin = config(&[
+        ("allow_from_step", ALL_ALLOWED),
+        (
+            "tolerations",
+            "[{\"key\":\"ci\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}]",
+        ),
+    ]);
+    let v = invalid(&with_admin, &input(plan(yaml)));
+    assert_eq!(v[0].field, "spec.tolerations[1].effect");
+    assert_eq!(
+        v[0].origin,
+        Some(trace::Origin::Step(
+            "backend_options.kubernetes.tolerations[0].effect".into()
+        ))
     );
 }
 
@@ -1384,6 +1484,13 @@ fn settings_errors_are_one_exact_line() {
         (
             &[("pull_secret_names", "ok,Not_OK")],
             "--k8s-pull-secret-names (PICULET_K8S_PULL_SECRET_NAMES): \"Not_OK\" is not a Secret name: lowercase letters, digits, '-' and '.'",
+        ),
+        (
+            &[(
+                "tolerations",
+                "[{\"key\":\"ci\",\"operator\":\"Equal\",\"value\":\"x\",\"effect\":\"NoSchedule\",\"tolerationSeconds\":60}]",
+            )],
+            "--k8s-tolerations (PICULET_K8S_TOLERATIONS): the Kubernetes API server would refuse every workflow's objects with it: spec.tolerations[0].effect \"NoSchedule\": effect must be 'NoExecute' when `tolerationSeconds` is set",
         ),
         (
             &[("clone_image", "a b")],

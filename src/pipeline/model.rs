@@ -100,6 +100,18 @@ pub struct KubernetesOptions {
     pub security_context: Option<SecurityContext>,
     pub secrets: Vec<SecretRef>,
     pub host_users: Option<bool>,
+    /// `workspaceVolume: false`: the pod is rendered without the workspace volume and its
+    /// mount (a service or helper that needs no files, free to run on any node with a
+    /// ReadWriteOnce workspace). Absent or `true`: the workspace is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_volume: Option<bool>,
+}
+
+impl KubernetesOptions {
+    /// Whether the pod mounts the workflow's workspace (the default).
+    pub fn mounts_workspace(&self) -> bool {
+        self.workspace_volume != Some(false)
+    }
 }
 
 /// Requests and limits by resource name (`cpu`, `memory`, `ephemeral-storage`, …); every value

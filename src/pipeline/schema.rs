@@ -128,7 +128,8 @@ pub const STEP_FAILURE_VALUES: &[&str] = &["fail", "ignore", "cancel"];
 /// `failure` of a service or a plugin step.
 pub const FAILURE_VALUES: &[&str] = &["fail", "ignore"];
 
-/// `backend_options.kubernetes`, as Woodpecker's Kubernetes backend reads it, plus `hostUsers`.
+/// `backend_options.kubernetes`, as Woodpecker's Kubernetes backend reads it (`workspaceVolume`
+/// since 2026), plus `hostUsers`.
 pub const KUBERNETES_KEYS: &[&str] = &[
     "resources",
     "runtimeClassName",
@@ -141,6 +142,7 @@ pub const KUBERNETES_KEYS: &[&str] = &[
     "securityContext",
     "secrets",
     "hostUsers",
+    "workspaceVolume",
 ];
 pub const RESOURCES_KEYS: &[&str] = &["requests", "limits"];
 pub const TOLERATION_KEYS: &[&str] = &["key", "operator", "value", "effect", "tolerationSeconds"];

@@ -710,6 +710,7 @@ impl Reader<'_> {
                 "securityContext" => k.security_context = self.security_context(v, &p),
                 "secrets" => k.secrets = self.secret_refs(v, &p),
                 "hostUsers" => k.host_users = self.boolean(v, &p),
+                "workspaceVolume" => k.workspace_volume = self.boolean(v, &p),
                 _ => {}
             }
         }
@@ -1735,6 +1736,27 @@ mod tests {
             ]
         );
         assert_eq!(k.host_users, Some(false));
+        assert_eq!(k.workspace_volume, Some(false));
+        assert!(!k.mounts_workspace());
+    }
+
+    #[test]
+    fn workspace_volume_is_a_boolean() {
+        assert_eq!(
+            errors(
+                "steps: [{name: a, image: x, commands: [ls], backend_options: {kubernetes: {workspaceVolume: no}}}]"
+            ),
+            [(
+                "/steps/0/backend_options/kubernetes/workspaceVolume".to_string(),
+                "expected a boolean".to_string()
+            )]
+        );
+        let (w, sink) = read("steps: [{name: a, image: x, commands: [ls]}]");
+        assert!(sink.errors.is_empty());
+        assert!(
+            w.expect("w").steps[0].kubernetes.mounts_workspace(),
+            "the default"
+        );
     }
 
     #[test]

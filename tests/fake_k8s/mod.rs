@@ -7,7 +7,8 @@
 //! fault knobs, act from outside (delete, evict, expire watches), and read the
 //! request log. The other modules hold the parts: `store` (objects,
 //! resourceVersions, history), `api` (routes, verbs, Status errors),
-//! `objects` (validation, defaulting, admission, controllers), `watch`,
+//! `objects` (validation, defaulting, admission, controllers), `validate`
+//! (the API server's field rules, written apart from piculet's), `watch`,
 //! `logs`, `kubelet` and `faults`.
 //!
 //! Every container runs as a real local process (`/bin/sh -c …` on this
@@ -23,6 +24,7 @@ pub mod kubelet;
 pub mod logs;
 pub mod objects;
 pub mod store;
+pub mod validate;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};

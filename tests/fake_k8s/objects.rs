@@ -1,5 +1,5 @@
 //! What the API server does to an object between the request and the store:
-//! validation (422), defaulting (the server-filled pod fields of recording
+//! validation (422; the field rules are in `validate`), defaulting (the server-filled pod fields of recording
 //! 01, Secret `stringData`, Service and PVC defaults), Pod Security admission,
 //! `managedFields`, replace and patch, and the controllers that act right
 //! after a write (PVC binding and protection, garbage collection of owned
@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use super::Shared;
 use super::api::{self, ApiError};
 use super::store::{Resource, reorder};
+use super::validate;
 
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
@@ -88,7 +89,6 @@ pub fn base64_decode(s: &str) -> Result<Vec<u8>, String> {
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
 const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
-const LABEL_VALUE_MSG: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 
 fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
@@ -105,15 +105,6 @@ fn is_dns1123_subdomain(s: &str) -> bool {
 
 fn is_dns1035_label(s: &str) -> bool {
     is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
-}
-
-fn is_label_value(s: &str) -> bool {
-    s.is_empty()
-        || (s.len() <= 63
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            && s.as_bytes()[0].is_ascii_alphanumeric()
-            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
 }
 
 type Causes = Vec<(String, &'static str, String)>;
@@ -159,23 +150,10 @@ fn validate_metadata(resource: Resource, meta: &Value, causes: &mut Causes) {
             causes.push(invalid_value("metadata.name", name, msg));
         }
     }
-    if let Some(labels) = meta["labels"].as_object() {
-        for (k, v) in labels {
-            match v.as_str() {
-                Some(v) if is_label_value(v) => {}
-                Some(v) => causes.push(invalid_value("metadata.labels", v, LABEL_VALUE_MSG)),
-                None => causes.push(invalid_value(
-                    "metadata.labels",
-                    &v.to_string(),
-                    LABEL_VALUE_MSG,
-                )),
-            }
-            let key_name = k.rsplit('/').next().unwrap_or(k);
-            if key_name.is_empty() || key_name.len() > 63 || !is_label_value(key_name) {
-                causes.push(invalid_value("metadata.labels", k, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')"));
-            }
-        }
-    }
+    let mut rules = validate::Causes::default();
+    validate::label_map(&mut rules, "metadata.labels", &meta["labels"]);
+    validate::annotations(&mut rules, &meta["annotations"]);
+    causes.append(&mut rules.0);
 }
 
 fn validate_pod(pod: &Value, causes: &mut Causes) {
@@ -213,15 +191,8 @@ fn validate_pod(pod: &Value, causes: &mut Causes) {
                 ));
             }
             seen.push(name.to_string());
-            if c["image"].as_str().unwrap_or_default().trim().is_empty() {
+            if c["image"].as_str().unwrap_or_default().is_empty() {
                 causes.push(required(&format!("spec.{list}[{i}].image"), ""));
-            }
-            if let Some(env) = c["env"].as_array() {
-                for (j, e) in env.iter().enumerate() {
-                    if e["name"].as_str().unwrap_or_default().is_empty() {
-                        causes.push(required(&format!("spec.{list}[{i}].env[{j}].name"), ""));
-                    }
-                }
             }
         }
     }
@@ -237,18 +208,9 @@ fn validate_pod(pod: &Value, causes: &mut Causes) {
             ),
         ));
     }
-    if let Some(volumes) = spec["volumes"].as_array() {
-        for (i, v) in volumes.iter().enumerate() {
-            let name = v["name"].as_str().unwrap_or_default();
-            if !is_dns1123_label(name) {
-                causes.push(invalid_value(
-                    &format!("spec.volumes[{i}].name"),
-                    name,
-                    DNS1123_LABEL_MSG,
-                ));
-            }
-        }
-    }
+    let mut rules = validate::Causes::default();
+    validate::pod_spec(&mut rules, spec);
+    causes.append(&mut rules.0);
 }
 
 // ---------------------------------------------------------------------------
@@ -379,9 +341,15 @@ pub(super) fn create(
     }
     let mut causes = Causes::new();
     validate_metadata(resource, &obj["metadata"], &mut causes);
-    if resource == Resource::Pods {
-        validate_pod(&obj, &mut causes);
+    let mut rules = validate::Causes::default();
+    match resource {
+        Resource::Pods => validate_pod(&obj, &mut causes),
+        Resource::Secrets => validate::secret(&mut rules, &obj),
+        Resource::Services => validate::service(&mut rules, &obj),
+        Resource::PersistentVolumeClaims => validate::claim(&mut rules, &obj),
+        Resource::Events => {}
     }
+    causes.append(&mut rules.0);
     let name = obj["metadata"]["name"]
         .as_str()
         .unwrap_or_default()

@@ -39,7 +39,7 @@ use self::status::{PodState, pod_state};
 use self::watch::{PodWatch, Seen};
 use super::{Backend, BackendError, OutputLine, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::k8s::labels::{PULL_POLICIES_ANNOTATION, STEP_ID, WORKFLOW_ID, managed_selector};
-use crate::k8s::pod::{pin_to_node, set_environment};
+use crate::k8s::pod::{mounts_workspace, pin_to_node, set_environment};
 use crate::k8s::{KubernetesConfig, RenderInput, RenderedWorkflow, render_workflow};
 use crate::pipeline::StepKind;
 
@@ -221,11 +221,14 @@ impl KubernetesBackend {
                 BackendError::Failed(format!("no pod was rendered for {}", step.spec.name))
             })?;
         set_environment(&mut pod, &step.env);
-        if state.rendered.read_write_once && attaching {
+        // A pod without the workspace (`workspaceVolume: false`) runs wherever it is
+        // scheduled, and does not choose the workspace's node either.
+        let follows_workspace = state.rendered.read_write_once && mounts_workspace(&pod);
+        if follows_workspace && attaching {
             if let Some(n) = state.node.borrow().clone() {
                 pin_to_node(&mut pod, &n);
             }
-        } else if state.rendered.read_write_once {
+        } else if follows_workspace {
             let mut node = state.node.subscribe();
             if state.created_one.swap(true, Ordering::SeqCst) {
                 // The workspace can only be mounted on the node of the first pod: wait until
@@ -482,6 +485,7 @@ impl KubernetesBackend {
         let node = list
             .items
             .iter()
+            .filter(|p| mounts_workspace(p))
             .find_map(|p| p.spec.as_ref()?.node_name.clone());
         // Pods without a node yet: the next pod waits for the node the first lands on, which
         // the watch reports once that pod is followed again.
@@ -502,9 +506,10 @@ impl KubernetesBackend {
             environment: Default::default(),
             redact_secrets: false,
         };
-        render_workflow(&self.config, &input).map_err(|violations| {
+        render_workflow(&self.config, &input).map_err(|refused| {
             BackendError::Refused(
-                violations
+                refused
+                    .violations()
                     .iter()
                     .map(|v| v.message.clone())
                     .collect::<Vec<_>>()
@@ -741,7 +746,13 @@ impl Driver {
             Seen::NotYet => Observed::NotYet,
             Seen::Gone => Observed::Gone,
             Seen::Present(pod) => {
-                if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                // Only a pod that mounts the workspace tells where the workspace is.
+                if let Some(node) = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .filter(|_| mounts_workspace(&pod))
+                {
                     self.state.node.send_if_modified(|n| {
                         if n.is_none() {
                             *n = Some(node);
