@@ -394,6 +394,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Migrate(_)) {
+        end_quietly_when_output_closes();
+    }
     match cli.command {
         Command::Openapi => {
             print!("{}", crate::api::openapi::document());
@@ -427,6 +430,18 @@ pub fn main() -> ExitCode {
                 Err(e) => client_failure(e, None),
             }
         }
+    }
+}
+
+/// Lets a command whose output is piped into `head` (or a pager that quits) end as every Unix
+/// tool does, killed by SIGPIPE, instead of panicking: Rust ignores SIGPIPE, so a write to a
+/// closed pipe fails and `print!` panics on the failure. Not for `serve`, which must outlive
+/// its clients' closed connections, nor for the steps it starts.
+fn end_quietly_when_output_closes() {
+    // SAFETY: called first thing on the main thread, before any other thread exists, with the
+    // default disposition, which is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

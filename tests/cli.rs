@@ -901,3 +901,22 @@ on_both_databases!(
     cancel_and_retry,
     errors_and_colour,
 );
+
+/// `piculet openapi | head -1`: the reader goes away mid-output, and the command ends as Unix
+/// tools do (by SIGPIPE), without a panic on stderr.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_piculet"))
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The document is larger than a pipe's buffer: closing the read end makes a write fail.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?}", out.status);
+}
