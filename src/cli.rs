@@ -818,7 +818,7 @@ fn lint(
         Ok((
             limits,
             crate::config::given_or_default("platform", &s.platform)
-                .unwrap_or_default()
+                .map_err(|e| e.to_string())?
                 .to_string(),
             kubernetes,
         ))

@@ -536,21 +536,16 @@ fn declared_defaults(command: &clap::Command) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The declared default of the setting `field`, if it has one.
-pub fn declared_default(field: &str) -> Option<&'static str> {
-    LazyLock::force(&DEFAULTS).get(field).map(String::as_str)
-}
-
-/// What the setting `field` says: its value, else its declared default. `None` only for a
-/// setting whose default depends on others, which the parser computes.
-pub fn given_or_default<'a>(field: &str, setting: &'a Option<String>) -> Option<&'a str> {
-    setting.as_deref().or_else(|| declared_default(field))
-}
-
-/// The value of a setting that has a declared default. (Were the declaration missing, the
-/// setting would read as empty, which no parser accepts: every start-up would say so.)
-fn text<'a>(field: &str, setting: &'a Option<String>) -> &'a str {
-    given_or_default(field, setting).unwrap_or_default()
+/// What the setting `field` says: its value, else its declared default. Only for a setting
+/// that has one (were its declaration missing, every start-up would stop here, naming it).
+pub fn given_or_default<'a>(
+    field: &str,
+    setting: &'a Option<String>,
+) -> Result<&'a str, ConfigError> {
+    setting
+        .as_deref()
+        .or_else(|| LazyLock::force(&DEFAULTS).get(field).map(String::as_str))
+        .ok_or_else(|| invalid(field, "has no value and no default"))
 }
 
 impl Settings {
@@ -644,7 +639,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 impl Config {
     /// Parses and checks every setting; the first bad one is reported.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
-        let listen_text = text("listen", &s.listen);
+        let listen_text = given_or_default("listen", &s.listen)?;
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -652,7 +647,7 @@ impl Config {
             )
         })?;
 
-        let data_dir = PathBuf::from(text("data_dir", &s.data_dir));
+        let data_dir = PathBuf::from(given_or_default("data_dir", &s.data_dir)?);
 
         let database_url = match s.database_url.as_deref() {
             None | Some("") => DatabaseUrl::Sqlite(format!(
@@ -674,7 +669,7 @@ impl Config {
             }
         };
 
-        let backend = match text("backend", &s.backend) {
+        let backend = match given_or_default("backend", &s.backend)? {
             "local" => BackendKind::Local,
             "kubernetes" => BackendKind::Kubernetes,
             other => {
@@ -713,7 +708,7 @@ impl Config {
             ));
         }
 
-        let max_workflows_text = text("max_workflows", &s.max_workflows);
+        let max_workflows_text = given_or_default("max_workflows", &s.max_workflows)?;
         let max_workflows = match max_workflows_text.parse::<usize>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
             _ => {
@@ -724,7 +719,7 @@ impl Config {
             }
         };
 
-        let platform = text("platform", &s.platform).to_string();
+        let platform = given_or_default("platform", &s.platform)?.to_string();
         match platform.split_once('/') {
             Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {}
             _ => {
@@ -735,7 +730,7 @@ impl Config {
             }
         }
 
-        let max_body_size = parse_size(text("max_body_size", &s.max_body_size))
+        let max_body_size = parse_size(given_or_default("max_body_size", &s.max_body_size)?)
             .map_err(|m| invalid("max_body_size", m))?;
         if max_body_size < 1024 {
             return Err(invalid(
@@ -744,8 +739,10 @@ impl Config {
             ));
         }
 
-        let body_timeout = parse_duration(text("body_timeout", &s.body_timeout))
-            .map_err(|m| invalid("body_timeout", m))?;
+        let duration = |field: &str, value: &Option<String>| {
+            parse_duration(given_or_default(field, value)?).map_err(|m| invalid(field, m))
+        };
+        let body_timeout = duration("body_timeout", &s.body_timeout)?;
         if body_timeout.is_zero() {
             return Err(invalid(
                 "body_timeout",
@@ -765,9 +762,7 @@ impl Config {
                 }
             },
         };
-        let planning_queue_timeout =
-            parse_duration(text("planning_queue_timeout", &s.planning_queue_timeout))
-                .map_err(|m| invalid("planning_queue_timeout", m))?;
+        let planning_queue_timeout = duration("planning_queue_timeout", &s.planning_queue_timeout)?;
         let allowed_hosts =
             crate::api::host::parse_allowed_hosts(s.allowed_hosts.as_deref().unwrap_or(""))
                 .map_err(|m| invalid("allowed_hosts", m))?;
@@ -779,7 +774,7 @@ impl Config {
             }
         };
 
-        let log_format = match text("log_format", &s.log_format) {
+        let log_format = match given_or_default("log_format", &s.log_format)? {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
@@ -789,14 +784,11 @@ impl Config {
                 ));
             }
         };
-        let log = text("log", &s.log).to_string();
+        let log = given_or_default("log", &s.log)?.to_string();
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
 
-        let duration = |field: &str, value: &Option<String>| {
-            parse_duration(text(field, value)).map_err(|m| invalid(field, m))
-        };
         let max_timeout = duration("max_timeout", &s.max_timeout)?;
         let grace_period = duration("grace_period", &s.grace_period)?;
         let lease = duration("lease", &s.lease)?;
@@ -822,7 +814,7 @@ impl Config {
                 "must be at least 100ms, or the listener checks its connection without pause",
             ));
         }
-        let max_log_size = parse_size(text("max_log_size", &s.max_log_size))
+        let max_log_size = parse_size(given_or_default("max_log_size", &s.max_log_size)?)
             .map_err(|m| invalid("max_log_size", m))?;
 
         let timeouts = Timeouts {
@@ -914,7 +906,7 @@ pub fn default_max_label_filters() -> usize {
 
 /// A count setting from 1 to 1000.
 fn count(field: &str, setting: &Option<String>) -> Result<u32, ConfigError> {
-    let text = text(field, setting);
+    let text = given_or_default(field, setting)?;
     match text.trim().parse::<u32>() {
         Ok(n) if (1..=1000).contains(&n) => Ok(n),
         _ => Err(invalid(
@@ -930,7 +922,7 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
     // The upper bounds only catch typos; the nesting depth is bounded by the stack, since
     // the reader goes one call deeper per level.
     let count = |field: &str, setting: &Option<String>, min: usize, max: usize| {
-        let text = text(field, setting);
+        let text = given_or_default(field, setting)?;
         match text.trim().parse::<usize>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(invalid(
@@ -940,7 +932,7 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
         }
     };
     let size = |field: &str, setting: &Option<String>| {
-        let text = text(field, setting);
+        let text = given_or_default(field, setting)?;
         let n = parse_size(text).map_err(|m| invalid(field, m))?;
         if !(256..=1 << 30).contains(&n) {
             return Err(invalid(
@@ -1270,6 +1262,18 @@ mod tests {
             c.grace_period,
             Duration::from_secs(10),
             "the default, set nowhere"
+        );
+    }
+
+    #[test]
+    fn a_setting_read_without_a_declared_default_is_named() {
+        assert_eq!(given_or_default("listen", &None).unwrap(), "127.0.0.1:8080");
+        assert_eq!(given_or_default("listen", &Some("x".into())).unwrap(), "x");
+        assert_eq!(
+            given_or_default("secret_key", &None)
+                .unwrap_err()
+                .to_string(),
+            "--secret-key (PICULET_SECRET_KEY): has no value and no default"
         );
     }
 
