@@ -1284,6 +1284,8 @@ mod tests {
         assert_eq!(c.db_engine.connections, 10, "2 × 4 workflows + 2");
         assert_eq!(c.db_api.timeouts.read, Duration::from_secs(5));
         assert_eq!(c.db_engine.timeouts.write, Duration::from_secs(10));
+        // The store's own defaults (what `Store::connect` uses) agree with the declared ones.
+        assert_eq!(c.db_api.timeouts, Timeouts::default());
         assert_eq!(c.max_label_filters, 16);
 
         let s = Settings {
