@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::client::{
     Client, ClientError, ListQuery, exit_code, output, parse_id, submission_from_files,
@@ -368,11 +368,17 @@ fn offline_settings(config: Option<&Path>) -> Result<Settings, String> {
         #[command(flatten)]
         settings: Settings,
     }
-    let from_env = FromEnv::try_parse_from(std::iter::empty::<String>())
-        .map_err(|e| e.to_string().lines().next().unwrap_or_default().to_string())?;
+    let first_line = |e: clap::Error| e.to_string().lines().next().unwrap_or_default().to_string();
+    let matches = FromEnv::command()
+        .try_get_matches_from(std::iter::empty::<String>())
+        .map_err(first_line)?;
+    let settings = FromEnv::from_arg_matches(&matches)
+        .map_err(first_line)?
+        .settings
+        .without_defaults(&matches);
     match config {
-        Some(path) => from_env.settings.with_file(path).map_err(|e| e.to_string()),
-        None => Ok(from_env.settings),
+        Some(path) => settings.with_file(path).map_err(|e| e.to_string()),
+        None => Ok(settings),
     }
 }
 
@@ -393,9 +399,18 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli =
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut Cli::command()).exit());
     if !matches!(cli.command, Command::Serve(_) | Command::Migrate(_)) {
         end_quietly_when_output_closes();
+    }
+    // The server's settings as given: what clap filled in from a default is left for the
+    // config file to set, and taken only if it does not.
+    if let (Command::Serve(args) | Command::Migrate(args), Some((_, given))) =
+        (&mut cli.command, matches.subcommand())
+    {
+        args.settings = std::mem::take(&mut args.settings).without_defaults(given);
     }
     match cli.command {
         Command::Openapi => {
@@ -817,7 +832,9 @@ fn lint(
         };
         Ok((
             limits,
-            s.platform.unwrap_or_else(|| "linux/amd64".into()),
+            crate::config::given_or_default("platform", &s.platform)
+                .map_err(|e| e.to_string())?
+                .to_string(),
             kubernetes,
         ))
     }) {
@@ -848,7 +865,6 @@ fn lint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
 
     #[test]
     fn the_command_line_is_consistent() {

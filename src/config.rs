@@ -5,25 +5,20 @@
 //! here, so that a bad value stops start-up with one line naming the setting (its flag and its
 //! environment variable) and what is wrong with it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use clap::Args;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 
 use crate::api::host::HostPattern;
 use crate::k8s::{KubernetesConfig, KubernetesSettings, SettingError};
 use crate::pipeline::Limits;
 use crate::store::{PoolSettings, Timeouts};
-
-/// `PICULET_MAX_LABEL_FILTERS` unless set; the API document states it as `label`'s `maxItems`.
-pub const DEFAULT_MAX_LABEL_FILTERS: usize = 16;
-
-/// `PICULET_METRICS_CONCURRENCY_GROUPS` unless set: each group shown is a time series of its
-/// own in every scrape, so their number is capped.
-const DEFAULT_METRICS_CONCURRENCY_GROUPS: u32 = 100;
 
 /// A configuration error: names the setting and says what to change.
 #[derive(Debug, thiserror::Error)]
@@ -36,26 +31,50 @@ pub enum ConfigError {
     Kubernetes(#[from] SettingError),
 }
 
-/// The raw settings, as flags and environment variables. Every field is optional text: the
-/// TOML file may fill what flags and environment leave empty, and [`Config::from_settings`]
-/// parses and checks them all.
+/// The raw settings, as flags and environment variables. Each is declared once, here: its
+/// name, its help and its default (`default_value`, which `--help` shows and the parser falls
+/// back to; a default that depends on other settings is described in the help as
+/// `[default: …]` and computed by the parser). README.md's tables are tested against these
+/// declarations.
+///
+/// Every field is optional text: the TOML file may fill what flags and environment leave
+/// empty (see [`Settings::without_defaults`]), and [`Config::from_settings`] parses and checks
+/// them all.
 #[derive(Debug, Clone, Default, Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Address to serve on [default: 127.0.0.1:8080]
-    #[arg(long, env = "PICULET_LISTEN", global = true, value_name = "ADDR")]
+    /// Address to serve on
+    #[arg(
+        long,
+        env = "PICULET_LISTEN",
+        global = true,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: Option<String>,
 
-    /// postgres://… or sqlite://… [default: a SQLite file in the data directory]
+    /// postgres://… or sqlite://… [default: SQLite file piculet.db in the data directory]
     #[arg(long, env = "PICULET_DATABASE_URL", global = true, value_name = "URL")]
     pub database_url: Option<String>,
 
-    /// Directory for the embedded database, the secret key and workspaces [default: ./piculet-data]
-    #[arg(long, env = "PICULET_DATA_DIR", global = true, value_name = "DIR")]
+    /// Directory for the embedded database, the secret key and workspaces
+    #[arg(
+        long,
+        env = "PICULET_DATA_DIR",
+        global = true,
+        value_name = "DIR",
+        default_value = "./piculet-data"
+    )]
     pub data_dir: Option<String>,
 
-    /// Where steps run: local or kubernetes [default: local]
-    #[arg(long, env = "PICULET_BACKEND", global = true, value_name = "NAME")]
+    /// Where steps run: local or kubernetes
+    #[arg(
+        long,
+        env = "PICULET_BACKEND",
+        global = true,
+        value_name = "NAME",
+        default_value = "local"
+    )]
     pub backend: Option<String>,
 
     /// Comma-separated bearer tokens accepted by the API; with none, only loopback is served
@@ -68,30 +87,44 @@ pub struct Settings {
     )]
     pub api_tokens: Option<String>,
 
-    /// Workflows this replica runs at once [default: 4]
-    #[arg(long, env = "PICULET_MAX_WORKFLOWS", global = true, value_name = "N")]
+    /// Workflows this replica runs at once
+    #[arg(
+        long,
+        env = "PICULET_MAX_WORKFLOWS",
+        global = true,
+        value_name = "N",
+        default_value = "4"
+    )]
     pub max_workflows: Option<String>,
 
-    /// Default platform of a workflow [default: linux/amd64]
-    #[arg(long, env = "PICULET_PLATFORM", global = true, value_name = "OS/ARCH")]
+    /// Default platform of a workflow
+    #[arg(
+        long,
+        env = "PICULET_PLATFORM",
+        global = true,
+        value_name = "OS/ARCH",
+        default_value = "linux/amd64"
+    )]
     pub platform: Option<String>,
 
-    /// Largest request body accepted, in bytes or with a unit (512KiB, 4MiB) [default: 4MiB]
+    /// Largest request body accepted, in bytes or with a unit (512KiB, 4MiB)
     #[arg(
         long,
         env = "PICULET_MAX_BODY_SIZE",
         global = true,
-        value_name = "SIZE"
+        value_name = "SIZE",
+        default_value = "4MiB"
     )]
     pub max_body_size: Option<String>,
 
     /// Longest a client may take to send a whole request body; one that trickles is answered
-    /// 408 [default: 60s]
+    /// 408
     #[arg(
         long,
         env = "PICULET_BODY_TIMEOUT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "60s"
     )]
     pub body_timeout: Option<String>,
 
@@ -100,12 +133,13 @@ pub struct Settings {
     #[arg(long, env = "PICULET_MAX_PLANNING", global = true, value_name = "N")]
     pub max_planning: Option<String>,
 
-    /// How long a request waits for a planning slot before it is refused with 503 [default: 10s]
+    /// How long a request waits for a planning slot before it is refused with 503
     #[arg(
         long,
         env = "PICULET_PLANNING_QUEUE_TIMEOUT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "10s"
     )]
     pub planning_queue_timeout: Option<String>,
 
@@ -131,55 +165,76 @@ pub struct Settings {
     )]
     pub secret_key: Option<String>,
 
-    /// The longest any step or pipeline may run, whatever it asks for [default: 24h]
+    /// The longest any step or pipeline may run, whatever it asks for
     #[arg(
         long,
         env = "PICULET_MAX_TIMEOUT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "24h"
     )]
     pub max_timeout: Option<String>,
 
-    /// Between asking a canceled or timed-out step to stop and killing it [default: 10s]
+    /// Between asking a canceled or timed-out step to stop and killing it
     #[arg(
         long,
         env = "PICULET_GRACE_PERIOD",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "10s"
     )]
     pub grace_period: Option<String>,
 
-    /// Most log bytes stored per step; the rest is cut with a visible notice [default: 128MiB]
-    #[arg(long, env = "PICULET_MAX_LOG_SIZE", global = true, value_name = "SIZE")]
+    /// Most log bytes stored per step; the rest is cut with a visible notice
+    #[arg(
+        long,
+        env = "PICULET_MAX_LOG_SIZE",
+        global = true,
+        value_name = "SIZE",
+        default_value = "128MiB"
+    )]
     pub max_log_size: Option<String>,
 
     /// How long a replica's claim on a workflow lasts without renewal; another replica takes
-    /// the workflow over after that [default: 30s]
-    #[arg(long, env = "PICULET_LEASE", global = true, value_name = "DURATION")]
+    /// the workflow over after that
+    #[arg(
+        long,
+        env = "PICULET_LEASE",
+        global = true,
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
     pub lease: Option<String>,
 
     /// On SIGTERM, how long running workflows go on before they are handed over to another
     /// replica (their steps keep running); a second signal hands them over at once
-    /// [default: 10s]
     #[arg(
         long,
         env = "PICULET_SHUTDOWN_GRACE",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "10s"
     )]
     pub shutdown_grace: Option<String>,
 
     /// How many times a step is started, its first attempt included, when a replica dies with
-    /// its attempts; then it ends as error [default: 3]
-    #[arg(long, env = "PICULET_MAX_ATTEMPTS", global = true, value_name = "N")]
+    /// its attempts; then it ends as error
+    #[arg(
+        long,
+        env = "PICULET_MAX_ATTEMPTS",
+        global = true,
+        value_name = "N",
+        default_value = "3"
+    )]
     pub max_attempts: Option<String>,
     /// How long a replica's feed listener (Postgres) may hear nothing before it checks its
-    /// connection; a listener silent for twice this reconnects [default: 30s]
+    /// connection; a listener silent for twice this reconnects
     #[arg(
         long,
         env = "PICULET_FEED_HEARTBEAT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "30s"
     )]
     pub feed_heartbeat: Option<String>,
 
@@ -194,7 +249,7 @@ pub struct Settings {
     pub db_api_connections: Option<String>,
 
     /// Connections of the engine's database pool, which API requests cannot take: claims,
-    /// lease renewals, step changes and log lines [default: 2 × max workflows + 2, at most 32]
+    /// lease renewals, step changes and log lines [default: 2 × MAX_WORKFLOWS + 2, at most 32]
     #[arg(
         long,
         env = "PICULET_DB_ENGINE_CONNECTIONS",
@@ -204,147 +259,179 @@ pub struct Settings {
     pub db_engine_connections: Option<String>,
 
     /// Longest a database read may take (lists, gets, log and event pages); past it the
-    /// request is answered 503 and the statement stopped [default: 5s]
+    /// request is answered 503 and the statement stopped
     #[arg(
         long,
         env = "PICULET_DB_READ_TIMEOUT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "5s"
     )]
     pub db_read_timeout: Option<String>,
 
     /// Longest a database write may take (submissions, cancels, everything the engine
-    /// records) [default: 10s]
+    /// records)
     #[arg(
         long,
         env = "PICULET_DB_WRITE_TIMEOUT",
         global = true,
-        value_name = "DURATION"
+        value_name = "DURATION",
+        default_value = "10s"
     )]
     pub db_write_timeout: Option<String>,
 
-    /// Most `label=` filters one list request may have [default: 16]
+    /// Most `label=` filters one list request may have
     #[arg(
         long,
         env = "PICULET_MAX_LABEL_FILTERS",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "16"
     )]
     pub max_label_filters: Option<String>,
 
-    /// Log format: text or json [default: text]
-    #[arg(long, env = "PICULET_LOG_FORMAT", global = true, value_name = "FORMAT")]
+    /// Log format: text or json
+    #[arg(
+        long,
+        env = "PICULET_LOG_FORMAT",
+        global = true,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
     pub log_format: Option<String>,
 
-    /// Log filter, as tracing's EnvFilter reads it [default: info]
-    #[arg(long, env = "PICULET_LOG", global = true, value_name = "FILTER")]
+    /// Log filter, as tracing's EnvFilter reads it
+    #[arg(
+        long,
+        env = "PICULET_LOG",
+        global = true,
+        value_name = "FILTER",
+        default_value = "info"
+    )]
     pub log: Option<String>,
 
-    /// Most steps, services and clone steps in one workflow (one matrix element) [default: 256]
+    /// Most steps, services and clone steps in one workflow (one matrix element)
     #[arg(
         long,
         env = "PICULET_MAX_STEPS_PER_WORKFLOW",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "256"
     )]
     pub max_steps_per_workflow: Option<String>,
 
-    /// Most workflows in one pipeline: its configs times their matrix elements [default: 100]
+    /// Most workflows in one pipeline: its configs times their matrix elements
     #[arg(
         long,
         env = "PICULET_MAX_WORKFLOWS_PER_PIPELINE",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "100"
     )]
     pub max_workflows_per_pipeline: Option<String>,
 
-    /// Most steps, services and clone steps in one pipeline, over all its workflows [default: 2000]
+    /// Most steps, services and clone steps in one pipeline, over all its workflows
     #[arg(
         long,
         env = "PICULET_MAX_STEPS_PER_PIPELINE",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "2000"
     )]
     pub max_steps_per_pipeline: Option<String>,
 
-    /// Most depends_on entries (of steps and workflows) in one pipeline [default: 10000]
+    /// Most depends_on entries (of steps and workflows) in one pipeline
     #[arg(
         long,
         env = "PICULET_MAX_DEPENDENCIES",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "10000"
     )]
     pub max_dependencies: Option<String>,
 
-    /// How deep maps and lists may nest in a pipeline config [default: 32]
+    /// How deep maps and lists may nest in a pipeline config
     #[arg(
         long,
         env = "PICULET_MAX_NESTING_DEPTH",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "32"
     )]
     pub max_nesting_depth: Option<String>,
 
     /// Longest single string of a submission (a command, name, key, value, label, variable),
-    /// in bytes or with a unit [default: 64KiB]
+    /// in bytes or with a unit
     #[arg(
         long,
         env = "PICULET_MAX_STRING_LENGTH",
         global = true,
-        value_name = "SIZE"
+        value_name = "SIZE",
+        default_value = "64KiB"
     )]
     pub max_string_length: Option<String>,
 
-    /// Most labels on one submission [default: 64]
-    #[arg(long, env = "PICULET_MAX_LABELS", global = true, value_name = "N")]
+    /// Most labels on one submission
+    #[arg(
+        long,
+        env = "PICULET_MAX_LABELS",
+        global = true,
+        value_name = "N",
+        default_value = "64"
+    )]
     pub max_labels: Option<String>,
 
     /// Most events one pipeline can record over its run (3, plus 2 per workflow, plus 2 per
-    /// step and service) [default: 20000]
+    /// step and service)
     #[arg(
         long,
         env = "PICULET_MAX_EVENTS_PER_PIPELINE",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "20000"
     )]
     pub max_events_per_pipeline: Option<String>,
 
     /// Most bytes of text in a planned pipeline: every string of every workflow and matrix
-    /// element after ${NAME} substitution [default: 16MiB]
+    /// element after ${NAME} substitution
     #[arg(
         long,
         env = "PICULET_MAX_PLANNED_SIZE",
         global = true,
-        value_name = "SIZE"
+        value_name = "SIZE",
+        default_value = "16MiB"
     )]
     pub max_planned_size: Option<String>,
 
     /// Most bytes of secret values and registry passwords of one submission together
-    /// [default: 128KiB]
     #[arg(
         long,
         env = "PICULET_MAX_SECRET_SIZE",
         global = true,
-        value_name = "SIZE"
+        value_name = "SIZE",
+        default_value = "128KiB"
     )]
     pub max_secret_size: Option<String>,
 
-    /// Highest `concurrency` limit a workflow may declare [default: 1000]
+    /// Highest `concurrency` limit a workflow may declare
     #[arg(
         long,
         env = "PICULET_MAX_CONCURRENCY_LIMIT",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "1000"
     )]
     pub max_concurrency_limit: Option<String>,
 
+    // Each group shown is a time series of its own in every scrape, hence the cap.
     /// Concurrency groups `/metrics` shows one by one (those with the most workflows running
-    /// and waiting); the others are summed under group "(other)" [default: 100]
+    /// and waiting); the others are summed under group "(other)"
     #[arg(
         long,
         env = "PICULET_METRICS_CONCURRENCY_GROUPS",
         global = true,
-        value_name = "N"
+        value_name = "N",
+        default_value = "100"
     )]
     pub metrics_concurrency_groups: Option<String>,
 
@@ -433,6 +520,34 @@ fn invalid(field: &str, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The defaults declared on the fields of [`Settings`], by field name.
+static DEFAULTS: LazyLock<BTreeMap<String, String>> =
+    LazyLock::new(|| declared_defaults(&Settings::augment_args(clap::Command::new("piculet"))));
+
+/// The `default_value` of each argument of `command` that has one, by argument id (for a
+/// derived struct, the field's name).
+fn declared_defaults(command: &clap::Command) -> BTreeMap<String, String> {
+    command
+        .get_arguments()
+        .filter_map(|arg| {
+            let default = arg.get_default_values().first()?.to_str()?;
+            Some((arg.get_id().to_string(), default.to_string()))
+        })
+        .collect()
+}
+
+/// What the setting `field` says: its value, else its declared default. Only for a setting
+/// that has one (were its declaration missing, every start-up would stop here, naming it).
+pub fn given_or_default<'a>(
+    field: &str,
+    setting: &'a Option<String>,
+) -> Result<&'a str, ConfigError> {
+    setting
+        .as_deref()
+        .or_else(|| LazyLock::force(&DEFAULTS).get(field).map(String::as_str))
+        .ok_or_else(|| invalid(field, "has no value and no default"))
+}
+
 impl Settings {
     /// Fills every setting left empty by flags and environment from the TOML file at `path`.
     pub fn with_file(self, path: &Path) -> Result<Settings, ConfigError> {
@@ -444,6 +559,29 @@ impl Settings {
         let from_file: Settings = toml::from_str(&text)
             .map_err(|e| file_error(e.message().trim_end().replace('\n', " ")))?;
         Ok(self.or(from_file))
+    }
+
+    /// Unsets every value clap filled in from its declared default (`matches` are those the
+    /// settings were parsed from), so that the TOML file can still set it: a declared default
+    /// is the last resort, taken when the settings are parsed.
+    pub fn without_defaults(self, matches: &ArgMatches) -> Settings {
+        /// Sets `id` to null wherever it is a key: the Kubernetes settings are nested, and no
+        /// two settings share an id (clap refuses that).
+        fn unset(id: &str, into: &mut serde_json::Value) {
+            if let Some(map) = into.as_object_mut() {
+                if let Some(slot) = map.get_mut(id) {
+                    *slot = serde_json::Value::Null;
+                }
+                map.values_mut().for_each(|nested| unset(id, nested));
+            }
+        }
+        let mut settings = serde_json::to_value(&self).unwrap_or_default();
+        for id in matches.ids() {
+            if matches.value_source(id.as_str()) == Some(ValueSource::DefaultValue) {
+                unset(id.as_str(), &mut settings);
+            }
+        }
+        serde_json::from_value(settings).unwrap_or(self)
     }
 
     /// Keeps every value set here and takes the rest from `fallback`.
@@ -501,7 +639,7 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 impl Config {
     /// Parses and checks every setting; the first bad one is reported.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
-        let listen_text = s.listen.as_deref().unwrap_or("127.0.0.1:8080");
+        let listen_text = given_or_default("listen", &s.listen)?;
         let listen: SocketAddr = listen_text.parse().map_err(|_| {
             invalid(
                 "listen",
@@ -509,7 +647,7 @@ impl Config {
             )
         })?;
 
-        let data_dir = PathBuf::from(s.data_dir.as_deref().unwrap_or("./piculet-data"));
+        let data_dir = PathBuf::from(given_or_default("data_dir", &s.data_dir)?);
 
         let database_url = match s.database_url.as_deref() {
             None | Some("") => DatabaseUrl::Sqlite(format!(
@@ -531,7 +669,7 @@ impl Config {
             }
         };
 
-        let backend = match s.backend.as_deref().unwrap_or("local") {
+        let backend = match given_or_default("backend", &s.backend)? {
             "local" => BackendKind::Local,
             "kubernetes" => BackendKind::Kubernetes,
             other => {
@@ -570,7 +708,7 @@ impl Config {
             ));
         }
 
-        let max_workflows_text = s.max_workflows.as_deref().unwrap_or("4");
+        let max_workflows_text = given_or_default("max_workflows", &s.max_workflows)?;
         let max_workflows = match max_workflows_text.parse::<usize>() {
             Ok(n) if (1..=10_000).contains(&n) => n,
             _ => {
@@ -581,7 +719,7 @@ impl Config {
             }
         };
 
-        let platform = s.platform.as_deref().unwrap_or("linux/amd64").to_string();
+        let platform = given_or_default("platform", &s.platform)?.to_string();
         match platform.split_once('/') {
             Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {}
             _ => {
@@ -592,7 +730,7 @@ impl Config {
             }
         }
 
-        let max_body_size = parse_size(s.max_body_size.as_deref().unwrap_or("4MiB"))
+        let max_body_size = parse_size(given_or_default("max_body_size", &s.max_body_size)?)
             .map_err(|m| invalid("max_body_size", m))?;
         if max_body_size < 1024 {
             return Err(invalid(
@@ -601,8 +739,10 @@ impl Config {
             ));
         }
 
-        let body_timeout = parse_duration(s.body_timeout.as_deref().unwrap_or("60s"))
-            .map_err(|m| invalid("body_timeout", m))?;
+        let duration = |field: &str, value: &Option<String>| {
+            parse_duration(given_or_default(field, value)?).map_err(|m| invalid(field, m))
+        };
+        let body_timeout = duration("body_timeout", &s.body_timeout)?;
         if body_timeout.is_zero() {
             return Err(invalid(
                 "body_timeout",
@@ -622,9 +762,7 @@ impl Config {
                 }
             },
         };
-        let planning_queue_timeout =
-            parse_duration(s.planning_queue_timeout.as_deref().unwrap_or("10s"))
-                .map_err(|m| invalid("planning_queue_timeout", m))?;
+        let planning_queue_timeout = duration("planning_queue_timeout", &s.planning_queue_timeout)?;
         let allowed_hosts =
             crate::api::host::parse_allowed_hosts(s.allowed_hosts.as_deref().unwrap_or(""))
                 .map_err(|m| invalid("allowed_hosts", m))?;
@@ -636,7 +774,7 @@ impl Config {
             }
         };
 
-        let log_format = match s.log_format.as_deref().unwrap_or("text") {
+        let log_format = match given_or_default("log_format", &s.log_format)? {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
@@ -646,24 +784,21 @@ impl Config {
                 ));
             }
         };
-        let log = s.log.clone().unwrap_or_else(|| "info".to_string());
+        let log = given_or_default("log", &s.log)?.to_string();
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
         }
 
-        let duration = |field: &str, value: &Option<String>, default: &str| {
-            parse_duration(value.as_deref().unwrap_or(default)).map_err(|m| invalid(field, m))
-        };
-        let max_timeout = duration("max_timeout", &s.max_timeout, "24h")?;
-        let grace_period = duration("grace_period", &s.grace_period, "10s")?;
-        let lease = duration("lease", &s.lease, "30s")?;
+        let max_timeout = duration("max_timeout", &s.max_timeout)?;
+        let grace_period = duration("grace_period", &s.grace_period)?;
+        let lease = duration("lease", &s.lease)?;
         if lease < Duration::from_secs(2) {
             return Err(invalid(
                 "lease",
                 "must be at least 2s, or renewals cannot keep up",
             ));
         }
-        let shutdown_grace = duration("shutdown_grace", &s.shutdown_grace, "10s")?;
+        let shutdown_grace = duration("shutdown_grace", &s.shutdown_grace)?;
         if shutdown_grace > Duration::from_secs(3600) {
             return Err(invalid(
                 "shutdown_grace",
@@ -671,25 +806,20 @@ impl Config {
                  the others",
             ));
         }
-        let max_attempts = count("max_attempts", &s.max_attempts, 3)?;
-        let feed_heartbeat = duration("feed_heartbeat", &s.feed_heartbeat, "30s")?;
+        let max_attempts = count("max_attempts", &s.max_attempts)?;
+        let feed_heartbeat = duration("feed_heartbeat", &s.feed_heartbeat)?;
         if feed_heartbeat < Duration::from_millis(100) {
             return Err(invalid(
                 "feed_heartbeat",
                 "must be at least 100ms, or the listener checks its connection without pause",
             ));
         }
-        let max_log_size = parse_size(s.max_log_size.as_deref().unwrap_or("128MiB"))
+        let max_log_size = parse_size(given_or_default("max_log_size", &s.max_log_size)?)
             .map_err(|m| invalid("max_log_size", m))?;
 
-        let timeout = |field: &str, value: &Option<String>, default: Duration| match value {
-            None => Ok(default),
-            Some(text) => parse_duration(text).map_err(|m| invalid(field, m)),
-        };
-        let defaults = Timeouts::default();
         let timeouts = Timeouts {
-            read: timeout("db_read_timeout", &s.db_read_timeout, defaults.read)?,
-            write: timeout("db_write_timeout", &s.db_write_timeout, defaults.write)?,
+            read: duration("db_read_timeout", &s.db_read_timeout)?,
+            write: duration("db_write_timeout", &s.db_write_timeout)?,
         };
         for (field, value) in [
             ("db_read_timeout", timeouts.read),
@@ -716,28 +846,22 @@ impl Config {
         // connection limit.
         let engine_default = (2 * max_workflows + 2).min(32) as u32;
         let db_api = PoolSettings {
-            connections: count("db_api_connections", &s.db_api_connections, api_default)?,
+            connections: match s.db_api_connections {
+                None => api_default,
+                Some(_) => count("db_api_connections", &s.db_api_connections)?,
+            },
             timeouts,
         };
         let db_engine = PoolSettings {
-            connections: count(
-                "db_engine_connections",
-                &s.db_engine_connections,
-                engine_default,
-            )?,
+            connections: match s.db_engine_connections {
+                None => engine_default,
+                Some(_) => count("db_engine_connections", &s.db_engine_connections)?,
+            },
             timeouts,
         };
-        let max_label_filters = count(
-            "max_label_filters",
-            &s.max_label_filters,
-            DEFAULT_MAX_LABEL_FILTERS as u32,
-        )? as usize;
-
-        let metrics_concurrency_groups = count(
-            "metrics_concurrency_groups",
-            &s.metrics_concurrency_groups,
-            DEFAULT_METRICS_CONCURRENCY_GROUPS,
-        )? as usize;
+        let max_label_filters = count("max_label_filters", &s.max_label_filters)? as usize;
+        let metrics_concurrency_groups =
+            count("metrics_concurrency_groups", &s.metrics_concurrency_groups)? as usize;
 
         let limits = limits(s)?;
         let kubernetes = KubernetesConfig::from_settings(&s.kubernetes)?;
@@ -775,11 +899,14 @@ impl Config {
     }
 }
 
-/// A count setting from 1 to 1000, `default` when unset.
-fn count(field: &str, value: &Option<String>, default: u32) -> Result<u32, ConfigError> {
-    let Some(text) = value.as_deref() else {
-        return Ok(default);
-    };
+/// `PICULET_MAX_LABEL_FILTERS` unless set; the API document states it as `label`'s `maxItems`.
+pub fn default_max_label_filters() -> usize {
+    count("max_label_filters", &None).map_or(0, |n| n as usize)
+}
+
+/// A count setting from 1 to 1000.
+fn count(field: &str, setting: &Option<String>) -> Result<u32, ConfigError> {
+    let text = given_or_default(field, setting)?;
     match text.trim().parse::<u32>() {
         Ok(n) if (1..=1000).contains(&n) => Ok(n),
         _ => Err(invalid(
@@ -792,13 +919,10 @@ fn count(field: &str, value: &Option<String>, default: u32) -> Result<u32, Confi
 /// The limits of the pipeline format, from their settings; also read alone by the offline
 /// `piculet lint`, which needs no other setting.
 pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
-    let default = Limits::default();
     // The upper bounds only catch typos; the nesting depth is bounded by the stack, since
     // the reader goes one call deeper per level.
-    let count = |field: &str, value: &Option<String>, default: usize, min: usize, max: usize| {
-        let Some(text) = value.as_deref() else {
-            return Ok(default);
-        };
+    let count = |field: &str, setting: &Option<String>, min: usize, max: usize| {
+        let text = given_or_default(field, setting)?;
         match text.trim().parse::<usize>() {
             Ok(n) if (min..=max).contains(&n) => Ok(n),
             _ => Err(invalid(
@@ -807,80 +931,58 @@ pub fn limits(s: &Settings) -> Result<Limits, ConfigError> {
             )),
         }
     };
-    let size = |field: &str, value: &Option<String>, default: usize| match value.as_deref() {
-        None => Ok(default),
-        Some(text) => {
-            let n = parse_size(text).map_err(|m| invalid(field, m))?;
-            if !(256..=1 << 30).contains(&n) {
-                return Err(invalid(
-                    field,
-                    format!("{text:?} is not a size from 256 bytes to 1GiB"),
-                ));
-            }
-            Ok(n)
+    let size = |field: &str, setting: &Option<String>| {
+        let text = given_or_default(field, setting)?;
+        let n = parse_size(text).map_err(|m| invalid(field, m))?;
+        if !(256..=1 << 30).contains(&n) {
+            return Err(invalid(
+                field,
+                format!("{text:?} is not a size from 256 bytes to 1GiB"),
+            ));
         }
+        Ok(n)
     };
-    let string_length = size(
-        "max_string_length",
-        &s.max_string_length,
-        default.string_length,
-    )?;
+    let string_length = size("max_string_length", &s.max_string_length)?;
     Ok(Limits {
         steps_per_workflow: count(
             "max_steps_per_workflow",
             &s.max_steps_per_workflow,
-            default.steps_per_workflow,
             1,
             1_000_000,
         )?,
         workflows_per_pipeline: count(
             "max_workflows_per_pipeline",
             &s.max_workflows_per_pipeline,
-            default.workflows_per_pipeline,
             1,
             1_000_000,
         )?,
         steps_per_pipeline: count(
             "max_steps_per_pipeline",
             &s.max_steps_per_pipeline,
-            default.steps_per_pipeline,
             1,
             10_000_000,
         )?,
-        dependencies: count(
-            "max_dependencies",
-            &s.max_dependencies,
-            default.dependencies,
-            0,
-            100_000_000,
-        )?,
+        dependencies: count("max_dependencies", &s.max_dependencies, 0, 100_000_000)?,
         nesting_depth: count(
             "max_nesting_depth",
             &s.max_nesting_depth,
-            default.nesting_depth,
             4,
             crate::pipeline::limits::MAX_NESTING_DEPTH,
         )?,
         string_length,
-        labels: count("max_labels", &s.max_labels, default.labels, 0, 1_000_000)?,
+        labels: count("max_labels", &s.max_labels, 0, 1_000_000)?,
         // A pipeline of one step records up to 7 events.
         events_per_pipeline: count(
             "max_events_per_pipeline",
             &s.max_events_per_pipeline,
-            default.events_per_pipeline,
             7,
             1_000_000_000,
         )?,
-        planned_bytes: size(
-            "max_planned_size",
-            &s.max_planned_size,
-            default.planned_bytes,
-        )?,
-        secret_bytes: size("max_secret_size", &s.max_secret_size, default.secret_bytes)?,
+        planned_bytes: size("max_planned_size", &s.max_planned_size)?,
+        secret_bytes: size("max_secret_size", &s.max_secret_size)?,
         concurrency_limit: count(
             "max_concurrency_limit",
             &s.max_concurrency_limit,
-            default.concurrency_limit,
             1,
             1_000_000,
         )?,
@@ -906,6 +1008,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
         .map_err(|e| format!("{text:?} is not a duration ({e}); write e.g. 30s, 10m or 1h"))
 }
+
+#[cfg(test)]
+mod readme;
 
 #[cfg(test)]
 mod tests {
@@ -1112,6 +1217,66 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Parsed as `serve` parses: clap fills in the declared defaults, which the file may
+    /// still override; what a flag says, the file may not, even when it is the default.
+    #[test]
+    fn the_file_overrides_declared_defaults_but_not_flags() {
+        use clap::{CommandFactory, FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Serve {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let matches = Serve::command()
+            .try_get_matches_from(["serve", "--max-timeout", "24h"])
+            .unwrap();
+        let parsed = Serve::from_arg_matches(&matches).unwrap().settings;
+        assert_eq!(
+            parsed.grace_period.as_deref(),
+            Some("10s"),
+            "clap's default"
+        );
+        let given = parsed.without_defaults(&matches);
+        assert_eq!(given.grace_period, None);
+        assert_eq!(given.kubernetes.namespace, None);
+        assert_eq!(given.max_timeout.as_deref(), Some("24h"));
+
+        let dir = std::env::temp_dir().join(format!("piculet-defaults-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("piculet.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9999\"\nmax_timeout = \"1h\"\n[kubernetes]\nnamespace = \"ci\"\n",
+        )
+        .unwrap();
+        let c = Config::from_settings(&given.with_file(&path).unwrap()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(c.listen.port(), 9999, "the file over a default");
+        assert_eq!(c.kubernetes.namespace, "ci", "also in [kubernetes]");
+        assert_eq!(
+            c.max_timeout,
+            Duration::from_secs(24 * 3600),
+            "a flag over the file"
+        );
+        assert_eq!(
+            c.grace_period,
+            Duration::from_secs(10),
+            "the default, set nowhere"
+        );
+    }
+
+    #[test]
+    fn a_setting_read_without_a_declared_default_is_named() {
+        assert_eq!(given_or_default("listen", &None).unwrap(), "127.0.0.1:8080");
+        assert_eq!(given_or_default("listen", &Some("x".into())).unwrap(), "x");
+        assert_eq!(
+            given_or_default("secret_key", &None)
+                .unwrap_err()
+                .to_string(),
+            "--secret-key (PICULET_SECRET_KEY): has no value and no default"
+        );
+    }
+
     #[test]
     fn database_pools_and_limits() {
         let c = Config::from_settings(&settings()).unwrap();
@@ -1119,6 +1284,8 @@ mod tests {
         assert_eq!(c.db_engine.connections, 10, "2 × 4 workflows + 2");
         assert_eq!(c.db_api.timeouts.read, Duration::from_secs(5));
         assert_eq!(c.db_engine.timeouts.write, Duration::from_secs(10));
+        // The store's own defaults (what `Store::connect` uses) agree with the declared ones.
+        assert_eq!(c.db_api.timeouts, Timeouts::default());
         assert_eq!(c.max_label_filters, 16);
 
         let s = Settings {
@@ -1151,6 +1318,8 @@ mod tests {
 
     #[test]
     fn limits_default_and_parse() {
+        // The declared defaults agree with the pipeline core's own (its tests and library
+        // callers use those).
         let c = Config::from_settings(&settings()).unwrap();
         assert_eq!(c.limits, Limits::default());
         let s = Settings {

@@ -332,7 +332,7 @@ fn constrain(parameter: &mut Value) {
             parameter["schema"] = json!({
                 "type": "array",
                 "items": {"type": "string", "pattern": pipelines::label_filter_pattern()},
-                "maxItems": crate::config::DEFAULT_MAX_LABEL_FILTERS,
+                "maxItems": crate::config::default_max_label_filters(),
             });
         }
         _ => {}
@@ -630,7 +630,7 @@ mod tests {
         let default = label_limits(&mut value());
         assert_eq!(
             default,
-            [json!(crate::config::DEFAULT_MAX_LABEL_FILTERS)],
+            [json!(crate::config::default_max_label_filters())],
             "one operation filters by label"
         );
         assert_eq!(label_limits(&mut served(3)), [json!(3)]);

@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use clap::Args as _;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use k8s_openapi::api::core::v1::{
     CSIVolumeSource, ConfigMapVolumeSource, EmptyDirVolumeSource, HostPathVolumeSource,
@@ -23,15 +25,19 @@ use super::quantity::Quantity;
 use crate::pipeline::duration;
 
 /// The raw settings, as flags, environment variables or TOML keys: every field optional text,
-/// parsed by [`KubernetesConfig::from_settings`].
+/// parsed by [`KubernetesConfig::from_settings`]. Each is declared once, here, with its help
+/// and its default: `default_value` (what `--help` shows and the parser falls back to), or,
+/// for a setting whose unset state means something other than a value, a `[default: …]`
+/// that says what. README.md's table is tested against these declarations.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesSettings {
-    /// Namespace of every workflow object [default: piculet]
+    /// Namespace of every workflow object
     #[arg(
         long = "k8s-namespace",
         env = "PICULET_K8S_NAMESPACE",
         global = true,
+        default_value = "piculet",
         value_name = "NAME"
     )]
     pub namespace: Option<String>,
@@ -45,11 +51,12 @@ pub struct KubernetesSettings {
     )]
     pub namespace_overwrite_allowed: Option<String>,
 
-    /// Size of each workflow's workspace volume [default: 10G]
+    /// Size of each workflow's workspace volume
     #[arg(
         long = "k8s-volume-size",
         env = "PICULET_K8S_VOLUME_SIZE",
         global = true,
+        default_value = "10G",
         value_name = "QUANTITY"
     )]
     pub volume_size: Option<String>,
@@ -63,11 +70,12 @@ pub struct KubernetesSettings {
     )]
     pub storage_class: Option<String>,
 
-    /// Workspace access mode: true for ReadWriteMany, false for ReadWriteOnce (then a workflow's pods share one node) [default: true]
+    /// Workspace access mode: true for ReadWriteMany, false for ReadWriteOnce (then a workflow's pods share one node)
     #[arg(
         long = "k8s-storage-rwx",
         env = "PICULET_K8S_STORAGE_RWX",
         global = true,
+        default_value = "true",
         value_name = "BOOL"
     )]
     pub storage_rwx: Option<String>,
@@ -144,38 +152,42 @@ pub struct KubernetesSettings {
     )]
     pub runtime_class: Option<String>,
 
-    /// Run every pod with runAsNonRoot: true, as Woodpecker's SECCTX_NONROOT [default: false]
+    /// Run every pod with runAsNonRoot: true, as Woodpecker's SECCTX_NONROOT
     #[arg(
         long = "k8s-secctx-nonroot",
         env = "PICULET_K8S_SECCTX_NONROOT",
         global = true,
+        default_value = "false",
         value_name = "BOOL"
     )]
     pub secctx_nonroot: Option<String>,
 
-    /// Pod Security Standard every pod meets: baseline or restricted [default: baseline]
+    /// Pod Security Standard every pod meets: baseline or restricted
     #[arg(
         long = "k8s-pod-security",
         env = "PICULET_K8S_POD_SECURITY",
         global = true,
+        default_value = "baseline",
         value_name = "LEVEL"
     )]
     pub pod_security: Option<String>,
 
-    /// User every pod runs as when non-root is required (PICULET_K8S_POD_SECURITY=restricted or PICULET_K8S_SECCTX_NONROOT) and the step sets no runAsUser; `image` keeps the image's own user (which the kubelet refuses when it is root) [default: 1000]
+    /// User every pod runs as when non-root is required (PICULET_K8S_POD_SECURITY=restricted or PICULET_K8S_SECCTX_NONROOT) and the step sets no runAsUser; `image` keeps the image's own user (which the kubelet refuses when it is root)
     #[arg(
         long = "k8s-run-as-user",
         env = "PICULET_K8S_RUN_AS_USER",
         global = true,
+        default_value = "1000",
         value_name = "UID"
     )]
     pub run_as_user: Option<String>,
 
-    /// Group every pod runs as when non-root is required and the step sets no runAsGroup; `image` keeps the image's group. The workspace's fsGroup follows it [default: 1000]
+    /// Group every pod runs as when non-root is required and the step sets no runAsGroup; `image` keeps the image's group. The workspace's fsGroup follows it
     #[arg(
         long = "k8s-run-as-group",
         env = "PICULET_K8S_RUN_AS_GROUP",
         global = true,
+        default_value = "1000",
         value_name = "GID"
     )]
     pub run_as_group: Option<String>,
@@ -234,7 +246,7 @@ pub struct KubernetesSettings {
     )]
     pub priority_class: Option<String>,
 
-    /// DNS policy of every pod: ClusterFirst, Default, ClusterFirstWithHostNet or None [default: ClusterFirst]
+    /// DNS policy of every pod: ClusterFirst, Default, ClusterFirstWithHostNet or None [default: the cluster's, ClusterFirst]
     #[arg(
         long = "k8s-dns-policy",
         env = "PICULET_K8S_DNS_POLICY",
@@ -270,47 +282,52 @@ pub struct KubernetesSettings {
     )]
     pub volumes: Option<String>,
 
-    /// Image of the implicit clone step [default: docker.io/woodpeckerci/plugin-git:2.6]
+    /// Image of the implicit clone step
     #[arg(
         long = "k8s-clone-image",
         env = "PICULET_K8S_CLONE_IMAGE",
         global = true,
+        default_value = "docker.io/woodpeckerci/plugin-git:2.6",
         value_name = "IMAGE"
     )]
     pub clone_image: Option<String>,
 
-    /// How long a pod may take to start before its step is an error [default: 180s]
+    /// How long a pod may take to start before its step is an error
     #[arg(
         long = "k8s-start-timeout",
         env = "PICULET_K8S_START_TIMEOUT",
         global = true,
+        default_value = "180s",
         value_name = "DURATION"
     )]
     pub start_timeout: Option<String>,
 
-    /// How long reading a step's log is retried while the API server cannot serve it (a kubelet restart answers 500) before the rest of the log is given up [default: 5m]
+    /// How long reading a step's log is retried while the API server cannot serve it (a kubelet restart answers 500) before the rest of the log is given up
     #[arg(
         long = "k8s-log-retry-timeout",
         env = "PICULET_K8S_LOG_RETRY_TIMEOUT",
         global = true,
+        default_value = "5m",
         value_name = "DURATION"
     )]
     pub log_retry_timeout: Option<String>,
 
-    /// Requests per second to the Kubernetes API [default: 20]
+    /// Requests per second to the Kubernetes API
     #[arg(
         long = "k8s-qps",
         env = "PICULET_K8S_QPS",
         global = true,
+        default_value = "20",
         value_name = "NUMBER"
     )]
     pub qps: Option<String>,
 
-    /// Requests allowed above --k8s-qps in a burst [default: 40]
+    /// Requests allowed above --k8s-qps in a burst
     #[arg(
         long = "k8s-burst",
         env = "PICULET_K8S_BURST",
         global = true,
+        default_value = "40",
         value_name = "NUMBER"
     )]
     pub burst: Option<String>,
@@ -333,20 +350,22 @@ pub struct KubernetesSettings {
     )]
     pub context: Option<String>,
 
-    /// Keep the pods of failed workflows for inspection (the reaper deletes them later) [default: false]
+    /// Keep the pods of failed workflows for inspection (the reaper deletes them later)
     #[arg(
         long = "k8s-keep-failed-pods",
         env = "PICULET_K8S_KEEP_FAILED_PODS",
         global = true,
+        default_value = "false",
         value_name = "BOOL"
     )]
     pub keep_failed_pods: Option<String>,
 
-    /// DNS domain of the cluster, for the service search entry [default: cluster.local]
+    /// DNS domain of the cluster, for the service search entry
     #[arg(
         long = "k8s-cluster-domain",
         env = "PICULET_K8S_CLUSTER_DOMAIN",
         global = true,
+        default_value = "cluster.local",
         value_name = "DOMAIN"
     )]
     pub cluster_domain: Option<String>,
@@ -885,33 +904,43 @@ pub struct KubernetesConfig {
     pub clone_resources: ResourcePolicy,
 }
 
-pub const DEFAULT_NAMESPACE: &str = "piculet";
-pub const DEFAULT_VOLUME_SIZE: &str = "10G";
-pub const DEFAULT_CLONE_IMAGE: &str = "docker.io/woodpeckerci/plugin-git:2.6";
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(180);
-pub const DEFAULT_LOG_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
-/// The user and group non-root pods run as by default: what Woodpecker's SECCTX_NONROOT uses
-/// and what most images that do run as non-root pick.
-pub const DEFAULT_RUN_AS_ID: i64 = 1000;
-pub const DEFAULT_QPS: f32 = 20.0;
-pub const DEFAULT_BURST: u32 = 40;
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
-
 type Res<T> = Result<T, SettingError>;
 
-/// The setting's text, trimmed; empty counts as not set.
+/// The defaults declared on the fields of [`KubernetesSettings`], by field name.
+static DEFAULTS: LazyLock<BTreeMap<String, String>> = LazyLock::new(|| {
+    KubernetesSettings::augment_args(clap::Command::new("kubernetes"))
+        .get_arguments()
+        .filter_map(|arg| {
+            let default = arg.get_default_values().first()?.to_str()?;
+            Some((arg.get_id().to_string(), default.to_string()))
+        })
+        .collect()
+});
+
+/// The setting's text, trimmed, else its declared default: empty counts as not set. `None`
+/// for a setting not set that has no declared default.
 fn text(field: &'static str, value: &Option<String>) -> Option<(&'static str, String)> {
     value
         .as_deref()
         .map(str::trim)
         .filter(|t| !t.is_empty())
+        .or_else(|| LazyLock::force(&DEFAULTS).get(field).map(String::as_str))
         .map(|t| (field, t.to_string()))
 }
 
-fn boolean(field: &'static str, value: &Option<String>, default: bool) -> Res<bool> {
-    let Some((f, t)) = text(field, value) else {
-        return Ok(default);
-    };
+/// The text of a setting that has a declared default.
+fn with_default(field: &'static str, value: &Option<String>) -> Res<(&'static str, String)> {
+    text(field, value).ok_or_else(|| undeclared(field))
+}
+
+/// A setting the parser needs a value of has no declared default: every start-up would stop
+/// here, naming it.
+fn undeclared(field: &'static str) -> SettingError {
+    SettingError::new(field, "has no value and no default")
+}
+
+fn boolean(field: &'static str, value: &Option<String>) -> Res<bool> {
+    let (f, t) = with_default(field, value)?;
     match t.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -1051,11 +1080,10 @@ fn dns_subdomain(field: &'static str, value: &Option<String>, what: &str) -> Res
     }
 }
 
-/// A non-root user or group id, or `image` for the image's own.
+/// A non-root user or group id, or `image` for the image's own. (The declared default, 1000,
+/// is what Woodpecker's SECCTX_NONROOT uses and what most images that run as non-root pick.)
 fn run_as_id(field: &'static str, value: &Option<String>) -> Res<Option<i64>> {
-    let Some((f, t)) = text(field, value) else {
-        return Ok(Some(DEFAULT_RUN_AS_ID));
-    };
+    let (f, t) = with_default(field, value)?;
     if t.eq_ignore_ascii_case("image") {
         return Ok(None);
     }
@@ -1079,6 +1107,11 @@ fn duration_setting(field: &'static str, value: &Option<String>) -> Res<Option<D
     duration::parse(&t)
         .map(Some)
         .map_err(|m| SettingError::new(f, m))
+}
+
+fn required_duration(field: &'static str, value: &Option<String>) -> Res<Duration> {
+    let (f, t) = with_default(field, value)?;
+    duration::parse(&t).map_err(|m| SettingError::new(f, m))
 }
 
 fn resource_bounds(
@@ -1418,13 +1451,9 @@ fn dns_policy(field: &'static str, value: &Option<String>) -> Res<Option<String>
 impl KubernetesConfig {
     /// Parses and checks every setting; the first bad one is the error.
     pub fn from_settings(s: &KubernetesSettings) -> Result<KubernetesConfig, SettingError> {
-        let namespace = match text("namespace", &s.namespace) {
-            None => DEFAULT_NAMESPACE.to_string(),
-            Some((f, t)) if names::is_dns_label(&t) => {
-                let _ = f;
-                t
-            }
-            Some((f, t)) => {
+        let namespace = match with_default("namespace", &s.namespace)? {
+            (_, t) if names::is_dns_label(&t) => t,
+            (f, t) => {
                 return Err(SettingError::new(
                     f,
                     format!(
@@ -1433,26 +1462,21 @@ impl KubernetesConfig {
                 ));
             }
         };
-        let volume_size = match quantity("volume_size", &s.volume_size)? {
-            Some(q) => q,
-            None => Quantity::parse(DEFAULT_VOLUME_SIZE)
-                .map_err(|m| SettingError::new("volume_size", m))?,
-        };
+        let (f, t) = with_default("volume_size", &s.volume_size)?;
+        let volume_size = Quantity::parse(&t).map_err(|m| SettingError::new(f, m))?;
 
-        let pod_security = match text("pod_security", &s.pod_security) {
-            None => PodSecurity::Baseline,
-            Some((f, t)) => match t.to_ascii_lowercase().as_str() {
-                "baseline" => PodSecurity::Baseline,
-                "restricted" => PodSecurity::Restricted,
-                _ => {
-                    return Err(SettingError::new(
-                        f,
-                        format!(
-                            "\"{t}\" is not a Pod Security Standard piculet meets; write baseline or restricted"
-                        ),
-                    ));
-                }
-            },
+        let (f, t) = with_default("pod_security", &s.pod_security)?;
+        let pod_security = match t.to_ascii_lowercase().as_str() {
+            "baseline" => PodSecurity::Baseline,
+            "restricted" => PodSecurity::Restricted,
+            _ => {
+                return Err(SettingError::new(
+                    f,
+                    format!(
+                        "\"{t}\" is not a Pod Security Standard piculet meets; write baseline or restricted"
+                    ),
+                ));
+            }
         };
 
         let mut allow_from_step = BTreeSet::new();
@@ -1604,40 +1628,35 @@ impl KubernetesConfig {
             pull_secret_names.push(n);
         }
 
-        let clone_image = match text("clone_image", &s.clone_image) {
-            None => DEFAULT_CLONE_IMAGE.to_string(),
-            Some((f, t)) if t.chars().any(char::is_whitespace) => {
+        let clone_image = match with_default("clone_image", &s.clone_image)? {
+            (f, t) if t.chars().any(char::is_whitespace) => {
                 return Err(SettingError::new(
                     f,
                     format!("\"{t}\" is not an image reference: it contains white space"),
                 ));
             }
-            Some((_, t)) => t,
+            (_, t) => t,
         };
 
-        let qps = match text("qps", &s.qps) {
-            None => DEFAULT_QPS,
-            Some((f, t)) => match t.parse::<f32>() {
-                Ok(v) if v.is_finite() && v > 0.0 => v,
-                _ => {
-                    return Err(SettingError::new(
-                        f,
-                        format!("\"{t}\" is not a positive number of requests per second"),
-                    ));
-                }
-            },
+        let (f, t) = with_default("qps", &s.qps)?;
+        let qps = match t.parse::<f32>() {
+            Ok(v) if v.is_finite() && v > 0.0 => v,
+            _ => {
+                return Err(SettingError::new(
+                    f,
+                    format!("\"{t}\" is not a positive number of requests per second"),
+                ));
+            }
         };
-        let burst = match text("burst", &s.burst) {
-            None => DEFAULT_BURST,
-            Some((f, t)) => match t.parse::<u32>() {
-                Ok(v) if v > 0 => v,
-                _ => {
-                    return Err(SettingError::new(
-                        f,
-                        format!("\"{t}\" is not a positive whole number"),
-                    ));
-                }
-            },
+        let (f, t) = with_default("burst", &s.burst)?;
+        let burst = match t.parse::<u32>() {
+            Ok(v) if v > 0 => v,
+            _ => {
+                return Err(SettingError::new(
+                    f,
+                    format!("\"{t}\" is not a positive whole number"),
+                ));
+            }
         };
 
         let step_resources = ResourcePolicy {
@@ -1712,7 +1731,7 @@ impl KubernetesConfig {
             )?,
             volume_size,
             storage_class: dns_subdomain("storage_class", &s.storage_class, "StorageClass")?,
-            storage_rwx: boolean("storage_rwx", &s.storage_rwx, true)?,
+            storage_rwx: boolean("storage_rwx", &s.storage_rwx)?,
             pod_labels: label_map("pod_labels", &s.pod_labels, true)?,
             pod_annotations: label_map("pod_annotations", &s.pod_annotations, false)?,
             annotations_overwrite_allowed: regex(
@@ -1731,7 +1750,7 @@ impl KubernetesConfig {
                 &s.service_account_overwrite_allowed,
             )?,
             runtime_class: dns_subdomain("runtime_class", &s.runtime_class, "RuntimeClass")?,
-            secctx_nonroot: boolean("secctx_nonroot", &s.secctx_nonroot, false)?,
+            secctx_nonroot: boolean("secctx_nonroot", &s.secctx_nonroot)?,
             pod_security,
             allow_from_step,
             privileged_images,
@@ -1744,19 +1763,17 @@ impl KubernetesConfig {
             termination_grace_period,
             volumes,
             clone_image,
-            start_timeout: duration_setting("start_timeout", &s.start_timeout)?
-                .unwrap_or(DEFAULT_START_TIMEOUT),
-            log_retry_timeout: duration_setting("log_retry_timeout", &s.log_retry_timeout)?
-                .unwrap_or(DEFAULT_LOG_RETRY_TIMEOUT),
+            start_timeout: required_duration("start_timeout", &s.start_timeout)?,
+            log_retry_timeout: required_duration("log_retry_timeout", &s.log_retry_timeout)?,
             run_as_user: run_as_id("run_as_user", &s.run_as_user)?,
             run_as_group: run_as_id("run_as_group", &s.run_as_group)?,
             qps,
             burst,
             kubeconfig: text("kubeconfig", &s.kubeconfig).map(|(_, t)| PathBuf::from(t)),
             context: text("context", &s.context).map(|(_, t)| t),
-            keep_failed_pods: boolean("keep_failed_pods", &s.keep_failed_pods, false)?,
+            keep_failed_pods: boolean("keep_failed_pods", &s.keep_failed_pods)?,
             cluster_domain: dns_subdomain("cluster_domain", &s.cluster_domain, "cluster domain")?
-                .unwrap_or_else(|| DEFAULT_CLUSTER_DOMAIN.to_string()),
+                .ok_or_else(|| undeclared("cluster_domain"))?,
             step_resources,
             service_resources,
             clone_resources,

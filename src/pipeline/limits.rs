@@ -33,6 +33,8 @@ pub struct Limits {
     pub concurrency_limit: usize,
 }
 
+/// The defaults of the `PICULET_MAX_*` settings, for planning without settings (tests,
+/// library use); `config`'s tests hold them to the declared ones.
 impl Default for Limits {
     fn default() -> Self {
         Limits {

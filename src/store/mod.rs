@@ -95,7 +95,8 @@ pub struct Timeouts {
     pub write: Duration,
 }
 
-/// The defaults of `PICULET_DB_READ_TIMEOUT` and `PICULET_DB_WRITE_TIMEOUT`.
+/// The defaults of `PICULET_DB_READ_TIMEOUT` and `PICULET_DB_WRITE_TIMEOUT`, for a store
+/// connected without settings; `config`'s tests hold them to the declared ones.
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
