@@ -83,7 +83,7 @@ pub(super) enum Decision<'p> {
     Leave,
 }
 
-/// How a step task ended, as the engine tells it.
+/// How a step task ended: what it returns, and what the engine tells the schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ended {
     /// The step's end is recorded with this status.

@@ -25,19 +25,6 @@ use crate::model::Status;
 use crate::pipeline::{self, StepSpec};
 use crate::store::{ClaimedWorkflow, StartRecord};
 
-/// How a step task ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Finished {
-        status: Status,
-        exit_code: Option<i32>,
-        reason: Option<String>,
-    },
-    /// This replica stopped working on it (shutdown, lost lease); the database still says
-    /// `running` and whoever adopts the workflow finishes it.
-    Abandoned,
-}
-
 /// The tokens that stop steps early, shared by every step task of the workflow.
 #[derive(Clone)]
 struct Stops {
@@ -98,7 +85,7 @@ impl StepContext {
         spec: StepSpec,
         pipeline_status: &'static str,
         begin: Begin,
-    ) -> Outcome {
+    ) -> Ended {
         let store = &self.inner.store;
         let runnable_at = std::time::Instant::now();
         let started_at = Utc::now();
@@ -185,7 +172,7 @@ impl StepContext {
             Err(None) => {
                 pump_stop.cancel();
                 let _ = pumping.await;
-                return Outcome::Abandoned;
+                return Ended::Abandoned;
             }
             Err(Some(why)) => {
                 let grace = self.inner.settings.grace;
@@ -220,7 +207,7 @@ impl StepContext {
         step: &mut StepRun,
         begin: Begin,
         started_at: DateTime<Utc>,
-    ) -> Result<(StepHandle, i64), Outcome> {
+    ) -> Result<(StepHandle, i64), Ended> {
         let id = step.step_id;
         let backend = self.inner.backend.clone();
         let mut opening = match begin {
@@ -321,7 +308,7 @@ impl StepContext {
 
     /// Asks the backend what it holds of an adopted attempt, trying again while it cannot
     /// answer: nothing is started without an answer.
-    async fn probe(&self, id: Uuid, attempt: u32) -> Result<Presence, Outcome> {
+    async fn probe(&self, id: Uuid, attempt: u32) -> Result<Presence, Ended> {
         let mut delay = Duration::from_millis(200);
         let mut tries = 0;
         loop {
@@ -345,7 +332,7 @@ impl StepContext {
                 Err(e) => {
                     tracing::warn!(error = %e, "asking the backend about an adopted step failed; retrying");
                     if !backoff(&mut delay, &self.stops.abandon).await {
-                        return Err(Outcome::Abandoned);
+                        return Err(Ended::Abandoned);
                     }
                 }
             }
@@ -361,7 +348,7 @@ impl StepContext {
         attempt: u32,
         what: String,
         started_at: DateTime<Utc>,
-    ) -> Result<Opening, Outcome> {
+    ) -> Result<Opening, Ended> {
         let grace = self.inner.settings.grace;
         if let Err(e) = self
             .inner
@@ -400,12 +387,7 @@ impl StepContext {
 
     /// Commits the start of `attempt`, trying again while the database cannot be written:
     /// the backend is never asked to start an attempt whose start is not committed.
-    async fn record_start(
-        &self,
-        id: Uuid,
-        attempt: u32,
-        why: Option<String>,
-    ) -> Result<(), Outcome> {
+    async fn record_start(&self, id: Uuid, attempt: u32, why: Option<String>) -> Result<(), Ended> {
         let store = &self.inner.store;
         let mut delay = Duration::from_millis(100);
         loop {
@@ -428,12 +410,12 @@ impl StepContext {
                         attempt,
                         "the step's start was refused: the workflow's lease is no longer this replica's"
                     );
-                    return Err(Outcome::Abandoned);
+                    return Err(Ended::Abandoned);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "recording the step's start failed; retrying");
                     if !backoff(&mut delay, &self.stops.abandon).await {
-                        return Err(Outcome::Abandoned);
+                        return Err(Ended::Abandoned);
                     }
                 }
             }
@@ -448,7 +430,7 @@ impl StepContext {
         step: &StepRun,
         started_at: DateTime<Utc>,
         first_number: i64,
-    ) -> Result<(StepHandle, i64), Outcome> {
+    ) -> Result<(StepHandle, i64), Ended> {
         let started = self.inner.backend.start_step(&self.run, step).await;
         if !self
             .first_start
@@ -488,7 +470,7 @@ impl StepContext {
 
     /// The step's last stored log line, trying again while the database cannot be read: a
     /// wrong guess would number new lines over stored ones.
-    async fn last_line(&self, id: Uuid) -> Result<Option<crate::model::LogLine>, Outcome> {
+    async fn last_line(&self, id: Uuid) -> Result<Option<crate::model::LogLine>, Ended> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.inner.store.last_log_line(id).await {
@@ -496,7 +478,7 @@ impl StepContext {
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the step's last log line failed; retrying");
                     if !backoff(&mut delay, &self.stops.abandon).await {
-                        return Err(Outcome::Abandoned);
+                        return Err(Ended::Abandoned);
                     }
                 }
             }
@@ -505,7 +487,7 @@ impl StepContext {
 
     /// How much of the step's log is stored, trying again while the database cannot be read:
     /// a wrong guess would let the log grow past its cap.
-    async fn stored(&self, id: Uuid) -> Result<Stored, Outcome> {
+    async fn stored(&self, id: Uuid) -> Result<Stored, Ended> {
         let mut delay = Duration::from_millis(100);
         loop {
             match self.inner.store.log_size(id, LIMIT_NOTICE).await {
@@ -513,7 +495,7 @@ impl StepContext {
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the size of the step's log failed; retrying");
                     if !backoff(&mut delay, &self.stops.abandon).await {
-                        return Err(Outcome::Abandoned);
+                        return Err(Ended::Abandoned);
                     }
                 }
             }
@@ -521,7 +503,7 @@ impl StepContext {
     }
 
     /// Ends a step that has no handle, without the duration metric of a step that ran here.
-    async fn finish_unstarted(&self, id: Uuid, status: Status, reason: Option<String>) -> Outcome {
+    async fn finish_unstarted(&self, id: Uuid, status: Status, reason: Option<String>) -> Ended {
         if let Err(e) = self
             .inner
             .store
@@ -531,18 +513,14 @@ impl StepContext {
                 &self.inner.owner,
                 status,
                 None,
-                reason.clone(),
+                reason,
                 Utc::now(),
             )
             .await
         {
             tracing::error!(error = %e, "recording the step's end failed");
         }
-        Outcome::Finished {
-            status,
-            exit_code: None,
-            reason,
-        }
+        Ended::Finished(status)
     }
 
     async fn finish(
@@ -553,7 +531,7 @@ impl StepContext {
         exit_code: Option<i32>,
         reason: Option<String>,
         started_at: DateTime<Utc>,
-    ) -> Outcome {
+    ) -> Ended {
         let now = Utc::now();
         if let Err(e) = self
             .inner
@@ -578,11 +556,7 @@ impl StepContext {
         metrics::histogram!("piculet_step_duration_seconds", "status" => status.as_str())
             .record(seconds);
         tracing::info!(step = %spec.name, %status, ?exit_code, reason = reason.as_deref().unwrap_or(""), "step finished");
-        Outcome::Finished {
-            status,
-            exit_code,
-            reason,
-        }
+        Ended::Finished(status)
     }
 }
 
@@ -698,8 +672,8 @@ async fn context(
 /// should the task fail.
 #[derive(Default)]
 struct Tasks {
-    foreground: JoinSet<Outcome>,
-    background: JoinSet<Outcome>,
+    foreground: JoinSet<Ended>,
+    background: JoinSet<Ended>,
     steps: HashMap<tokio::task::Id, Uuid>,
 }
 
@@ -719,30 +693,31 @@ impl Tasks {
             pipeline::Status::Success => "success",
             pipeline::Status::Failure => "failure",
         };
-        let set = match lane {
+        let handle = self
+            .set(lane)
+            .spawn(async move { ctx.run_step(id, spec, so_far, begin).await }.instrument(span));
+        self.steps.insert(handle.id(), id);
+    }
+
+    fn set(&mut self, lane: Lane) -> &mut JoinSet<Ended> {
+        match lane {
             Lane::Foreground => &mut self.foreground,
             Lane::Background => &mut self.background,
-        };
-        let handle =
-            set.spawn(async move { ctx.run_step(id, spec, so_far, begin).await }.instrument(span));
-        self.steps.insert(handle.id(), id);
+        }
     }
 
     /// The next task of `lane` to end: its step and how it ended.
     async fn next(&mut self, lane: Lane) -> Option<(Uuid, Ended)> {
-        let set = match lane {
-            Lane::Foreground => &mut self.foreground,
-            Lane::Background => &mut self.background,
+        let (task, ended) = match self.set(lane).join_next_with_id().await? {
+            Ok((task, ended)) => (task, Ok(ended)),
+            Err(e) => (e.id(), Err(e)),
         };
-        let (task, ended) = match set.join_next_with_id().await? {
-            Ok((task, Outcome::Finished { status, .. })) => (task, Ended::Finished(status)),
-            Ok((task, Outcome::Abandoned)) => (task, Ended::Abandoned),
-            Err(e) => {
-                tracing::error!(error = %e, "a step task failed");
-                (e.id(), Ended::Lost)
-            }
-        };
-        Some((self.steps.get(&task).copied().unwrap_or_default(), ended))
+        let step_id = self.steps.get(&task).copied().unwrap_or_default();
+        let ended = ended.unwrap_or_else(|e| {
+            tracing::error!(%step_id, error = %e, "a step task failed");
+            Ended::Lost
+        });
+        Some((step_id, ended))
     }
 }
 
