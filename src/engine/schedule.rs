@@ -9,15 +9,16 @@
 //! timed out, the lease was lost. Keeping the rules here, apart from the store and the backend,
 //! lets each one be tested alone; the engine decides nothing of its own.
 //!
-//! How one step ends once it ran (its exit, its timeout, a cancel) is decided here too, by
-//! [`step_end`].
+//! Decided here too: what an adopting replica does with an attempt it finds recorded as
+//! running ([`adoption`], [`rerun`]), and how one step ends once it ran (its exit, its
+//! timeout, a cancel: [`step_end`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::backend::StepExit;
+use crate::backend::{Presence, StepExit};
 use crate::model::{Status, StepKind};
 use crate::pipeline::{self, Failure, StepSpec, WorkflowPlan};
 use crate::store::StepState;
@@ -463,6 +464,49 @@ pub(super) fn outcome(
         return (Status::Failure, Some(format!("{what} {name} failed{why}")));
     }
     (Status::Success, None)
+}
+
+/// What an adopting replica does with the attempt the store records as running, once the
+/// backend said what it holds of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Adoption {
+    /// The backend holds it: re-attach to it.
+    Attach,
+    /// Recorded, and the backend never accepted it: this attempt never began, start it
+    /// (Kubernetes meets its deterministic pod name should it have begun after all).
+    Launch,
+    /// It was interrupted (the text says how): stop what is left of it and run the step
+    /// again, see [`rerun`].
+    Interrupted(String),
+}
+
+/// What to do with an adopted attempt: `launched` says whether the backend had accepted its
+/// start, `backend` names the backend for the reason.
+pub(super) fn adoption(presence: Presence, launched: bool, backend: &str) -> Adoption {
+    match presence {
+        Presence::Present => Adoption::Attach,
+        Presence::Absent if !launched => Adoption::Launch,
+        Presence::Absent => Adoption::Interrupted(format!(
+            "piculet stopped while it ran, and the {backend} backend holds nothing of it any more"
+        )),
+        Presence::Interrupted { reason } => Adoption::Interrupted(reason),
+    }
+}
+
+/// After `attempt` was interrupted (`what` says how): the next attempt and why it runs, or,
+/// once the step had its `max` attempts (`PICULET_MAX_ATTEMPTS`), the reason it ends as an
+/// error.
+pub(super) fn rerun(attempt: u32, max: u32, what: &str) -> Result<(u32, String), String> {
+    if attempt >= max {
+        return Err(format!(
+            "attempt {attempt} interrupted: {what}; not run again, {max} attempts is the most PICULET_MAX_ATTEMPTS allows"
+        ));
+    }
+    let next = attempt + 1;
+    Ok((
+        next,
+        format!("attempt {attempt} interrupted: {what}; running it again as attempt {next}"),
+    ))
 }
 
 /// Why a step was stopped before it ended by itself.
@@ -1226,6 +1270,41 @@ mod tests {
             step_end(Some(Stop::EndOfWorkflow), killed),
             (Status::Success, Some(137), None),
             "a service stopped at the end succeeded"
+        );
+    }
+
+    #[test]
+    fn an_adopted_attempt_is_re_attached_started_or_run_again() {
+        assert_eq!(adoption(Presence::Present, true, "local"), Adoption::Attach);
+        assert_eq!(
+            adoption(Presence::Absent, false, "kubernetes"),
+            Adoption::Launch,
+            "recorded but never accepted: that same attempt starts"
+        );
+        assert_eq!(
+            adoption(Presence::Absent, true, "kubernetes"),
+            Adoption::Interrupted(
+                "piculet stopped while it ran, and the kubernetes backend holds nothing of it any more"
+                    .into()
+            )
+        );
+        let died = Presence::Interrupted {
+            reason: "its process died".into(),
+        };
+        assert_eq!(
+            adoption(died, true, "local"),
+            Adoption::Interrupted("its process died".into())
+        );
+        assert_eq!(
+            rerun(1, 3, "its process died"),
+            Ok((
+                2,
+                "attempt 1 interrupted: its process died; running it again as attempt 2".into()
+            ))
+        );
+        assert_eq!(
+            rerun(3, 3, "its process died"),
+            Err("attempt 3 interrupted: its process died; not run again, 3 attempts is the most PICULET_MAX_ATTEMPTS allows".into())
         );
     }
 }

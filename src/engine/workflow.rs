@@ -17,7 +17,8 @@ use super::env::{EnvContext, step_env};
 use super::logs::{LIMIT_NOTICE, Stored, pump};
 use super::mask::Masker;
 use super::schedule::{
-    Begin, Decision, Ended, Lane, Schedule, Start, Stop, pipeline_timed_out, step_end,
+    Adoption, Begin, Decision, Ended, Lane, Schedule, Start, Stop, adoption, pipeline_timed_out,
+    rerun, step_end,
 };
 use super::{Inner, Opened};
 use crate::backend::{BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
@@ -217,20 +218,12 @@ impl StepContext {
             },
             Begin::Adopt { attempt, launched } => {
                 let attempt = attempt.max(1);
-                match self.probe(id, attempt).await? {
-                    Presence::Present => Opening::Attach { attempt },
-                    // Recorded, and the backend never accepted it: this attempt never began
-                    // (Kubernetes meets its deterministic pod name should it have after all).
-                    Presence::Absent if !launched => Opening::Launch { attempt },
-                    Presence::Absent => {
-                        let what = format!(
-                            "piculet stopped while it ran, and the {} backend holds nothing of it any more",
-                            backend.name()
-                        );
+                let presence = self.probe(id, attempt).await?;
+                match adoption(presence, launched, backend.name()) {
+                    Adoption::Attach => Opening::Attach { attempt },
+                    Adoption::Launch => Opening::Launch { attempt },
+                    Adoption::Interrupted(what) => {
                         self.interrupted(step, attempt, what, started_at).await?
-                    }
-                    Presence::Interrupted { reason } => {
-                        self.interrupted(step, attempt, reason, started_at).await?
                     }
                 }
             }
@@ -361,11 +354,12 @@ impl StepContext {
         let max = self.inner.settings.max_attempts;
         tracing::warn!(attempt, max, reason = %what, "a step attempt was interrupted");
         metrics::counter!("piculet_step_attempts_interrupted_total").increment(1);
-        if attempt >= max {
-            let reason = format!(
-                "attempt {attempt} interrupted: {what}; not run again, {max} attempts is the most PICULET_MAX_ATTEMPTS allows"
-            );
-            return Err(self
+        match rerun(attempt, max, &what) {
+            Ok((attempt, why)) => Ok(Opening::Record {
+                attempt,
+                why: Some(why),
+            }),
+            Err(reason) => Err(self
                 .finish(
                     step.step_id,
                     &step.spec,
@@ -374,15 +368,8 @@ impl StepContext {
                     Some(reason),
                     started_at,
                 )
-                .await);
+                .await),
         }
-        let next = attempt + 1;
-        Ok(Opening::Record {
-            attempt: next,
-            why: Some(format!(
-                "attempt {attempt} interrupted: {what}; running it again as attempt {next}"
-            )),
-        })
     }
 
     /// Commits the start of `attempt`, trying again while the database cannot be written:
