@@ -16,6 +16,7 @@
 pub mod env;
 mod logs;
 pub mod mask;
+mod schedule;
 mod workflow;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
