@@ -26,6 +26,7 @@ on_both_databases!(
     a_waiting_workflow_is_canceled_and_frees_no_place,
     an_expired_lease_keeps_its_place_until_its_workflow_ends,
     replicas_run_one_deploy_at_a_time_and_leave_other_groups_alone,
+    a_group_or_repository_too_long_to_index_is_refused_at_its_place,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -413,6 +414,78 @@ async fn a_waiting_workflow_is_canceled_and_frees_no_place(db: Db) {
     finish(&store, &("a".to_string(), first)).await;
     let third = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
     assert_eq!(third.workflow_id, workflow(&p3, "deploy"));
+}
+
+/// Text of `bytes` bytes that does not compress: Postgres compresses an index entry before it
+/// holds it to its size limit, so a repeated letter would slip through.
+fn incompressible(bytes: usize) -> String {
+    let mut text = String::new();
+    while text.len() < bytes {
+        text.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// A group and a repository at the bound are stored, indexed and claimed; one byte more of
+/// either is refused with its place, not left to fail in the database (a Postgres B-tree entry
+/// holds at most 2704 bytes, and the claim's index holds both).
+async fn a_group_or_repository_too_long_to_index_is_refused_at_its_place(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = replicas(&app).await.remove(0);
+    let longest = incompressible(1024);
+    let p = submit(
+        &app,
+        Some(&incompressible(1024)),
+        &[(
+            "deploy",
+            config(Some(&format!("{{limit: 1, group: {longest}}}"))),
+        )],
+    )
+    .await;
+    let claimed = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.workflow_id, workflow(&p, "deploy"));
+
+    let refusals = [
+        (
+            None,
+            format!("{{limit: 1, group: {}}}", incompressible(3000)),
+            "/concurrency/group",
+            "a concurrency group of 3000 bytes is more than the limit of 1024 bytes",
+        ),
+        (
+            None,
+            "{limit: 1, group: \"${LONG}\"}".to_string(),
+            "/concurrency/group",
+            "a concurrency group of 3000 bytes is more than the limit of 1024 bytes",
+        ),
+        (
+            Some(incompressible(3000)),
+            "1".to_string(),
+            "/concurrency",
+            "concurrency groups are scoped by the submission's CI_REPO, and its 3000 bytes are more than the limit of 1024 bytes",
+        ),
+    ];
+    for (repo, concurrency, pointer, message) in refusals {
+        let mut body = json!({
+            "configs": [{"name": "deploy", "content": config(Some(&concurrency))}],
+            "variables": {"LONG": incompressible(3000)},
+        });
+        if let Some(repo) = repo {
+            body["variables"]["CI_REPO"] = json!(repo);
+        }
+        let response = app.submit_json(&body).await;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 422, "{concurrency}: {answer:#}");
+        let errors = answer["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{answer:#}");
+        assert_eq!(errors[0]["pointer"], pointer, "{answer:#}");
+        assert!(
+            errors[0]["message"].as_str().unwrap().starts_with(message),
+            "{answer:#}"
+        );
+    }
 }
 
 async fn an_expired_lease_keeps_its_place_until_its_workflow_ends(db: Db) {
