@@ -354,18 +354,36 @@ fn walk_path(node: Option<&Node>, pointer: &str, path: &str) -> (String, Pos) {
                         Part::Index(_) => None,
                     })
                     .collect();
-                let found = (1..=run.len()).rev().find_map(|n| {
-                    let key = run[..n].join(".");
-                    node.and_then(|nd| nd.get(&key)).map(|e| (n, key, &e.value))
-                });
+                // Joined once, with where each part ends: trying every run length by joining
+                // it anew costs the square of the parts, and a key may hold thousands of dots.
+                let text = run.join(".");
+                let mut ends = std::collections::HashMap::new();
+                let mut end = 0;
+                for (n, key) in run.iter().enumerate() {
+                    end += key.len() + usize::from(n > 0);
+                    ends.insert(end, n + 1);
+                }
+                // Of the map's keys, the one that covers the most parts.
+                let found = node
+                    .and_then(Node::as_map)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| {
+                        let n = *ends.get(&e.key.len())?;
+                        text.starts_with(e.key.as_str()).then_some((n, e))
+                    })
+                    .fold(None, |best: Option<(usize, _)>, (n, e)| match best {
+                        Some((most, _)) if most >= n => best,
+                        _ => Some((n, e)),
+                    });
                 match found {
-                    Some((n, key, value)) => {
-                        pointer = child(&pointer, &key);
-                        node = Some(value);
+                    Some((n, e)) => {
+                        pointer = child(&pointer, &e.key);
+                        node = Some(&e.value);
                         i += n;
                     }
                     None => {
-                        pointer = child(&pointer, &run.join("."));
+                        pointer = child(&pointer, &text);
                         node = None;
                         i += run.len();
                     }
@@ -425,5 +443,44 @@ mod tests {
             Some("/steps/build".to_string())
         );
         assert!(step_node(&map, StepKind::Service, "build").is_none());
+    }
+
+    /// A step whose `environment` holds `names`, linted with the Kubernetes backend.
+    fn lint_environment(names: impl Iterator<Item = String>) -> Report {
+        let environment: serde_json::Map<String, serde_json::Value> =
+            names.map(|n| (n, serde_json::json!("v"))).collect();
+        let config = serde_json::json!({"steps": [
+            {"name": "a", "image": "x", "commands": ["ls"], "environment": environment}
+        ]});
+        let submission: Submission = serde_json::from_value(serde_json::json!({
+            "configs": [{"name": "ci", "content": config.to_string()}]
+        }))
+        .expect("submission");
+        let kubernetes = KubernetesConfig::from_settings(&Default::default()).expect("settings");
+        lint(
+            &submission,
+            "linux/amd64",
+            &Limits::default(),
+            Some(&kubernetes),
+        )
+    }
+
+    /// Each run of dotted parts was joined anew for every length: a 64 KB key of dots took
+    /// minutes to place.
+    #[test]
+    fn a_key_of_thousands_of_dots_is_placed_at_once() {
+        let name = format!("{}=", "a.".repeat(32_000));
+        let start = std::time::Instant::now();
+        let report = lint_environment(std::iter::once(name.clone()));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(
+            report.errors[0].pointer,
+            format!("/steps/0/environment/{name}")
+        );
     }
 }
