@@ -16,7 +16,7 @@ use crate::k8s::trace::Origin;
 use crate::k8s::{
     KubernetesConfig, PolicyViolation, Refused, RegistryCredential, RenderInput, render_workflow,
 };
-use crate::pipeline::diagnostic::{Pos, child, index};
+use crate::pipeline::diagnostic::{MAX_PER_CONFIG, Pos, child, index};
 use crate::pipeline::node::{Node, Value};
 use crate::pipeline::{Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
 use crate::submission::{SUBMISSION, Submission};
@@ -116,12 +116,10 @@ pub fn render(
                 objects: rendered.to_list(),
             }),
             Err(Refused::Policy(refused)) => {
-                let mut places = Places::new(submission, limits, plan);
-                violations.extend(refused.into_iter().map(|v| places.locate(v)));
+                violations.extend(located(submission, limits, plan, refused));
             }
             Err(Refused::Invalid(refused)) => {
-                let mut places = Places::new(submission, limits, plan);
-                invalid.extend(refused.into_iter().map(|v| places.locate(v)));
+                invalid.extend(located(submission, limits, plan, refused));
             }
         }
     }
@@ -158,6 +156,36 @@ pub fn lint(
         }
     }
     report
+}
+
+/// The first [`MAX_PER_CONFIG`] refusals of one workflow with their places, and how many more
+/// there are. Placing one costs up to the size of the config, so placing every one of the
+/// thousands a large config can draw (one per variable, per volume) would cost its square; and
+/// the answer stays short, as for the config's own errors.
+fn located(
+    submission: &Submission,
+    limits: &Limits,
+    plan: &WorkflowPlan,
+    refused: Vec<PolicyViolation>,
+) -> Vec<PolicyViolation> {
+    let left_out = refused.len().saturating_sub(MAX_PER_CONFIG);
+    let mut places = Places::new(submission, limits, plan);
+    let mut shown: Vec<PolicyViolation> = refused
+        .into_iter()
+        .take(MAX_PER_CONFIG)
+        .map(|v| places.locate(v))
+        .collect();
+    if left_out > 0 {
+        shown.push(PolicyViolation {
+            message: format!(
+                "{left_out} more refusals of workflow {:?} are not shown; fix the ones above first",
+                plan.name
+            ),
+            config: Some(plan.name.clone()),
+            ..Default::default()
+        });
+    }
+    shown
 }
 
 /// A refusal as a lint error.
@@ -481,6 +509,34 @@ mod tests {
         assert_eq!(
             report.errors[0].pointer,
             format!("/steps/0/environment/{name}")
+        );
+    }
+
+    /// Every refusal was placed, each at a cost of up to the config's size: thousands of
+    /// refused variables took minutes, and made an answer as long.
+    #[test]
+    fn refusals_past_a_hundred_are_counted_not_placed() {
+        let report = lint_environment((0..MAX_PER_CONFIG + 50).map(|i| format!("V{i}=")));
+        assert_eq!(report.errors.len(), MAX_PER_CONFIG + 1);
+        assert!(
+            report.errors[..MAX_PER_CONFIG]
+                .iter()
+                .all(|e| e.config == "ci" && e.pointer.starts_with("/steps/0/environment/V")),
+            "{:#?}",
+            report.errors
+        );
+        let last = &report.errors[MAX_PER_CONFIG];
+        assert_eq!(
+            (
+                last.config.as_str(),
+                last.pointer.as_str(),
+                last.message.as_str()
+            ),
+            (
+                "ci",
+                "",
+                "50 more refusals of workflow \"ci\" are not shown; fix the ones above first"
+            )
         );
     }
 }
