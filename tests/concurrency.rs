@@ -668,6 +668,43 @@ async fn a_claim_waits_for_its_groups_lock_and_counts_after_it() {
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
 }
 
+/// A claim locks the workflow's row, then its pipeline's (to number the workflow's event);
+/// marking a waiting workflow locks the pipeline, then the workflow. A claim of the very
+/// workflow being marked (its group came free meanwhile, on another replica) deadlocked the
+/// two, and Postgres aborted one of them. Here the test's transaction stands for the claim.
+#[tokio::test]
+async fn marking_a_waiting_workflow_never_deadlocks_with_its_claim() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_api(Db::Postgres).await;
+    let store = replicas(&app).await.remove(0);
+    submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let p2 = submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+
+    let mut other = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut claim = other.begin().await.unwrap();
+    sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+        .bind(workflow(&p2, "deploy"))
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    let marking = tokio::spawn({
+        let store = store.clone();
+        async move { store.note_waiting().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let numbered = sqlx::query("UPDATE pipelines SET event_count = event_count WHERE id = $1")
+        .bind(id(&p2))
+        .execute(&mut *claim)
+        .await;
+    claim.commit().await.unwrap();
+    let marked = marking.await.unwrap();
+    assert!(numbered.is_ok(), "the claim: {numbered:?}");
+    assert!(marked.is_ok(), "the marking: {marked:?}");
+}
+
 /// Leases are measured by the database's clock: a replica on a host whose clock is ten
 /// minutes ahead does not take over a lease another replica holds (it would have taken
 /// every workflow as soon as it looked), and one whose clock is ten minutes behind holds its

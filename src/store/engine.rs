@@ -484,17 +484,26 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             });
+            // A claim locks the workflow, then its pipeline; a mark locks them the other way
+            // round (as a cancel does). On Postgres a workflow being claimed is skipped, not
+            // waited for: waiting would deadlock with the claim, which wins anyway.
+            let mark = format!(
+                "UPDATE workflows SET reason = $1 \
+                 WHERE id = $2 AND status = 'queued' \
+                   AND (reason = $3 OR (reason IS NULL AND $4)){} RETURNING name",
+                if self.is_postgres() {
+                    " AND id IN (SELECT id FROM workflows WHERE id = $2 FOR UPDATE SKIP LOCKED)"
+                } else {
+                    ""
+                }
+            );
             let mut started = 0;
             for w in waiting {
                 let event = on_pool!(self, pool => {
                     let mut tx = pool.begin().await?;
                     lock_pipeline(&mut *tx, w.pipeline_id).await?;
                     // Only as it was read: a claim (or a cancel) since then wins.
-                    let row: Option<(String,)> = sqlx::query_as(
-                        "UPDATE workflows SET reason = $1 \
-                         WHERE id = $2 AND status = 'queued' \
-                           AND (reason = $3 OR (reason IS NULL AND $4)) RETURNING name",
-                    )
+                    let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(mark.as_str()))
                     .bind(&w.why)
                     .bind(w.id)
                     .bind(w.was.as_deref())
