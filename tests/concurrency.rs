@@ -27,6 +27,7 @@ on_both_databases!(
     an_expired_lease_keeps_its_place_until_its_workflow_ends,
     replicas_run_one_deploy_at_a_time_and_leave_other_groups_alone,
     a_group_or_repository_too_long_to_index_is_refused_at_its_place,
+    a_waiting_reason_keeps_its_numbers_true_once_the_group_has_a_place,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -414,6 +415,37 @@ async fn a_waiting_workflow_is_canceled_and_frees_no_place(db: Db) {
     finish(&store, &("a".to_string(), first)).await;
     let third = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
     assert_eq!(third.workflow_id, workflow(&p3, "deploy"));
+}
+
+/// The numbers of a waiting reason were brought up to date only while the group held the
+/// workflow back: once its place came free, and until a replica claimed it, it kept saying
+/// `1 of 1 running` of a group where none ran.
+async fn a_waiting_reason_keeps_its_numbers_true_once_the_group_has_a_place(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = replicas(&app).await.remove(0);
+    submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let p2 = submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let first = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(store.note_waiting().await.unwrap(), 1);
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        "waiting for concurrency group deploy: 1 of 1 running"
+    );
+    let events = store.events(id(&p2), 0, 100).await.unwrap().len();
+
+    finish(&store, &("a".to_string(), first)).await;
+    assert_eq!(store.note_waiting().await.unwrap(), 0, "no second event");
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        "waiting for concurrency group deploy: 0 of 1 running"
+    );
+    assert_eq!(store.events(id(&p2), 0, 100).await.unwrap().len(), events);
+    let second = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(second.workflow_id, workflow(&p2, "deploy"));
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        Value::Null
+    );
 }
 
 /// Text of `bytes` bytes that does not compress: Postgres compresses an index entry before it
