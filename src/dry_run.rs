@@ -16,7 +16,7 @@ use crate::k8s::trace::Origin;
 use crate::k8s::{
     KubernetesConfig, PolicyViolation, Refused, RegistryCredential, RenderInput, render_workflow,
 };
-use crate::pipeline::diagnostic::{Pos, child, index};
+use crate::pipeline::diagnostic::{MAX_PER_CONFIG, Pos, child, index};
 use crate::pipeline::node::{Node, Value};
 use crate::pipeline::{Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
 use crate::submission::{SUBMISSION, Submission};
@@ -116,12 +116,10 @@ pub fn render(
                 objects: rendered.to_list(),
             }),
             Err(Refused::Policy(refused)) => {
-                let mut places = Places::new(submission, limits, plan);
-                violations.extend(refused.into_iter().map(|v| places.locate(v)));
+                violations.extend(located(submission, limits, plan, refused));
             }
             Err(Refused::Invalid(refused)) => {
-                let mut places = Places::new(submission, limits, plan);
-                invalid.extend(refused.into_iter().map(|v| places.locate(v)));
+                invalid.extend(located(submission, limits, plan, refused));
             }
         }
     }
@@ -158,6 +156,36 @@ pub fn lint(
         }
     }
     report
+}
+
+/// The first [`MAX_PER_CONFIG`] refusals of one workflow with their places, and how many more
+/// there are. Placing one costs up to the size of the config, so placing every one of the
+/// thousands a large config can draw (one per variable, per volume) would cost its square; and
+/// the answer stays short, as for the config's own errors.
+fn located(
+    submission: &Submission,
+    limits: &Limits,
+    plan: &WorkflowPlan,
+    refused: Vec<PolicyViolation>,
+) -> Vec<PolicyViolation> {
+    let left_out = refused.len().saturating_sub(MAX_PER_CONFIG);
+    let mut places = Places::new(submission, limits, plan);
+    let mut shown: Vec<PolicyViolation> = refused
+        .into_iter()
+        .take(MAX_PER_CONFIG)
+        .map(|v| places.locate(v))
+        .collect();
+    if left_out > 0 {
+        shown.push(PolicyViolation {
+            message: format!(
+                "{left_out} more refusals of workflow {:?} are not shown; fix the ones above first",
+                plan.name
+            ),
+            config: Some(plan.name.clone()),
+            ..Default::default()
+        });
+    }
+    shown
 }
 
 /// A refusal as a lint error.
@@ -354,18 +382,36 @@ fn walk_path(node: Option<&Node>, pointer: &str, path: &str) -> (String, Pos) {
                         Part::Index(_) => None,
                     })
                     .collect();
-                let found = (1..=run.len()).rev().find_map(|n| {
-                    let key = run[..n].join(".");
-                    node.and_then(|nd| nd.get(&key)).map(|e| (n, key, &e.value))
-                });
+                // Joined once, with where each part ends: trying every run length by joining
+                // it anew costs the square of the parts, and a key may hold thousands of dots.
+                let text = run.join(".");
+                let mut ends = std::collections::HashMap::new();
+                let mut end = 0;
+                for (n, key) in run.iter().enumerate() {
+                    end += key.len() + usize::from(n > 0);
+                    ends.insert(end, n + 1);
+                }
+                // Of the map's keys, the one that covers the most parts.
+                let found = node
+                    .and_then(Node::as_map)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| {
+                        let n = *ends.get(&e.key.len())?;
+                        text.starts_with(e.key.as_str()).then_some((n, e))
+                    })
+                    .fold(None, |best: Option<(usize, _)>, (n, e)| match best {
+                        Some((most, _)) if most >= n => best,
+                        _ => Some((n, e)),
+                    });
                 match found {
-                    Some((n, key, value)) => {
-                        pointer = child(&pointer, &key);
-                        node = Some(value);
+                    Some((n, e)) => {
+                        pointer = child(&pointer, &e.key);
+                        node = Some(&e.value);
                         i += n;
                     }
                     None => {
-                        pointer = child(&pointer, &run.join("."));
+                        pointer = child(&pointer, &text);
                         node = None;
                         i += run.len();
                     }
@@ -425,5 +471,145 @@ mod tests {
             Some("/steps/build".to_string())
         );
         assert!(step_node(&map, StepKind::Service, "build").is_none());
+    }
+
+    /// A step whose `environment` holds `names`, linted with the Kubernetes backend.
+    fn lint_environment(names: impl Iterator<Item = String>) -> Report {
+        let environment: serde_json::Map<String, serde_json::Value> =
+            names.map(|n| (n, serde_json::json!("v"))).collect();
+        let config = serde_json::json!({"steps": [
+            {"name": "a", "image": "x", "commands": ["ls"], "environment": environment}
+        ]});
+        let submission: Submission = serde_json::from_value(serde_json::json!({
+            "configs": [{"name": "ci", "content": config.to_string()}]
+        }))
+        .expect("submission");
+        let kubernetes = KubernetesConfig::from_settings(&Default::default()).expect("settings");
+        lint(
+            &submission,
+            "linux/amd64",
+            &Limits::default(),
+            Some(&kubernetes),
+        )
+    }
+
+    /// Each run of dotted parts was joined anew for every length: a 64 KB key of dots took
+    /// minutes to place.
+    #[test]
+    fn a_key_of_thousands_of_dots_is_placed_at_once() {
+        let name = format!("{}=", "a.".repeat(32_000));
+        let start = std::time::Instant::now();
+        let report = lint_environment(std::iter::once(name.clone()));
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "took {:?}",
+            start.elapsed()
+        );
+        assert_eq!(report.errors.len(), 1);
+        assert_eq!(
+            report.errors[0].pointer,
+            format!("/steps/0/environment/{name}")
+        );
+    }
+
+    /// Every refusal was placed, each at a cost of up to the config's size: thousands of
+    /// refused variables took minutes, and made an answer as long.
+    #[test]
+    fn refusals_past_a_hundred_are_counted_not_placed() {
+        let report = lint_environment((0..MAX_PER_CONFIG + 50).map(|i| format!("V{i}=")));
+        assert_eq!(report.errors.len(), MAX_PER_CONFIG + 1);
+        assert!(
+            report.errors[..MAX_PER_CONFIG]
+                .iter()
+                .all(|e| e.config == "ci" && e.pointer.starts_with("/steps/0/environment/V")),
+            "{:#?}",
+            report.errors
+        );
+        let last = &report.errors[MAX_PER_CONFIG];
+        assert_eq!(
+            (
+                last.config.as_str(),
+                last.pointer.as_str(),
+                last.message.as_str()
+            ),
+            (
+                "ci",
+                "",
+                "50 more refusals of workflow \"ci\" are not shown; fix the ones above first"
+            )
+        );
+    }
+
+    /// Each `dns` and `dns_search` entry was looked for among those before it in a list: a
+    /// step naming 80000 took a minute of a request to be refused.
+    #[test]
+    fn thousands_of_dns_entries_are_refused_at_once() {
+        let n: u32 = 80_000;
+        let dns: Vec<String> = (0..n)
+            .map(|i| std::net::Ipv4Addr::from(0x0a00_0000 + i).to_string())
+            .collect();
+        let searches: Vec<String> = (0..n).map(|i| format!("d{i}.example.com")).collect();
+        let config = serde_json::json!({"steps": [{
+            "name": "a", "image": "x", "commands": ["ls"], "dns": dns, "dns_search": searches
+        }]});
+        let submission: Submission = serde_json::from_value(serde_json::json!({
+            "configs": [{"name": "ci", "content": config.to_string()}]
+        }))
+        .expect("submission");
+        let kubernetes = KubernetesConfig::from_settings(&Default::default()).expect("settings");
+        let start = std::time::Instant::now();
+        let refused = render(&submission, "linux/amd64", &Limits::default(), &kubernetes);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "took {:?}",
+            start.elapsed()
+        );
+        let Err(Refusal::Policy(refused)) = refused else {
+            panic!("not refused by the policy");
+        };
+        let fields: Vec<&str> = refused.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["dns", "dns_search"]);
+    }
+
+    /// Every field the API server would refuse was traced, and tracing a variable looks
+    /// through a plugin step's settings: 20000 refused variable names beside 20000 settings
+    /// took two minutes of a request. Only those shown are traced now.
+    #[test]
+    fn thousands_of_refused_variables_are_refused_at_once() {
+        let n = 20_000;
+        let settings: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (format!("s{i}"), serde_json::json!("v")))
+            .collect();
+        let variables: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (format!("V{i}="), serde_json::json!("v")))
+            .collect();
+        let config = serde_json::json!({"skip_clone": true, "steps": [
+            {"name": "a", "image": "x", "settings": settings}
+        ]});
+        let submission: Submission = serde_json::from_value(serde_json::json!({
+            "configs": [{"name": "ci", "content": config.to_string()}],
+            "variables": variables,
+        }))
+        .expect("submission");
+        let kubernetes = KubernetesConfig::from_settings(&Default::default()).expect("settings");
+        let start = std::time::Instant::now();
+        let refused = render(&submission, "linux/amd64", &Limits::default(), &kubernetes);
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "took {:?}",
+            start.elapsed()
+        );
+        let Err(Refusal::Kubernetes(refused)) = refused else {
+            panic!("not refused as the API server would");
+        };
+        assert_eq!(refused.len(), MAX_PER_CONFIG + 1);
+        assert!(
+            refused[..MAX_PER_CONFIG].iter().all(|v| v
+                .pointer
+                .as_deref()
+                .is_some_and(|p| p.starts_with("/variables/V"))),
+            "{:#?}",
+            &refused[..3]
+        );
     }
 }

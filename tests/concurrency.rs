@@ -26,6 +26,8 @@ on_both_databases!(
     a_waiting_workflow_is_canceled_and_frees_no_place,
     an_expired_lease_keeps_its_place_until_its_workflow_ends,
     replicas_run_one_deploy_at_a_time_and_leave_other_groups_alone,
+    a_group_or_repository_too_long_to_index_is_refused_at_its_place,
+    a_waiting_reason_keeps_its_numbers_true_once_the_group_has_a_place,
 );
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -415,6 +417,109 @@ async fn a_waiting_workflow_is_canceled_and_frees_no_place(db: Db) {
     assert_eq!(third.workflow_id, workflow(&p3, "deploy"));
 }
 
+/// The numbers of a waiting reason were brought up to date only while the group held the
+/// workflow back: once its place came free, and until a replica claimed it, it kept saying
+/// `1 of 1 running` of a group where none ran.
+async fn a_waiting_reason_keeps_its_numbers_true_once_the_group_has_a_place(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = replicas(&app).await.remove(0);
+    submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let p2 = submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let first = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(store.note_waiting().await.unwrap(), 1);
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        "waiting for concurrency group deploy: 1 of 1 running"
+    );
+    let events = store.events(id(&p2), 0, 100).await.unwrap().len();
+
+    finish(&store, &("a".to_string(), first)).await;
+    assert_eq!(store.note_waiting().await.unwrap(), 0, "no second event");
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        "waiting for concurrency group deploy: 0 of 1 running"
+    );
+    assert_eq!(store.events(id(&p2), 0, 100).await.unwrap().len(), events);
+    let second = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(second.workflow_id, workflow(&p2, "deploy"));
+    assert_eq!(
+        workflow_json(&app, &p2, "deploy").await["reason"],
+        Value::Null
+    );
+}
+
+/// Text of `bytes` bytes that does not compress: Postgres compresses an index entry before it
+/// holds it to its size limit, so a repeated letter would slip through.
+fn incompressible(bytes: usize) -> String {
+    let mut text = String::new();
+    while text.len() < bytes {
+        text.push_str(&Uuid::new_v4().simple().to_string());
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// A group and a repository at the bound are stored, indexed and claimed; one byte more of
+/// either is refused with its place, not left to fail in the database (a Postgres B-tree entry
+/// holds at most 2704 bytes, and the claim's index holds both).
+async fn a_group_or_repository_too_long_to_index_is_refused_at_its_place(db: Db) {
+    let app = TestApp::spawn_api(db).await;
+    let store = replicas(&app).await.remove(0);
+    let longest = incompressible(1024);
+    let p = submit(
+        &app,
+        Some(&incompressible(1024)),
+        &[(
+            "deploy",
+            config(Some(&format!("{{limit: 1, group: {longest}}}"))),
+        )],
+    )
+    .await;
+    let claimed = store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+    assert_eq!(claimed.workflow_id, workflow(&p, "deploy"));
+
+    let refusals = [
+        (
+            None,
+            format!("{{limit: 1, group: {}}}", incompressible(3000)),
+            "/concurrency/group",
+            "a concurrency group of 3000 bytes is more than the limit of 1024 bytes",
+        ),
+        (
+            None,
+            "{limit: 1, group: \"${LONG}\"}".to_string(),
+            "/concurrency/group",
+            "a concurrency group of 3000 bytes is more than the limit of 1024 bytes",
+        ),
+        (
+            Some(incompressible(3000)),
+            "1".to_string(),
+            "/concurrency",
+            "concurrency groups are scoped by the submission's CI_REPO, and its 3000 bytes are more than the limit of 1024 bytes",
+        ),
+    ];
+    for (repo, concurrency, pointer, message) in refusals {
+        let mut body = json!({
+            "configs": [{"name": "deploy", "content": config(Some(&concurrency))}],
+            "variables": {"LONG": incompressible(3000)},
+        });
+        if let Some(repo) = repo {
+            body["variables"]["CI_REPO"] = json!(repo);
+        }
+        let response = app.submit_json(&body).await;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(status, 422, "{concurrency}: {answer:#}");
+        let errors = answer["errors"].as_array().unwrap();
+        assert_eq!(errors.len(), 1, "{answer:#}");
+        assert_eq!(errors[0]["pointer"], pointer, "{answer:#}");
+        assert!(
+            errors[0]["message"].as_str().unwrap().starts_with(message),
+            "{answer:#}"
+        );
+    }
+}
+
 async fn an_expired_lease_keeps_its_place_until_its_workflow_ends(db: Db) {
     let app = TestApp::spawn_api(db).await;
     let stores = replicas(&app).await;
@@ -593,6 +698,43 @@ async fn a_claim_waits_for_its_groups_lock_and_counts_after_it() {
         "the group was full once the lock came free"
     );
     assert!(waited >= Duration::from_millis(500), "{waited:?}");
+}
+
+/// A claim locks the workflow's row, then its pipeline's (to number the workflow's event);
+/// marking a waiting workflow locks the pipeline, then the workflow. A claim of the very
+/// workflow being marked (its group came free meanwhile, on another replica) deadlocked the
+/// two, and Postgres aborted one of them. Here the test's transaction stands for the claim.
+#[tokio::test]
+async fn marking_a_waiting_workflow_never_deadlocks_with_its_claim() {
+    use sqlx::Connection as _;
+    let app = TestApp::spawn_api(Db::Postgres).await;
+    let store = replicas(&app).await.remove(0);
+    submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    let p2 = submit(&app, None, &[("deploy", config(Some("1")))]).await;
+    store.claim_workflow("a", LEASE).await.unwrap().unwrap();
+
+    let mut other = sqlx::PgConnection::connect(&app.database_url)
+        .await
+        .unwrap();
+    let mut claim = other.begin().await.unwrap();
+    sqlx::query("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+        .bind(workflow(&p2, "deploy"))
+        .execute(&mut *claim)
+        .await
+        .unwrap();
+    let marking = tokio::spawn({
+        let store = store.clone();
+        async move { store.note_waiting().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let numbered = sqlx::query("UPDATE pipelines SET event_count = event_count WHERE id = $1")
+        .bind(id(&p2))
+        .execute(&mut *claim)
+        .await;
+    claim.commit().await.unwrap();
+    let marked = marking.await.unwrap();
+    assert!(numbered.is_ok(), "the claim: {numbered:?}");
+    assert!(marked.is_ok(), "the marking: {marked:?}");
 }
 
 /// Leases are measured by the database's clock: a replica on a host whose clock is ten

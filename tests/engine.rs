@@ -25,6 +25,7 @@ on_both_databases!(
     log_requests_with_bad_input_are_refused,
     dependent_workflows_are_skipped_when_one_fails,
     workflow_when_status_follows_the_workflows_it_depends_on,
+    an_image_only_step_is_refused_by_the_local_backend_in_words,
     a_failed_service_fails_its_workflow_unless_ignored,
     failure_cancel_cancels_the_rest_of_the_pipeline,
     retry_runs_the_submission_again,
@@ -652,6 +653,28 @@ async fn workflow_when_status_follows_the_workflows_it_depends_on(db: Db) {
         )
     );
     assert_eq!(done["status"], "failure");
+}
+
+/// A step with only an image runs the image's own entrypoint, which the local backend has
+/// not got: the step ends `error`, saying so and what to do, and nothing runs in its place.
+async fn an_image_only_step_is_refused_by_the_local_backend_in_words(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let p = submit_yaml(
+        &app,
+        "skip_clone: true\nsteps:\n  - name: publish\n    image: woodpeckerci/plugin-release\n",
+    )
+    .await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    let step = find_step(&done, "publish").unwrap();
+    assert_eq!(step["status"], "error", "{done:#}");
+    let reason = step["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("\"publish\"")
+            && reason.contains("woodpeckerci/plugin-release")
+            && reason.contains("PICULET_BACKEND=kubernetes"),
+        "{reason}"
+    );
+    assert_eq!(done["status"], "error", "{done:#}");
 }
 
 /// A service that ends on its own with a failure fails its workflow (a service stopped at the

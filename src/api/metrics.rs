@@ -73,13 +73,22 @@ fn render_concurrency(text: &mut String, counts: &ConcurrencyCounts) {
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    let groups = counts
+    // A group a submission names "(other)" in a repository "(other)" is summed with the
+    // others: shown beside them it would be a second series of the same labels, which a
+    // scraper drops or refuses.
+    let (forged, shown): (Vec<_>, Vec<_>) = counts
         .groups
         .iter()
+        .partition(|g| g.scope == OTHER_GROUPS && g.group == OTHER_GROUPS);
+    let others = forged
+        .iter()
+        .map(|g| (g.running, g.waiting))
+        .chain(counts.others)
+        .reduce(|a, b| (a.0 + b.0, a.1 + b.1));
+    let groups = shown
+        .iter()
         .map(|g| (g.scope.as_str(), g.group.as_str(), g.running, g.waiting));
-    let others = counts
-        .others
-        .map(|(running, waiting)| (OTHER_GROUPS, OTHER_GROUPS, running, waiting));
+    let others = others.map(|(running, waiting)| (OTHER_GROUPS, OTHER_GROUPS, running, waiting));
     let series: Vec<(&str, &str, i64, i64)> = groups.chain(others).collect();
     gauge(
         text,
@@ -127,6 +136,54 @@ fn escape_label(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::store::GroupCount;
+
+    /// A submission can name its repository and group "(other)": it must not forge a second
+    /// series of the others' labels.
+    #[test]
+    fn a_group_named_like_the_others_is_summed_with_them() {
+        let group = |scope: &str, group: &str, running, waiting| GroupCount {
+            scope: scope.into(),
+            group: group.into(),
+            running,
+            waiting,
+        };
+        let counts = ConcurrencyCounts {
+            groups: vec![
+                group(OTHER_GROUPS, OTHER_GROUPS, 1, 2),
+                group("acme/api", "deploy", 1, 0),
+            ],
+            others: Some((3, 4)),
+        };
+        let mut text = String::new();
+        render_concurrency(&mut text, &counts);
+        assert_eq!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            [
+                "piculet_concurrency_running{repo=\"acme/api\",group=\"deploy\"} 1",
+                "piculet_concurrency_running{repo=\"(other)\",group=\"(other)\"} 4",
+                "piculet_concurrency_waiting{repo=\"acme/api\",group=\"deploy\"} 0",
+                "piculet_concurrency_waiting{repo=\"(other)\",group=\"(other)\"} 6",
+            ]
+        );
+        // Alone, it is shown under the same labels, once.
+        let counts = ConcurrencyCounts {
+            groups: vec![group(OTHER_GROUPS, OTHER_GROUPS, 1, 2)],
+            others: None,
+        };
+        let mut text = String::new();
+        render_concurrency(&mut text, &counts);
+        assert_eq!(
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .collect::<Vec<_>>(),
+            [
+                "piculet_concurrency_running{repo=\"(other)\",group=\"(other)\"} 1",
+                "piculet_concurrency_waiting{repo=\"(other)\",group=\"(other)\"} 2",
+            ]
+        );
+    }
 
     #[test]
     fn groups_are_rendered_with_their_repository_and_the_rest_summed() {

@@ -3,7 +3,7 @@
 //! workspace mounted at `workspace.base`, and every step option and administrator setting in
 //! its place. Options the administrator does not allow are refused through [`Violations`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
 use k8s_openapi::api::core::v1::{
@@ -689,6 +689,9 @@ fn parse_port(text: &str) -> Option<(i32, &'static str)> {
 fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
     let admin = ctx.config.dns_config.clone().unwrap_or_default();
     let mut nameservers = admin.nameservers.unwrap_or_default();
+    // Each entry is looked for among those before it in a set, not the list: a step may name
+    // thousands, and the list would cost the square of their number.
+    let mut seen: HashSet<String> = nameservers.iter().cloned().collect();
     for (i, ns) in step.dns.iter().enumerate() {
         if ns.parse::<std::net::IpAddr>().is_err() {
             v.push(
@@ -698,7 +701,7 @@ fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
                 RULE_FORMAT,
                 "is not an IP address of a nameserver",
             );
-        } else if !nameservers.contains(ns) {
+        } else if seen.insert(ns.clone()) {
             nameservers.push(ns.clone());
         }
     }
@@ -715,13 +718,14 @@ fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
         );
     }
     let mut searches = vec![service::search_domain(ctx)];
+    let mut seen: HashSet<String> = searches.iter().cloned().collect();
     for s in admin
         .searches
         .unwrap_or_default()
         .into_iter()
         .chain(step.dns_search.iter().cloned())
     {
-        if !searches.contains(&s) {
+        if seen.insert(s.clone()) {
             searches.push(s);
         }
     }

@@ -34,6 +34,7 @@ use super::settings::KubernetesConfig;
 use super::trace::{self, Object, Origin};
 use super::validation;
 use super::{pod, secret, service, volume};
+use crate::pipeline::diagnostic::MAX_PER_CONFIG;
 use crate::pipeline::{StepKind, StepSpec, WorkflowPlan};
 
 /// Credentials for a private registry, from the submission.
@@ -342,9 +343,13 @@ fn api_server_refusals(
         format!("the Service \"{}\"", name(&service.metadata)),
         validation::service(service),
     ));
+    // Tracing a field may look through the step's keys, so only as many are traced as are
+    // shown (the dry run shows this many per workflow and counts the rest): tracing each of
+    // thousands of refused variables cost the square of their number.
+    let traced = |out: &Vec<PolicyViolation>| out.len() < MAX_PER_CONFIG;
     for (object, what, errors) in others {
         for e in errors {
-            let origin = trace::object_field(ctx, object, &e);
+            let origin = traced(&out).then(|| trace::object_field(ctx, object, &e));
             out.push(refusal("", &what, &e, origin));
         }
     }
@@ -354,26 +359,33 @@ fn api_server_refusals(
         };
         let what = format!("its pod \"{}\"", name(&p.pod.metadata));
         for e in validation::pod(&p.pod) {
-            let origin = trace::pod_field(ctx, step, &p.pod, &e);
+            let origin = traced(&out).then(|| trace::pod_field(ctx, step, &p.pod, &e));
             out.push(refusal(&p.step, &what, &e, origin));
         }
     }
     out
 }
 
-fn refusal(step: &str, what: &str, e: &validation::FieldError, origin: Origin) -> PolicyViolation {
+/// A field the API server would refuse, with what to change where it was traced.
+fn refusal(
+    step: &str,
+    what: &str,
+    e: &validation::FieldError,
+    origin: Option<Origin>,
+) -> PolicyViolation {
     let who = if step.is_empty() {
         String::new()
     } else {
         format!("step {}: ", super::policy::quote(step))
     };
     let change = match &origin {
-        Origin::Step(f) | Origin::Workflow(f) => format!("; change {f}"),
-        Origin::Submission(f) => format!("; change the submission's {f}"),
-        Origin::Setting(s) => {
+        Some(Origin::Step(f) | Origin::Workflow(f)) => format!("; change {f}"),
+        Some(Origin::Submission(f)) => format!("; change the submission's {f}"),
+        Some(Origin::Setting(s)) => {
             format!("; the value comes from the server's setting {s}: ask the administrator")
         }
-        Origin::Piculet => "; piculet made this value: please report it".to_string(),
+        Some(Origin::Piculet) => "; piculet made this value: please report it".to_string(),
+        None => String::new(),
     };
     PolicyViolation {
         step: step.to_string(),
@@ -385,7 +397,7 @@ fn refusal(step: &str, what: &str, e: &validation::FieldError, origin: Origin) -
             e.field,
             e.message()
         ),
-        origin: Some(origin),
+        origin,
         ..Default::default()
     }
 }

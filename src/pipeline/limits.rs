@@ -58,6 +58,11 @@ impl Default for Limits {
 /// to spare (tested in `plan`).
 pub const MAX_NESTING_DEPTH: usize = 256;
 
+/// The longest concurrency group, and the longest `CI_REPO` that scopes one, in bytes. Not a
+/// setting: the claim's index holds both in one Postgres B-tree entry, which holds at most
+/// 2704 bytes, so a longer group would fail in the database instead of being refused.
+pub const CONCURRENCY_GROUP_BYTES: usize = 1024;
+
 /// The environment variable of each limit, as refusals name them.
 pub const STEPS_PER_WORKFLOW: &str = "PICULET_MAX_STEPS_PER_WORKFLOW";
 pub const WORKFLOWS_PER_PIPELINE: &str = "PICULET_MAX_WORKFLOWS_PER_PIPELINE";

@@ -352,4 +352,8 @@ pub(crate) struct ConcurrencyModel {
     pub limit_pos: Pos,
     /// `None` (or empty): the workflow's name.
     pub group: Option<String>,
+    /// Where the group was written, or `concurrency` itself when it names none: for the
+    /// refusal of one too long.
+    pub group_pointer: String,
+    pub group_pos: Pos,
 }

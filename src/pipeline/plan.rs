@@ -983,17 +983,42 @@ fn concurrency(
             return None;
         }
     };
+    let group = c
+        .group
+        .filter(|g| !g.is_empty())
+        .unwrap_or_else(|| name.to_string());
+    let scope = ctx
+        .variables
+        .get("CI_REPO")
+        .filter(|r| !r.is_empty())
+        .cloned();
+    let most = limits::CONCURRENCY_GROUP_BYTES;
+    if group.len() > most {
+        sink.error(
+            &c.group_pointer,
+            c.group_pos,
+            format!(
+                "a concurrency group of {} bytes is more than the limit of {most} bytes; name a shorter group",
+                group.len()
+            ),
+        );
+        return None;
+    }
+    if let Some(scope) = scope.as_ref().filter(|s| s.len() > most) {
+        sink.error(
+            &c.group_pointer,
+            c.group_pos,
+            format!(
+                "concurrency groups are scoped by the submission's CI_REPO, and its {} bytes are more than the limit of {most} bytes",
+                scope.len()
+            ),
+        );
+        return None;
+    }
     Some(Concurrency {
         limit,
-        group: c
-            .group
-            .filter(|g| !g.is_empty())
-            .unwrap_or_else(|| name.to_string()),
-        scope: ctx
-            .variables
-            .get("CI_REPO")
-            .filter(|r| !r.is_empty())
-            .cloned(),
+        group,
+        scope,
     })
 }
 

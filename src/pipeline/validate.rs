@@ -953,12 +953,15 @@ impl Reader<'_> {
                     limit_pointer: ptr.to_string(),
                     limit_pos: n.pos,
                     group: None,
+                    group_pointer: ptr.to_string(),
+                    group_pos: n.pos,
                 })
             }
             Value::Map(_) => {
                 let entries = self.map(n, ptr, schema::CONCURRENCY_KEYS)?;
                 let mut limit = None;
                 let mut group = None;
+                let mut group_place = (ptr.to_string(), n.pos);
                 let mut saw_limit = false;
                 for e in entries.iter().filter(|e| !e.value.is_null()) {
                     let p = child(ptr, &e.key);
@@ -969,7 +972,10 @@ impl Reader<'_> {
                                 .concurrency_limit(&e.value, &p)
                                 .map(|l| (l, p, e.value.pos));
                         }
-                        "group" => group = self.string(&e.value, &p),
+                        "group" => {
+                            group = self.string(&e.value, &p);
+                            group_place = (p, e.value.pos);
+                        }
                         _ => {}
                     }
                 }
@@ -981,11 +987,14 @@ impl Reader<'_> {
                     );
                 }
                 let (limit, limit_pointer, limit_pos) = limit?;
+                let (group_pointer, group_pos) = group_place;
                 Some(ConcurrencyModel {
                     limit,
                     limit_pointer,
                     limit_pos,
                     group,
+                    group_pointer,
+                    group_pos,
                 })
             }
             _ => {

@@ -456,8 +456,9 @@ impl Store {
     /// Marks the queued workflows that wait for their concurrency group: each gets its reason
     /// (`waiting for concurrency group deploy: 1 of 1 running`, and `, 2 queued ahead` when
     /// earlier workflows of the group wait too) and, when it starts waiting, one event; a later
-    /// call brings the numbers of the reason up to date without another event, and a claim
-    /// clears it. Returns how many workflows started waiting. At most [`WAITING_NOTES`]
+    /// call brings the numbers of the reason up to date without another event (also once its
+    /// group has a place for it and it only waits for a replica to claim it: `0 of 1 running`),
+    /// and a claim clears it. Returns how many workflows started waiting. At most [`WAITING_NOTES`]
     /// workflows are written per call; the rest at the next.
     ///
     /// Each mark takes its pipeline's lock first, as a cancel does, so that a cancel never
@@ -474,7 +475,8 @@ impl Store {
                                  THEN ', ' || CAST(pl.ahead AS TEXT) || ' queued ahead' \
                                  ELSE '' END AS why \
                        FROM places pl JOIN workflows w ON w.id = pl.id \
-                       WHERE pl.ready AND pl.running + pl.ahead >= pl.lim) \
+                       WHERE pl.ready AND (pl.running + pl.ahead >= pl.lim \
+                                           OR w.reason LIKE '{WAITING}%')) \
                      SELECT id, pipeline_id, was, why FROM waiting \
                      WHERE was IS NULL OR (was <> why AND was LIKE '{WAITING}%') \
                      ORDER BY created_at, position LIMIT $1",
@@ -484,17 +486,26 @@ impl Store {
                 .fetch_all(pool)
                 .await?
             });
+            // A claim locks the workflow, then its pipeline; a mark locks them the other way
+            // round (as a cancel does). On Postgres a workflow being claimed is skipped, not
+            // waited for: waiting would deadlock with the claim, which wins anyway.
+            let mark = format!(
+                "UPDATE workflows SET reason = $1 \
+                 WHERE id = $2 AND status = 'queued' \
+                   AND (reason = $3 OR (reason IS NULL AND $4)){} RETURNING name",
+                if self.is_postgres() {
+                    " AND id IN (SELECT id FROM workflows WHERE id = $2 FOR UPDATE SKIP LOCKED)"
+                } else {
+                    ""
+                }
+            );
             let mut started = 0;
             for w in waiting {
                 let event = on_pool!(self, pool => {
                     let mut tx = pool.begin().await?;
                     lock_pipeline(&mut *tx, w.pipeline_id).await?;
                     // Only as it was read: a claim (or a cancel) since then wins.
-                    let row: Option<(String,)> = sqlx::query_as(
-                        "UPDATE workflows SET reason = $1 \
-                         WHERE id = $2 AND status = 'queued' \
-                           AND (reason = $3 OR (reason IS NULL AND $4)) RETURNING name",
-                    )
+                    let row: Option<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(mark.as_str()))
                     .bind(&w.why)
                     .bind(w.id)
                     .bind(w.was.as_deref())
