@@ -799,3 +799,43 @@ async fn leases_hold_whatever_the_replicas_clocks_say() {
     assert_eq!(taken.workflow_id, other.workflow_id);
     assert!(taken.takeover);
 }
+
+/// Workflows of a group wait in the order their pipelines were created by the database's
+/// clock: a pipeline a replica ten minutes ahead took first still runs first, not after one
+/// submitted later through a replica with the right time. Postgres only (one replica on SQLite).
+#[tokio::test]
+async fn pipelines_wait_in_the_order_the_database_saw_them() {
+    let app = TestApp::spawn_api(Db::Postgres).await;
+    let stores = replicas(&app).await;
+    // What a replica prepares, stamped by its host's clock `off` from the true time.
+    let prepare = |off: chrono::Duration| {
+        let mut new = piculet::submission::Submission::from_file(config(Some("1")))
+            .prepare(
+                "linux/amd64",
+                &piculet::pipeline::Limits::default(),
+                &piculet::secrets::SecretBox::new([7; 32]),
+            )
+            .unwrap();
+        new.created_at += off;
+        new
+    };
+    let first = prepare(chrono::Duration::minutes(10));
+    let first_id = first.id;
+    stores[0].create_pipeline(first).await.unwrap();
+    stores[1]
+        .create_pipeline(prepare(chrono::Duration::zero()))
+        .await
+        .unwrap();
+    let claimed = stores[1].claim_workflow("w", LEASE).await.unwrap().unwrap();
+    assert_eq!(
+        claimed.pipeline_id, first_id,
+        "the first pipeline runs first"
+    );
+    assert!(
+        stores[1]
+            .claim_workflow("w", LEASE)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -111,7 +111,7 @@ pub async fn create_pipeline(
     };
     new.idempotency = key.clone().map(|k| (k, hash.clone()));
 
-    let (pipeline, replayed) = match state.store.create_pipeline(&new).await? {
+    let (pipeline, replayed) = match state.store.create_pipeline(new).await? {
         Created::New(p) => (p, false),
         Created::Existing {
             pipeline,
@@ -214,7 +214,7 @@ pub async fn retry_pipeline(
     })
     .await??;
     new.retry_of = Some(id);
-    let pipeline = match state.store.create_pipeline(&new).await? {
+    let pipeline = match state.store.create_pipeline(new).await? {
         Created::New(p) | Created::Existing { pipeline: p, .. } => p,
     };
     tracing::info!(pipeline_id = %pipeline.summary.id, retry_of = %id, "pipeline retried");

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use sqlx::types::Json;
 use uuid::Uuid;
 
@@ -527,11 +527,23 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl Store {
     /// Inserts the pipeline, its workflows and steps and its first event in one transaction.
     /// With an idempotency key already used, inserts nothing and returns the existing pipeline.
-    pub async fn create_pipeline(&self, new: &NewPipeline) -> Result<Created, StoreError> {
+    ///
+    /// On Postgres the pipeline is stamped with the database's clock: workflows of a
+    /// concurrency group wait in the order of these stamps, which replicas on hosts whose
+    /// clocks differ would otherwise put out of order.
+    pub async fn create_pipeline(&self, mut new: NewPipeline) -> Result<Created, StoreError> {
         self.write(async {
-            if let Some(existing) = self.find_idempotent(new).await? {
+            if let Some(existing) = self.find_idempotent(&new).await? {
                 return Ok(existing);
             }
+            if let Pool::Postgres(pool) = &self.pool {
+                let now: DateTime<Utc> = sqlx::query_scalar("SELECT clock_timestamp()")
+                    .fetch_one(pool)
+                    .await?;
+                // Microseconds: what Postgres keeps, so that the answer equals a later read.
+                new.created_at = now.trunc_subsecs(6);
+            }
+            let new = &new;
             match self.insert_pipeline(new).await {
                 Ok(()) => {}
                 Err(StoreError::Database(e))
