@@ -26,8 +26,25 @@ use crate::submission::{ConfigFile, SecretValue, Submission};
 /// this long is a server gone, not a hiccup.
 const RECONNECTS: u32 = 5;
 
-/// The wait before reopening a broken stream, times the attempt number.
-const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// The first wait before reopening a broken stream; each next one doubles, up to
+/// [`RECONNECT_MAX_DELAY`], with jitter so that the followers of a restarted server do not all
+/// come back at once.
+const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(500);
+
+/// The longest wait before reopening a broken stream (twice that with the jitter).
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// The waits before each of the [`RECONNECTS`] reopenings of a stream; it ends when they are
+/// used up.
+fn reconnect_waits() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(RECONNECT_FIRST_DELAY)
+        .with_max_delay(RECONNECT_MAX_DELAY)
+        .with_jitter()
+        .with_max_times(RECONNECTS as usize)
+        .build()
+}
 
 /// A failure of a client command: one line for the user.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +261,7 @@ impl Client {
             last_id: None,
             current: None,
             opened: false,
-            failures: 0,
+            waits: reconnect_waits(),
             ended: false,
         }
     }
@@ -412,7 +429,8 @@ pub struct Resuming<'a> {
     last_id: Option<String>,
     current: Option<EventStream>,
     opened: bool,
-    failures: u32,
+    /// The waits left before giving up; renewed by every event.
+    waits: backon::ExponentialBackoff,
     ended: bool,
 }
 
@@ -450,7 +468,7 @@ impl Resuming<'_> {
             };
             match current.next().await {
                 Some(Ok(event)) => {
-                    self.failures = 0;
+                    self.waits = reconnect_waits();
                     if event.id.is_some() {
                         self.last_id = event.id.clone();
                     }
@@ -470,14 +488,13 @@ impl Resuming<'_> {
     }
 
     async fn broke(&mut self, why: String) -> Result<(), ClientError> {
-        self.failures += 1;
-        if self.failures > RECONNECTS {
+        let Some(wait) = self.waits.next() else {
             return Err(ClientError::Stream(format!(
                 "lost the stream {} after {RECONNECTS} reconnects: {why}",
                 self.path
             )));
-        }
-        tokio::time::sleep(RECONNECT_BACKOFF * self.failures).await;
+        };
+        tokio::time::sleep(wait).await;
         Ok(())
     }
 }
@@ -535,5 +552,30 @@ pub fn exit_code(status: Status) -> u8 {
         Status::Error => 3,
         Status::Canceled => 4,
         Status::Queued | Status::Running => 5,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A broken stream is reopened after a real wait, RECONNECTS times, then given up.
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_stream_waits_before_each_reconnect_and_gives_up_after_its_bound() {
+        let client = Client::new("http://127.0.0.1:9", None, Duration::from_secs(1)).unwrap();
+        let mut stream = client.stream("/pipelines/x/events".into());
+        for _ in 0..RECONNECTS {
+            let before = tokio::time::Instant::now();
+            stream.broke("gone".into()).await.unwrap();
+            let waited = before.elapsed();
+            assert!(waited >= RECONNECT_FIRST_DELAY, "waited only {waited:?}");
+            assert!(waited <= RECONNECT_MAX_DELAY * 2, "waited {waited:?}");
+        }
+        let before = tokio::time::Instant::now();
+        let Err(ClientError::Stream(message)) = stream.broke("gone".into()).await else {
+            panic!("the stream was not given up");
+        };
+        assert_eq!(before.elapsed(), Duration::ZERO);
+        assert!(message.contains("after 5 reconnects: gone"), "{message}");
     }
 }

@@ -236,8 +236,16 @@ async fn write(store: &Store, step_id: Uuid, owner: &str, lines: Vec<LogLine>) {
         return;
     }
     let lines: std::sync::Arc<[LogLine]> = lines.into();
-    let mut delay = Duration::from_millis(100);
-    for attempt in 1..=12 {
+    // Twelve tries: eleven waits doubling from 100 ms up to 8 s, about a minute in all.
+    let mut waits = {
+        use backon::BackoffBuilder as _;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(8))
+            .with_max_times(11)
+            .build()
+    };
+    loop {
         match store.insert_log_lines(step_id, owner, lines.clone()).await {
             Ok(Fenced::Stored) => return,
             Ok(Fenced::LeaseLost) => {
@@ -249,13 +257,13 @@ async fn write(store: &Store, step_id: Uuid, owner: &str, lines: Vec<LogLine>) {
                     &e,
                     crate::store::StoreError::Database(sqlx::Error::Database(_))
                 );
-                if refused || attempt == 12 {
+                let wait = if refused { None } else { waits.next() };
+                let Some(wait) = wait else {
                     tracing::error!(%step_id, error = %e, lines = lines.len(), "log lines could not be stored");
                     return;
-                }
+                };
                 tracing::warn!(%step_id, error = %e, "storing log lines failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
+                tokio::time::sleep(wait).await;
             }
         }
     }

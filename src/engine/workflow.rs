@@ -60,15 +60,31 @@ enum Opening {
     Attach { attempt: u32 },
 }
 
-/// Waits before the next try of a database or backend call that failed; false when the
-/// workflow was given up meanwhile.
-async fn backoff(delay: &mut Duration, abandon: &CancellationToken) -> bool {
+/// The longest wait between two tries of a database or backend call that failed.
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// The waits between tries of a database or backend call that failed: doubling from `first`
+/// up to [`RETRY_MAX_DELAY`], with no end of their own (the callers count their tries, or
+/// wait for the workflow to be given up).
+fn retry_waits(first: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(first)
+        .with_max_delay(RETRY_MAX_DELAY)
+        .without_max_times()
+        .build()
+}
+
+/// Waits the next of `waits` before another try; false when the workflow was given up
+/// meanwhile (the wait ends at once then) or the waits ran out.
+async fn backoff(waits: &mut backon::ExponentialBackoff, abandon: &CancellationToken) -> bool {
+    let Some(delay) = waits.next() else {
+        return false;
+    };
     tokio::select! {
-        () = tokio::time::sleep(*delay) => {},
-        () = abandon.cancelled() => return false,
+        () = tokio::time::sleep(delay) => true,
+        () = abandon.cancelled() => false,
     }
-    *delay = (*delay * 2).min(Duration::from_secs(5));
-    true
 }
 
 /// How often the backend is asked about an adopted step before the step is given up as an
@@ -302,7 +318,7 @@ impl StepContext {
     /// Asks the backend what it holds of an adopted attempt, trying again while it cannot
     /// answer: nothing is started without an answer.
     async fn probe(&self, id: Uuid, attempt: u32) -> Result<Presence, Ended> {
-        let mut delay = Duration::from_millis(200);
+        let mut waits = retry_waits(Duration::from_millis(200));
         let mut tries = 0;
         loop {
             tries += 1;
@@ -324,7 +340,7 @@ impl StepContext {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "asking the backend about an adopted step failed; retrying");
-                    if !backoff(&mut delay, &self.stops.abandon).await {
+                    if !backoff(&mut waits, &self.stops.abandon).await {
                         return Err(Ended::Abandoned);
                     }
                 }
@@ -376,7 +392,7 @@ impl StepContext {
     /// the backend is never asked to start an attempt whose start is not committed.
     async fn record_start(&self, id: Uuid, attempt: u32, why: Option<String>) -> Result<(), Ended> {
         let store = &self.inner.store;
-        let mut delay = Duration::from_millis(100);
+        let mut waits = retry_waits(Duration::from_millis(100));
         loop {
             match store
                 .step_started(
@@ -401,7 +417,7 @@ impl StepContext {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, attempt, "recording the step's start failed; retrying");
-                    if !backoff(&mut delay, &self.stops.abandon).await {
+                    if !backoff(&mut waits, &self.stops.abandon).await {
                         return Err(Ended::Abandoned);
                     }
                 }
@@ -458,13 +474,13 @@ impl StepContext {
     /// The step's last stored log line, trying again while the database cannot be read: a
     /// wrong guess would number new lines over stored ones.
     async fn last_line(&self, id: Uuid) -> Result<Option<crate::model::LogLine>, Ended> {
-        let mut delay = Duration::from_millis(100);
+        let mut waits = retry_waits(Duration::from_millis(100));
         loop {
             match self.inner.store.last_log_line(id).await {
                 Ok(last) => return Ok(last),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the step's last log line failed; retrying");
-                    if !backoff(&mut delay, &self.stops.abandon).await {
+                    if !backoff(&mut waits, &self.stops.abandon).await {
                         return Err(Ended::Abandoned);
                     }
                 }
@@ -475,13 +491,13 @@ impl StepContext {
     /// How much of the step's log is stored, trying again while the database cannot be read:
     /// a wrong guess would let the log grow past its cap.
     async fn stored(&self, id: Uuid) -> Result<Stored, Ended> {
-        let mut delay = Duration::from_millis(100);
+        let mut waits = retry_waits(Duration::from_millis(100));
         loop {
             match self.inner.store.log_size(id, LIMIT_NOTICE).await {
                 Ok((bytes, truncated)) => return Ok(Stored { bytes, truncated }),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the size of the step's log failed; retrying");
-                    if !backoff(&mut delay, &self.stops.abandon).await {
+                    if !backoff(&mut waits, &self.stops.abandon).await {
                         return Err(Ended::Abandoned);
                     }
                 }
@@ -841,7 +857,7 @@ async fn record_end(
     reason: Option<String>,
     abandon: &CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(100);
+    let mut waits = retry_waits(Duration::from_millis(100));
     for tries in 1.. {
         match inner
             .store
@@ -858,7 +874,7 @@ async fn record_end(
             Err(e) => {
                 tracing::warn!(error = %e, "recording the workflow's end failed; retrying");
                 // About five minutes of tries; then the lease is left to run out.
-                if tries >= FINISH_TRIES || !backoff(&mut delay, abandon).await {
+                if tries >= FINISH_TRIES || !backoff(&mut waits, abandon).await {
                     tracing::error!(
                         "the lease is gone before the workflow's end was recorded; the replica that takes it over records it"
                     );
@@ -870,4 +886,35 @@ async fn record_end(
     // Workflows that depended on this one may be ready now.
     inner.control.wake();
     tracing::info!(%status, "workflow finished");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The waits double from the first up to their cap, as the loops they replace did, and a
+    // workflow given up ends a wait at once.
+    #[tokio::test(start_paused = true)]
+    async fn retry_waits_double_up_to_the_cap_and_giving_up_ends_a_wait_at_once() {
+        let waits: Vec<_> = retry_waits(Duration::from_millis(100)).take(8).collect();
+        let ms: Vec<_> = waits.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 3200, 5000, 5000]);
+
+        let abandon = CancellationToken::new();
+        let mut waits = retry_waits(Duration::from_millis(100));
+        let before = tokio::time::Instant::now();
+        assert!(backoff(&mut waits, &abandon).await);
+        assert_eq!(before.elapsed(), Duration::from_millis(100));
+
+        let mut waits = retry_waits(Duration::from_secs(5));
+        let waiting = tokio::spawn({
+            let abandon = abandon.clone();
+            async move { backoff(&mut waits, &abandon).await }
+        });
+        tokio::task::yield_now().await;
+        let before = tokio::time::Instant::now();
+        abandon.cancel();
+        assert!(!waiting.await.unwrap());
+        assert!(before.elapsed() < Duration::from_secs(5));
+    }
 }
