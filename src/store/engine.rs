@@ -360,15 +360,15 @@ impl Store {
         let claim = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let (groups, group) = if postgres {
-                // The oldest runnable workflow as of now, to know which group to lock.
+                // The oldest runnable workflow as of now (the database's clock, read in the
+                // statement itself: one round trip), to know which group to lock.
                 let look: Option<(String, Option<String>, Option<String>)> =
                     sqlx::query_as(sqlx::AssertSqlSafe(format!(
                         "WITH {} SELECT status, concurrency_scope, concurrency_group \
                          FROM workflows WHERE {} ORDER BY created_at, position LIMIT 1",
                         places(Groups::All),
-                        claimable(Groups::All, "$1")
+                        claimable(Groups::All, "clock_timestamp()")
                     )))
-                    .bind(lease_now!(self, &mut *tx))
                     .fetch_optional(&mut *tx)
                     .await?;
                 match look {
