@@ -45,25 +45,11 @@ pub fn is_reserved(key: &str) -> bool {
 }
 
 fn is_name_segment(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    s.len() <= 63 && super::validation::label_name_matches(s)
 }
 
 fn is_dns_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        })
+    s.len() <= 253 && super::validation::subdomain_matches(s, false)
 }
 
 /// Checks a label or annotation key: `[prefix/]name`, the prefix a DNS subdomain, the name at

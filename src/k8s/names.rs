@@ -19,12 +19,7 @@ pub const WORKSPACE_VOLUME: &str = "workspace";
 /// Whether `s` is an RFC 1123 label: lowercase alphanumerics and `-`, starting and ending
 /// with an alphanumeric, at most 63 characters.
 pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= MAX_LABEL
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    s.len() <= MAX_LABEL && super::validation::lower_label(s, false)
 }
 
 /// Whether `s` is an RFC 1035 label (an RFC 1123 label starting with a letter), as Service

@@ -289,7 +289,9 @@ fn is_alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
 }
 
-fn lower_label(s: &str, underscore: bool) -> bool {
+/// Whether `s` has the form of a lowercase RFC 1123 label (`_` allowed too, and to start it,
+/// when `underscore`), whatever its length.
+pub(crate) fn lower_label(s: &str, underscore: bool) -> bool {
     let b = s.as_bytes();
     let body = if underscore && b.first() == Some(&b'_') {
         &b[1..]
@@ -305,7 +307,8 @@ fn lower_label(s: &str, underscore: bool) -> bool {
             .all(|c| ok_end(c) || *c == b'-' || (underscore && *c == b'_'))
 }
 
-fn subdomain_matches(s: &str, underscore: bool) -> bool {
+/// Whether `s` has the form of a lowercase RFC 1123 subdomain, whatever its length.
+pub(crate) fn subdomain_matches(s: &str, underscore: bool) -> bool {
     s.split('.').all(|l| lower_label(l, underscore))
 }
 
@@ -376,7 +379,8 @@ pub fn dns1035_label(s: &str) -> Vec<String> {
     out
 }
 
-fn label_name_matches(s: &str) -> bool {
+/// Whether `s` has the form of a label's name part or value, whatever its length.
+pub(crate) fn label_name_matches(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && is_alnum(b[0])
