@@ -424,11 +424,17 @@ async fn kill_9_of_the_replica_holding_a_concurrency_place() {
     });
 
     for (victim_of, after) in [(0usize, Duration::from_millis(500)), (1, Duration::ZERO)] {
-        // Wait for the deploy's step to run, then kill the replica that holds its place.
+        // Wait for the deploy's step to run — its script has written its start, so the kill
+        // cannot land between the recorded start and the launch, where running the attempt
+        // again is the protocol's answer — then kill the replica that holds its place.
         let deadline = Instant::now() + Duration::from_secs(60);
+        let began = format!("start {} ", ids[victim_of]);
         let holder = loop {
             let p = chaos.app.pipeline(&ids[victim_of]).await;
-            let step_runs = p["workflows"][0]["steps"][0]["status"] == "running";
+            let step_runs = p["workflows"][0]["steps"][0]["status"] == "running"
+                && read_lines(&chaos.shared.join("deploys"))
+                    .iter()
+                    .any(|l| l.starts_with(&began));
             let holder = holders(&db, "deploy").await;
             if step_runs && holder.len() == 1 {
                 break holder[0].clone();
