@@ -11,14 +11,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::engine::env::{EnvContext, workflow_env};
 use crate::k8s::trace::Origin;
-use crate::k8s::{
-    KubernetesConfig, PolicyViolation, Refused, RegistryCredential, RenderInput, render_workflow,
-};
+use crate::k8s::{KubernetesConfig, PolicyViolation, Refused, RenderInput, render_workflow};
 use crate::pipeline::diagnostic::{MAX_PER_CONFIG, Pos, child, index};
 use crate::pipeline::node::{Node, Value};
 use crate::pipeline::{Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
+use crate::run::env::{EnvContext, workflow_env};
 use crate::submission::{SUBMISSION, Submission};
 
 /// The objects of one workflow, in the order they would be created.
@@ -69,14 +67,8 @@ pub fn render(
         .iter()
         .map(|s| (s.name.clone(), s.value.clone()))
         .collect();
-    let registries: Vec<RegistryCredential> = submission
-        .registries
-        .iter()
-        .cloned()
-        .map(RegistryCredential::from)
-        .collect();
     // The clone step's CI_REPO_*/CI_COMMIT_* come from `repo`, as in a run.
-    let repo = serde_json::to_value(&submission.repo).ok();
+    let run = submission.run();
     let mut workflows = Vec::new();
     let mut violations = Vec::new();
     let mut invalid = Vec::new();
@@ -91,8 +83,7 @@ pub fn render(
                 pipeline_started: now,
                 step_started: now,
                 pipeline_status: "success",
-                variables: &submission.variables,
-                repo: repo.as_ref().filter(|r| !r.is_null()),
+                run: &run,
             },
             plan,
         );
@@ -101,10 +92,10 @@ pub fn render(
             workflow_id,
             step_ids: BTreeMap::new(),
             attempt: 1,
-            namespace: submission.namespace.clone(),
+            namespace: run.namespace.clone(),
             workflow: plan.clone(),
             secrets: secrets.clone(),
-            registries: registries.clone(),
+            registries: submission.registries.clone(),
             environment,
             redact_secrets: true,
         };

@@ -14,6 +14,7 @@ pub mod k8s;
 pub mod model;
 pub mod pipeline;
 pub mod repo;
+pub mod run;
 pub mod secrets;
 pub mod server;
 pub mod store;

@@ -21,7 +21,8 @@ use std::collections::BTreeMap;
 
 use crate::k8s::pod::{plugin_value, plugin_variable};
 use crate::pipeline::Diagnostic;
-use crate::submission::{Repo, SUBMISSION};
+use crate::run::Repo;
+use crate::submission::SUBMISSION;
 
 /// The longest ref name accepted, in bytes: far above any real branch or tag (GitHub allows
 /// 255 bytes), small enough that a ref is never a way to send a large body.

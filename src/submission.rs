@@ -14,6 +14,7 @@ use crate::pipeline::diagnostic::MAX_PER_CONFIG;
 use crate::pipeline::limits::{self, over};
 use crate::pipeline::text::{NUL_REFUSAL, has_nul, too_long};
 use crate::pipeline::{self, Context, Diagnostic, Limits, RepoSpec, Report, Source, SourceContent};
+use crate::run::{RegistryCredential, Repo, Run, Sealed, SecretValue};
 use crate::secrets::SecretBox;
 use crate::store::{NewPipeline, NewStep, NewWorkflow};
 
@@ -58,7 +59,7 @@ pub struct Submission {
     pub secrets: Vec<SecretValue>,
     /// Registry credentials for pulling step images.
     #[serde(default)]
-    pub registries: Vec<Registry>,
+    pub registries: Vec<RegistryCredential>,
     /// A repository to clone into the workspace by an implicit first step `clone`.
     pub repo: Option<Repo>,
     /// Free metadata; `GET /pipelines?label=k=v` filters on it.
@@ -92,47 +93,13 @@ where
     Err(D::Error::invalid_type(unexpected, &"a pipeline object"))
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// The workflow's name; other workflows refer to it in `depends_on`.
     pub name: String,
     /// The pipeline file, YAML or JSON.
     pub content: String,
-}
-
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SecretValue {
-    pub name: String,
-    pub value: String,
-}
-
-#[derive(Clone, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Registry {
-    pub address: String,
-    pub username: String,
-    pub password: String,
-}
-
-impl From<Registry> for crate::k8s::RegistryCredential {
-    fn from(r: Registry) -> Self {
-        crate::k8s::RegistryCredential {
-            address: r.address,
-            username: r.username,
-            password: r.password,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Repo {
-    pub clone_url: String,
-    #[serde(rename = "ref")]
-    pub git_ref: Option<String>,
-    pub sha: Option<String>,
 }
 
 // Debug output must never carry secret values: they end up in logs.
@@ -149,16 +116,27 @@ impl fmt::Debug for Submission {
     }
 }
 
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretValue({})", self.name)
-    }
-}
-
-impl fmt::Debug for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Registry({})", self.address)
-    }
+/// A submission as it is kept with its pipeline (the `submission` column): what its workflows
+/// run with ([`Run`], whose keys are the submission's own) and what a retry submits again. The
+/// secret values and registry credentials are sealed apart ([`Sealed`]).
+///
+/// It reads what every version kept, including the secret names and registry addresses older
+/// ones kept beside the rest (skipped here: the sealed values hold them).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Kept {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub configs: Vec<ConfigFile>,
+    #[serde(default)]
+    pub pipeline: Option<serde_json::Value>,
+    #[serde(flatten)]
+    pub run: Run,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub platform: Option<String>,
 }
 
 impl Submission {
@@ -462,53 +440,69 @@ impl Submission {
         report
     }
 
-    /// The submission as it is kept: secret values and registry passwords removed.
-    fn redacted(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        for list in ["secrets", "registries"] {
-            if let Some(items) = value.get_mut(list).and_then(|v| v.as_array_mut()) {
-                for item in items {
-                    if let Some(item) = item.as_object_mut() {
-                        item.remove("value");
-                        item.remove("password");
-                    }
-                }
-            }
+    /// What a run of the submission is given besides its plan and sealed values.
+    pub fn run(&self) -> Run {
+        Run {
+            variables: self.variables.clone(),
+            repo: self.repo.clone(),
+            namespace: self.namespace.clone(),
         }
-        value
     }
 
-    fn sealed_secrets(&self, secret_box: &SecretBox) -> Option<Vec<u8>> {
-        if self.secrets.is_empty() && self.registries.is_empty() {
-            return None;
+    /// The submission as it is kept: without its secret values and registry credentials, which
+    /// are sealed apart.
+    fn kept(&self) -> Kept {
+        Kept {
+            name: self.name.clone(),
+            configs: self.configs.clone(),
+            pipeline: self.pipeline.clone(),
+            run: self.run(),
+            labels: self.labels.clone(),
+            timeout: self.timeout.clone(),
+            platform: self.platform.clone(),
         }
-        let sealed = Sealed {
+    }
+
+    fn sealed(&self) -> Sealed {
+        Sealed {
             secrets: self.secrets.clone(),
             registries: self.registries.clone(),
-        };
-        Some(secret_box.seal(&serde_json::to_vec(&sealed).unwrap_or_default()))
+        }
     }
 
     /// The submission as it was received, from what was kept and the sealed secrets: what a
     /// retry submits again.
     pub fn restore(
-        kept: serde_json::Value,
+        kept: Kept,
         sealed: Option<&[u8]>,
         secret_box: &SecretBox,
     ) -> Result<Submission, String> {
-        let mut kept = kept;
-        if let Some(map) = kept.as_object_mut() {
-            map.remove("secrets");
-            map.remove("registries");
-        }
-        let mut submission: Submission = serde_json::from_value(kept)
-            .map_err(|e| format!("the stored submission is unreadable: {e}"))?;
-        if let Some(sealed) = sealed {
-            let opened = open_sealed(secret_box, sealed)?;
-            submission.secrets = opened.secrets;
-            submission.registries = opened.registries;
-        }
-        Ok(submission)
+        let Sealed {
+            secrets,
+            registries,
+        } = Sealed::open(secret_box, sealed)?;
+        let Kept {
+            name,
+            configs,
+            pipeline,
+            run,
+            labels,
+            timeout,
+            platform,
+        } = kept;
+        Ok(Submission {
+            name,
+            configs,
+            pipeline,
+            variables: run.variables,
+            secrets,
+            registries,
+            repo: run.repo,
+            labels,
+            namespace: run.namespace,
+            timeout,
+            platform,
+        })
     }
 
     /// Checks and plans the submission into a pipeline ready to insert; refuses it with every
@@ -581,8 +575,8 @@ impl Submission {
         Ok(NewPipeline {
             id: Uuid::now_v7(),
             name,
-            submission: self.redacted(),
-            sealed_secrets: self.sealed_secrets(secret_box),
+            submission: self.kept(),
+            sealed_secrets: self.sealed().seal(secret_box),
             labels: self.labels.clone(),
             warnings: planned.warnings,
             namespace: self.namespace.clone(),
@@ -600,27 +594,6 @@ impl Submission {
             workflows,
         })
     }
-}
-
-/// What is sealed: the secret values and registry credentials of a submission.
-#[derive(Serialize, Deserialize)]
-pub struct Sealed {
-    pub secrets: Vec<SecretValue>,
-    pub registries: Vec<Registry>,
-}
-
-/// Opens what [`Submission::prepare`] sealed.
-pub fn open_sealed(secret_box: &SecretBox, sealed: &[u8]) -> Result<Sealed, String> {
-    let plain = secret_box.open(sealed).map_err(|e| e.to_string())?;
-    // Not serde's message, which may quote a secret value.
-    serde_json::from_slice(&plain).map_err(|e| {
-        format!(
-            "sealed secrets are unreadable ({:?} error at line {} column {})",
-            e.classify(),
-            e.line(),
-            e.column()
-        )
-    })
 }
 
 fn step_kind(kind: pipeline::StepKind) -> StepKind {
@@ -668,6 +641,79 @@ mod tests {
             .into_iter()
             .map(|d| (d.pointer, d.message))
             .collect()
+    }
+
+    fn full() -> Submission {
+        let mut s = valid();
+        s.name = Some("acme/api #42".into());
+        s.variables.insert("CI_COMMIT_BRANCH".into(), "main".into());
+        s.secrets.push(SecretValue {
+            name: "token".into(),
+            value: "s3cr3t".into(),
+        });
+        s.registries.push(RegistryCredential {
+            address: "registry.example.com".into(),
+            username: "ci".into(),
+            password: "pa55".into(),
+        });
+        s.repo = Some(Repo {
+            clone_url: "https://example.com/acme/api.git".into(),
+            git_ref: Some("refs/heads/main".into()),
+            sha: None,
+        });
+        s.labels.insert("project".into(), "acme/api".into());
+        s.namespace = Some("ci-acme".into());
+        s.timeout = Some("1h".into());
+        s.platform = Some("linux/arm64".into());
+        s
+    }
+
+    #[test]
+    fn what_is_kept_holds_no_secret_and_restores_the_submission() {
+        let secret_box = SecretBox::new([7; 32]);
+        let s = full();
+        let new = s
+            .prepare("linux/amd64", &Limits::default(), &secret_box)
+            .unwrap();
+        let stored = serde_json::to_string(&new.submission).unwrap();
+        assert!(
+            !stored.contains("s3cr3t") && !stored.contains("pa55"),
+            "{stored}"
+        );
+        let kept: Kept = serde_json::from_str(&stored).unwrap();
+        assert_eq!(kept, new.submission);
+        assert_eq!(kept.run, s.run());
+        // What the engine reads from the same column.
+        assert_eq!(serde_json::from_str::<Run>(&stored).unwrap(), s.run());
+        let restored =
+            Submission::restore(kept, new.sealed_secrets.as_deref(), &secret_box).unwrap();
+        assert_eq!(
+            serde_json::to_value(&restored).unwrap(),
+            serde_json::to_value(&s).unwrap()
+        );
+    }
+
+    /// What versions before the typed [`Kept`] stored: the submission as JSON with the secret
+    /// values and registry passwords cut out. A retry of such a pipeline submits it again.
+    #[test]
+    fn a_submission_kept_by_an_older_version_is_restored() {
+        let secret_box = SecretBox::new([7; 32]);
+        let s = full();
+        let mut old = serde_json::to_value(&s).unwrap();
+        for (list, field) in [("secrets", "value"), ("registries", "password")] {
+            for item in old[list].as_array_mut().unwrap() {
+                item.as_object_mut().unwrap().remove(field);
+            }
+        }
+        let kept: Kept = serde_json::from_value(old.clone()).unwrap();
+        assert_eq!(kept.run, s.run());
+        assert_eq!(serde_json::from_value::<Run>(old).unwrap(), s.run());
+        let sealed = s.sealed().seal(&secret_box);
+        let restored = Submission::restore(kept, sealed.as_deref(), &secret_box).unwrap();
+        assert_eq!(
+            serde_json::to_value(&restored).unwrap(),
+            serde_json::to_value(&s).unwrap()
+        );
     }
 
     #[test]
@@ -727,7 +773,7 @@ mod tests {
             name: "a".into(),
             value: "x".repeat(600),
         });
-        s.registries.push(Registry {
+        s.registries.push(RegistryCredential {
             address: "r.example".into(),
             username: "u".into(),
             password: "y".repeat(400),
@@ -854,7 +900,7 @@ mod tests {
             (
                 "/registries/0/password",
                 Box::new(|s| {
-                    s.registries.push(Registry {
+                    s.registries.push(RegistryCredential {
                         address: "r".into(),
                         username: "u".into(),
                         password: "p\0w".into(),

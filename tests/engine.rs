@@ -29,6 +29,7 @@ on_both_databases!(
     a_failed_service_fails_its_workflow_unless_ignored,
     failure_cancel_cancels_the_rest_of_the_pipeline,
     retry_runs_the_submission_again,
+    a_pipeline_kept_by_an_older_version_runs_and_retries,
     pipeline_timeout_stops_everything,
     events_stream_every_change_and_ends,
     metrics_count_what_happened,
@@ -764,6 +765,79 @@ async fn retry_runs_the_submission_again(db: Db) {
     assert_eq!(retried["retry_of"], p["id"]);
     let done = wait_finished(&app, &id(&retried), 60).await;
     assert_eq!(done["status"], "success", "the secret came along: {done:#}");
+}
+
+/// A pipeline whose submission an older version kept (the whole submission as JSON, secret
+/// values cut out and their names left in) runs with its variables and secrets, and retries.
+async fn a_pipeline_kept_by_an_older_version_runs_and_retries(db: Db) {
+    let api = TestApp::spawn_api(db).await;
+    let content = "steps:\n  - name: a\n    image: alpine\n    environment:\n      T:\n        from_secret: t\n    commands: ['test \"$T\" = abc123', 'test \"$GREETING\" = hello']\n";
+    let p = submit(
+        &api,
+        json!({
+            "configs": [{"name": "ci", "content": content}],
+            "variables": {"GREETING": "hello"},
+            "secrets": [{"name": "t", "value": "abc123"}]
+        }),
+    )
+    .await;
+    let old = json!({
+        "name": null,
+        "configs": [{"name": "ci", "content": content}],
+        "pipeline": null,
+        "variables": {"GREETING": "hello"},
+        "secrets": [{"name": "t"}],
+        "registries": [],
+        "repo": null,
+        "labels": {},
+        "namespace": null,
+        "timeout": null,
+        "platform": null
+    });
+    let pipeline_id: uuid::Uuid = id(&p).parse().unwrap();
+    let update = "UPDATE pipelines SET submission = $1 WHERE id = $2";
+    let updated = {
+        use sqlx::Connection as _;
+        match db {
+            Db::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&api.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query(update)
+                    .bind(sqlx::types::Json(&old))
+                    .bind(pipeline_id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+            Db::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&api.database_url)
+                    .await
+                    .unwrap();
+                sqlx::query(update)
+                    .bind(sqlx::types::Json(&old))
+                    .bind(pipeline_id)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap()
+                    .rows_affected()
+            }
+        }
+    };
+    assert_eq!(updated, 1);
+    let app = TestApp::start_sharing(&api, piculet::config::Settings::default(), true).await;
+    let done = wait_finished(&app, &id(&p), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
+    let retried = app
+        .post(&format!("/api/v1/pipelines/{}/retry", id(&p)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 201);
+    let retried: Value = retried.json().await.unwrap();
+    let done = wait_finished(&app, &id(&retried), 60).await;
+    assert_eq!(done["status"], "success", "{done:#}");
 }
 
 async fn pipeline_timeout_stops_everything(db: Db) {

@@ -1600,7 +1600,7 @@ fn rendered(
         namespace: Some("ci".into()),
         workflow,
         secrets: [("docker_password".to_string(), "hunter2".to_string())].into(),
-        registries: vec![piculet::k8s::RegistryCredential {
+        registries: vec![piculet::run::RegistryCredential {
             address: "registry.example.com".into(),
             username: "ci".into(),
             password: "pw".into(),

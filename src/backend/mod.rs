@@ -34,8 +34,8 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::k8s::RegistryCredential;
 use crate::pipeline::{StepSpec, WorkflowPlan};
+use crate::run::RegistryCredential;
 
 /// A workflow as the engine hands it to a backend.
 #[derive(Clone)]

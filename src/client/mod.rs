@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use crate::model::{Event, LogLine, Pipeline, PipelineSummary, Status, Subject};
 use crate::pipeline::Diagnostic;
-use crate::submission::{ConfigFile, SecretValue, Submission};
+use crate::run::SecretValue;
+use crate::submission::{ConfigFile, Submission};
 
 /// How many times in a row a followed stream is reopened after it broke without delivering an
 /// event in between; the server sends a keep-alive every 15 s, so a stream that stays broken

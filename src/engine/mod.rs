@@ -13,7 +13,6 @@
 //! the workers store the output read so far, leave their steps running in the backend and
 //! give their leases up, so that whoever claims the workflows next adopts them at once.
 
-pub mod env;
 mod logs;
 pub mod mask;
 mod schedule;
@@ -30,7 +29,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::backend::Backend;
-use crate::k8s::RegistryCredential;
+use crate::run::{RegistryCredential, Run, Sealed};
 use crate::secrets::SecretBox;
 use crate::store::{ClaimedWorkflow, Store};
 
@@ -330,10 +329,10 @@ async fn reap(inner: &Inner) {
 async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: CancellationToken) {
     let workflow_id = claimed.workflow_id;
     let pipeline_id = claimed.pipeline_id;
-    let opened = match open_secrets(&inner.secret_box, claimed.sealed_secrets.as_deref()) {
+    let opened = match open(&inner.secret_box, &claimed) {
         Ok(s) => s,
         Err(reason) => {
-            tracing::error!(%reason, "cannot open the pipeline's secrets");
+            tracing::error!(%reason, "cannot open the pipeline's submission");
             for s in claimed.steps.iter().filter(|s| !s.status.0.is_finished()) {
                 let _ = inner
                     .store
@@ -445,30 +444,23 @@ async fn keep_lease(
     }
 }
 
-/// A run's secret values and registry credentials, opened from the store.
+/// What a claimed workflow runs with besides its plan: the run its submission gave, and its
+/// secret values and registry credentials, opened.
 pub(crate) struct Opened {
+    pub run: Run,
     pub secrets: Secrets,
     pub registries: Vec<RegistryCredential>,
 }
 
-fn open_secrets(secret_box: &SecretBox, sealed: Option<&[u8]>) -> Result<Opened, String> {
-    let Some(sealed) = sealed else {
-        return Ok(Opened {
-            secrets: Secrets::new(),
-            registries: Vec::new(),
-        });
-    };
-    let sealed = crate::submission::open_sealed(secret_box, sealed)?;
+fn open(secret_box: &SecretBox, claimed: &ClaimedWorkflow) -> Result<Opened, String> {
+    let run = claimed.run.clone()?;
+    let Sealed {
+        secrets,
+        registries,
+    } = Sealed::open(secret_box, claimed.sealed_secrets.as_deref())?;
     Ok(Opened {
-        secrets: sealed
-            .secrets
-            .into_iter()
-            .map(|s| (s.name, s.value))
-            .collect(),
-        registries: sealed
-            .registries
-            .into_iter()
-            .map(RegistryCredential::from)
-            .collect(),
+        run,
+        secrets: secrets.into_iter().map(|s| (s.name, s.value)).collect(),
+        registries,
     })
 }

@@ -3,7 +3,7 @@
 //! backend torn down and the outcome recorded), and running each step task: its start
 //! protocol, its output, its timeout and cancel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::env::{EnvContext, step_env};
 use super::logs::{LIMIT_NOTICE, Stored, pump};
 use super::mask::Masker;
 use super::schedule::{
@@ -24,6 +23,8 @@ use super::{Inner, Opened};
 use crate::backend::{BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
 use crate::model::Status;
 use crate::pipeline::{self, StepSpec};
+use crate::run::Run;
+use crate::run::env::{EnvContext, step_env};
 use crate::store::{ClaimedWorkflow, StartRecord};
 
 /// The tokens that stop steps early, shared by every step task of the workflow.
@@ -45,8 +46,8 @@ struct StepContext {
     stops: Stops,
     claimed_created: DateTime<Utc>,
     pipeline_started: DateTime<Utc>,
-    variables: BTreeMap<String, String>,
-    repo: Option<serde_json::Value>,
+    /// What the submission gave the run: variables and repository for the steps' `CI_*`.
+    submitted: Run,
     first_start: std::sync::atomic::AtomicBool,
 }
 
@@ -115,8 +116,7 @@ impl StepContext {
                 pipeline_started: self.pipeline_started,
                 step_started: started_at,
                 pipeline_status,
-                variables: &self.variables,
-                repo: self.repo.as_ref(),
+                run: &self.submitted,
             },
             &self.run.plan,
             &spec,
@@ -572,8 +572,7 @@ pub(super) async fn run(
     abandon: CancellationToken,
 ) {
     let pipeline_timeout = claimed
-        .pipeline_timeout_seconds
-        .map(|s| Duration::from_secs(s.max(1) as u64))
+        .pipeline_timeout
         .unwrap_or(inner.settings.max_timeout)
         .min(inner.settings.max_timeout);
     let elapsed = (Utc::now() - claimed.pipeline_started_at)
@@ -615,6 +614,7 @@ async fn context(
     stops: Stops,
 ) -> Option<Arc<StepContext>> {
     let Opened {
+        run: submitted,
         secrets,
         registries,
     } = opened;
@@ -642,11 +642,7 @@ async fn context(
             .iter()
             .map(|s| (s.name.clone(), s.id))
             .collect(),
-        namespace: claimed
-            .submission
-            .get("namespace")
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
+        namespace: submitted.namespace.clone(),
         registries,
     };
     Some(Arc::new(StepContext {
@@ -656,12 +652,7 @@ async fn context(
         stops,
         claimed_created: claimed.pipeline_created_at,
         pipeline_started: claimed.pipeline_started_at,
-        variables: claimed
-            .submission
-            .get("variables")
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
-            .unwrap_or_default(),
-        repo: claimed.submission.get("repo").cloned(),
+        submitted,
         // Submit-to-start is measured once per workflow that could start at once: not after a
         // takeover, nor for a workflow that waited for others.
         first_start: std::sync::atomic::AtomicBool::new(

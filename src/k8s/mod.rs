@@ -35,7 +35,5 @@ pub mod volume;
 mod tests;
 
 pub use policy::PolicyViolation;
-pub use render::{
-    Refused, RegistryCredential, RenderInput, RenderedPod, RenderedWorkflow, render_workflow,
-};
+pub use render::{Refused, RenderInput, RenderedPod, RenderedWorkflow, render_workflow};
 pub use settings::{KubernetesConfig, KubernetesSettings, PodSecurity, SettingError, StepField};

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::labels;
@@ -36,14 +35,7 @@ use super::validation;
 use super::{pod, secret, service, volume};
 use crate::pipeline::diagnostic::MAX_PER_CONFIG;
 use crate::pipeline::{StepKind, StepSpec, WorkflowPlan};
-
-/// Credentials for a private registry, from the submission.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RegistryCredential {
-    pub address: String,
-    pub username: String,
-    pub password: String,
-}
+use crate::run::RegistryCredential;
 
 /// Everything a workflow's objects are rendered from.
 #[derive(Clone, Debug)]

@@ -13,6 +13,7 @@ use super::names;
 use super::pss::{self, Level};
 use super::*;
 use crate::pipeline::{self, Context, RepoSpec, Source, SourceContent, WorkflowPlan};
+use crate::run::RegistryCredential;
 
 const SECRET_VALUE: &str = "s3cr3t-value-never-in-a-pod";
 

@@ -11,6 +11,7 @@ use super::events::{NewEvent, insert_event, lock_pipeline};
 use super::{Store, StoreError, on_pool};
 use crate::model::{Event, Status, StepKind, Subject};
 use crate::pipeline::{self, WorkflowPlan};
+use crate::run::Run;
 
 /// A workflow this replica now holds the lease of.
 #[derive(Debug, Clone)]
@@ -22,11 +23,15 @@ pub struct ClaimedWorkflow {
     /// ran it, and some steps may have run or still run.
     pub takeover: bool,
     pub steps: Vec<StepState>,
-    /// The submission as kept (variables, repo, …; no secret values).
-    pub submission: serde_json::Value,
+    /// What the submission gave the run besides its plan (variables, repo, namespace); why
+    /// not, when the kept submission cannot be read as one. A claim never fails on it: the
+    /// workflow would be claimed again and again, ahead of all others.
+    pub run: Result<Run, String>,
+    /// The secret values and registry credentials, sealed (see [`crate::run::sealed`]).
     pub sealed_secrets: Option<Vec<u8>>,
     pub pipeline_started_at: DateTime<Utc>,
-    pub pipeline_timeout_seconds: Option<i64>,
+    /// The submission's `timeout`, if it gave one.
+    pub pipeline_timeout: Option<std::time::Duration>,
     pub pipeline_created_at: DateTime<Utc>,
     /// A cancel was requested (through any replica) before this claim: the workflow is
     /// stopped at once, and nothing of it is started again.
@@ -106,6 +111,7 @@ struct ClaimRow {
 
 #[derive(sqlx::FromRow)]
 struct PipelineRunRow {
+    /// The kept submission, read as the run it holds (see [`Run`]) once claimed.
     submission: Json<serde_json::Value>,
     sealed_secrets: Option<Vec<u8>>,
     started_at: Option<DateTime<Utc>>,
@@ -442,10 +448,15 @@ impl Store {
                 plan: row.plan.0,
                 takeover,
                 steps,
-                submission: pipeline.submission.0,
+                run: serde_json::from_value(pipeline.submission.0)
+                    .map_err(|e| format!("the stored submission is unreadable: {e}")),
                 sealed_secrets: pipeline.sealed_secrets,
                 pipeline_started_at: pipeline.started_at.unwrap_or(now),
-                pipeline_timeout_seconds: pipeline.timeout_seconds,
+                // Submissions are refused without a positive timeout; a stored count below one
+                // second still gives a step that second.
+                pipeline_timeout: pipeline
+                    .timeout_seconds
+                    .map(|s| std::time::Duration::from_secs(s.max(1).unsigned_abs())),
                 pipeline_created_at: pipeline.created_at,
                 cancel_requested: pipeline.cancel_requested,
             }

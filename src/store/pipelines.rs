@@ -10,14 +10,15 @@ use super::events::{NewEvent, insert_event, insert_numbered_event, lock_pipeline
 use super::{Pool, Store, StoreError, on_pool};
 use crate::model::{Pipeline, PipelineSummary, Status, Step, StepKind, Subject, Workflow};
 use crate::pipeline::{Concurrency, Diagnostic};
+use crate::submission::Kept;
 
 /// A pipeline to insert, already planned; ids are chosen by the caller.
 #[derive(Debug, Clone)]
 pub struct NewPipeline {
     pub id: Uuid,
     pub name: String,
-    /// The submission as received, without secret values.
-    pub submission: serde_json::Value,
+    /// The submission as kept: without secret values, which are sealed.
+    pub submission: Kept,
     /// Secret values and registry credentials, sealed by [`crate::secrets::SecretBox`].
     pub sealed_secrets: Option<Vec<u8>>,
     pub labels: BTreeMap<String, String>,
@@ -421,7 +422,7 @@ where
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<&'q [u8]>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    Json<&'q serde_json::Value>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Json<&'q Kept>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Json<&'q BTreeMap<String, String>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Json<&'q Vec<Diagnostic>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     DateTime<Utc>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -680,9 +681,9 @@ impl Store {
     pub async fn pipeline_submission(
         &self,
         id: Uuid,
-    ) -> Result<Option<(serde_json::Value, Option<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<(Kept, Option<Vec<u8>>)>, StoreError> {
         self.read(async {
-            let row: Option<(Json<serde_json::Value>, Option<Vec<u8>>)> = on_pool!(self, pool => {
+            let row: Option<(Json<Kept>, Option<Vec<u8>>)> = on_pool!(self, pool => {
                 sqlx::query_as("SELECT submission, sealed_secrets FROM pipelines WHERE id = $1")
                     .bind(id)
                     .fetch_optional(pool)

@@ -1,11 +1,13 @@
 //! The built-in environment of a step: the `CI_*` variables Woodpecker steps expect, over the
-//! submission's own variables.
+//! submission's own variables. The engine gives them to the steps it runs, and the dry run
+//! renders them into the objects it shows.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::Run;
 use crate::pipeline::{StepSpec, WorkflowPlan};
 
 /// What the environment is made from, besides the plan.
@@ -18,8 +20,8 @@ pub struct EnvContext<'a> {
     pub step_started: DateTime<Utc>,
     /// `success` or `failure`: the workflow's status so far.
     pub pipeline_status: &'a str,
-    pub variables: &'a BTreeMap<String, String>,
-    pub repo: Option<&'a serde_json::Value>,
+    /// The submission's variables and repository.
+    pub run: &'a Run,
 }
 
 /// The variables a step sees besides its own `environment`.
@@ -41,7 +43,7 @@ pub fn step_env(
 /// The variables every step of a workflow shares.
 pub fn workflow_env(ctx: &EnvContext<'_>, workflow: &WorkflowPlan) -> BTreeMap<String, String> {
     // The submission's variables first (CI_COMMIT_*, CI_REPO_*, …); piculet's own win.
-    let mut env = ctx.variables.clone();
+    let mut env = ctx.run.variables.clone();
     let workspace = format!(
         "{}/{}",
         workflow.workspace.base.trim_end_matches('/'),
@@ -73,16 +75,13 @@ pub fn workflow_env(ctx: &EnvContext<'_>, workflow: &WorkflowPlan) -> BTreeMap<S
     set("CI_WORKSPACE", workspace);
     set("CI_OS", os.to_string());
     set("CI_ARCH", arch.to_string());
-    if let Some(repo) = ctx.repo {
-        let field = |k: &str| repo.get(k).and_then(|v| v.as_str()).map(String::from);
-        if let Some(url) = field("clone_url") {
-            set("CI_REPO_CLONE_URL", url);
+    if let Some(repo) = &ctx.run.repo {
+        set("CI_REPO_CLONE_URL", repo.clone_url.clone());
+        if let Some(sha) = &repo.sha {
+            set("CI_COMMIT_SHA", sha.clone());
         }
-        if let Some(sha) = field("sha") {
-            set("CI_COMMIT_SHA", sha);
-        }
-        if let Some(r) = field("ref") {
-            set("CI_COMMIT_REF", r);
+        if let Some(r) = &repo.git_ref {
+            set("CI_COMMIT_REF", r.clone());
         }
     }
     for (axis, value) in &workflow.matrix {
