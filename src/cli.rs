@@ -846,7 +846,12 @@ fn lint(
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let report = crate::dry_run::lint(&submission, &platform, &limits, kubernetes.as_ref());
+    let rules = crate::admission::Rules {
+        platform: &platform,
+        limits: &limits,
+        kubernetes: kubernetes.as_ref(),
+    };
+    let report = crate::admission::lint(&submission, &rules);
     let file_of = |config: &str| file_of(files, config);
     let place = |d: &Diagnostic| output::place(d, &file_of);
     for w in &report.warnings {

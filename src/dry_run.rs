@@ -1,7 +1,7 @@
 //! Dry run: the exact Kubernetes objects a submission would create, with the administrator's
 //! policy applied and secret values redacted — whatever backend the server runs. Serves
-//! `POST /render`, `piculet render`, the policy and API-server checks of submissions to a
-//! Kubernetes backend, and `lint` with a Kubernetes backend. Every refusal is traced to the
+//! `POST /render`, `piculet render`, and the [admission](crate::admission) of submissions to a
+//! Kubernetes backend (the policy's and the API server's checks, also for `lint`). Every refusal is traced to the
 //! place in the submission it comes from (config, JSON pointer, line and column).
 
 use std::collections::BTreeMap;
@@ -124,29 +124,6 @@ pub fn render(
         workflows,
         warnings: planned.warnings,
     })
-}
-
-/// What `POST /lint` and `piculet lint` report: the submission's own errors and warnings, and
-/// with a Kubernetes backend (`kubernetes` given) what the dry run refuses — the policy's and
-/// the API server's rules — as errors at their places.
-pub fn lint(
-    submission: &Submission,
-    default_platform: &str,
-    limits: &Limits,
-    kubernetes: Option<&KubernetesConfig>,
-) -> Report {
-    let mut report = submission.lint(default_platform, limits);
-    let Some(config) = kubernetes.filter(|_| report.errors.is_empty()) else {
-        return report;
-    };
-    match render(submission, default_platform, limits, config) {
-        Ok(_) => {}
-        Err(Refusal::Invalid(r)) => report.errors.extend(r.errors),
-        Err(Refusal::Policy(v) | Refusal::Kubernetes(v)) => {
-            report.errors.extend(v.into_iter().map(diagnostic));
-        }
-    }
-    report
 }
 
 /// The first [`MAX_PER_CONFIG`] refusals of one workflow with their places, and how many more
@@ -476,11 +453,13 @@ mod tests {
         }))
         .expect("submission");
         let kubernetes = KubernetesConfig::from_settings(&Default::default()).expect("settings");
-        lint(
+        crate::admission::lint(
             &submission,
-            "linux/amd64",
-            &Limits::default(),
-            Some(&kubernetes),
+            &crate::admission::Rules {
+                platform: "linux/amd64",
+                limits: &Limits::default(),
+                kubernetes: Some(&kubernetes),
+            },
         )
     }
 

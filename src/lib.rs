@@ -1,6 +1,7 @@
 //! piculet: a pipeline-execution service. A submitted Woodpecker-style pipeline is validated
 //! and planned ([`pipeline`]), stored ([`store`]) and served over REST ([`api`]).
 
+pub mod admission;
 pub mod api;
 pub mod backend;
 pub mod cli;

@@ -120,8 +120,7 @@ impl fmt::Debug for Submission {
 /// run with ([`Run`], whose keys are the submission's own) and what a retry submits again. The
 /// secret values and registry credentials are sealed apart ([`Sealed`]).
 ///
-/// It reads what every version kept, including the secret names and registry addresses older
-/// ones kept beside the rest (skipped here: the sealed values hold them).
+/// It reads what every version kept: the keys are the submission's own.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Kept {
     pub name: Option<String>,
@@ -131,12 +130,31 @@ pub struct Kept {
     pub pipeline: Option<serde_json::Value>,
     #[serde(flatten)]
     pub run: Run,
+    /// The names of the secrets given, for whoever reads the database; the values are sealed.
+    #[serde(default)]
+    pub secrets: Vec<KeptSecret>,
+    /// The registries given, without their passwords (sealed with the rest of them).
+    #[serde(default)]
+    pub registries: Vec<KeptRegistry>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub timeout: Option<String>,
     #[serde(default)]
     pub platform: Option<String>,
+}
+
+/// A secret of a [`Kept`] submission: its name only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptSecret {
+    pub name: String,
+}
+
+/// A registry of a [`Kept`] submission: no password.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptRegistry {
+    pub address: String,
+    pub username: String,
 }
 
 impl Submission {
@@ -457,6 +475,21 @@ impl Submission {
             configs: self.configs.clone(),
             pipeline: self.pipeline.clone(),
             run: self.run(),
+            secrets: self
+                .secrets
+                .iter()
+                .map(|s| KeptSecret {
+                    name: s.name.clone(),
+                })
+                .collect(),
+            registries: self
+                .registries
+                .iter()
+                .map(|r| KeptRegistry {
+                    address: r.address.clone(),
+                    username: r.username.clone(),
+                })
+                .collect(),
             labels: self.labels.clone(),
             timeout: self.timeout.clone(),
             platform: self.platform.clone(),
@@ -486,6 +519,9 @@ impl Submission {
             configs,
             pipeline,
             run,
+            // Sealed: what was kept of them names them only.
+            secrets: _,
+            registries: _,
             labels,
             timeout,
             platform,
@@ -706,7 +742,7 @@ mod tests {
             }
         }
         let kept: Kept = serde_json::from_value(old.clone()).unwrap();
-        assert_eq!(kept.run, s.run());
+        assert_eq!(kept, s.kept());
         assert_eq!(serde_json::from_value::<Run>(old).unwrap(), s.run());
         let sealed = s.sealed().seal(&secret_box);
         let restored = Submission::restore(kept, sealed.as_deref(), &secret_box).unwrap();

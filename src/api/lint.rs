@@ -11,7 +11,7 @@ use super::AppState;
 use super::body::{RawBody, is_yaml, parse_submission};
 use super::cpu;
 use super::error::{ApiError, Problem};
-use crate::config::BackendKind;
+use crate::admission::{self, Rules};
 use crate::pipeline::Diagnostic;
 use crate::submission::Submission;
 
@@ -93,14 +93,7 @@ fn lint_body(
     };
     // With a Kubernetes backend, what a submission would be refused for: the policy's and the
     // API server's rules.
-    let kubernetes =
-        (state.config.backend == BackendKind::Kubernetes).then_some(&state.config.kubernetes);
-    let report = crate::dry_run::lint(
-        &parsed.submission,
-        &state.config.platform,
-        &state.config.limits,
-        kubernetes,
-    );
+    let report = admission::lint(&parsed.submission, &Rules::of(&state.config));
     Ok(Json(LintResult {
         valid: report.errors.is_empty(),
         errors: report.errors,

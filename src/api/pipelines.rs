@@ -1,4 +1,4 @@
-//! `/pipelines`: submit, list, get, cancel.
+//! `/pipelines`: submit, retry, list, get, cancel.
 
 use std::collections::BTreeSet;
 
@@ -13,10 +13,10 @@ use uuid::Uuid;
 use super::AppState;
 use super::body::{RawBody, parse_submission};
 use super::cpu;
-use super::error::{ApiError, Problem, validation};
-use crate::config::BackendKind;
+use super::error::{ApiError, Problem};
+use crate::admission::{self, Rules};
 use crate::model::{Pipeline, PipelineSummary, Status};
-use crate::store::{Created, ListFilter, NewPipeline, PipelineList};
+use crate::store::{Created, ListFilter, PipelineList};
 use crate::submission::{MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, Submission};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -99,31 +99,58 @@ pub async fn create_pipeline(
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
+    let read = move |_: &AppState| {
+        let parsed = parse_submission(&headers, &body)?;
+        Ok((parsed.submission, Some(parsed.request_hash)))
+    };
+    submit(&state, read, key, None).await
+}
+
+/// The one way a pipeline is submitted, by `POST /pipelines` and by a retry: the submission is
+/// read and admitted on a planning slot (a refused one stores nothing), then stored, and the
+/// engine woken. `read` gives the submission and, for a request's body, its hash, which an
+/// `Idempotency-Key` is checked against.
+async fn submit<F>(
+    state: &AppState,
+    read: F,
+    key: Option<String>,
+    retry_of: Option<Uuid>,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(&AppState) -> Result<(Submission, Option<String>), ApiError> + Send + 'static,
+{
     let work_state = state.clone();
-    let planned = cpu::run(&state, move || {
-        plan_body(&work_state, &headers, &body)
-            // A refusal is serialized there too: it lists every error.
-            .map_err(|refused| Box::new(refused.into_response()))
+    let admitted = cpu::run(state, move || {
+        let admit = || {
+            let (submission, hash) = read(&work_state)?;
+            let rules = Rules::of(&work_state.config);
+            let new = admission::admit(&submission, &rules, &work_state.secret_box)?;
+            Ok::<_, ApiError>((new, hash))
+        };
+        // A refusal is serialized on the slot too: it lists every error.
+        admit().map_err(|refused| Box::new(refused.into_response()))
     });
-    let (mut new, hash) = match planned.await? {
-        Ok(planned) => planned,
+    let (mut new, hash) = match admitted.await? {
+        Ok(admitted) => admitted,
         Err(refused) => return Ok(*refused),
     };
-    new.idempotency = key.clone().map(|k| (k, hash.clone()));
+    new.idempotency = key.clone().zip(hash.clone());
+    new.retry_of = retry_of;
 
+    // Only a key finds an existing pipeline.
     let (pipeline, replayed) = match state.store.create_pipeline(new).await? {
         Created::New(p) => (p, false),
         Created::Existing {
             pipeline,
             request_hash,
         } => {
-            if request_hash.as_deref() != Some(hash.as_str()) {
+            if request_hash != hash {
                 return Err(ApiError::IdempotencyKeyReused(key.unwrap_or_default()));
             }
             (pipeline, true)
         }
     };
-    tracing::info!(pipeline_id = %pipeline.summary.id, replayed, "pipeline submitted");
+    tracing::info!(pipeline_id = %pipeline.summary.id, replayed, retry_of = ?retry_of, "pipeline submitted");
     state.control.wake();
     let mut response = created(pipeline);
     if replayed {
@@ -132,38 +159,6 @@ pub async fn create_pipeline(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
-}
-
-/// Reads and plans a submitted body; returns the pipeline to insert and the request's hash.
-fn plan_body(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<(NewPipeline, String), ApiError> {
-    let parsed = parse_submission(headers, body)?;
-    let new = prepare(state, &parsed.submission)?;
-    Ok((new, parsed.request_hash))
-}
-
-/// Checks and plans a submission, and with the Kubernetes backend applies the policy and the
-/// API server's validation to the objects it renders to: a refused submission is refused
-/// before anything is stored or created.
-fn prepare(state: &AppState, submission: &Submission) -> Result<NewPipeline, ApiError> {
-    if state.config.backend == BackendKind::Kubernetes {
-        crate::dry_run::render(
-            submission,
-            &state.config.platform,
-            &state.config.limits,
-            &state.config.kubernetes,
-        )?;
-    }
-    submission
-        .prepare(
-            &state.config.platform,
-            &state.config.limits,
-            &state.secret_box,
-        )
-        .map_err(|report| validation(report.errors, report.warnings))
 }
 
 fn created(pipeline: Pipeline) -> Response {
@@ -206,20 +201,12 @@ pub async fn retry_pipeline(
         .pipeline_submission(id)
         .await?
         .ok_or_else(|| not_found(id))?;
-    let work_state = state.clone();
-    let mut new = cpu::run(&state, move || {
-        let submission = Submission::restore(kept, sealed.as_deref(), &work_state.secret_box)
+    let read = move |state: &AppState| {
+        let submission = Submission::restore(kept, sealed.as_deref(), &state.secret_box)
             .map_err(|e| ApiError::Internal(crate::store::StoreError::Corrupt(e)))?;
-        prepare(&work_state, &submission)
-    })
-    .await??;
-    new.retry_of = Some(id);
-    let pipeline = match state.store.create_pipeline(new).await? {
-        Created::New(p) | Created::Existing { pipeline: p, .. } => p,
+        Ok((submission, None))
     };
-    tracing::info!(pipeline_id = %pipeline.summary.id, retry_of = %id, "pipeline retried");
-    state.control.wake();
-    Ok(created(pipeline))
+    submit(&state, read, None, Some(id)).await
 }
 
 /// Query of `GET /pipelines`; documented here, parsed by hand so that `status` and `label`
