@@ -15,7 +15,7 @@ use crate::k8s::trace::Origin;
 use crate::k8s::{KubernetesConfig, PolicyViolation, Refused, RenderInput, render_workflow};
 use crate::pipeline::diagnostic::{MAX_PER_CONFIG, Pos, child, index};
 use crate::pipeline::node::{Node, Value};
-use crate::pipeline::{Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
+use crate::pipeline::{Conclusion, Diagnostic, Limits, Report, StepKind, WorkflowPlan, subst};
 use crate::run::env::{EnvContext, workflow_env};
 use crate::submission::{SUBMISSION, Submission};
 
@@ -82,7 +82,7 @@ pub fn render(
                 pipeline_created: now,
                 pipeline_started: now,
                 step_started: now,
-                pipeline_status: "success",
+                pipeline_status: Conclusion::Success,
                 run: &run,
             },
             plan,

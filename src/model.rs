@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::pipeline::Diagnostic;
+/// What a step row stands for: the kind the pipeline planned, one type from plan to API.
+pub use crate::pipeline::StepKind;
 
 /// The state of a pipeline, workflow or step.
 ///
@@ -64,42 +66,6 @@ impl Status {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// What a step row stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepKind {
-    /// A step of the pipeline, run to completion.
-    Step,
-    /// A long-running service, reachable by name, stopped when the steps are done.
-    Service,
-    /// The implicit clone step added for a submission with `repo`.
-    Clone,
-    /// A plugin step: the image's own entrypoint with `PLUGIN_*` settings.
-    Plugin,
-}
-
-impl StepKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepKind::Step => "step",
-            StepKind::Service => "service",
-            StepKind::Clone => "clone",
-            StepKind::Plugin => "plugin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<StepKind> {
-        [
-            StepKind::Step,
-            StepKind::Service,
-            StepKind::Clone,
-            StepKind::Plugin,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == text)
     }
 }
 
@@ -241,66 +207,11 @@ pub struct Event {
 pub struct LogLine {
     /// 1-based, without gaps; the SSE `id`.
     pub number: i64,
-    #[serde(serialize_with = "rfc3339::serialize")]
+    // RFC 3339 in UTC (`Z`), with 0, 3, 6 or 9 fraction digits as needed: chrono's own form.
     pub at: DateTime<Utc>,
     /// The line with its newline; a very long line is stored in pieces, and the last line may
     /// lack the newline, so that the pieces together are the exact output.
     pub text: String,
-}
-
-/// Timestamps as chrono writes them (RFC 3339, `Z`, fraction digits 0, 3, 6 or 9 as needed),
-/// without its formatting machinery: every log line sent to a follower carries one.
-mod rfc3339 {
-    use chrono::{DateTime, Datelike as _, Timelike as _, Utc};
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        let year = at.year();
-        let nanos = at.nanosecond();
-        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-            // Signed years and leap seconds: chrono's own format.
-            return serde::Serialize::serialize(at, s);
-        }
-        let mut buf = [0u8; 30];
-        let mut put = |at: usize, value: u32, width: usize| {
-            let mut v = value;
-            for i in (0..width).rev() {
-                buf[at + i] = b'0' + (v % 10) as u8;
-                v /= 10;
-            }
-        };
-        put(0, year as u32, 4);
-        put(5, at.month(), 2);
-        put(8, at.day(), 2);
-        put(11, at.hour(), 2);
-        put(14, at.minute(), 2);
-        put(17, at.second(), 2);
-        let end = if nanos == 0 {
-            19
-        } else if nanos.is_multiple_of(1_000_000) {
-            put(20, nanos / 1_000_000, 3);
-            23
-        } else if nanos.is_multiple_of(1_000) {
-            put(20, nanos / 1_000, 6);
-            26
-        } else {
-            put(20, nanos, 9);
-            29
-        };
-        for (i, c) in [
-            (4, b'-'),
-            (7, b'-'),
-            (10, b'T'),
-            (13, b':'),
-            (16, b':'),
-            (19, b'.'),
-        ] {
-            buf[i] = c;
-        }
-        buf[end] = b'Z';
-        // Only ASCII digits and separators were written.
-        s.serialize_str(std::str::from_utf8(&buf[..=end]).unwrap_or_default())
-    }
 }
 
 #[cfg(test)]
@@ -325,6 +236,7 @@ mod tests {
                 text: String::new(),
             };
             let ours = serde_json::to_value(&line).unwrap()["at"].clone();
+            assert_eq!(ours, t, "{t}");
             assert_eq!(ours, serde_json::to_value(at).unwrap(), "{t}");
         }
     }

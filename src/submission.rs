@@ -558,7 +558,7 @@ impl Submission {
                 .services
                 .iter()
                 .map(|s| (s, StepKind::Service))
-                .chain(w.steps.iter().map(|s| (s, step_kind(s.kind))))
+                .chain(w.steps.iter().map(|s| (s, s.kind)))
             {
                 steps.push(NewStep {
                     id: Uuid::now_v7(),
@@ -572,7 +572,7 @@ impl Submission {
                 steps.push(NewStep {
                     id: Uuid::now_v7(),
                     name: dropped.name.clone(),
-                    kind: step_kind(dropped.kind),
+                    kind: dropped.kind,
                     status: Status::Skipped,
                     reason: Some(dropped.reason.clone()),
                 });
@@ -629,15 +629,6 @@ impl Submission {
             created_at: Utc::now().trunc_subsecs(6),
             workflows,
         })
-    }
-}
-
-fn step_kind(kind: pipeline::StepKind) -> StepKind {
-    match kind {
-        pipeline::StepKind::Step => StepKind::Step,
-        pipeline::StepKind::Service => StepKind::Service,
-        pipeline::StepKind::Clone => StepKind::Clone,
-        pipeline::StepKind::Plugin => StepKind::Plugin,
     }
 }
 

@@ -50,7 +50,7 @@ pub(super) struct Start<'p> {
     pub begin: Begin,
     pub lane: Lane,
     /// The workflow's status so far, which the step sees as `CI_PIPELINE_STATUS`.
-    pub so_far: pipeline::Status,
+    pub so_far: pipeline::Conclusion,
 }
 
 /// What the engine does next.
@@ -284,7 +284,7 @@ impl<'p> Schedule<'p> {
                 spec: service.spec,
                 begin: service.adopted.unwrap_or(Begin::Fresh),
                 lane: Lane::Background,
-                so_far: pipeline::Status::Success,
+                so_far: pipeline::Conclusion::Success,
             });
         }
         if let Some(step) = self.next_ready() {
@@ -372,11 +372,11 @@ impl<'p> Schedule<'p> {
         })
     }
 
-    fn so_far(&self) -> pipeline::Status {
+    fn so_far(&self) -> pipeline::Conclusion {
         if self.failed {
-            pipeline::Status::Failure
+            pipeline::Conclusion::Failure
         } else {
-            pipeline::Status::Success
+            pipeline::Conclusion::Success
         }
     }
 
@@ -391,7 +391,7 @@ impl<'p> Schedule<'p> {
         if spec.when_status.contains(&self.so_far()) {
             return None;
         }
-        let runs_when = if spec.when_status.contains(&pipeline::Status::Failure) {
+        let runs_when = if spec.when_status.contains(&pipeline::Conclusion::Failure) {
             "fails"
         } else {
             "succeeds"
@@ -578,7 +578,7 @@ mod tests {
             workspace: Default::default(),
             labels: Default::default(),
             depends_on: Vec::new(),
-            runs_on: vec![pipeline::Status::Success],
+            runs_on: vec![pipeline::Conclusion::Success],
             services: Vec::new(),
             steps: steps
                 .iter()
@@ -796,7 +796,7 @@ mod tests {
                             Begin::Fresh => String::new(),
                             Begin::Adopt { attempt, .. } => format!(" adopting attempt {attempt}"),
                         },
-                        if s.so_far == pipeline::Status::Failure {
+                        if s.so_far == pipeline::Conclusion::Failure {
                             " (failing so far)"
                         } else {
                             ""
@@ -887,11 +887,11 @@ mod tests {
 
     #[test]
     fn when_status_holds_against_the_status_so_far() {
-        let on = |name: &str, deps: &[&str], statuses: &[pipeline::Status]| StepSpec {
+        let on = |name: &str, deps: &[&str], statuses: &[pipeline::Conclusion]| StepSpec {
             when_status: statuses.to_vec(),
             ..step(name, deps)
         };
-        use pipeline::Status::{Failure as Fails, Success as Succeeds};
+        use pipeline::Conclusion::{Failure as Fails, Success as Succeeds};
         let p = workflow(
             &[],
             vec![

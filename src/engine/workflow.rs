@@ -101,7 +101,7 @@ impl StepContext {
         self: Arc<Self>,
         id: Uuid,
         spec: StepSpec,
-        pipeline_status: &'static str,
+        pipeline_status: pipeline::Conclusion,
         begin: Begin,
     ) -> Ended {
         let store = &self.inner.store;
@@ -683,10 +683,6 @@ impl Tasks {
         let ctx = ctx.clone();
         let span = tracing::info_span!("step", step_id = %id, step = %spec.name);
         let spec = spec.clone();
-        let so_far = match so_far {
-            pipeline::Status::Success => "success",
-            pipeline::Status::Failure => "failure",
-        };
         let handle = self
             .set(lane)
             .spawn(async move { ctx.run_step(id, spec, so_far, begin).await }.instrument(span));

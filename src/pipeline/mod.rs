@@ -25,8 +25,8 @@ pub(crate) mod when;
 pub use diagnostic::{Diagnostic, Report};
 pub use limits::Limits;
 pub use model::{
-    Capabilities, EnvValue, Failure, KubernetesOptions, Resources, SecProfile, SecretRef,
-    SecretTarget, SecurityContext, SettingValue, Status, StepKind, Toleration, Workspace,
+    Capabilities, Conclusion, EnvValue, Failure, KubernetesOptions, Resources, SecProfile,
+    SecretRef, SecretTarget, SecurityContext, SettingValue, StepKind, Toleration, Workspace,
 };
 pub use plan::{
     Concurrency, Context, DEFAULT_CLONE_IMAGE, DroppedStep, DroppedWorkflow, Plan, Planned,

@@ -6,15 +6,28 @@ use std::collections::BTreeMap;
 
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::diagnostic::{Pos, child};
 
-/// A step's status condition, and a workflow's `runs_on`.
+/// How the steps (or workflows) before came out, as far as a condition asks: a step's `when`
+/// `status`, a workflow's `runs_on`, and `CI_PIPELINE_STATUS`. Not a [`crate::model::Status`],
+/// whose other states no condition names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub enum Conclusion {
     Success,
     Failure,
+}
+
+impl Conclusion {
+    /// The name a condition and `CI_PIPELINE_STATUS` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Conclusion::Success => "success",
+            Conclusion::Failure => "failure",
+        }
+    }
 }
 
 /// What a failed step (or service) does to its workflow.
@@ -38,17 +51,45 @@ impl Failure {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// What a step is: planned from the pipeline, kept as each step row's `kind`, and shown by
+/// the API (where it is the one kind of step rows, services included).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(description = "What a step row stands for.")]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
-    /// Runs its commands (or entrypoint).
+    /// Runs its commands (or entrypoint), to completion.
     Step,
-    /// A long-running container reachable by name; started first, stopped at the end.
+    /// A long-running container reachable by name; started first, stopped once the steps are
+    /// done.
     Service,
-    /// Clones the repository into the workspace (implicit, or from `clone:`).
+    /// Clones the repository into the workspace (the implicit one of a submission with `repo`,
+    /// or from `clone:`).
     Clone,
     /// Runs its image's own entrypoint with `settings` as `PLUGIN_*` variables.
     Plugin,
+}
+
+impl StepKind {
+    pub const ALL: [StepKind; 4] = [
+        StepKind::Step,
+        StepKind::Service,
+        StepKind::Clone,
+        StepKind::Plugin,
+    ];
+
+    /// The name as stored and as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Step => "step",
+            StepKind::Service => "service",
+            StepKind::Clone => "clone",
+            StepKind::Plugin => "plugin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<StepKind> {
+        StepKind::ALL.into_iter().find(|k| k.as_str() == text)
+    }
 }
 
 /// An environment value: literal text, or the value of a submission secret.
@@ -238,7 +279,7 @@ pub(crate) struct Condition {
     pub cron: GlobList,
     pub platform: GlobList,
     pub instance: GlobList,
-    pub status: Vec<Status>,
+    pub status: Vec<Conclusion>,
     pub matrix_include: BTreeMap<String, String>,
     pub matrix_exclude: BTreeMap<String, String>,
     pub path: Option<PathCondition>,
@@ -335,7 +376,7 @@ pub(crate) struct WorkflowModel {
     pub labels: BTreeMap<String, String>,
     pub depends_on: Vec<Dependency>,
     /// `runs_on` as given (Woodpecker's older form of the workflow's `when.status`).
-    pub runs_on: Option<Vec<Status>>,
+    pub runs_on: Option<Vec<Conclusion>>,
     pub runs_on_pos: Option<Pos>,
     pub when: Vec<Condition>,
     pub concurrency: Option<ConcurrencyModel>,

@@ -111,7 +111,7 @@ pub struct WorkflowPlan {
     /// Names of workflows that must finish first.
     pub depends_on: Vec<String>,
     /// Which outcomes of those dependencies let this workflow run (default `[success]`).
-    pub runs_on: Vec<Status>,
+    pub runs_on: Vec<Conclusion>,
     pub services: Vec<StepSpec>,
     /// In order; clone step(s) first.
     pub steps: Vec<StepSpec>,
@@ -155,7 +155,7 @@ pub struct StepSpec {
     /// Steps that must be done before this one starts (resolved: no absent or dropped names).
     pub depends_on: Vec<String>,
     /// Workflow statuses in which the step runs (default `[success]`).
-    pub when_status: Vec<Status>,
+    pub when_status: Vec<Conclusion>,
     pub failure: Failure,
     pub detach: bool,
     pub privileged: bool,
@@ -185,7 +185,7 @@ impl StepSpec {
             directory: None,
             environment: BTreeMap::new(),
             depends_on: Vec::new(),
-            when_status: vec![Status::Success],
+            when_status: vec![Conclusion::Success],
             failure: Failure::Fail,
             detach: false,
             privileged: false,
@@ -639,7 +639,7 @@ fn resolve_workflow_dependencies(
             names.len()
         })
         .collect();
-    let runs_after_failure_only = |c: &Candidate| !c.plan.runs_on.contains(&Status::Success);
+    let runs_after_failure_only = |c: &Candidate| !c.plan.runs_on.contains(&Conclusion::Success);
     for c in candidates.iter() {
         if c.deps.is_empty()
             && runs_after_failure_only(c)
@@ -779,10 +779,10 @@ fn resolve_workflow_dependencies(
 /// without one meaning success) joined with its `runs_on` (the older form); `[success]` when
 /// neither says anything.
 fn workflow_runs_on(
-    runs_on: Option<Vec<Status>>,
+    runs_on: Option<Vec<Conclusion>>,
     when: &[Condition],
-    matched: Vec<Status>,
-) -> Vec<Status> {
+    matched: Vec<Conclusion>,
+) -> Vec<Conclusion> {
     let says_status = when.iter().any(|c| !c.status.is_empty());
     let mut statuses = match (runs_on, says_status) {
         (Some(mut given), true) => {
@@ -791,7 +791,7 @@ fn workflow_runs_on(
         }
         (Some(given), false) => given,
         (None, true) => matched,
-        (None, false) => vec![Status::Success],
+        (None, false) => vec![Conclusion::Success],
     };
     statuses.sort();
     statuses.dedup();
@@ -842,7 +842,7 @@ fn plan_workflow(
     let runs_on = workflow_runs_on(w.runs_on, &w.when, matched);
 
     let mut dropped_steps = Vec::new();
-    let mut keep = |s: StepModel, sink: &mut Sink| -> Option<(StepModel, Vec<Status>)> {
+    let mut keep = |s: StepModel, sink: &mut Sink| -> Option<(StepModel, Vec<Conclusion>)> {
         match when::evaluate(&s.when, &facts, true, sink) {
             Outcome::Run(statuses) => Some((s, statuses)),
             Outcome::Skip(reason) => {
@@ -891,7 +891,7 @@ fn plan_workflow(
     let concurrency = w.concurrency.and_then(|c| concurrency(name, c, ctx, sink));
 
     let dag = w.steps.iter().any(|s| s.depends_on.is_some());
-    let mut kept: Vec<(StepModel, Vec<Status>)> = Vec::new();
+    let mut kept: Vec<(StepModel, Vec<Conclusion>)> = Vec::new();
     for s in w.steps {
         if let Some(k) = keep(s, sink) {
             kept.push(k);
@@ -1046,7 +1046,7 @@ fn kind_of(s: &StepModel) -> StepKind {
     }
 }
 
-fn spec(s: StepModel, when_status: Vec<Status>) -> StepSpec {
+fn spec(s: StepModel, when_status: Vec<Conclusion>) -> StepSpec {
     let kind = kind_of(&s);
     let image = match (&s.image, s.section) {
         (Some(i), _) if !i.is_empty() => i.clone(),
@@ -1235,7 +1235,7 @@ mod tests {
         assert_eq!(w.steps[0].kind, StepKind::Clone);
         assert_eq!(w.steps[0].image, DEFAULT_CLONE_IMAGE);
         assert_eq!(w.workspace, Workspace::default());
-        assert_eq!(w.runs_on, [Status::Success]);
+        assert_eq!(w.runs_on, [Conclusion::Success]);
         assert_eq!(w.platform, "linux/amd64");
     }
 
@@ -1338,7 +1338,7 @@ mod tests {
         );
         assert_eq!(
             p.plan.workflows[0].steps[0].when_status,
-            [Status::Success, Status::Failure]
+            [Conclusion::Success, Conclusion::Failure]
         );
         let p = planned(
             &[text("ci", yaml)],
@@ -1404,7 +1404,7 @@ mod tests {
         assert_eq!(p.plan.workflows[1].depends_on, ["build"]);
         assert_eq!(
             p.plan.workflows[1].runs_on,
-            [Status::Success, Status::Failure]
+            [Conclusion::Success, Conclusion::Failure]
         );
         let dropped: Vec<(&str, &str)> = p
             .plan
@@ -1472,7 +1472,7 @@ mod tests {
             ),
         ];
         let p = planned(&sources, &ctx(&[("CI_PIPELINE_EVENT", "push")]));
-        let runs_on: Vec<(&str, &[Status])> = p
+        let runs_on: Vec<(&str, &[Conclusion])> = p
             .plan
             .workflows
             .iter()
@@ -1481,10 +1481,10 @@ mod tests {
         assert_eq!(
             runs_on,
             [
-                ("build", &[Status::Success][..]),
-                ("on-failure", &[Status::Failure][..]),
-                ("always", &[Status::Success, Status::Failure][..]),
-                ("joined", &[Status::Success, Status::Failure][..]),
+                ("build", &[Conclusion::Success][..]),
+                ("on-failure", &[Conclusion::Failure][..]),
+                ("always", &[Conclusion::Success, Conclusion::Failure][..]),
+                ("joined", &[Conclusion::Success, Conclusion::Failure][..]),
             ]
         );
         let dropped: Vec<(&str, &str)> = p

@@ -153,12 +153,12 @@ impl Reader<'_> {
         }
     }
 
-    fn statuses(&mut self, n: &Node, ptr: &str) -> Vec<Status> {
+    fn statuses(&mut self, n: &Node, ptr: &str) -> Vec<Conclusion> {
         let mut out = Vec::new();
         for s in self.string_or_list(n, ptr) {
             match s.as_str() {
-                "success" => out.push(Status::Success),
-                "failure" => out.push(Status::Failure),
+                "success" => out.push(Conclusion::Success),
+                "failure" => out.push(Conclusion::Failure),
                 _ => self.sink.error(
                     ptr,
                     n.pos,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
 use super::diagnostic::{Sink, child};
-use super::model::{Condition, GlobList, PathCondition, Status};
+use super::model::{Conclusion, Condition, GlobList, PathCondition};
 
 /// What a submission brings to condition matching.
 pub(crate) struct Facts<'a> {
@@ -29,7 +29,7 @@ pub(crate) fn changed_files(vars: &BTreeMap<String, String>) -> Option<Vec<Strin
 #[derive(Debug, PartialEq)]
 pub(crate) enum Outcome {
     /// Kept; runs when the workflow status so far is one of these.
-    Run(Vec<Status>),
+    Run(Vec<Conclusion>),
     /// Dropped before planning, with the reason shown to the user.
     Skip(String),
 }
@@ -111,7 +111,7 @@ pub(crate) fn evaluate(
     sink: &mut Sink,
 ) -> Outcome {
     if conditions.is_empty() {
-        return Outcome::Run(vec![Status::Success]);
+        return Outcome::Run(vec![Conclusion::Success]);
     }
     let mut statuses = Vec::new();
     let mut reasons = Vec::new();
@@ -119,7 +119,7 @@ pub(crate) fn evaluate(
         match unmet(c, facts, step_level, sink) {
             None => {
                 if c.status.is_empty() {
-                    statuses.push(Status::Success);
+                    statuses.push(Conclusion::Success);
                 } else {
                     statuses.extend(c.status.iter().copied());
                 }
@@ -330,7 +330,7 @@ mod tests {
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
-            Outcome::Run(vec![Status::Success])
+            Outcome::Run(vec![Conclusion::Success])
         );
     }
 
@@ -376,7 +376,7 @@ mod tests {
         };
         assert_eq!(
             evaluate(std::slice::from_ref(&c), &f, true, &mut sink),
-            Outcome::Run(vec![Status::Success])
+            Outcome::Run(vec![Conclusion::Success])
         );
         assert!(sink.warnings.is_empty());
         let v = vars(&[("CI_PIPELINE_EVENT", "push")]);
@@ -389,7 +389,7 @@ mod tests {
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
-            Outcome::Run(vec![Status::Success])
+            Outcome::Run(vec![Conclusion::Success])
         );
         assert_eq!(
             sink.warnings[0].message,
@@ -418,7 +418,7 @@ mod tests {
         };
         assert_eq!(
             evaluate(&[c], &f, true, &mut sink),
-            Outcome::Run(vec![Status::Success])
+            Outcome::Run(vec![Conclusion::Success])
         );
         let w: Vec<&str> = sink.warnings.iter().map(|d| d.message.as_str()).collect();
         assert_eq!(
@@ -446,7 +446,7 @@ mod tests {
             ..Condition::default()
         };
         let b = Condition {
-            status: vec![Status::Success, Status::Failure],
+            status: vec![Conclusion::Success, Conclusion::Failure],
             ..Condition::default()
         };
         assert_eq!(
@@ -455,7 +455,7 @@ mod tests {
         );
         assert_eq!(
             evaluate(&[a, b], &f, true, &mut sink),
-            Outcome::Run(vec![Status::Success, Status::Failure])
+            Outcome::Run(vec![Conclusion::Success, Conclusion::Failure])
         );
     }
 }

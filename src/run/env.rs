@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::Run;
-use crate::pipeline::{StepSpec, WorkflowPlan};
+use crate::pipeline::{Conclusion, StepSpec, WorkflowPlan};
 
 /// What the environment is made from, besides the plan.
 pub struct EnvContext<'a> {
@@ -18,8 +18,8 @@ pub struct EnvContext<'a> {
     pub pipeline_created: DateTime<Utc>,
     pub pipeline_started: DateTime<Utc>,
     pub step_started: DateTime<Utc>,
-    /// `success` or `failure`: the workflow's status so far.
-    pub pipeline_status: &'a str,
+    /// The workflow's status so far.
+    pub pipeline_status: Conclusion,
     /// The submission's variables and repository.
     pub run: &'a Run,
 }
@@ -69,7 +69,7 @@ pub fn workflow_env(ctx: &EnvContext<'_>, workflow: &WorkflowPlan) -> BTreeMap<S
         "CI_PIPELINE_STARTED",
         ctx.pipeline_started.timestamp().to_string(),
     );
-    set("CI_PIPELINE_STATUS", ctx.pipeline_status.to_string());
+    set("CI_PIPELINE_STATUS", ctx.pipeline_status.as_str().into());
     set("CI_WORKFLOW_ID", ctx.workflow_id.to_string());
     set("CI_WORKFLOW_NAME", workflow.name.clone());
     set("CI_WORKSPACE", workspace);

@@ -1062,9 +1062,9 @@ fn dependency_outcome(plan: &WorkflowPlan, siblings: &[SiblingRow]) -> Readiness
         .map(|d| d.name.as_str())
         .collect();
     let outcome = if failed.is_empty() {
-        pipeline::Status::Success
+        pipeline::Conclusion::Success
     } else {
-        pipeline::Status::Failure
+        pipeline::Conclusion::Failure
     };
     if plan.runs_on.contains(&outcome) {
         Readiness::Ready

@@ -1018,7 +1018,7 @@ mod tests {
 
     use super::*;
     use crate::backend::OutputLine;
-    use crate::pipeline::{Status, WorkflowPlan, Workspace};
+    use crate::pipeline::{Conclusion, WorkflowPlan, Workspace};
 
     /// A directory removed at the end of the test, whatever happens.
     struct TempDir(PathBuf);
@@ -1056,7 +1056,7 @@ mod tests {
                 workspace: Workspace::default(),
                 labels: BTreeMap::new(),
                 depends_on: Vec::new(),
-                runs_on: vec![Status::Success],
+                runs_on: vec![Conclusion::Success],
                 services: Vec::new(),
                 steps: Vec::new(),
                 dropped_steps: Vec::new(),
