@@ -9,7 +9,7 @@
 //! the last pipelines at most `FINISH_WITHIN` more.
 
 mod common;
-mod fake_k8s;
+use piculet_fake_k8s as fake_k8s;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! each container's script. Every pod piculet creates is the one `POST /render` shows.
 
 mod common;
-mod fake_k8s;
+use piculet_fake_k8s as fake_k8s;
 
 use std::time::Duration;
 

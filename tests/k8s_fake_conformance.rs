@@ -5,7 +5,7 @@
 
 #[path = "k8s_common/mod.rs"]
 mod common;
-mod fake_k8s;
+use piculet_fake_k8s as fake_k8s;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! Postgres only: SQLite serves one replica.
 
 mod common;
-mod fake_k8s;
+use piculet_fake_k8s as fake_k8s;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

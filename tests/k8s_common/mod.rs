@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use super::fake_k8s::FakeCluster;
+use piculet_fake_k8s::FakeCluster;
 
 /// The recordings: `tests/k8s-wire` of this repository (a copy of the project's shared
 /// recordings, kept here so that a clean clone runs every test), or `PICULET_K8S_WIRE`.
