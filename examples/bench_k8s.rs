@@ -5,7 +5,7 @@
 //!
 //! A measurement, not a test: nothing fails on a slow machine; it reports.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 #[allow(unused_macros)]
 mod common;
 use piculet_fake_k8s as fake_k8s;

@@ -1,7 +1,7 @@
 //! The REST API over real HTTP, against Postgres and SQLite from the same test code. The
-//! engine does not run here, so that pipelines stay as submitted; `tests/engine.rs` runs them.
+//! engine does not run here, so that pipelines stay as submitted; `tests/it/engine.rs` runs them.
 
-mod common;
+use crate::common;
 
 use common::{Db, TOKEN, TestApp, expect_problem};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
@@ -723,7 +723,7 @@ async fn every_response_carries_a_request_id(db: Db) {
 
 /// `curl` leaves the next prompt on a line of its own: every JSON answer, problems and the API
 /// document included, ends with one newline, counted in its length. (Plain-text logs stay the
-/// step's output byte for byte: tests/engine.rs compares them whole.)
+/// step's output byte for byte: tests/it/engine.rs compares them whole.)
 async fn json_answers_end_with_a_newline(db: Db) {
     let app = TestApp::spawn_api(db).await;
     let created = app.submit_yaml(PIPELINE).await;

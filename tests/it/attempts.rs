@@ -4,7 +4,7 @@
 //! and run again as the next attempt up to `PICULET_MAX_ATTEMPTS`, and a shutdown lets work
 //! finish within its grace and hands the rest over with the steps left running.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

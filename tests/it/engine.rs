@@ -1,7 +1,7 @@
 //! Pipelines run end to end over HTTP with the local backend, on Postgres and SQLite: the
 //! engine, the step DAG, services, timeouts, cancel, secrets, and logs stored and streamed.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{

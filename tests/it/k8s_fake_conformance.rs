@@ -3,8 +3,7 @@
 //! scenario) and compares status, headers, framing and body, volatile values
 //! by shape. Watch scenarios compare the sequence of event digests.
 
-#[path = "k8s_common/mod.rs"]
-mod common;
+use crate::k8s_common as common;
 use piculet_fake_k8s as fake_k8s;
 
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! read over real HTTP and parsed by `eventsource-stream`, a parser independent of piculet's.
 //! Postgres only: SQLite serves one replica.
 
-mod common;
+use crate::common;
 use piculet_fake_k8s as fake_k8s;
 
 use std::path::{Path, PathBuf};
