@@ -18,6 +18,7 @@ use piculet::backend::{
 };
 use piculet::config::DatabaseUrl;
 use piculet::engine::{Control, Engine, EngineSettings};
+use piculet::metrics_registry::Metrics;
 use piculet::model::{LogLine, Status};
 use piculet::secrets::SecretBox;
 use piculet::store::{Fenced, StartRecord, Store};
@@ -266,6 +267,7 @@ fn engine_with_log_limit(
             shutdown_grace,
         },
         Arc::new(Control::default()),
+        Metrics::default(),
     )
 }
 
