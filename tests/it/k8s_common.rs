@@ -1,8 +1,6 @@
-//! Helpers shared by the test binaries: the recordings on disk, raw requests
-//! to the fake's router, reading streamed bodies, and normalising volatile
-//! values (uids, timestamps, resourceVersions) to checked placeholders.
-
-#![allow(dead_code)]
+//! Helpers of the tests of the fake (`k8s_fake_cluster`, `k8s_fake_conformance`): the
+//! recordings on disk, raw requests to the fake's router, reading streamed bodies, and
+//! normalising volatile values (uids, timestamps, resourceVersions) to checked placeholders.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
