@@ -2,7 +2,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+# The workspace's other member, the tests' fake Kubernetes API server, is not built here;
+# cargo needs its manifest and a target to read the workspace.
+COPY crates/fake-k8s/Cargo.toml crates/fake-k8s/
+RUN mkdir -p src crates/fake-k8s/src && touch crates/fake-k8s/src/lib.rs \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src

@@ -4,7 +4,7 @@
 //!
 //! These are measurements, not tests: nothing here fails on a slow machine; it reports.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 #[allow(unused_macros)]
 mod common;
 mod report;

@@ -1,15 +1,14 @@
 //! The Kubernetes backend's figures of the README's Performance section, against the fake API
-//! server of `tests/fake_k8s` (its kubelet runs each container's script as a local process).
+//! server of `crates/fake-k8s` (its kubelet runs each container's script as a local process).
 //! The fake runs in a child process (this binary with `--fake`), so the memory figure is
 //! piculet's alone. Run through `scripts/bench.sh k8s`.
 //!
 //! A measurement, not a test: nothing fails on a slow machine; it reports.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 #[allow(unused_macros)]
 mod common;
-#[path = "../tests/fake_k8s/mod.rs"]
-mod fake_k8s;
+use piculet_fake_k8s as fake_k8s;
 mod report;
 
 use std::collections::HashMap;

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod http1;
 pub mod hub;
 pub mod k8s;
+pub mod metrics_registry;
 pub mod model;
 pub mod pipeline;
 pub mod repo;

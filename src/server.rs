@@ -14,6 +14,7 @@ use crate::backend::kubernetes::KubernetesBackend;
 use crate::backend::local::LocalBackend;
 use crate::config::{BackendKind, Config};
 use crate::engine::{Control, Engine, EngineSettings};
+use crate::metrics_registry::Metrics;
 use crate::secrets::SecretBox;
 use crate::store::Store;
 
@@ -48,11 +49,12 @@ pub struct App {
     pub cpu: api::cpu::CpuPool,
 }
 
-async fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
+async fn backend(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Backend>, ServeError> {
     match config.backend {
         BackendKind::Local => Ok(Arc::new(LocalBackend::new(config.data_dir.clone()))),
         BackendKind::Kubernetes => {
-            let backend = KubernetesBackend::connect(config.kubernetes.clone())
+            let create_delay = metrics.histogram("piculet_k8s_pod_create_delay_seconds", &[]);
+            let backend = KubernetesBackend::connect(config.kubernetes.clone(), create_delay)
                 .await
                 .map_err(ServeError::Backend)?;
             Ok(Arc::new(backend))
@@ -61,14 +63,18 @@ async fn backend(config: &Config) -> Result<Arc<dyn Backend>, ServeError> {
 }
 
 pub async fn app(config: Config) -> Result<App, ServeError> {
-    // Installed before anything records a metric; the metrics that change rarely are shown
-    // from the start.
-    api::metrics::recorder();
-    metrics::gauge!("piculet_sse_clients").increment(0.0);
-    metrics::counter!("piculet_lease_takeovers_total").increment(0);
-    metrics::counter!("piculet_step_attempts_interrupted_total").increment(0);
-    metrics::counter!("piculet_feed_reconnects_total").increment(0);
-    let backend = backend(&config).await?;
+    // The app's own registry; the metrics that change rarely are shown from the start.
+    let metrics = Metrics::default();
+    metrics.gauge("piculet_sse_clients", &[]).increment(0.0);
+    metrics
+        .counter("piculet_lease_takeovers_total", &[])
+        .increment(0);
+    metrics
+        .counter("piculet_step_attempts_interrupted_total", &[])
+        .increment(0);
+    let feed_reconnects = metrics.counter("piculet_feed_reconnects_total", &[]);
+    feed_reconnects.increment(0);
+    let backend = backend(&config, &metrics).await?;
     let store = Store::connect_with(&config.database_url, config.db_api).await?;
     store.migrate().await?;
     // The engine's own connections: API requests that fill their pool cannot hold up lease
@@ -84,6 +90,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
     let _feed = store.listen_to_feed(
         &config.database_url,
         config.feed_heartbeat,
+        feed_reconnects,
         shutdown.clone(),
     );
     let engine = Engine::new(
@@ -101,6 +108,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
             shutdown_grace: config.shutdown_grace,
         },
         control.clone(),
+        metrics.clone(),
     );
     let state = AppState::new(
         store.clone(),
@@ -109,6 +117,7 @@ pub async fn app(config: Config) -> Result<App, ServeError> {
         secret_box,
         control,
         shutdown.clone(),
+        metrics,
     );
     Ok(App {
         cpu: state.cpu.clone(),

@@ -20,16 +20,19 @@ pub struct CpuPool {
     permits: Arc<Semaphore>,
     slots: usize,
     queue_timeout: Duration,
+    /// Counts the requests refused for want of a slot.
+    refused: metrics::Counter,
 }
 
 impl CpuPool {
     /// `slots` pieces of work at once (at least one); a request waits `queue_timeout` for one.
-    pub fn new(slots: usize, queue_timeout: Duration) -> CpuPool {
+    pub fn new(slots: usize, queue_timeout: Duration, refused: metrics::Counter) -> CpuPool {
         let slots = slots.max(1);
         CpuPool {
             permits: Arc::new(Semaphore::new(slots)),
             slots,
             queue_timeout,
+            refused,
         }
     }
 
@@ -50,7 +53,7 @@ impl CpuPool {
                 Ok(Ok(permit)) => permit,
                 // The semaphore is never closed; a closed one is as good as none free.
                 Ok(Err(_)) | Err(_) => {
-                    metrics::counter!("piculet_planning_refused_total").increment(1);
+                    self.refused.increment(1);
                     return Err(ApiError::Busy {
                         slots: self.slots,
                         waited: self.queue_timeout,
@@ -103,7 +106,7 @@ mod tests {
     /// never finish if it ran on the runtime's thread.
     #[tokio::test(flavor = "current_thread")]
     async fn work_runs_off_the_runtime() {
-        let pool = CpuPool::new(1, LONG);
+        let pool = CpuPool::new(1, LONG, metrics::Counter::noop());
         let (tx, rx) = mpsc::channel::<()>();
         let work = pool.run(move || rx.recv_timeout(LONG).is_ok());
         let answer = async {
@@ -116,7 +119,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_the_slots_run_at_once() {
-        let pool = CpuPool::new(2, LONG);
+        let pool = CpuPool::new(2, LONG, metrics::Counter::noop());
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..8)
@@ -141,7 +144,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_pool_refuses_after_the_queue_timeout() {
-        let pool = CpuPool::new(1, Duration::from_millis(50));
+        let pool = CpuPool::new(1, Duration::from_millis(50), metrics::Counter::noop());
         let (release, hold) = mpsc::channel::<()>();
         let holder = {
             let pool = pool.clone();
@@ -172,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_a_fault_and_frees_its_slot() {
-        let pool = CpuPool::new(1, Duration::from_millis(500));
+        let pool = CpuPool::new(1, Duration::from_millis(500), metrics::Counter::noop());
         let failed = pool
             .run(|| -> u8 { panic!("the planner broke") })
             .await
@@ -187,6 +190,11 @@ mod tests {
 
     #[test]
     fn at_least_one_slot() {
-        assert_eq!(CpuPool::new(0, LONG).permits.available_permits(), 1);
+        assert_eq!(
+            CpuPool::new(0, LONG, metrics::Counter::noop())
+                .permits
+                .available_permits(),
+            1
+        );
     }
 }

@@ -126,5 +126,6 @@ pub async fn get_pipeline_events(
         rx,
         after,
         state.shutdown.clone(),
+        state.sse_clients(),
     ))
 }

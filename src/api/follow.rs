@@ -129,18 +129,18 @@ struct State<F: Feed> {
 }
 
 /// Counts open streams for `/metrics`.
-struct FollowerGauge;
+struct FollowerGauge(metrics::Gauge);
 
 impl FollowerGauge {
-    fn new() -> Self {
-        metrics::gauge!("piculet_sse_clients").increment(1.0);
-        FollowerGauge
+    fn new(clients: metrics::Gauge) -> Self {
+        clients.increment(1.0);
+        FollowerGauge(clients)
     }
 }
 
 impl Drop for FollowerGauge {
     fn drop(&mut self) {
-        metrics::gauge!("piculet_sse_clients").decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
@@ -261,12 +261,13 @@ pub fn last_event_id(
 }
 
 /// The SSE response following `feed` from after `after`, with keep-alives, ending at the
-/// feed's end or at shutdown.
+/// feed's end or at shutdown. `clients` counts the streams open.
 pub fn sse<F: Feed>(
     feed: F,
     rx: Subscription<F::Item>,
     after: i64,
     shutdown: CancellationToken,
+    clients: metrics::Gauge,
 ) -> Response {
     let state = State {
         feed,
@@ -275,7 +276,7 @@ pub fn sse<F: Feed>(
         phase: Phase::Replay,
         out: Vec::new(),
         shutdown,
-        _gauge: FollowerGauge::new(),
+        _gauge: FollowerGauge::new(clients),
     };
     let stream = futures::stream::unfold(state, |mut state| async move {
         if let Err(e) = state.advance().await {
@@ -368,7 +369,13 @@ mod tests {
             stored: stored.clone(),
             finished: finished.clone(),
         };
-        let response = sse(feed, hub.subscribe_step(step), 1, CancellationToken::new());
+        let response = sse(
+            feed,
+            hub.subscribe_step(step),
+            1,
+            CancellationToken::new(),
+            metrics::Gauge::noop(),
+        );
         assert_eq!(response.headers()[header::CONTENT_TYPE], EVENT_STREAM);
         let mut body = response.into_body().into_data_stream();
 
@@ -424,7 +431,13 @@ mod tests {
             stored: stored.clone(),
             finished: finished.clone(),
         };
-        let response = sse(feed, hub.subscribe_step(step), 0, CancellationToken::new());
+        let response = sse(
+            feed,
+            hub.subscribe_step(step),
+            0,
+            CancellationToken::new(),
+            metrics::Gauge::noop(),
+        );
         let mut body = response.into_body().into_data_stream();
         assert_eq!(ids(&body.next().await.unwrap().unwrap()), [1]);
 
@@ -472,7 +485,13 @@ mod tests {
             stored: stored.clone(),
             finished: finished.clone(),
         };
-        let response = sse(feed, hub.subscribe_step(step), 0, CancellationToken::new());
+        let response = sse(
+            feed,
+            hub.subscribe_step(step),
+            0,
+            CancellationToken::new(),
+            metrics::Gauge::noop(),
+        );
         let mut body = response.into_body().into_data_stream();
         // Lines and the end stored elsewhere, announced by the end alone.
         stored.lock().unwrap().extend([line(1), line(2)]);
@@ -497,6 +516,7 @@ mod tests {
             hub.subscribe_step(Uuid::now_v7()),
             0,
             shutdown.clone(),
+            metrics::Gauge::noop(),
         );
         shutdown.cancel();
         let mut body = response.into_body().into_data_stream();

@@ -194,6 +194,7 @@ pub async fn get_step_logs(
             rx,
             after,
             state.shutdown.clone(),
+            state.sse_clients(),
         ),
         (format, _) => {
             let json = matches!(format, Format::JsonLines);

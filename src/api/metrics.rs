@@ -1,11 +1,8 @@
 //! `GET /metrics`: Prometheus text format.
 
-use std::sync::OnceLock;
-
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
 use super::error::ApiError;
@@ -13,24 +10,6 @@ use crate::store::ConcurrencyCounts;
 
 /// The label value of the groups `/metrics` sums instead of showing them one by one.
 pub const OTHER_GROUPS: &str = "(other)";
-
-/// The process-wide recorder: the `metrics` macros write into it wherever they are called.
-pub fn recorder() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
-        let builder = PrometheusBuilder::new()
-            .set_buckets(&[
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                300.0, 900.0, 3600.0,
-            ])
-            .unwrap_or_else(|_| PrometheusBuilder::new());
-        let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        // Another recorder installed first (a test harness) keeps working; ours still renders.
-        let _ = metrics::set_global_recorder(recorder);
-        handle
-    })
-}
 
 /// Metrics in Prometheus text format: workflows queued and running, per concurrency group the
 /// workflows running and waiting, step durations by status, submit-to-start latency, log lines
@@ -49,13 +28,16 @@ pub fn recorder() -> &'static PrometheusHandle {
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let counts = state.store.workflow_counts().await?;
     for (status, n) in counts {
-        metrics::gauge!("piculet_workflows", "status" => status.as_str()).set(n as f64);
+        state
+            .metrics
+            .gauge("piculet_workflows", &[("status", status.as_str())])
+            .set(n as f64);
     }
     let groups = state
         .store
         .concurrency_counts(state.config.metrics_concurrency_groups)
         .await?;
-    let mut text = recorder().render();
+    let mut text = state.metrics.render();
     render_concurrency(&mut text, &groups);
     let mut response = text.into_response();
     response.headers_mut().insert(

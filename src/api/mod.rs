@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::Control;
+use crate::metrics_registry::Metrics;
 use crate::secrets::SecretBox;
 use crate::store::Store;
 use error::ApiError;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Where parsing, validation, planning and rendering run (see [`cpu`]).
     pub cpu: cpu::CpuPool,
+    /// The app's own metrics, rendered by `/metrics`.
+    pub metrics: Metrics,
     /// The names this server answers to (see [`host`]).
     hosts: host::HostPolicy,
     tokens: Arc<BTreeSet<[u8; 32]>>,
@@ -69,10 +72,15 @@ impl AppState {
         secret_box: SecretBox,
         control: Arc<Control>,
         shutdown: CancellationToken,
+        metrics: Metrics,
     ) -> Self {
         // Tokens are compared by digest, so the comparison time says nothing about a token.
         let tokens = config.api_tokens.iter().map(|t| digest(t)).collect();
-        let cpu = cpu::CpuPool::new(config.max_planning, config.planning_queue_timeout);
+        let cpu = cpu::CpuPool::new(
+            config.max_planning,
+            config.planning_queue_timeout,
+            metrics.counter("piculet_planning_refused_total", &[]),
+        );
         let hosts = host::HostPolicy::new(!config.api_tokens.is_empty(), &config.allowed_hosts);
         AppState {
             store,
@@ -82,9 +90,15 @@ impl AppState {
             control,
             shutdown,
             cpu,
+            metrics,
             hosts,
             tokens: Arc::new(tokens),
         }
+    }
+
+    /// The gauge of the event streams open.
+    fn sse_clients(&self) -> ::metrics::Gauge {
+        self.metrics.gauge("piculet_sse_clients", &[])
     }
 }
 

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::mask::Masker;
 use crate::backend::OutputLine;
+use crate::metrics_registry::Metrics;
 use crate::model::LogLine;
 use crate::store::{Fenced, Store};
 
@@ -51,6 +52,7 @@ pub async fn pump(
     already: Stored,
     mut output: mpsc::Receiver<OutputLine>,
     stop: CancellationToken,
+    metrics: &Metrics,
 ) {
     let mut batch = Batch {
         step_id,
@@ -116,8 +118,12 @@ pub async fn pump(
     batch.finish();
     let lines = batch.take();
     write(store, step_id, &owner, lines).await;
-    metrics::counter!("piculet_log_lines_stored_total").increment(batch.done.lines);
-    metrics::counter!("piculet_log_bytes_stored_total").increment(batch.done.bytes);
+    metrics
+        .counter("piculet_log_lines_stored_total", &[])
+        .increment(batch.done.lines);
+    metrics
+        .counter("piculet_log_bytes_stored_total", &[])
+        .increment(batch.done.bytes);
 }
 
 /// The lines read and not yet written.

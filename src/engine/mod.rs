@@ -29,6 +29,7 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::backend::Backend;
+use crate::metrics_registry::Metrics;
 use crate::run::{RegistryCredential, Run, Sealed};
 use crate::secrets::SecretBox;
 use crate::store::{ClaimedWorkflow, Store};
@@ -108,6 +109,8 @@ pub(crate) struct Inner {
     pub settings: EngineSettings,
     secret_box: SecretBox,
     control: Arc<Control>,
+    /// The app's metrics: what the engine counts and times.
+    pub metrics: Metrics,
     /// This replica's name in lease columns.
     owner: String,
     /// The workflows this replica's workers run: every other lease in its name is stray.
@@ -134,6 +137,7 @@ impl Engine {
         secret_box: SecretBox,
         settings: EngineSettings,
         control: Arc<Control>,
+        metrics: Metrics,
     ) -> Engine {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "piculet".into());
         Engine {
@@ -143,6 +147,7 @@ impl Engine {
                 settings,
                 secret_box,
                 control,
+                metrics,
                 owner: format!("{host}/{}", Uuid::now_v7()),
                 held: Mutex::new(HashSet::new()),
             }),

@@ -163,6 +163,7 @@ impl StepContext {
                     already,
                     output,
                     stop,
+                    &inner.metrics,
                 )
                 .await
             }
@@ -369,7 +370,10 @@ impl StepContext {
         }
         let max = self.inner.settings.max_attempts;
         tracing::warn!(attempt, max, reason = %what, "a step attempt was interrupted");
-        metrics::counter!("piculet_step_attempts_interrupted_total").increment(1);
+        self.inner
+            .metrics
+            .counter("piculet_step_attempts_interrupted_total", &[])
+            .increment(1);
         match rerun(attempt, max, &what) {
             Ok((attempt, why)) => Ok(Opening::Record {
                 attempt,
@@ -442,7 +446,10 @@ impl StepContext {
             let waited = (started_at - self.claimed_created)
                 .to_std()
                 .unwrap_or_default();
-            metrics::histogram!("piculet_submit_to_start_seconds").record(waited.as_secs_f64());
+            self.inner
+                .metrics
+                .histogram("piculet_submit_to_start_seconds", &[])
+                .record(waited.as_secs_f64());
         }
         match started {
             Ok(handle) => {
@@ -556,7 +563,12 @@ impl StepContext {
             .to_std()
             .unwrap_or_default()
             .as_secs_f64();
-        metrics::histogram!("piculet_step_duration_seconds", "status" => status.as_str())
+        self.inner
+            .metrics
+            .histogram(
+                "piculet_step_duration_seconds",
+                &[("status", status.as_str())],
+            )
             .record(seconds);
         tracing::info!(step = %spec.name, %status, ?exit_code, reason = reason.as_deref().unwrap_or(""), "step finished");
         Ended::Finished(status)
@@ -730,7 +742,10 @@ async fn perform(
         return None;
     }
     if claimed.takeover {
-        metrics::counter!("piculet_lease_takeovers_total").increment(1);
+        inner
+            .metrics
+            .counter("piculet_lease_takeovers_total", &[])
+            .increment(1);
     }
     // Steps recorded as running under an earlier lease are adopted: each step task asks the
     // backend about its attempt before it starts anything (see `StepContext::open`).

@@ -3,7 +3,7 @@
 //!
 //! One [`Store`] type serves both databases. The SQL is written once: it is plain
 //! `$1 … RETURNING` SQL that both accept, and [`on_pool!`] expands each query for both pool
-//! types, so the two cannot drift apart. The one shared conformance suite (`tests/api.rs`)
+//! types, so the two cannot drift apart. The one shared conformance suite (`tests/it/api.rs`)
 //! runs against both.
 //!
 //! Every operation has a time limit by its class ([`QueryClass`]): the client gives up at the

@@ -184,11 +184,12 @@ impl Store {
     /// Starts this replica's feed listener on Postgres, until `shutdown`; `None` on SQLite,
     /// which serves one replica. `heartbeat`: how long the listener may hear nothing before it
     /// proves its connection by notifying itself (and reconnects if even that does not come
-    /// back within as long again).
+    /// back within as long again). `reconnects` counts the connections made again.
     pub fn listen_to_feed(
         &self,
         url: &DatabaseUrl,
         heartbeat: Duration,
+        reconnects: metrics::Counter,
         shutdown: CancellationToken,
     ) -> Option<JoinHandle<()>> {
         let DatabaseUrl::Postgres(url) = url else {
@@ -196,12 +197,20 @@ impl Store {
         };
         let (store, url) = (self.clone(), url.clone());
         Some(tokio::spawn(async move {
-            store.listen_loop(&url, heartbeat, shutdown).await;
+            store
+                .listen_loop(&url, heartbeat, &reconnects, shutdown)
+                .await;
         }))
     }
 
     /// Connects, listens, reconnects; returns at shutdown.
-    async fn listen_loop(&self, url: &str, heartbeat: Duration, shutdown: CancellationToken) {
+    async fn listen_loop(
+        &self,
+        url: &str,
+        heartbeat: Duration,
+        reconnects: &metrics::Counter,
+        shutdown: CancellationToken,
+    ) {
         let backoff = || {
             ExponentialBuilder::new()
                 .with_min_delay(Duration::from_millis(100))
@@ -223,7 +232,7 @@ impl Store {
                     if first {
                         first = false;
                     } else {
-                        metrics::counter!("piculet_feed_reconnects_total").increment(1);
+                        reconnects.increment(1);
                         tracing::info!("feed listener reconnected; followers re-read");
                     }
                     // Whatever was notified while not listening is lost (followers may have

@@ -101,6 +101,8 @@ pub struct KubernetesBackend {
     watch: Arc<PodWatch>,
     workflows: Mutex<HashMap<Uuid, Arc<WorkflowState>>>,
     access: access::AccessCache,
+    /// `piculet_k8s_pod_create_delay_seconds` of the app's metrics.
+    create_delay: metrics::Histogram,
 }
 
 fn failed(what: &str, e: &kube::Error) -> BackendError {
@@ -152,13 +154,21 @@ where
 }
 
 impl KubernetesBackend {
-    /// Connects to the cluster as configured.
-    pub async fn connect(config: KubernetesConfig) -> Result<KubernetesBackend, String> {
+    /// Connects to the cluster as configured; each pod create's delay is recorded in
+    /// `create_delay`.
+    pub async fn connect(
+        config: KubernetesConfig,
+        create_delay: metrics::Histogram,
+    ) -> Result<KubernetesBackend, String> {
         let kube = Kube::connect(&config).await?;
-        Ok(KubernetesBackend::new(kube, config))
+        Ok(KubernetesBackend::new(kube, config, create_delay))
     }
 
-    pub fn new(kube: Kube, config: KubernetesConfig) -> KubernetesBackend {
+    pub fn new(
+        kube: Kube,
+        config: KubernetesConfig,
+        create_delay: metrics::Histogram,
+    ) -> KubernetesBackend {
         let watch = Arc::new(PodWatch::new(kube.client.clone()));
         watch.ensure(&config.namespace);
         KubernetesBackend {
@@ -167,6 +177,7 @@ impl KubernetesBackend {
             kube,
             config: Arc::new(config),
             workflows: Mutex::new(HashMap::new()),
+            create_delay,
         }
     }
 
@@ -560,8 +571,7 @@ impl Backend for KubernetesBackend {
                     // The engine's own delay: from runnable to the request leaving, past the
                     // rate limiter.
                     let delay = step.runnable_at.elapsed();
-                    metrics::histogram!("piculet_k8s_pod_create_delay_seconds")
-                        .record(delay.as_secs_f64());
+                    self.create_delay.record(delay.as_secs_f64());
                     tracing::debug!(
                         pod = %name,
                         create_delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),

@@ -400,3 +400,32 @@ pub async fn read_log_events(
     );
     got
 }
+
+/// A snapshot redaction for an id: the value must be a UUID, and the snapshot shows `label`,
+/// so that a snapshot holds what the id is without the id itself.
+pub fn uuid_redaction(label: &'static str) -> insta::internals::Redaction {
+    insta::dynamic_redaction(move |value, path| {
+        let text = value.as_str().unwrap_or_default();
+        assert!(
+            Uuid::parse_str(text).is_ok(),
+            "{path}: not a UUID: {value:?}"
+        );
+        label
+    })
+}
+
+/// A snapshot redaction for a time: a value must be an RFC 3339 timestamp, shown as `[time]`;
+/// a null (not yet) stays null, so that the snapshot still tells which times are set.
+pub fn time_redaction() -> insta::internals::Redaction {
+    insta::dynamic_redaction(|value, path| {
+        if value.resolve_inner().is_nil() {
+            return value;
+        }
+        let text = value.as_str().unwrap_or_default();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(text).is_ok(),
+            "{path}: not an RFC 3339 time: {value:?}"
+        );
+        "[time]".into()
+    })
+}

@@ -8,8 +8,8 @@
 //! Postgres only: SQLite is one replica. Bounded: the kills take about a minute, the wait for
 //! the last pipelines at most `FINISH_WITHIN` more.
 
-mod common;
-mod fake_k8s;
+use crate::common;
+use piculet_fake_k8s as fake_k8s;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,6 @@
-//! Helpers shared by the test binaries: the recordings on disk, raw requests
-//! to the fake's router, reading streamed bodies, and normalising volatile
-//! values (uids, timestamps, resourceVersions) to checked placeholders.
-
-#![allow(dead_code)]
+//! Helpers of the tests of the fake (`k8s_fake_cluster`, `k8s_fake_conformance`): the
+//! recordings on disk, raw requests to the fake's router, reading streamed bodies, and
+//! normalising volatile values (uids, timestamps, resourceVersions) to checked placeholders.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -13,7 +11,7 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use super::fake_k8s::FakeCluster;
+use piculet_fake_k8s::FakeCluster;
 
 /// The recordings: `tests/k8s-wire` of this repository (a copy of the project's shared
 /// recordings, kept here so that a clean clone runs every test), or `PICULET_K8S_WIRE`.

@@ -2,7 +2,7 @@
 //! simulated scheduler and kubelet, for testing piculet's Kubernetes backend
 //! without a cluster.
 //!
-//! This module owns the `FakeCluster` handle: start it, get a `kube::Client`
+//! This crate owns the `FakeCluster` handle: start it, get a `kube::Client`
 //! (in-process, no socket) or a base URL (real TCP), inspect objects, turn
 //! fault knobs, act from outside (delete, evict, expire watches), and read the
 //! request log. The other modules hold the parts: `store` (objects,
@@ -13,10 +13,6 @@
 //!
 //! Every container runs as a real local process (`/bin/sh -c …` on this
 //! machine, not in a container): logs and exit codes are real.
-
-// A test crate that includes this module uses only part of its API; the rest
-// must not turn into dead-code warnings there.
-#![allow(dead_code)]
 
 pub mod api;
 pub mod faults;
@@ -38,11 +34,8 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-#[allow(unused_imports)]
 pub use faults::{ApiFailure, Faults, RequestMatch};
-#[allow(unused_imports)]
 pub use kubelet::KubeletTiming;
-#[allow(unused_imports)]
 pub use store::Resource;
 
 /// Writes a kubeconfig that points at a fake served over TCP (`server`, from

@@ -1,9 +1,8 @@
 //! The fake through a real `kube::Client` (CRUD, watcher with 410 relist,
 //! log streams, access reviews) and the simulated kubelet's failure knobs.
 
-#[path = "k8s_common/mod.rs"]
-mod common;
-mod fake_k8s;
+use crate::k8s_common as common;
+use piculet_fake_k8s as fake_k8s;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! and nothing is stored. Runs on a tokenless loopback server (no token needed, as a stranger
 //! on the host would find it) against Postgres and SQLite.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@
 //! until the workflow ends under the replica that adopts it, and no two workflows of the group
 //! ever run at once.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The REST API over real HTTP, against Postgres and SQLite from the same test code. The
-//! engine does not run here, so that pipelines stay as submitted; `tests/engine.rs` runs them.
+//! engine does not run here, so that pipelines stay as submitted; `tests/it/engine.rs` runs them.
 
-mod common;
+use crate::common;
 
 use common::{Db, TOKEN, TestApp, expect_problem};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, LOCATION};
@@ -66,46 +66,14 @@ async fn submit_yaml_then_read_it_back(db: Db) {
         .await
         .unwrap();
     assert_eq!(fetched, created, "GET answers what POST created");
-    let workflows = fetched["workflows"].as_array().unwrap();
-    assert_eq!(workflows.len(), 1);
-    let steps: Vec<(&str, &str, &str)> = workflows[0]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            (
-                s["name"].as_str().unwrap(),
-                s["kind"].as_str().unwrap(),
-                s["status"].as_str().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        steps,
-        vec![
-            ("database", "service", "queued"),
-            ("build", "step", "queued"),
-            ("test", "step", "queued"),
-            ("deploy", "step", "queued"),
-        ],
-        "services first, then steps in order"
-    );
-    let warnings = fetched["warnings"].as_array().unwrap();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w["pointer"] == "/steps/2/when/branch"
-                && w["message"]
-                    .as_str()
-                    .unwrap()
-                    .contains("cannot be evaluated")),
-        "a `when.branch` without CI_COMMIT_BRANCH is met, and says so: {warnings:#?}"
-    );
-    for step in workflows[0]["steps"].as_array().unwrap() {
-        assert!(step["id"].as_str().is_some());
-        assert_eq!(step["exit_code"], Value::Null);
-        assert_eq!(step["started_at"], Value::Null);
-    }
+    // One workflow, services first and then the steps in order, all queued with ids and no
+    // start or exit code yet; a `when.branch` without CI_COMMIT_BRANCH is met, and says so.
+    insta::assert_json_snapshot!("submitted_pipeline", fetched, {
+        ".id" => common::uuid_redaction("[pipeline id]"),
+        ".created_at" => common::time_redaction(),
+        ".workflows[].id" => common::uuid_redaction("[workflow id]"),
+        ".workflows[].steps[].id" => common::uuid_redaction("[step id]"),
+    });
 }
 
 async fn submit_json_with_matrix_and_two_configs(db: Db) {
@@ -142,38 +110,14 @@ steps:
         .await;
     assert_eq!(response.status(), 201);
     let p: Value = response.json().await.unwrap();
-    assert_eq!(p["name"], "acme/api #42");
-    assert_eq!(p["labels"], json!({"project": "acme/api"}));
-    let workflows: Vec<(&str, Value)> = p["workflows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| (w["name"].as_str().unwrap(), w["matrix"].clone()))
-        .collect();
-    assert_eq!(
-        workflows,
-        vec![
-            ("build", json!({"GO": "1.21"})),
-            ("build", json!({"GO": "1.22"})),
-            ("deploy", json!({})),
-        ]
-    );
-    let deploy_steps: Vec<(&str, &str)> = p["workflows"][2]["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["name"].as_str().unwrap(), s["status"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        deploy_steps,
-        [("push", "queued"), ("release", "skipped")],
-        "a step whose `when` does not match the variables is listed as skipped"
-    );
-    let release = &p["workflows"][2]["steps"][1];
-    assert!(
-        release["reason"].as_str().unwrap().contains("branch"),
-        "{release}"
-    );
+    // The name and labels as given; one workflow per matrix entry, then the deploy; a step
+    // whose `when` does not match the variables is listed as skipped, saying why.
+    insta::assert_json_snapshot!("matrix_pipeline", p, {
+        ".id" => common::uuid_redaction("[pipeline id]"),
+        ".created_at" => common::time_redaction(),
+        ".workflows[].id" => common::uuid_redaction("[workflow id]"),
+        ".workflows[].steps[].id" => common::uuid_redaction("[step id]"),
+    });
 }
 
 async fn submit_already_parsed_pipeline(db: Db) {
@@ -276,17 +220,16 @@ async fn cancel_is_idempotent(db: Db) {
     let first = app.post(&cancel).send().await.unwrap();
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
-    assert_eq!(first["status"], "canceled");
-    assert!(first["finished_at"].is_string());
-    let workflow = &first["workflows"][0];
-    assert_eq!(workflow["status"], "canceled");
-    let statuses: Vec<&str> = workflow["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["status"].as_str().unwrap())
-        .collect();
-    assert_eq!(statuses, ["canceled", "canceled", "canceled", "canceled"]);
+    // The pipeline, its workflow and every step canceled, the pipeline with its end time.
+    insta::assert_json_snapshot!("canceled_pipeline", first, {
+        ".id" => common::uuid_redaction("[pipeline id]"),
+        ".created_at" => common::time_redaction(),
+        ".finished_at" => common::time_redaction(),
+        ".workflows[].id" => common::uuid_redaction("[workflow id]"),
+        ".workflows[].finished_at" => common::time_redaction(),
+        ".workflows[].steps[].id" => common::uuid_redaction("[step id]"),
+        ".workflows[].steps[].finished_at" => common::time_redaction(),
+    });
 
     let again = app.post(&cancel).send().await.unwrap();
     assert_eq!(
@@ -631,24 +574,9 @@ async fn lint_reports_errors_and_warnings(db: Db) {
         .unwrap();
     assert_eq!(invalid.status(), 200);
     let invalid: Value = invalid.json().await.unwrap();
-    assert_eq!(invalid["valid"], false);
-    let messages: Vec<&str> = invalid["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["message"].as_str().unwrap())
-        .collect();
-    assert!(messages.len() >= 2, "every error at once: {messages:?}");
-    assert!(
-        messages.contains(
-            &"\"concurrency\" needs a \"limit\": how many workflows of the group may run at once"
-        ),
-        "a group without a limit is refused: {messages:?}"
-    );
-    assert!(
-        !invalid["warnings"].as_array().unwrap().is_empty(),
-        "a Docker-only key draws a warning"
-    );
+    // Every error at once (a group without a limit among them), and a warning for the
+    // Docker-only key.
+    insta::assert_json_snapshot!("lint_errors_and_warnings", invalid);
     assert_eq!(app.pipeline_count().await, 0, "lint stores nothing");
 }
 
@@ -723,7 +651,7 @@ async fn every_response_carries_a_request_id(db: Db) {
 
 /// `curl` leaves the next prompt on a line of its own: every JSON answer, problems and the API
 /// document included, ends with one newline, counted in its length. (Plain-text logs stay the
-/// step's output byte for byte: tests/engine.rs compares them whole.)
+/// step's output byte for byte: tests/it/engine.rs compares them whole.)
 async fn json_answers_end_with_a_newline(db: Db) {
     let app = TestApp::spawn_api(db).await;
     let created = app.submit_yaml(PIPELINE).await;
@@ -1337,15 +1265,8 @@ async fn errors_name_the_field_and_the_form(db: Db) {
         "validation-failed",
     )
     .await;
-    assert_eq!(body["errors"][0]["pointer"], "/timeout");
-    assert_eq!(
-        body["errors"][0]["message"],
-        r#"expected a duration such as "1h", found a number"#
-    );
-    assert_eq!(
-        body["detail"],
-        r#"1 error in the submission: /timeout: expected a duration such as "1h", found a number"#
-    );
+    // The field's pointer and the form it takes, in the error and in the detail.
+    insta::assert_json_snapshot!("timeout_as_a_number", body);
 
     let empty = app
         .post("/api/v1/pipelines")

@@ -2,8 +2,8 @@
 //! read over real HTTP and parsed by `eventsource-stream`, a parser independent of piculet's.
 //! Postgres only: SQLite serves one replica.
 
-mod common;
-mod fake_k8s;
+use crate::common;
+use piculet_fake_k8s as fake_k8s;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

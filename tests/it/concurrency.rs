@@ -4,9 +4,9 @@
 //! Postgres from two stores with pools of their own (two replicas), each claiming in the same
 //! instant. Then whole servers: two replicas on Postgres (one on SQLite) running pipelines of
 //! one group, where the steps' own start and end times show that no two ever overlapped.
-//! `tests/chaos.rs` kills the replica that holds a group's place.
+//! `tests/it/chaos.rs` kills the replica that holds a group's place.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

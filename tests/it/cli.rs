@@ -1,7 +1,7 @@
 //! The `piculet` binary: its offline commands (lint, render, settings, help, version), and its
 //! client commands against a real server on both databases.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Output};
 

@@ -3,9 +3,8 @@
 //! scenario) and compares status, headers, framing and body, volatile values
 //! by shape. Watch scenarios compare the sequence of event digests.
 
-#[path = "k8s_common/mod.rs"]
-mod common;
-mod fake_k8s;
+use crate::k8s_common as common;
+use piculet_fake_k8s as fake_k8s;
 
 use std::time::Duration;
 
@@ -1616,7 +1615,7 @@ async fn every_object_rendered_with_every_option_passes_the_fake() {
     let all = "nodeSelector,tolerations,affinity,serviceAccountName,runtimeClassName,labels,annotations,hostUsers,secrets";
     let renders = [
         rendered(
-            include_str!("../src/k8s/testdata/every_option.yaml"),
+            include_str!("../../src/k8s/testdata/every_option.yaml"),
             json!({"namespace": "ci", "namespace_overwrite_allowed": "ci", "allow_from_step": all, "service_account_overwrite_allowed": "builder", "allowed_claims": "build-*,tools"}),
             |w| {
                 let s = &mut w.steps[1];
@@ -1630,12 +1629,12 @@ async fn every_object_rendered_with_every_option_passes_the_fake() {
             },
         ),
         rendered(
-            include_str!("../src/k8s/testdata/woodpecker_docs.yaml"),
+            include_str!("../../src/k8s/testdata/woodpecker_docs.yaml"),
             json!({"namespace": "ci", "allow_from_step": all, "allowed_claims": "woodpecker-cache", "privileged_images": "alpine"}),
             |_| {},
         ),
         rendered(
-            include_str!("../src/k8s/testdata/drone_docs.yaml"),
+            include_str!("../../src/k8s/testdata/drone_docs.yaml"),
             json!({"namespace": "ci", "allow_from_step": "nodeSelector,tolerations,serviceAccountName", "privileged_images": "plugins/docker"}),
             |_| {},
         ),
@@ -1648,7 +1647,7 @@ async fn every_object_rendered_with_every_option_passes_the_fake() {
                 "service_account": "piculet-steps", "runtime_class": "gvisor", "pull_secret_names": "corp",
                 "pull_policy": "if-not-present,always", "priority_class": "ci-low", "dns_policy": "None",
                 "dns_config": "{\"nameservers\":[\"10.0.0.10\"],\"searches\":[\"corp.example.com\"],\"options\":[{\"name\":\"ndots\",\"value\":\"2\"}]}",
-                "termination_grace_period": "10s", "volumes": include_str!("../src/k8s/testdata/admin_volumes.json"),
+                "termination_grace_period": "10s", "volumes": include_str!("../../src/k8s/testdata/admin_volumes.json"),
                 "cpu_request": "500m", "cpu_limit": "2", "memory_limit": "2Gi", "secctx_nonroot": "true",
                 "pod_security": "baseline"
             }),

@@ -6,7 +6,7 @@
 //! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
 //! other tests here open no stream.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,9 +1,9 @@
 //! End to end with `PICULET_BACKEND=kubernetes`: piculet over HTTP, connected through a
-//! kubeconfig to the fake API server in `tests/fake_k8s` (over TCP), whose kubelet really runs
+//! kubeconfig to the fake API server in `crates/fake-k8s` (over TCP), whose kubelet really runs
 //! each container's script. Every pod piculet creates is the one `POST /render` shows.
 
-mod common;
-mod fake_k8s;
+use crate::common;
+use piculet_fake_k8s as fake_k8s;
 
 use std::time::Duration;
 
@@ -303,7 +303,7 @@ async fn a_step_reaches_a_service_by_its_name() {
         .unwrap()
         .port();
     // The fake has no DNS server: `resolve` looks the name up in what cluster DNS would
-    // answer this pod (see FAKE_CLUSTER_HOSTS in tests/fake_k8s/kubelet.rs).
+    // answer this pod (see FAKE_CLUSTER_HOSTS in crates/fake-k8s/src/kubelet.rs).
     let r = env
         .app
         .submit_json(&json!({

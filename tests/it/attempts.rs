@@ -4,7 +4,7 @@
 //! and run again as the next attempt up to `PICULET_MAX_ATTEMPTS`, and a shutdown lets work
 //! finish within its grace and hands the rest over with the steps left running.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,7 @@ use piculet::backend::{
 };
 use piculet::config::DatabaseUrl;
 use piculet::engine::{Control, Engine, EngineSettings};
+use piculet::metrics_registry::Metrics;
 use piculet::model::{LogLine, Status};
 use piculet::secrets::SecretBox;
 use piculet::store::{Fenced, StartRecord, Store};
@@ -266,6 +267,7 @@ fn engine_with_log_limit(
             shutdown_grace,
         },
         Arc::new(Control::default()),
+        Metrics::default(),
     )
 }
 
