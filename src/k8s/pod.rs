@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HostAlias, KeyToPath,
     LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
@@ -25,25 +24,7 @@ use super::security;
 use super::service;
 use super::settings::StepField;
 use super::volume;
-use crate::pipeline::{self, EnvValue, SecretTarget, SettingValue, StepKind, StepSpec};
-
-/// The shell wrapper: the script travels base64-encoded in `CI_SCRIPT` (so no character of it
-/// is ever read by the kubelet's `$(VAR)` expansion), as Woodpecker runs it, so an image that
-/// works there works here.
-pub const SHELL_COMMAND: [&str; 3] = ["/bin/sh", "-c", "echo $CI_SCRIPT | base64 -d | /bin/sh -e"];
-
-/// The script of a step's commands: each echoed (`+ cmd`) before it runs.
-pub fn script(commands: &[String]) -> String {
-    let mut s = String::from("unset CI_SCRIPT\n");
-    for c in commands {
-        s.push_str(&format!("echo {}\n{c}\n", shell_quote(&format!("+ {c}"))));
-    }
-    s
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+use crate::pipeline::{self, EnvValue, SecretTarget, SettingValue, StepKind, StepSpec, script};
 
 /// Escapes `$` where the kubelet would read it: `$(NAME)` expands and `$$` becomes `$` in env
 /// values, commands and arguments. Doubling those `$` makes the container see exactly the text.
@@ -116,7 +97,10 @@ pub fn set_environment(pod: &mut Pod, environment: &BTreeMap<String, String>) {
         return;
     };
     let env = container.env.get_or_insert_with(Vec::new);
-    for (name, value) in environment.iter().filter(|(name, _)| *name != "CI_SCRIPT") {
+    for (name, value) in environment
+        .iter()
+        .filter(|(name, _)| *name != script::CI_SCRIPT)
+    {
         let var = EnvVar {
             name: name.clone(),
             value: Some(escape_expansion(value)),
@@ -525,16 +509,15 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
 
     let mut command = None;
     if !step.commands.is_empty() {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(script(&step.commands));
         env.insert(
-            "CI_SCRIPT".to_string(),
+            script::CI_SCRIPT.to_string(),
             EnvVar {
-                name: "CI_SCRIPT".to_string(),
-                value: Some(encoded),
+                name: script::CI_SCRIPT.to_string(),
+                value: Some(script::ci_script(&step.commands)),
                 value_from: None,
             },
         );
-        command = Some(SHELL_COMMAND.iter().map(|s| s.to_string()).collect());
+        command = Some(script::CI_SCRIPT_COMMAND.map(String::from).to_vec());
     }
     if let Some(ep) = &step.entrypoint {
         command = Some(ep.iter().map(|s| escape_expansion(s)).collect());
@@ -798,11 +781,7 @@ mod tests {
     }
 
     #[test]
-    fn scripts_and_dirs() {
-        assert_eq!(
-            script(&["echo 'hi'".to_string(), "go build".to_string()]),
-            "unset CI_SCRIPT\necho '+ echo '\\''hi'\\'''\necho 'hi'\necho '+ go build'\ngo build\n"
-        );
+    fn working_dirs() {
         assert_eq!(working_dir("/woodpecker", "src", None), "/woodpecker/src");
         assert_eq!(
             working_dir("/woodpecker", "src/", Some("sub/dir")),

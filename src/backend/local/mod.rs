@@ -37,7 +37,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,7 +44,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use uuid::Uuid;
 
 use super::{Backend, BackendError, Presence, StepExit, StepHandle, StepRun, WorkflowRun};
-use crate::pipeline::{DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, StepSpec};
+use crate::pipeline::{DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, StepSpec, script};
 use output::{Main, OUTPUT_CAPACITY, Output, Supervisor, Tail};
 use process::POLL;
 use record::{Files, Record, Recorded};
@@ -220,7 +219,7 @@ impl LocalBackend {
             Body::Script(commands) => (
                 "/bin/sh".to_string(),
                 vec!["-e".to_string()],
-                Some(shell_script(&commands, false)),
+                Some(script::commands(&commands)),
             ),
             Body::Entrypoint {
                 program,
@@ -228,14 +227,11 @@ impl LocalBackend {
                 commands,
             } => {
                 if !commands.is_empty() {
-                    // As Woodpecker does: the script, base64-encoded, for an entrypoint such
-                    // as `["/bin/sh", "-c", "echo $CI_SCRIPT | base64 -d | /bin/sh -e"]`.
-                    let script = shell_script(&commands, true);
+                    // As Woodpecker does: the script for an entrypoint such as
+                    // `script::CI_SCRIPT_COMMAND`.
                     env.insert(
-                        "CI_SCRIPT".into(),
-                        base64::engine::general_purpose::STANDARD
-                            .encode(script.as_bytes())
-                            .into(),
+                        script::CI_SCRIPT.into(),
+                        script::ci_script(&commands).into(),
                     );
                 }
                 (program, args, None)
@@ -864,31 +860,6 @@ fn secret(
             spec.name
         ))
     })
-}
-
-/// The script a step runs: each command echoed (`+ go test ./...`, as Woodpecker shows it)
-/// and then run. The echo prints the command's text as written, never a variable's value, so
-/// no secret reaches the log through it. `printf` rather than `echo`: some shells' `echo`
-/// interprets backslashes.
-fn shell_script(commands: &[String], unset_ci_script: bool) -> String {
-    let mut script = String::new();
-    if unset_ci_script {
-        // As Woodpecker's script does: the commands need not see their own encoded text.
-        script.push_str("unset CI_SCRIPT\n");
-    }
-    for command in commands {
-        script.push_str("printf '%s\\n' ");
-        script.push_str(&sh_quote(&format!("+ {command}")));
-        script.push('\n');
-        script.push_str(command);
-        script.push('\n');
-    }
-    script
-}
-
-/// Single-quotes `s` for a POSIX shell.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// How the clone step runs with the host's `git`.
