@@ -453,11 +453,8 @@ pub fn main() -> ExitCode {
 /// closed pipe fails and `print!` panics on the failure. Not for `serve`, which must outlive
 /// its clients' closed connections, nor for the steps it starts.
 fn end_quietly_when_output_closes() {
-    // SAFETY: called first thing on the main thread, before any other thread exists, with the
-    // default disposition, which is always valid.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Called first thing, before any other thread exists.
+    sigpipe::reset();
 }
 
 /// Prints a client error: a refused submission's diagnostics first, one per line as `lint`

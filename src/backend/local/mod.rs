@@ -48,6 +48,7 @@ use crate::pipeline::{DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, Ste
 use output::{Main, OUTPUT_CAPACITY, Output, Supervisor, Tail};
 use process::POLL;
 use record::{Files, Record, Recorded};
+use rustix::process::Signal;
 
 /// How long teardown waits for killed processes to be gone before removing the workspace.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
@@ -90,7 +91,7 @@ struct StepEntry {
     finished: bool,
     /// The last signal this process sent the group: how an adopted step ended when it was
     /// killed before its wrapper could write its exit.
-    sent: Option<i32>,
+    sent: Option<Signal>,
     /// Becomes `true` once the output is closed and the exit is known.
     done: watch::Receiver<bool>,
 }
@@ -399,8 +400,8 @@ impl Backend for LocalBackend {
             match state.steps.get_mut(&step_id) {
                 Some(e) if e.finished => return Ok(()),
                 Some(e) => {
-                    process::signal_group(e.pgid, libc::SIGTERM);
-                    e.sent = Some(libc::SIGTERM);
+                    process::signal_group(e.pgid, Signal::TERM);
+                    e.sent = Some(Signal::TERM);
                     Some(e.done.clone())
                 }
                 None => None,
@@ -411,8 +412,8 @@ impl Backend for LocalBackend {
                 if timeout(grace, done.wait_for(|d| *d)).await.is_err() {
                     let mut state = self.lock();
                     if let Some(e) = state.steps.get_mut(&step_id).filter(|e| !e.finished) {
-                        process::signal_group(e.pgid, libc::SIGKILL);
-                        e.sent = Some(libc::SIGKILL);
+                        process::signal_group(e.pgid, Signal::KILL);
+                        e.sent = Some(Signal::KILL);
                     }
                 }
             }
@@ -688,8 +689,8 @@ impl LocalBackend {
             let mut state = self.lock();
             for entry in state.steps.values_mut().filter(|e| e.workflow_id == id) {
                 if !entry.finished {
-                    process::signal_group(entry.pgid, libc::SIGKILL);
-                    entry.sent = Some(libc::SIGKILL);
+                    process::signal_group(entry.pgid, Signal::KILL);
+                    entry.sent = Some(Signal::KILL);
                     waiting.push(entry.done.clone());
                 }
             }
@@ -709,7 +710,7 @@ impl LocalBackend {
             // Every attempt the workflow ever ran has a record, most of them long over: an id
             // since given to another process's group is left alone.
             if process::recorded_group_alive(pgid, start) {
-                process::signal_recorded_group(pgid, start, libc::SIGKILL);
+                process::signal_recorded_group(pgid, start, Signal::KILL);
                 others.push((pgid, start));
             }
         }
@@ -1137,15 +1138,15 @@ mod tests {
 
     /// Gone, or a zombie (dead, waiting for a parent that may be slow to reap it).
     fn process_gone(pid: i32) -> bool {
-        // SAFETY: kill with signal 0 only checks for existence.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        let Some(process) = rustix::process::Pid::from_raw(pid) else {
+            return true;
+        };
+        if rustix::process::test_kill_process(process).is_err() {
             return true;
         }
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "Z" || state == "X")
-        })
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .is_ok_and(|stat| matches!(stat.state, 'Z' | 'X'))
     }
 
     async fn wait_gone(pid: i32) -> bool {
@@ -1479,7 +1480,7 @@ mod tests {
             .await
             .expect("stop");
         let (_, exit) = collect(handle).await;
-        assert_eq!(exit, killed(libc::SIGTERM));
+        assert_eq!(exit, killed(Signal::TERM.as_raw()));
         for pid in pids {
             assert!(wait_gone(pid).await, "process {pid} survived the stop");
         }
@@ -1514,7 +1515,7 @@ mod tests {
             .await
             .expect("stop");
         let (_, exit) = collect(handle).await;
-        assert_eq!(exit, killed(libc::SIGKILL));
+        assert_eq!(exit, killed(Signal::KILL.as_raw()));
         for pid in pids {
             assert!(wait_gone(pid).await, "process {pid} survived the kill");
         }
@@ -1568,7 +1569,7 @@ mod tests {
 
         f.backend.teardown_workflow(&f.wf).await.expect("teardown");
         let (_, exit) = collect(handle).await;
-        assert_eq!(exit, killed(libc::SIGKILL));
+        assert_eq!(exit, killed(Signal::KILL.as_raw()));
         for pid in pids {
             assert!(wait_gone(pid).await, "process {pid} survived the teardown");
         }
@@ -1610,7 +1611,7 @@ mod tests {
             assert!(wait_gone(*pid).await, "process {pid} survived the stop");
         }
         let (_, exit) = collect(handle).await;
-        assert_eq!(exit, killed(libc::SIGTERM));
+        assert_eq!(exit, killed(Signal::TERM.as_raw()));
         // Ended, its exit on file: still there to be reported, no longer running.
         let files = Files::new(&f.backend.state_dir(f.wf.workflow_id), run.step_id, 1);
         assert_eq!(record::read_exit(&files).await, Some(143));
@@ -1648,7 +1649,7 @@ mod tests {
             .stop_step(&f.wf, run.step_id, Duration::from_secs(5))
             .await
             .unwrap();
-        assert_eq!(collect(handle).await.1, killed(libc::SIGTERM));
+        assert_eq!(collect(handle).await.1, killed(Signal::TERM.as_raw()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1984,7 +1985,7 @@ mod tests {
             .expect("attach");
         let (rest, exit) = collect(handle).await;
         assert_eq!(rest, ["+ kill -9 $$\n"]);
-        assert_eq!(exit, killed(libc::SIGKILL));
+        assert_eq!(exit, killed(Signal::KILL.as_raw()));
     }
 
     #[tokio::test]
