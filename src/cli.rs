@@ -453,11 +453,8 @@ pub fn main() -> ExitCode {
 /// closed pipe fails and `print!` panics on the failure. Not for `serve`, which must outlive
 /// its clients' closed connections, nor for the steps it starts.
 fn end_quietly_when_output_closes() {
-    // SAFETY: called first thing on the main thread, before any other thread exists, with the
-    // default disposition, which is always valid.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    // Called first thing, before any other thread exists.
+    sigpipe::reset();
 }
 
 /// Prints a client error: a refused submission's diagnostics first, one per line as `lint`
@@ -583,116 +580,134 @@ async fn run_client(command: Command) -> Result<ExitCode, ClientError> {
             exit_status,
             json,
             client,
-        } => {
-            let client = client.client()?;
-            let p = client.pipeline(parse_id(&pipeline)?).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
-            } else {
-                print_warnings(&p, &|_| None);
-                anstream::print!("{}", output::status_table(&p, chrono::Utc::now()));
-            }
-            Ok(if exit_status {
-                ExitCode::from(exit_code(p.summary.status))
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => status(&client.client()?, pipeline, exit_status, json).await,
         Command::Events {
             pipeline,
             exit_status,
             json,
             client,
-        } => {
-            let client = client.client()?;
-            let id = parse_id(&pipeline)?;
-            let mut events = client.stream(format!("/pipelines/{id}/events"));
-            let mut last = None;
-            while let Some(event) = events.next().await? {
-                if event.event == "end" {
-                    #[derive(serde::Deserialize)]
-                    struct End {
-                        status: Status,
-                    }
-                    last = serde_json::from_str::<End>(&event.data)
-                        .ok()
-                        .map(|e| e.status);
-                    break;
-                }
-                if json {
-                    println!("{}", event.data);
-                } else if let Ok(e) = serde_json::from_str::<Event>(&event.data) {
-                    anstream::println!("{}", output::event_line(&e));
-                }
-            }
-            let status = last.ok_or_else(|| {
-                ClientError::Stream(format!("the events of pipeline {id} ended without an end"))
-            })?;
-            Ok(if exit_status {
-                ExitCode::from(exit_code(status))
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => events(&client.client()?, pipeline, exit_status, json).await,
         Command::Logs {
             step,
             follow: follow_it,
             client,
-        } => {
-            let client = client.client()?;
-            let id = parse_id(&step)?;
-            if !follow_it {
-                client.print_log(id).await?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let end = client.follow_log(id, "").await?;
-            if end.status != Status::Success {
-                anstream::eprintln!(
-                    "piculet: step {id} {}{}",
-                    output::status(end.status, 0),
-                    output::outcome(end.status, end.exit_code, end.reason.as_deref())
-                        .map(|o| format!(": {o}"))
-                        .unwrap_or_default()
-                );
-            }
-            Ok(ExitCode::from(exit_code(end.status)))
-        }
+        } => logs(&client.client()?, step, follow_it).await,
         Command::Cancel {
             pipeline,
             wait,
             client,
-        } => {
-            let client = client.client()?;
-            let id = parse_id(&pipeline)?;
-            let p = client.cancel(id).await?;
-            let status = p.summary.status;
-            if status.is_finished() {
-                anstream::println!("{id}: {}", output::status(status, 0));
-                return Ok(ExitCode::SUCCESS);
-            }
-            // The cancel is recorded; the engine stops the running steps within the grace
-            // period, and only then is the pipeline canceled.
-            if !wait {
-                anstream::println!("{id}: canceling");
-                return Ok(ExitCode::SUCCESS);
-            }
-            anstream::eprintln!("piculet: {id}: canceling");
-            let mut events = client.stream(format!("/pipelines/{id}/events"));
-            while let Some(event) = events.next().await? {
-                if event.event == "end" {
-                    break;
-                }
-            }
-            let done = client.pipeline(id).await?;
-            anstream::println!("{id}: {}", output::status(done.summary.status, 0));
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cancel(&client.client()?, pipeline, wait).await,
         Command::Serve(_)
         | Command::Migrate(_)
         | Command::Openapi
         | Command::Lint { .. }
         | Command::Render { .. } => Err(ClientError::Input("not a client command".to_string())),
     }
+}
+
+/// `piculet status`: the pipeline's table, or its JSON.
+async fn status(
+    client: &Client,
+    pipeline: String,
+    exit_status: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let p = client.pipeline(parse_id(&pipeline)?).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+    } else {
+        print_warnings(&p, &|_| None);
+        anstream::print!("{}", output::status_table(&p, chrono::Utc::now()));
+    }
+    Ok(if exit_status {
+        ExitCode::from(exit_code(p.summary.status))
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `piculet events`: the pipeline's events to its end.
+async fn events(
+    client: &Client,
+    pipeline: String,
+    exit_status: bool,
+    json: bool,
+) -> Result<ExitCode, ClientError> {
+    let id = parse_id(&pipeline)?;
+    let mut events = client.stream(format!("/pipelines/{id}/events"));
+    let mut last = None;
+    while let Some(event) = events.next().await? {
+        if event.event == "end" {
+            #[derive(serde::Deserialize)]
+            struct End {
+                status: Status,
+            }
+            last = serde_json::from_str::<End>(&event.data)
+                .ok()
+                .map(|e| e.status);
+            break;
+        }
+        if json {
+            println!("{}", event.data);
+        } else if let Ok(e) = serde_json::from_str::<Event>(&event.data) {
+            anstream::println!("{}", output::event_line(&e));
+        }
+    }
+    let status = last.ok_or_else(|| {
+        ClientError::Stream(format!("the events of pipeline {id} ended without an end"))
+    })?;
+    Ok(if exit_status {
+        ExitCode::from(exit_code(status))
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `piculet logs`: a step's log, or with `follow` its log to the step's end.
+async fn logs(client: &Client, step: String, follow_it: bool) -> Result<ExitCode, ClientError> {
+    let id = parse_id(&step)?;
+    if !follow_it {
+        client.print_log(id).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let end = client.follow_log(id, "").await?;
+    if end.status != Status::Success {
+        anstream::eprintln!(
+            "piculet: step {id} {}{}",
+            output::status(end.status, 0),
+            output::outcome(end.status, end.exit_code, end.reason.as_deref())
+                .map(|o| format!(": {o}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::from(exit_code(end.status)))
+}
+
+/// `piculet cancel`: records the cancel, and with `wait` waits for the pipeline's end.
+async fn cancel(client: &Client, pipeline: String, wait: bool) -> Result<ExitCode, ClientError> {
+    let id = parse_id(&pipeline)?;
+    let p = client.cancel(id).await?;
+    let status = p.summary.status;
+    if status.is_finished() {
+        anstream::println!("{id}: {}", output::status(status, 0));
+        return Ok(ExitCode::SUCCESS);
+    }
+    // The cancel is recorded; the engine stops the running steps within the grace
+    // period, and only then is the pipeline canceled.
+    if !wait {
+        anstream::println!("{id}: canceling");
+        return Ok(ExitCode::SUCCESS);
+    }
+    anstream::eprintln!("piculet: {id}: canceling");
+    let mut events = client.stream(format!("/pipelines/{id}/events"));
+    while let Some(event) = events.next().await? {
+        if event.event == "end" {
+            break;
+        }
+    }
+    let done = client.pipeline(id).await?;
+    anstream::println!("{id}: {}", output::status(done.summary.status, 0));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `piculet list`: one page, or with `watch` the newest page again every `interval`.

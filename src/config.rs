@@ -639,97 +639,14 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
 impl Config {
     /// Parses and checks every setting; the first bad one is reported.
     pub fn from_settings(s: &Settings) -> Result<Config, ConfigError> {
-        let listen_text = given_or_default("listen", &s.listen)?;
-        let listen: SocketAddr = listen_text.parse().map_err(|_| {
-            invalid(
-                "listen",
-                format!("{listen_text:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8080"),
-            )
-        })?;
-
+        let listen = listen(s)?;
         let data_dir = PathBuf::from(given_or_default("data_dir", &s.data_dir)?);
 
-        let database_url = match s.database_url.as_deref() {
-            None | Some("") => DatabaseUrl::Sqlite(format!(
-                "sqlite://{}",
-                data_dir.join("piculet.db").display()
-            )),
-            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                DatabaseUrl::Postgres(url.to_string())
-            }
-            Some(url) if url.starts_with("sqlite:") => DatabaseUrl::Sqlite(url.to_string()),
-            Some(url) => {
-                return Err(invalid(
-                    "database_url",
-                    format!(
-                        "{:?} is neither postgres://… nor sqlite://…",
-                        redact_url(url)
-                    ),
-                ));
-            }
-        };
-
-        let backend = match given_or_default("backend", &s.backend)? {
-            "local" => BackendKind::Local,
-            "kubernetes" => BackendKind::Kubernetes,
-            other => {
-                return Err(invalid(
-                    "backend",
-                    format!("{other:?} is not a backend; use local or kubernetes"),
-                ));
-            }
-        };
-
-        let api_tokens: BTreeSet<String> = s
-            .api_tokens
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect();
-        if let Some(short) = api_tokens.iter().find(|t| t.len() < 16) {
-            return Err(invalid(
-                "api_tokens",
-                format!(
-                    "a token of {} characters is too easy to guess; use at least 16",
-                    short.len()
-                ),
-            ));
-        }
-        if api_tokens.is_empty() && !listen.ip().is_loopback() {
-            return Err(invalid(
-                "listen",
-                format!(
-                    "{listen} is not a loopback address and no API token is configured; set \
-                     PICULET_API_TOKENS (e.g. to the output of `openssl rand -hex 32`) or listen on 127.0.0.1"
-                ),
-            ));
-        }
-
-        let max_workflows_text = given_or_default("max_workflows", &s.max_workflows)?;
-        let max_workflows = match max_workflows_text.parse::<usize>() {
-            Ok(n) if (1..=10_000).contains(&n) => n,
-            _ => {
-                return Err(invalid(
-                    "max_workflows",
-                    format!("{max_workflows_text:?} is not a number from 1 to 10000"),
-                ));
-            }
-        };
-
-        let platform = given_or_default("platform", &s.platform)?.to_string();
-        match platform.split_once('/') {
-            Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {}
-            _ => {
-                return Err(invalid(
-                    "platform",
-                    format!("{platform:?} is not OS/ARCH, e.g. linux/amd64"),
-                ));
-            }
-        }
-
+        let database_url = database_url(s, &data_dir)?;
+        let backend = backend(s)?;
+        let api_tokens = api_tokens(s, listen)?;
+        let max_workflows = max_workflows(s)?;
+        let platform = platform(s)?;
         let max_body_size = parse_size(given_or_default("max_body_size", &s.max_body_size)?)
             .map_err(|m| invalid("max_body_size", m))?;
         if max_body_size < 1024 {
@@ -739,9 +656,6 @@ impl Config {
             ));
         }
 
-        let duration = |field: &str, value: &Option<String>| {
-            parse_duration(given_or_default(field, value)?).map_err(|m| invalid(field, m))
-        };
         let body_timeout = duration("body_timeout", &s.body_timeout)?;
         if body_timeout.is_zero() {
             return Err(invalid(
@@ -750,18 +664,7 @@ impl Config {
             ));
         }
 
-        let max_planning = match s.max_planning.as_deref() {
-            None => std::thread::available_parallelism().map_or(1, usize::from),
-            Some(text) => match text.trim().parse::<usize>() {
-                Ok(n) if (1..=1024).contains(&n) => n,
-                _ => {
-                    return Err(invalid(
-                        "max_planning",
-                        format!("{text:?} is not a number from 1 to 1024"),
-                    ));
-                }
-            },
-        };
+        let max_planning = max_planning(s)?;
         let planning_queue_timeout = duration("planning_queue_timeout", &s.planning_queue_timeout)?;
         let allowed_hosts =
             crate::api::host::parse_allowed_hosts(s.allowed_hosts.as_deref().unwrap_or(""))
@@ -774,16 +677,7 @@ impl Config {
             }
         };
 
-        let log_format = match given_or_default("log_format", &s.log_format)? {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                return Err(invalid(
-                    "log_format",
-                    format!("{other:?} is not a log format; use text or json"),
-                ));
-            }
-        };
+        let log_format = log_format(s)?;
         let log = given_or_default("log", &s.log)?.to_string();
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log) {
             return Err(invalid("log", format!("{log:?}: {e}")));
@@ -817,48 +711,7 @@ impl Config {
         let max_log_size = parse_size(given_or_default("max_log_size", &s.max_log_size)?)
             .map_err(|m| invalid("max_log_size", m))?;
 
-        let timeouts = Timeouts {
-            read: duration("db_read_timeout", &s.db_read_timeout)?,
-            write: duration("db_write_timeout", &s.db_write_timeout)?,
-        };
-        for (field, value) in [
-            ("db_read_timeout", timeouts.read),
-            ("db_write_timeout", timeouts.write),
-        ] {
-            if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&value) {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "{} is not from 1ms to 1h; every database query needs a time limit, and \
-                         some time to run",
-                        humantime::format_duration(value)
-                    ),
-                ));
-            }
-        }
-        let api_default = match database_url {
-            DatabaseUrl::Postgres(_) => 16,
-            // One writer at a time: more connections would only wait on each other.
-            DatabaseUrl::Sqlite(_) => 8,
-        };
-        // A workflow's lease keeper and the log writer of a step running beside it, plus
-        // claims and the reaper; bounded, since every replica's pools share the server's
-        // connection limit.
-        let engine_default = (2 * max_workflows + 2).min(32) as u32;
-        let db_api = PoolSettings {
-            connections: match s.db_api_connections {
-                None => api_default,
-                Some(_) => count("db_api_connections", &s.db_api_connections)?,
-            },
-            timeouts,
-        };
-        let db_engine = PoolSettings {
-            connections: match s.db_engine_connections {
-                None => engine_default,
-                Some(_) => count("db_engine_connections", &s.db_engine_connections)?,
-            },
-            timeouts,
-        };
+        let (db_api, db_engine) = db_pools(s, &database_url, max_workflows)?;
         let max_label_filters = count("max_label_filters", &s.max_label_filters)? as usize;
         let metrics_concurrency_groups =
             count("metrics_concurrency_groups", &s.metrics_concurrency_groups)? as usize;
@@ -897,6 +750,204 @@ impl Config {
             log,
         })
     }
+}
+
+/// The address to listen on: IP:PORT.
+fn listen(s: &Settings) -> Result<SocketAddr, ConfigError> {
+    let listen_text = given_or_default("listen", &s.listen)?;
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "listen",
+            format!("{listen_text:?} is not an address; write IP:PORT, e.g. 127.0.0.1:8080"),
+        )
+    })?;
+    Ok(listen)
+}
+
+/// The database: Postgres, or SQLite (by default a file in the data directory).
+fn database_url(s: &Settings, data_dir: &Path) -> Result<DatabaseUrl, ConfigError> {
+    let database_url = match s.database_url.as_deref() {
+        None | Some("") => DatabaseUrl::Sqlite(format!(
+            "sqlite://{}",
+            data_dir.join("piculet.db").display()
+        )),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            DatabaseUrl::Postgres(url.to_string())
+        }
+        Some(url) if url.starts_with("sqlite:") => DatabaseUrl::Sqlite(url.to_string()),
+        Some(url) => {
+            return Err(invalid(
+                "database_url",
+                format!(
+                    "{:?} is neither postgres://… nor sqlite://…",
+                    redact_url(url)
+                ),
+            ));
+        }
+    };
+    Ok(database_url)
+}
+
+fn backend(s: &Settings) -> Result<BackendKind, ConfigError> {
+    let backend = match given_or_default("backend", &s.backend)? {
+        "local" => BackendKind::Local,
+        "kubernetes" => BackendKind::Kubernetes,
+        other => {
+            return Err(invalid(
+                "backend",
+                format!("{other:?} is not a backend; use local or kubernetes"),
+            ));
+        }
+    };
+    Ok(backend)
+}
+
+/// The API tokens: none only on a loopback address, each long enough not to be guessed.
+fn api_tokens(s: &Settings, listen: SocketAddr) -> Result<BTreeSet<String>, ConfigError> {
+    let api_tokens: BTreeSet<String> = s
+        .api_tokens
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(String::from)
+        .collect();
+    if let Some(short) = api_tokens.iter().find(|t| t.len() < 16) {
+        return Err(invalid(
+            "api_tokens",
+            format!(
+                "a token of {} characters is too easy to guess; use at least 16",
+                short.len()
+            ),
+        ));
+    }
+    if api_tokens.is_empty() && !listen.ip().is_loopback() {
+        return Err(invalid(
+            "listen",
+            format!(
+                "{listen} is not a loopback address and no API token is configured; set \
+                 PICULET_API_TOKENS (e.g. to the output of `openssl rand -hex 32`) or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(api_tokens)
+}
+
+fn max_workflows(s: &Settings) -> Result<usize, ConfigError> {
+    let max_workflows_text = given_or_default("max_workflows", &s.max_workflows)?;
+    let max_workflows = match max_workflows_text.parse::<usize>() {
+        Ok(n) if (1..=10_000).contains(&n) => n,
+        _ => {
+            return Err(invalid(
+                "max_workflows",
+                format!("{max_workflows_text:?} is not a number from 1 to 10000"),
+            ));
+        }
+    };
+    Ok(max_workflows)
+}
+
+/// The platform pipelines run on by default: OS/ARCH.
+fn platform(s: &Settings) -> Result<String, ConfigError> {
+    let platform = given_or_default("platform", &s.platform)?.to_string();
+    match platform.split_once('/') {
+        Some((os, arch)) if !os.is_empty() && !arch.is_empty() && !arch.contains('/') => {}
+        _ => {
+            return Err(invalid(
+                "platform",
+                format!("{platform:?} is not OS/ARCH, e.g. linux/amd64"),
+            ));
+        }
+    }
+    Ok(platform)
+}
+
+/// How many submissions are planned at once: by default, one per core.
+fn max_planning(s: &Settings) -> Result<usize, ConfigError> {
+    let max_planning = match s.max_planning.as_deref() {
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+        Some(text) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => n,
+            _ => {
+                return Err(invalid(
+                    "max_planning",
+                    format!("{text:?} is not a number from 1 to 1024"),
+                ));
+            }
+        },
+    };
+    Ok(max_planning)
+}
+
+fn log_format(s: &Settings) -> Result<LogFormat, ConfigError> {
+    let log_format = match given_or_default("log_format", &s.log_format)? {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log_format",
+                format!("{other:?} is not a log format; use text or json"),
+            ));
+        }
+    };
+    Ok(log_format)
+}
+
+/// The API's and the engine's database pools: their sizes and query time limits.
+fn db_pools(
+    s: &Settings,
+    database_url: &DatabaseUrl,
+    max_workflows: usize,
+) -> Result<(PoolSettings, PoolSettings), ConfigError> {
+    let timeouts = Timeouts {
+        read: duration("db_read_timeout", &s.db_read_timeout)?,
+        write: duration("db_write_timeout", &s.db_write_timeout)?,
+    };
+    for (field, value) in [
+        ("db_read_timeout", timeouts.read),
+        ("db_write_timeout", timeouts.write),
+    ] {
+        if !(Duration::from_millis(1)..=Duration::from_secs(3600)).contains(&value) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{} is not from 1ms to 1h; every database query needs a time limit, and \
+                     some time to run",
+                    humantime::format_duration(value)
+                ),
+            ));
+        }
+    }
+    let api_default = match database_url {
+        DatabaseUrl::Postgres(_) => 16,
+        // One writer at a time: more connections would only wait on each other.
+        DatabaseUrl::Sqlite(_) => 8,
+    };
+    // A workflow's lease keeper and the log writer of a step running beside it, plus
+    // claims and the reaper; bounded, since every replica's pools share the server's
+    // connection limit.
+    let engine_default = (2 * max_workflows + 2).min(32) as u32;
+    let db_api = PoolSettings {
+        connections: match s.db_api_connections {
+            None => api_default,
+            Some(_) => count("db_api_connections", &s.db_api_connections)?,
+        },
+        timeouts,
+    };
+    let db_engine = PoolSettings {
+        connections: match s.db_engine_connections {
+            None => engine_default,
+            Some(_) => count("db_engine_connections", &s.db_engine_connections)?,
+        },
+        timeouts,
+    };
+    Ok((db_api, db_engine))
+}
+
+/// A duration setting, its default when not given.
+fn duration(field: &str, value: &Option<String>) -> Result<Duration, ConfigError> {
+    parse_duration(given_or_default(field, value)?).map_err(|m| invalid(field, m))
 }
 
 /// `PICULET_MAX_LABEL_FILTERS` unless set; the API document states it as `label`'s `maxItems`.

@@ -6,6 +6,7 @@
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
@@ -436,7 +437,6 @@ fn document_statuses(operation_id: &str, responses: &mut Map<String, Value>) {
 /// The errors an operation answers with a status, as named examples built from the very
 /// errors the handlers return.
 fn problem_examples(operation_id: &str, status: &str) -> Value {
-    use std::time::Duration;
     let id = "0193a5c4-6a5e-7cc0-a7e1-3f1b2f7d9e10";
     let body_op = matches!(
         operation_id,
@@ -452,53 +452,7 @@ fn problem_examples(operation_id: &str, status: &str) -> Value {
     );
     let mut errors: Vec<(&str, ApiError)> = Vec::new();
     match status {
-        "400" => {
-            if body_op {
-                errors.push((
-                    "malformed-body",
-                    ApiError::MalformedBody(
-                        "the body is not valid JSON: EOF while parsing an object at line 1 \
-                         column 12; check the syntax, or send a pipeline file with \
-                         Content-Type: application/yaml"
-                            .into(),
-                    ),
-                ));
-            }
-            if operation_id == "create_pipeline" {
-                errors.push((
-                    "invalid-header",
-                    ApiError::InvalidHeader(format!(
-                        "Idempotency-Key must be 1 to {} visible ASCII characters without \
-                         spaces, e.g. a UUID",
-                        pipelines::MAX_IDEMPOTENCY_KEY
-                    )),
-                ));
-            }
-            if id_op {
-                errors.push(("invalid-id", ApiError::InvalidId("42".into())));
-            }
-            if matches!(operation_id, "get_pipeline_events" | "get_step_logs") {
-                errors.push((
-                    "invalid-header",
-                    ApiError::InvalidHeader(
-                        "Last-Event-ID \"x\" is not a number; send back the id of the last \
-                         event received"
-                            .into(),
-                    ),
-                ));
-            }
-            if matches!(
-                operation_id,
-                "list_pipelines" | "get_pipeline_events" | "get_step_logs"
-            ) {
-                errors.push((
-                    "invalid-query",
-                    ApiError::InvalidQuery(
-                        "unknown query parameter \"page\"; see the operation's parameters".into(),
-                    ),
-                ));
-            }
-        }
+        "400" => errors.extend(bad_request_examples(operation_id, body_op, id_op)),
         "401" => errors.push((
             "unauthorized",
             ApiError::Unauthorized(
@@ -532,56 +486,9 @@ fn problem_examples(operation_id: &str, status: &str) -> Value {
                 "this server answers only to loopback names without API tokens".into(),
             ),
         )),
-        "422" => {
-            errors.push((
-                "validation-failed",
-                error::validation(
-                    vec![crate::pipeline::Diagnostic {
-                        config: "build".into(),
-                        pointer: "/steps/0/comands".into(),
-                        line: Some(4),
-                        column: Some(5),
-                        message: "unknown key \"comands\", did you mean \"commands\"?".into(),
-                    }],
-                    vec![],
-                ),
-            ));
-            if operation_id == "create_pipeline" {
-                errors.push((
-                    "idempotency-key-reused",
-                    ApiError::IdempotencyKeyReused("build-42".into()),
-                ));
-            }
-        }
+        "422" => errors.extend(validation_examples(operation_id)),
         "500" => errors.push(("internal", ApiError::Fault("an example fault".into()))),
-        "503" => {
-            if operation_id == "readyz" {
-                errors.push((
-                    "unavailable",
-                    ApiError::Unavailable("the database does not answer".into()),
-                ));
-            } else {
-                errors.push((
-                    "unavailable",
-                    ApiError::DatabaseBusy {
-                        detail: "the database did not answer within 5s (PICULET_DB_READ_TIMEOUT); \
-                                 retry after the Retry-After seconds"
-                            .into(),
-                        retry_after: 5,
-                    },
-                ));
-            }
-            if body_op || operation_id == "retry_pipeline" {
-                errors.push((
-                    "busy",
-                    ApiError::Busy {
-                        slots: 2,
-                        waited: Duration::from_secs(10),
-                        retry_after: 10,
-                    },
-                ));
-            }
-        }
+        "503" => errors.extend(unavailable_examples(operation_id, body_op)),
         _ => {}
     }
     let mut examples = Map::new();
@@ -590,6 +497,118 @@ fn problem_examples(operation_id: &str, status: &str) -> Value {
         examples.insert(name.to_string(), json!({"value": value}));
     }
     Value::Object(examples)
+}
+
+/// The 400 answers of an operation: a malformed body, a bad header, id or query.
+fn bad_request_examples(
+    operation_id: &str,
+    body_op: bool,
+    id_op: bool,
+) -> Vec<(&'static str, ApiError)> {
+    let mut errors = Vec::new();
+    if body_op {
+        errors.push((
+            "malformed-body",
+            ApiError::MalformedBody(
+                "the body is not valid JSON: EOF while parsing an object at line 1 \
+                 column 12; check the syntax, or send a pipeline file with \
+                 Content-Type: application/yaml"
+                    .into(),
+            ),
+        ));
+    }
+    if operation_id == "create_pipeline" {
+        errors.push((
+            "invalid-header",
+            ApiError::InvalidHeader(format!(
+                "Idempotency-Key must be 1 to {} visible ASCII characters without \
+                 spaces, e.g. a UUID",
+                pipelines::MAX_IDEMPOTENCY_KEY
+            )),
+        ));
+    }
+    if id_op {
+        errors.push(("invalid-id", ApiError::InvalidId("42".into())));
+    }
+    if matches!(operation_id, "get_pipeline_events" | "get_step_logs") {
+        errors.push((
+            "invalid-header",
+            ApiError::InvalidHeader(
+                "Last-Event-ID \"x\" is not a number; send back the id of the last \
+                 event received"
+                    .into(),
+            ),
+        ));
+    }
+    if matches!(
+        operation_id,
+        "list_pipelines" | "get_pipeline_events" | "get_step_logs"
+    ) {
+        errors.push((
+            "invalid-query",
+            ApiError::InvalidQuery(
+                "unknown query parameter \"page\"; see the operation's parameters".into(),
+            ),
+        ));
+    }
+    errors
+}
+
+/// The 422 answers of an operation: a pipeline that does not validate, a reused key.
+fn validation_examples(operation_id: &str) -> Vec<(&'static str, ApiError)> {
+    let mut errors = Vec::new();
+    errors.push((
+        "validation-failed",
+        error::validation(
+            vec![crate::pipeline::Diagnostic {
+                config: "build".into(),
+                pointer: "/steps/0/comands".into(),
+                line: Some(4),
+                column: Some(5),
+                message: "unknown key \"comands\", did you mean \"commands\"?".into(),
+            }],
+            vec![],
+        ),
+    ));
+    if operation_id == "create_pipeline" {
+        errors.push((
+            "idempotency-key-reused",
+            ApiError::IdempotencyKeyReused("build-42".into()),
+        ));
+    }
+    errors
+}
+
+/// The 503 answers of an operation: the database, or the planning slots, busy.
+fn unavailable_examples(operation_id: &str, body_op: bool) -> Vec<(&'static str, ApiError)> {
+    let mut errors = Vec::new();
+    if operation_id == "readyz" {
+        errors.push((
+            "unavailable",
+            ApiError::Unavailable("the database does not answer".into()),
+        ));
+    } else {
+        errors.push((
+            "unavailable",
+            ApiError::DatabaseBusy {
+                detail: "the database did not answer within 5s (PICULET_DB_READ_TIMEOUT); \
+                         retry after the Retry-After seconds"
+                    .into(),
+                retry_after: 5,
+            },
+        ));
+    }
+    if body_op || operation_id == "retry_pipeline" {
+        errors.push((
+            "busy",
+            ApiError::Busy {
+                slots: 2,
+                waited: Duration::from_secs(10),
+                retry_after: 10,
+            },
+        ));
+    }
+    errors
 }
 
 /// What a submission needs, as the server checks it: a non-empty `configs`, or a `pipeline`

@@ -5,13 +5,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HostAlias, KeyToPath,
     LocalObjectReference, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     Pod, PodDNSConfig, PodSpec, SecretKeySelector, SecretVolumeSource, Toleration, Volume,
     VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::labels;
 use super::names;
@@ -23,27 +23,9 @@ use super::render::Ctx;
 use super::resources;
 use super::security;
 use super::service;
-use super::settings::StepField;
+use super::settings::{KubernetesConfig, ResourcePolicy, StepField};
 use super::volume;
-use crate::pipeline::{self, EnvValue, SecretTarget, SettingValue, StepKind, StepSpec};
-
-/// The shell wrapper: the script travels base64-encoded in `CI_SCRIPT` (so no character of it
-/// is ever read by the kubelet's `$(VAR)` expansion), as Woodpecker runs it, so an image that
-/// works there works here.
-pub const SHELL_COMMAND: [&str; 3] = ["/bin/sh", "-c", "echo $CI_SCRIPT | base64 -d | /bin/sh -e"];
-
-/// The script of a step's commands: each echoed (`+ cmd`) before it runs.
-pub fn script(commands: &[String]) -> String {
-    let mut s = String::from("unset CI_SCRIPT\n");
-    for c in commands {
-        s.push_str(&format!("echo {}\n{c}\n", shell_quote(&format!("+ {c}"))));
-    }
-    s
-}
-
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+use crate::pipeline::{self, EnvValue, SecretTarget, SettingValue, StepKind, StepSpec, script};
 
 /// Escapes `$` where the kubelet would read it: `$(NAME)` expands and `$$` becomes `$` in env
 /// values, commands and arguments. Doubling those `$` makes the container see exactly the text.
@@ -116,7 +98,10 @@ pub fn set_environment(pod: &mut Pod, environment: &BTreeMap<String, String>) {
         return;
     };
     let env = container.env.get_or_insert_with(Vec::new);
-    for (name, value) in environment.iter().filter(|(name, _)| *name != "CI_SCRIPT") {
+    for (name, value) in environment
+        .iter()
+        .filter(|(name, _)| *name != script::CI_SCRIPT)
+    {
         let var = EnvVar {
             name: name.clone(),
             value: Some(escape_expansion(value)),
@@ -177,32 +162,121 @@ fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// Renders the pod of `step`, recording what the policy refuses.
+/// Renders the pod of `step`, recording what the policy refuses. Each part is decided by a
+/// function of its own, in the order their refusals are reported.
 pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod {
     let config = ctx.config;
-    let input = ctx.input;
-    let opts = &step.backend_options;
-    let name = step.name.as_str();
+    let image = image(ctx, step, v);
+    let privileged = security::privileged(ctx, step, &image, v);
+    let (pod_security, container_security) = security::contexts(ctx, step, privileged, v);
+    let metadata = metadata(ctx, step, v);
+    let scheduling = scheduling(ctx, step, v);
+    let Storage {
+        volumes,
+        mounts,
+        secret_env,
+    } = storage(ctx, step, v);
+    let mut env = environment(ctx, step, secret_env);
+    let command = command(step, &mut env);
+    let ports = ports(step, v);
+    let host_aliases = host_aliases(step, v);
+    let dns_config = dns_config(ctx, step, v);
+    let (image_pull_policy, pull_secrets) = pull(ctx, step);
+    let resources = resources::requirements(resource_policy(config, step.kind), step, v);
 
+    let container = Container {
+        name: names::CONTAINER.to_string(),
+        image: Some(image),
+        image_pull_policy,
+        command,
+        working_dir: Some(container_working_dir(ctx, step)),
+        env: (!env.is_empty()).then(|| env.into_values().collect()),
+        ports: (!ports.is_empty()).then_some(ports),
+        resources,
+        security_context: Some(container_security),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
+        ..Default::default()
+    };
+
+    let Scheduling {
+        node_selector,
+        tolerations,
+        affinity,
+        service_account,
+        runtime_class,
+        host_users,
+    } = scheduling;
+    Pod {
+        metadata,
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".to_string()),
+            hostname: Some(names::hostname(&step.name)),
+            subdomain: Some(ctx.names.service.clone()),
+            containers: vec![container],
+            volumes: (!volumes.is_empty()).then_some(volumes),
+            security_context: Some(pod_security),
+            automount_service_account_token: service_account.is_none().then_some(false),
+            service_account_name: service_account,
+            // Service links would put variables of every Service in the namespace into each
+            // step's environment, where they can shadow the step's own.
+            enable_service_links: Some(false),
+            node_selector: (!node_selector.is_empty()).then_some(node_selector),
+            tolerations: (!tolerations.is_empty()).then_some(tolerations),
+            affinity,
+            runtime_class_name: runtime_class,
+            host_users,
+            priority_class_name: config.priority_class.clone(),
+            dns_policy: config.dns_policy.clone(),
+            dns_config: Some(dns_config),
+            host_aliases: (!host_aliases.is_empty()).then_some(host_aliases),
+            image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
+            termination_grace_period_seconds: config.termination_grace_period,
+            active_deadline_seconds: active_deadline_seconds(step),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The step's image; the default clone image is the administrator's.
+fn image(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> String {
     let image = if step.kind == StepKind::Clone && step.image == pipeline::DEFAULT_CLONE_IMAGE {
-        config.clone_image.clone()
+        ctx.config.clone_image.clone()
     } else {
         step.image.clone()
     };
     if image.trim().is_empty() {
         v.push(
-            name,
+            &step.name,
             "image",
             &image,
             RULE_FORMAT,
             "is empty: every step and service on Kubernetes needs an image",
         );
     }
+    image
+}
 
-    let privileged = security::privileged(ctx, step, &image, v);
-    let (pod_security, container_security) = security::contexts(ctx, step, privileged, v);
+/// The pod's name, labels and annotations.
+fn metadata(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> ObjectMeta {
+    let input = ctx.input;
+    let labels = pod_labels(ctx, step, v);
+    let annotations = pod_annotations(ctx, step, v);
+    let mut metadata = ctx.metadata(&names::pod_name(
+        &input.workflow_id,
+        &step.name,
+        input.attempt,
+    ));
+    metadata.labels = Some(labels);
+    metadata.annotations = Some(annotations);
+    metadata
+}
 
-    // Metadata.
+/// The administrator's labels, the step's allowed ones, then piculet's own, which win.
+fn pod_labels(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> BTreeMap<String, String> {
+    let (config, input) = (ctx.config, ctx.input);
+    let opts = &step.backend_options;
+    let name = step.name.as_str();
     let step_id = input.step_ids.get(name).copied().unwrap_or_default();
     let mut pod_labels = config.pod_labels.clone();
     if !opts.labels.is_empty()
@@ -234,9 +308,15 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
     pod_labels.insert(labels::STEP.to_string(), step_slug);
     pod_labels.insert(labels::KIND.to_string(), kind_name(step.kind).to_string());
     pod_labels.insert(labels::ATTEMPT.to_string(), input.attempt.to_string());
+    pod_labels
+}
 
+/// The administrator's annotations, the step's allowed ones, then piculet's own.
+fn pod_annotations(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> BTreeMap<String, String> {
+    let config = ctx.config;
+    let name = step.name.as_str();
     let mut annotations = config.pod_annotations.clone();
-    for (k, val) in &opts.annotations {
+    for (k, val) in &step.backend_options.annotations {
         let field = option_field(&format!("annotations.{k}"));
         if labels::is_reserved(k) {
             v.push(
@@ -278,78 +358,27 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             config.pull_policies.join(","),
         );
     }
+    annotations
+}
 
-    let mut metadata = ctx.metadata(&names::pod_name(&input.workflow_id, name, input.attempt));
-    metadata.labels = Some(pod_labels);
-    metadata.annotations = Some(annotations);
+/// Where and as whom the pod runs.
+struct Scheduling {
+    node_selector: BTreeMap<String, String>,
+    tolerations: Vec<Toleration>,
+    affinity: Option<Affinity>,
+    service_account: Option<String>,
+    runtime_class: Option<String>,
+    host_users: Option<bool>,
+}
 
-    // Scheduling.
-    let mut node_selector = BTreeMap::new();
-    if let Some((_, arch)) = input.workflow.platform.split_once('/') {
-        let arch = arch.split('/').next().unwrap_or(arch);
-        if !arch.is_empty() {
-            node_selector.insert("kubernetes.io/arch".to_string(), arch.to_string());
-        }
-    }
-    node_selector.extend(config.node_selector.clone());
-    if !opts.node_selector.is_empty()
-        && allow_field(
-            config,
-            v,
-            name,
-            StepField::NodeSelector,
-            &json(&opts.node_selector),
-        )
-    {
-        for (k, val) in &opts.node_selector {
-            if let Err(m) = labels::check_key(k).and(labels::check_value(val)) {
-                v.push(
-                    name,
-                    &option_field(&format!("nodeSelector.{k}")),
-                    val,
-                    RULE_KUBERNETES,
-                    &format!("is not allowed: {m}"),
-                );
-            } else {
-                node_selector.insert(k.clone(), val.clone());
-            }
-        }
-    }
-
-    let mut tolerations: Vec<Toleration> = config.tolerations.clone();
-    if !opts.tolerations.is_empty()
-        && allow_field(
-            config,
-            v,
-            name,
-            StepField::Tolerations,
-            &json(&opts.tolerations),
-        )
-    {
-        tolerations.extend(opts.tolerations.iter().map(|t| Toleration {
-            key: t.key.clone(),
-            operator: t.operator.clone(),
-            value: t.value.clone(),
-            effect: t.effect.clone(),
-            toleration_seconds: t.toleration_seconds,
-        }));
-    }
-
-    let mut affinity = None;
-    if let Some(a) = &opts.affinity
-        && allow_field(config, v, name, StepField::Affinity, &a.to_string())
-    {
-        match serde_json::from_value::<Affinity>(a.clone()) {
-            Ok(a) => affinity = Some(a),
-            Err(e) => v.push(
-                name,
-                &option_field("affinity"),
-                &a.to_string(),
-                RULE_FORMAT,
-                &format!("is not a Kubernetes affinity: {e}"),
-            ),
-        }
-    }
+/// The administrator's scheduling settings, and the step's where allowed.
+fn scheduling(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Scheduling {
+    let config = ctx.config;
+    let opts = &step.backend_options;
+    let name = step.name.as_str();
+    let node_selector = node_selector(ctx, step, v);
+    let tolerations = tolerations(ctx, step, v);
+    let affinity = affinity(ctx, step, v);
 
     let mut service_account = config.service_account.clone();
     if let Some(sa) = &opts.service_account_name
@@ -379,14 +408,127 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
     {
         host_users = Some(h);
     }
+    Scheduling {
+        node_selector,
+        tolerations,
+        affinity,
+        service_account,
+        runtime_class,
+        host_users,
+    }
+}
 
-    // Volumes: the workspace (unless the step says `workspaceVolume: false`), the
-    // administrator's, the step's claims and Secret files.
-    let mut volumes: Vec<Volume> = Vec::new();
-    let mut mounts: Vec<VolumeMount> = Vec::new();
-    if opts.mounts_workspace() {
-        volumes.push(volume::workspace_volume(ctx));
-        mounts.push(VolumeMount {
+/// The workflow's architecture, the administrator's selector, then the step's.
+fn node_selector(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> BTreeMap<String, String> {
+    let config = ctx.config;
+    let opts = &step.backend_options;
+    let name = step.name.as_str();
+    let mut node_selector = BTreeMap::new();
+    if let Some((_, arch)) = ctx.input.workflow.platform.split_once('/') {
+        let arch = arch.split('/').next().unwrap_or(arch);
+        if !arch.is_empty() {
+            node_selector.insert("kubernetes.io/arch".to_string(), arch.to_string());
+        }
+    }
+    node_selector.extend(config.node_selector.clone());
+    if !opts.node_selector.is_empty()
+        && allow_field(
+            config,
+            v,
+            name,
+            StepField::NodeSelector,
+            &json(&opts.node_selector),
+        )
+    {
+        for (k, val) in &opts.node_selector {
+            if let Err(m) = labels::check_key(k).and(labels::check_value(val)) {
+                v.push(
+                    name,
+                    &option_field(&format!("nodeSelector.{k}")),
+                    val,
+                    RULE_KUBERNETES,
+                    &format!("is not allowed: {m}"),
+                );
+            } else {
+                node_selector.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    node_selector
+}
+
+/// The administrator's tolerations, then the step's.
+fn tolerations(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Vec<Toleration> {
+    let config = ctx.config;
+    let opts = &step.backend_options;
+    let mut tolerations: Vec<Toleration> = config.tolerations.clone();
+    if !opts.tolerations.is_empty()
+        && allow_field(
+            config,
+            v,
+            &step.name,
+            StepField::Tolerations,
+            &json(&opts.tolerations),
+        )
+    {
+        tolerations.extend(opts.tolerations.iter().map(|t| Toleration {
+            key: t.key.clone(),
+            operator: t.operator.clone(),
+            value: t.value.clone(),
+            effect: t.effect.clone(),
+            toleration_seconds: t.toleration_seconds,
+        }));
+    }
+    tolerations
+}
+
+/// The step's affinity, when allowed and a Kubernetes affinity.
+fn affinity(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Option<Affinity> {
+    let a = step.backend_options.affinity.as_ref()?;
+    if !allow_field(
+        ctx.config,
+        v,
+        &step.name,
+        StepField::Affinity,
+        &a.to_string(),
+    ) {
+        return None;
+    }
+    match serde_json::from_value::<Affinity>(a.clone()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            v.push(
+                &step.name,
+                &option_field("affinity"),
+                &a.to_string(),
+                RULE_FORMAT,
+                &format!("is not a Kubernetes affinity: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// The pod's volumes and the container's mounts, and the variables that Secret keys fill.
+struct Storage {
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    secret_env: BTreeMap<String, EnvVar>,
+}
+
+/// Volumes: the workspace (unless the step says `workspaceVolume: false`), the
+/// administrator's, the step's claims and Secret files; no two mounted at one path.
+fn storage(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Storage {
+    let input = ctx.input;
+    let name = step.name.as_str();
+    let mut storage = Storage {
+        volumes: Vec::new(),
+        mounts: Vec::new(),
+        secret_env: BTreeMap::new(),
+    };
+    if step.backend_options.mounts_workspace() {
+        storage.volumes.push(volume::workspace_volume(ctx));
+        storage.mounts.push(VolumeMount {
             name: names::WORKSPACE_VOLUME.to_string(),
             mount_path: input.workflow.workspace.base.clone(),
             ..Default::default()
@@ -401,73 +543,81 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             "is not an absolute path; write one such as /woodpecker",
         );
     }
-    for a in &config.volumes {
-        volumes.push(a.volume.clone());
-        mounts.push(a.mount.clone());
+    for a in &ctx.config.volumes {
+        storage.volumes.push(a.volume.clone());
+        storage.mounts.push(a.mount.clone());
     }
     let (claim_vols, claim_mounts) = volume::claim_volumes(ctx, name, &step.volumes, v);
-    volumes.extend(claim_vols);
-    mounts.extend(claim_mounts);
+    storage.volumes.extend(claim_vols);
+    storage.mounts.extend(claim_mounts);
+    step_secrets(ctx, step, v, &mut storage);
+    check_mount_paths(name, &storage.mounts, v);
+    storage
+}
 
-    let mut env: BTreeMap<String, EnvVar> = BTreeMap::new();
-    let secret_env = |var: &str, secret_name: &str, key: &str| EnvVar {
-        name: var.to_string(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret_name.to_string(),
-                key: key.to_string(),
-                optional: None,
-            }),
-            ..Default::default()
-        }),
-    };
-    if !opts.secrets.is_empty()
-        && allow_field(config, v, name, StepField::Secrets, &json(&opts.secrets))
+/// The step's `secrets` option: each key of a Secret as a variable or a read-only file.
+fn step_secrets(ctx: &Ctx, step: &StepSpec, v: &mut Violations, storage: &mut Storage) {
+    let opts = &step.backend_options;
+    let name = step.name.as_str();
+    if opts.secrets.is_empty()
+        || !allow_field(
+            ctx.config,
+            v,
+            name,
+            StepField::Secrets,
+            &json(&opts.secrets),
+        )
     {
-        for (i, s) in opts.secrets.iter().enumerate() {
-            match &s.target {
-                SecretTarget::Env(var) => {
-                    env.insert(var.clone(), secret_env(var, &s.name, &s.key));
+        return;
+    }
+    for (i, s) in opts.secrets.iter().enumerate() {
+        match &s.target {
+            SecretTarget::Env(var) => {
+                storage
+                    .secret_env
+                    .insert(var.clone(), secret_env(var, &s.name, &s.key));
+            }
+            SecretTarget::File(path) => {
+                if !path.starts_with('/') || path.ends_with('/') {
+                    v.push(
+                        name,
+                        &option_field(&format!("secrets[{i}].target.file")),
+                        path,
+                        RULE_FORMAT,
+                        "is not an absolute file path; write one such as /run/secrets/token",
+                    );
+                    continue;
                 }
-                SecretTarget::File(path) => {
-                    if !path.starts_with('/') || path.ends_with('/') {
-                        v.push(
-                            name,
-                            &option_field(&format!("secrets[{i}].target.file")),
-                            path,
-                            RULE_FORMAT,
-                            "is not an absolute file path; write one such as /run/secrets/token",
-                        );
-                        continue;
-                    }
-                    let vol = format!("secret-{i}");
-                    volumes.push(Volume {
-                        name: vol.clone(),
-                        secret: Some(SecretVolumeSource {
-                            secret_name: Some(s.name.clone()),
-                            items: Some(vec![KeyToPath {
-                                key: s.key.clone(),
-                                path: s.key.clone(),
-                                ..Default::default()
-                            }]),
+                let vol = format!("secret-{i}");
+                storage.volumes.push(Volume {
+                    name: vol.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(s.name.clone()),
+                        items: Some(vec![KeyToPath {
+                            key: s.key.clone(),
+                            path: s.key.clone(),
                             ..Default::default()
-                        }),
+                        }]),
                         ..Default::default()
-                    });
-                    mounts.push(VolumeMount {
-                        name: vol,
-                        mount_path: path.clone(),
-                        sub_path: Some(s.key.clone()),
-                        read_only: Some(true),
-                        ..Default::default()
-                    });
-                }
+                    }),
+                    ..Default::default()
+                });
+                storage.mounts.push(VolumeMount {
+                    name: vol,
+                    mount_path: path.clone(),
+                    sub_path: Some(s.key.clone()),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
             }
         }
     }
+}
+
+/// Refuses two mounts at one path.
+fn check_mount_paths(name: &str, mounts: &[VolumeMount], v: &mut Violations) {
     let mut seen_paths = BTreeMap::new();
-    for m in &mounts {
+    for m in mounts {
         if let Some(first) = seen_paths.insert(m.mount_path.clone(), m.name.clone()) {
             v.push(
                 name,
@@ -481,8 +631,31 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             );
         }
     }
+}
 
-    // Environment: the step's, then plugin settings, then the built-ins; later wins.
+/// A variable filled from a key of a Secret.
+fn secret_env(var: &str, secret_name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: var.to_string(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret_name.to_string(),
+                key: key.to_string(),
+                optional: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Environment: the `secrets` option's variables, the step's, then plugin settings, then
+/// the built-ins; later wins.
+fn environment(
+    ctx: &Ctx,
+    step: &StepSpec,
+    mut env: BTreeMap<String, EnvVar>,
+) -> BTreeMap<String, EnvVar> {
     for (k, e) in &step.environment {
         let var = match e {
             EnvValue::Literal(s) => EnvVar {
@@ -512,7 +685,7 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
         };
         env.insert(var, ev);
     }
-    for (k, val) in &input.environment {
+    for (k, val) in &ctx.input.environment {
         env.insert(
             k.clone(),
             EnvVar {
@@ -522,24 +695,31 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             },
         );
     }
+    env
+}
 
+/// The container's command: the step's entrypoint, else the shell that runs `CI_SCRIPT`
+/// (set in `env`) when there are commands, else the image's own.
+fn command(step: &StepSpec, env: &mut BTreeMap<String, EnvVar>) -> Option<Vec<String>> {
     let mut command = None;
     if !step.commands.is_empty() {
-        let encoded = base64::engine::general_purpose::STANDARD.encode(script(&step.commands));
         env.insert(
-            "CI_SCRIPT".to_string(),
+            script::CI_SCRIPT.to_string(),
             EnvVar {
-                name: "CI_SCRIPT".to_string(),
-                value: Some(encoded),
+                name: script::CI_SCRIPT.to_string(),
+                value: Some(script::ci_script(&step.commands)),
                 value_from: None,
             },
         );
-        command = Some(SHELL_COMMAND.iter().map(|s| s.to_string()).collect());
+        command = Some(script::CI_SCRIPT_COMMAND.map(String::from).to_vec());
     }
     if let Some(ep) = &step.entrypoint {
         command = Some(ep.iter().map(|s| escape_expansion(s)).collect());
     }
+    command
+}
 
+fn ports(step: &StepSpec, v: &mut Violations) -> Vec<ContainerPort> {
     let mut ports = Vec::new();
     for (i, p) in step.ports.iter().enumerate() {
         match parse_port(p) {
@@ -548,10 +728,14 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
                 protocol: Some(protocol.to_string()),
                 ..Default::default()
             }),
-            None => v.push(name, &format!("ports[{i}]"), p, RULE_FORMAT, "is not a port: write a number from 1 to 65535, optionally followed by /tcp, /udp or /sctp"),
+            None => v.push(&step.name, &format!("ports[{i}]"), p, RULE_FORMAT, "is not a port: write a number from 1 to 65535, optionally followed by /tcp, /udp or /sctp"),
         }
     }
+    ports
+}
 
+/// The step's `extra_hosts`, `hostname:ip` (or `hostname=ip`).
+fn host_aliases(step: &StepSpec, v: &mut Violations) -> Vec<HostAlias> {
     let mut host_aliases: Vec<HostAlias> = Vec::new();
     for (i, h) in step.extra_hosts.iter().enumerate() {
         match h.split_once(':').or_else(|| h.split_once('=')) {
@@ -564,7 +748,7 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
                 });
             }
             _ => v.push(
-                name,
+                &step.name,
                 &format!("extra_hosts[{i}]"),
                 h,
                 RULE_FORMAT,
@@ -572,9 +756,13 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             ),
         }
     }
+    host_aliases
+}
 
-    let dns_config = dns_config(ctx, step, v);
-
+/// The image pull policy, and the administrator's pull secrets and the workflow's registry
+/// secret.
+fn pull(ctx: &Ctx, step: &StepSpec) -> (Option<String>, Vec<LocalObjectReference>) {
+    let config = ctx.config;
     let image_pull_policy = if step.pull {
         Some("Always".to_string())
     } else {
@@ -590,76 +778,36 @@ pub(crate) fn render_pod(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> Pod 
             name: ctx.names.registry_secret.clone(),
         });
     }
+    (image_pull_policy, pull_secrets)
+}
 
-    let policy = match step.kind {
+fn resource_policy(config: &KubernetesConfig, kind: StepKind) -> &ResourcePolicy {
+    match kind {
         StepKind::Service => &config.service_resources,
         StepKind::Clone => &config.clone_resources,
         StepKind::Step | StepKind::Plugin => &config.step_resources,
-    };
-    let resources = resources::requirements(policy, step, v);
+    }
+}
 
-    let active_deadline_seconds = match step.kind {
+fn active_deadline_seconds(step: &StepSpec) -> Option<i64> {
+    match step.kind {
         // A service runs until the workflow's steps are done; the engine stops it.
         StepKind::Service => None,
         _ => step
             .timeout
             .map(|t| i64::try_from(t.as_secs().max(1)).unwrap_or(i64::MAX)),
-    };
+    }
+}
 
-    let container = Container {
-        name: names::CONTAINER.to_string(),
-        image: Some(image),
-        image_pull_policy,
-        command,
-        // A service's absolute directory is a place in its own container, as Woodpecker
-        // takes it; everything else is inside the workspace. Kept without the workspace
-        // volume too, as Woodpecker keeps it: scripts and CI_WORKSPACE name the same
-        // directory, which the container runtime then creates empty (owned by root).
-        working_dir: Some(match step.directory.as_deref() {
-            Some(dir) if step.kind == StepKind::Service && dir.starts_with('/') => dir.to_string(),
-            dir => working_dir(
-                &input.workflow.workspace.base,
-                &input.workflow.workspace.path,
-                dir,
-            ),
-        }),
-        env: (!env.is_empty()).then(|| env.into_values().collect()),
-        ports: (!ports.is_empty()).then_some(ports),
-        resources,
-        security_context: Some(container_security),
-        volume_mounts: (!mounts.is_empty()).then_some(mounts),
-        ..Default::default()
-    };
-
-    Pod {
-        metadata,
-        spec: Some(PodSpec {
-            restart_policy: Some("Never".to_string()),
-            hostname: Some(names::hostname(name)),
-            subdomain: Some(ctx.names.service.clone()),
-            containers: vec![container],
-            volumes: (!volumes.is_empty()).then_some(volumes),
-            security_context: Some(pod_security),
-            service_account_name: service_account.clone(),
-            automount_service_account_token: service_account.is_none().then_some(false),
-            // Service links would put variables of every Service in the namespace into each
-            // step's environment, where they can shadow the step's own.
-            enable_service_links: Some(false),
-            node_selector: (!node_selector.is_empty()).then_some(node_selector),
-            tolerations: (!tolerations.is_empty()).then_some(tolerations),
-            affinity,
-            runtime_class_name: runtime_class,
-            host_users,
-            priority_class_name: config.priority_class.clone(),
-            dns_policy: config.dns_policy.clone(),
-            dns_config: Some(dns_config),
-            host_aliases: (!host_aliases.is_empty()).then_some(host_aliases),
-            image_pull_secrets: (!pull_secrets.is_empty()).then_some(pull_secrets),
-            termination_grace_period_seconds: config.termination_grace_period,
-            active_deadline_seconds,
-            ..Default::default()
-        }),
-        ..Default::default()
+/// A service's absolute directory is a place in its own container, as Woodpecker takes it;
+/// everything else is inside the workspace. Kept without the workspace volume too, as
+/// Woodpecker keeps it: scripts and CI_WORKSPACE name the same directory, which the
+/// container runtime then creates empty (owned by root).
+fn container_working_dir(ctx: &Ctx, step: &StepSpec) -> String {
+    let workspace = &ctx.input.workflow.workspace;
+    match step.directory.as_deref() {
+        Some(dir) if step.kind == StepKind::Service && dir.starts_with('/') => dir.to_string(),
+        dir => working_dir(&workspace.base, &workspace.path, dir),
     }
 }
 
@@ -798,11 +946,7 @@ mod tests {
     }
 
     #[test]
-    fn scripts_and_dirs() {
-        assert_eq!(
-            script(&["echo 'hi'".to_string(), "go build".to_string()]),
-            "unset CI_SCRIPT\necho '+ echo '\\''hi'\\'''\necho 'hi'\necho '+ go build'\ngo build\n"
-        );
+    fn working_dirs() {
         assert_eq!(working_dir("/woodpecker", "src", None), "/woodpecker/src");
         assert_eq!(
             working_dir("/woodpecker", "src/", Some("sub/dir")),

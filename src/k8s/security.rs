@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
 use super::policy::{Violations, option_field};
 use super::render::Ctx;
 use super::settings::PodSecurity;
-use crate::pipeline::StepSpec;
+use crate::pipeline::{SecurityContext as StepSecurity, StepSpec};
 
 /// The group a non-root pod's volumes are made writable for when the step names none: the
 /// kubelet gives the workspace this group (setgid, group-writable) and adds it to the
@@ -88,14 +88,20 @@ pub(crate) fn contexts(
     privileged: bool,
     v: &mut Violations,
 ) -> (PodSecurityContext, SecurityContext) {
-    let config = ctx.config;
-    let restricted = config.pod_security == PodSecurity::Restricted;
     let sc = step
         .backend_options
         .security_context
         .clone()
         .unwrap_or_default();
-    let name = step.name.as_str();
+    let pod = pod_context(ctx, &step.name, &sc, v);
+    let container = container_context(ctx, &step.name, &sc, privileged, v);
+    (pod, container)
+}
+
+/// The pod's context: its user, group and fsGroup, non-root, seccomp and AppArmor.
+fn pod_context(ctx: &Ctx, name: &str, sc: &StepSecurity, v: &mut Violations) -> PodSecurityContext {
+    let config = ctx.config;
+    let restricted = config.pod_security == PodSecurity::Restricted;
     // Why non-root is required, for messages: the profile, or Woodpecker's switch.
     let nonroot_rule = if restricted {
         Some("PICULET_K8S_POD_SECURITY")
@@ -104,7 +110,6 @@ pub(crate) fn contexts(
     } else {
         None
     };
-    let profile = if restricted { "restricted" } else { "baseline" };
 
     let mut run_as_non_root = sc.run_as_non_root;
     if let Some(rule) = nonroot_rule {
@@ -167,6 +172,29 @@ pub(crate) fn contexts(
         })
     });
 
+    let (seccomp, apparmor) = profiles(ctx, name, sc, v);
+    PodSecurityContext {
+        run_as_non_root,
+        run_as_user,
+        run_as_group,
+        fs_group,
+        fs_group_change_policy: sc.fs_group_change_policy.clone(),
+        seccomp_profile: seccomp,
+        app_armor_profile: apparmor,
+        ..Default::default()
+    }
+}
+
+/// The seccomp and AppArmor profiles: the step's, never unconfined; seccomp RuntimeDefault
+/// when the step names none.
+fn profiles(
+    ctx: &Ctx,
+    name: &str,
+    sc: &StepSecurity,
+    v: &mut Violations,
+) -> (Option<SeccompProfile>, Option<AppArmorProfile>) {
+    let restricted = ctx.config.pod_security == PodSecurity::Restricted;
+    let profile = if restricted { "restricted" } else { "baseline" };
     let seccomp = match &sc.seccomp_profile {
         Some(p) if p.kind == "Unconfined" => {
             v.push(name, &option_field("securityContext.seccompProfile.type"), "Unconfined", "PICULET_K8S_POD_SECURITY", &format!("is not allowed: the {profile} Pod Security Standard forbids an unconfined seccomp profile; use RuntimeDefault or Localhost"));
@@ -192,18 +220,18 @@ pub(crate) fn contexts(
         }),
         None => None,
     };
+    (seccomp, apparmor)
+}
 
-    let pod = PodSecurityContext {
-        run_as_non_root,
-        run_as_user,
-        run_as_group,
-        fs_group,
-        fs_group_change_policy: sc.fs_group_change_policy.clone(),
-        seccomp_profile: seccomp,
-        app_armor_profile: apparmor,
-        ..Default::default()
-    };
-
+/// The container's context: privileged, allowPrivilegeEscalation and capabilities.
+fn container_context(
+    ctx: &Ctx,
+    name: &str,
+    sc: &StepSecurity,
+    privileged: bool,
+    v: &mut Violations,
+) -> SecurityContext {
+    let restricted = ctx.config.pod_security == PodSecurity::Restricted;
     let allow_privilege_escalation = if privileged {
         // The API refuses allowPrivilegeEscalation: false together with privileged: true.
         None
@@ -238,13 +266,12 @@ pub(crate) fn contexts(
         })
     };
 
-    let container = SecurityContext {
+    SecurityContext {
         privileged: privileged.then_some(true),
         allow_privilege_escalation,
         capabilities,
         ..Default::default()
-    };
-    (pod, container)
+    }
 }
 
 #[cfg(test)]

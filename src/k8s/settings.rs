@@ -1168,6 +1168,308 @@ macro_rules! bounds {
     };
 }
 
+/// The namespace of every object: a DNS label.
+fn namespace(s: &KubernetesSettings) -> Res<String> {
+    let namespace = match with_default("namespace", &s.namespace)? {
+        (_, t) if names::is_dns_label(&t) => t,
+        (f, t) => {
+            return Err(SettingError::new(
+                f,
+                format!(
+                    "\"{t}\" is not a namespace name: lowercase letters, digits and '-', at most 63 characters"
+                ),
+            ));
+        }
+    };
+    Ok(namespace)
+}
+
+/// The Pod Security Standard the pods meet.
+fn pod_security(s: &KubernetesSettings) -> Res<PodSecurity> {
+    let (f, t) = with_default("pod_security", &s.pod_security)?;
+    let pod_security = match t.to_ascii_lowercase().as_str() {
+        "baseline" => PodSecurity::Baseline,
+        "restricted" => PodSecurity::Restricted,
+        _ => {
+            return Err(SettingError::new(
+                f,
+                format!(
+                    "\"{t}\" is not a Pod Security Standard piculet meets; write baseline or restricted"
+                ),
+            ));
+        }
+    };
+    Ok(pod_security)
+}
+
+/// The step fields the administrator allows; an unknown one is refused with the nearest
+/// known name.
+fn allow_from_step(s: &KubernetesSettings) -> Res<BTreeSet<StepField>> {
+    let mut allow_from_step = BTreeSet::new();
+    for name in list(&s.allow_from_step) {
+        match StepField::parse(&name) {
+            Some(field) => {
+                allow_from_step.insert(field);
+            }
+            None => {
+                let known: Vec<&str> = StepField::ALL.iter().map(|f| f.name()).collect();
+                let hint = known
+                    .iter()
+                    .map(|k| (strsim::jaro_winkler(k, &name), *k))
+                    .filter(|(score, _)| *score > 0.8)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, k)| format!("did you mean \"{k}\"? "))
+                    .unwrap_or_default();
+                return Err(SettingError::new(
+                    "allow_from_step",
+                    format!(
+                        "\"{name}\" is not a step field piculet can allow; {hint}write some of {}",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(allow_from_step)
+}
+
+/// The administrator's tolerations: a JSON list, with operators and effects Kubernetes knows.
+fn tolerations(s: &KubernetesSettings) -> Res<Vec<Toleration>> {
+    let tolerations: Vec<Toleration> = match text("tolerations", &s.tolerations) {
+        None => Vec::new(),
+        Some((f, t)) => {
+            let list: Vec<Toleration> = serde_json::from_str(&t).map_err(|e| {
+                SettingError::new(f, format!("invalid tolerations ({e}); write a JSON list such as [{{\"key\":\"ci\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}}]"))
+            })?;
+            for tol in &list {
+                if let Some(op) = &tol.operator
+                    && op != "Exists"
+                    && op != "Equal"
+                {
+                    return Err(SettingError::new(
+                        f,
+                        format!("operator \"{op}\" is not Exists or Equal"),
+                    ));
+                }
+                if let Some(e) = &tol.effect
+                    && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e.as_str())
+                {
+                    return Err(SettingError::new(
+                        f,
+                        format!("effect \"{e}\" is not NoSchedule, PreferNoSchedule or NoExecute"),
+                    ));
+                }
+            }
+            list
+        }
+    };
+    Ok(tolerations)
+}
+
+/// The administrator's DNS config: a JSON object of at most 3 nameservers.
+fn dns_config(s: &KubernetesSettings) -> Res<Option<PodDNSConfig>> {
+    let dns_config: Option<PodDNSConfig> = match text("dns_config", &s.dns_config) {
+        None => None,
+        Some((f, t)) => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct DnsOption {
+                name: String,
+                value: Option<String>,
+            }
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Dns {
+                #[serde(default)]
+                nameservers: Vec<String>,
+                #[serde(default)]
+                searches: Vec<String>,
+                #[serde(default)]
+                options: Vec<DnsOption>,
+            }
+            let d: Dns = serde_json::from_str(&t).map_err(|e| {
+                SettingError::new(f, format!("invalid DNS config ({e}); write a JSON object such as {{\"nameservers\":[\"10.0.0.10\"],\"searches\":[\"ci.example.com\"],\"options\":[{{\"name\":\"ndots\",\"value\":\"2\"}}]}}"))
+            })?;
+            if d.nameservers.len() > 3 {
+                return Err(SettingError::new(
+                    f,
+                    "at most 3 nameservers are allowed by Kubernetes",
+                ));
+            }
+            Some(PodDNSConfig {
+                nameservers: (!d.nameservers.is_empty()).then_some(d.nameservers),
+                searches: (!d.searches.is_empty()).then_some(d.searches),
+                options: (!d.options.is_empty()).then(|| {
+                    d.options
+                        .into_iter()
+                        .map(|o| k8s_openapi::api::core::v1::PodDNSConfigOption {
+                            name: Some(o.name),
+                            value: o.value,
+                        })
+                        .collect()
+                }),
+            })
+        }
+    };
+    Ok(dns_config)
+}
+
+/// The pull secrets' names: Secret names.
+fn pull_secret_names(s: &KubernetesSettings) -> Res<Vec<String>> {
+    let mut pull_secret_names = Vec::new();
+    for n in list(&s.pull_secret_names) {
+        let ok = n.len() <= 253 && n.split('.').all(names::is_dns_label);
+        if !ok {
+            return Err(SettingError::new(
+                "pull_secret_names",
+                format!("\"{n}\" is not a Secret name: lowercase letters, digits, '-' and '.'"),
+            ));
+        }
+        pull_secret_names.push(n);
+    }
+    Ok(pull_secret_names)
+}
+
+/// The clone step's image: an image reference, without white space.
+fn clone_image(s: &KubernetesSettings) -> Res<String> {
+    let clone_image = match with_default("clone_image", &s.clone_image)? {
+        (f, t) if t.chars().any(char::is_whitespace) => {
+            return Err(SettingError::new(
+                f,
+                format!("\"{t}\" is not an image reference: it contains white space"),
+            ));
+        }
+        (_, t) => t,
+    };
+    Ok(clone_image)
+}
+
+/// The client's requests per second to the API server.
+fn qps(s: &KubernetesSettings) -> Res<f32> {
+    let (f, t) = with_default("qps", &s.qps)?;
+    let qps = match t.parse::<f32>() {
+        Ok(v) if v.is_finite() && v > 0.0 => v,
+        _ => {
+            return Err(SettingError::new(
+                f,
+                format!("\"{t}\" is not a positive number of requests per second"),
+            ));
+        }
+    };
+    Ok(qps)
+}
+
+/// The client's burst of requests above `qps`.
+fn burst(s: &KubernetesSettings) -> Res<u32> {
+    let (f, t) = with_default("burst", &s.burst)?;
+    let burst = match t.parse::<u32>() {
+        Ok(v) if v > 0 => v,
+        _ => {
+            return Err(SettingError::new(
+                f,
+                format!("\"{t}\" is not a positive whole number"),
+            ));
+        }
+    };
+    Ok(burst)
+}
+
+/// Refuses what breaks the restricted Pod Security Standard, when that is the one to meet.
+fn check_restricted(
+    pod_security: PodSecurity,
+    privileged_images: &GlobList,
+    volumes: &[AdminVolume],
+) -> Res<()> {
+    if pod_security == PodSecurity::Restricted {
+        if !privileged_images.is_empty() {
+            return Err(SettingError::new(
+                "privileged_images",
+                "privileged containers break the restricted Pod Security Standard; leave this empty or set PICULET_K8S_POD_SECURITY=baseline",
+            ));
+        }
+        if let Some(v) = volumes.iter().find(|v| v.kind == "host_path") {
+            return Err(SettingError::new(
+                "volumes",
+                format!(
+                    "volume \"{}\": host_path volumes break the restricted Pod Security Standard; use another type or set PICULET_K8S_POD_SECURITY=baseline",
+                    v.mount.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The resource bounds of steps, services and clone steps.
+fn resource_policies(
+    s: &KubernetesSettings,
+) -> Res<(ResourcePolicy, ResourcePolicy, ResourcePolicy)> {
+    let step_resources = ResourcePolicy {
+        cpu: bounds!(s, cpu_request, cpu_request_max, cpu_limit, cpu_limit_max),
+        memory: bounds!(
+            s,
+            memory_request,
+            memory_request_max,
+            memory_limit,
+            memory_limit_max
+        ),
+        ephemeral_storage: bounds!(
+            s,
+            ephemeral_storage_request,
+            ephemeral_storage_request_max,
+            ephemeral_storage_limit,
+            ephemeral_storage_limit_max
+        ),
+    };
+    let service_resources = ResourcePolicy {
+        cpu: bounds!(
+            s,
+            service_cpu_request,
+            service_cpu_request_max,
+            service_cpu_limit,
+            service_cpu_limit_max
+        ),
+        memory: bounds!(
+            s,
+            service_memory_request,
+            service_memory_request_max,
+            service_memory_limit,
+            service_memory_limit_max
+        ),
+        ephemeral_storage: bounds!(
+            s,
+            service_ephemeral_storage_request,
+            service_ephemeral_storage_request_max,
+            service_ephemeral_storage_limit,
+            service_ephemeral_storage_limit_max
+        ),
+    };
+    let clone_resources = ResourcePolicy {
+        cpu: bounds!(
+            s,
+            clone_cpu_request,
+            clone_cpu_request_max,
+            clone_cpu_limit,
+            clone_cpu_limit_max
+        ),
+        memory: bounds!(
+            s,
+            clone_memory_request,
+            clone_memory_request_max,
+            clone_memory_limit,
+            clone_memory_limit_max
+        ),
+        ephemeral_storage: bounds!(
+            s,
+            clone_ephemeral_storage_request,
+            clone_ephemeral_storage_request_max,
+            clone_ephemeral_storage_limit,
+            clone_ephemeral_storage_limit_max
+        ),
+    };
+    Ok((step_resources, service_resources, clone_resources))
+}
+
 /// The administrator volume syntax of `PICULET_K8S_VOLUMES`: a flat object per volume.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1235,154 +1537,8 @@ fn admin_volumes(field: &'static str, value: &Option<String>) -> Res<Vec<AdminVo
                 s.mount_path
             )));
         }
-        let need = |v: &Option<String>, key: &str| -> Res<String> {
-            v.clone()
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| err(format!("type {} needs \"{key}\"", s.kind)))
-        };
-        let items = |m: &Option<BTreeMap<String, String>>| {
-            m.as_ref().map(|m| {
-                m.iter()
-                    .map(|(k, p)| k8s_openapi::api::core::v1::KeyToPath {
-                        key: k.clone(),
-                        path: p.clone(),
-                        ..Default::default()
-                    })
-                    .collect()
-            })
-        };
-        // Which type-specific keys each type takes; any other is a mistake worth reporting.
-        let given: Vec<&str> = [
-            ("path", s.path.is_some()),
-            ("host_path_type", s.host_path_type.is_some()),
-            ("claim_name", s.claim_name.is_some()),
-            ("config_map_name", s.config_map_name.is_some()),
-            ("secret_name", s.secret_name.is_some()),
-            ("items", s.items.is_some()),
-            ("medium", s.medium.is_some()),
-            ("size_limit", s.size_limit.is_some()),
-            ("driver", s.driver.is_some()),
-            ("fs_type", s.fs_type.is_some()),
-            ("volume_attributes", !s.volume_attributes.is_empty()),
-        ]
-        .into_iter()
-        .filter_map(|(k, g)| g.then_some(k))
-        .collect();
-        let (kind, allowed, mut volume): (&'static str, &[&str], Volume) = match s.kind.as_str() {
-            "host_path" => {
-                if let Some(t) = &s.host_path_type {
-                    const TYPES: [&str; 7] = [
-                        "DirectoryOrCreate",
-                        "Directory",
-                        "FileOrCreate",
-                        "File",
-                        "Socket",
-                        "CharDevice",
-                        "BlockDevice",
-                    ];
-                    if !TYPES.contains(&t.as_str()) {
-                        return Err(err(format!(
-                            "host_path_type \"{t}\" is not one of {}",
-                            TYPES.join(", ")
-                        )));
-                    }
-                }
-                (
-                    "host_path",
-                    &["path", "host_path_type"],
-                    Volume {
-                        host_path: Some(HostPathVolumeSource {
-                            path: need(&s.path, "path")?,
-                            type_: s.host_path_type.clone(),
-                        }),
-                        ..Default::default()
-                    },
-                )
-            }
-            "pvc" => (
-                "pvc",
-                &["claim_name"],
-                Volume {
-                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                        claim_name: need(&s.claim_name, "claim_name")?,
-                        read_only: s.read_only.then_some(true),
-                    }),
-                    ..Default::default()
-                },
-            ),
-            "config_map" => (
-                "config_map",
-                &["config_map_name", "items"],
-                Volume {
-                    config_map: Some(ConfigMapVolumeSource {
-                        name: need(&s.config_map_name, "config_map_name")?,
-                        items: items(&s.items),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-            "secret" => (
-                "secret",
-                &["secret_name", "items"],
-                Volume {
-                    secret: Some(SecretVolumeSource {
-                        secret_name: Some(need(&s.secret_name, "secret_name")?),
-                        items: items(&s.items),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-            "empty_dir" => {
-                let size_limit = match &s.size_limit {
-                    Some(q) => Some(
-                        Quantity::parse(q)
-                            .map_err(|m| err(format!("size_limit: {m}")))?
-                            .to_k8s(),
-                    ),
-                    None => None,
-                };
-                if let Some(m) = &s.medium
-                    && m != "Memory"
-                    && !m.is_empty()
-                {
-                    return Err(err(format!("medium \"{m}\" is not Memory or empty")));
-                }
-                (
-                    "empty_dir",
-                    &["medium", "size_limit"],
-                    Volume {
-                        empty_dir: Some(EmptyDirVolumeSource {
-                            medium: s.medium.clone(),
-                            size_limit,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    },
-                )
-            }
-            "csi" => (
-                "csi",
-                &["driver", "fs_type", "volume_attributes"],
-                Volume {
-                    csi: Some(CSIVolumeSource {
-                        driver: need(&s.driver, "driver")?,
-                        fs_type: s.fs_type.clone(),
-                        read_only: s.read_only.then_some(true),
-                        volume_attributes: (!s.volume_attributes.is_empty())
-                            .then(|| s.volume_attributes.clone()),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-            ),
-            other => {
-                return Err(err(format!(
-                    "type \"{other}\" is not one of host_path, pvc, config_map, secret, empty_dir, csi"
-                )));
-            }
-        };
+        let given = given_keys(&s);
+        let (kind, allowed, mut volume) = volume_source(&s, &err)?;
         if let Some(extra) = given.iter().find(|k| !allowed.contains(k)) {
             return Err(err(format!("\"{extra}\" does not apply to type {kind}")));
         }
@@ -1400,6 +1556,181 @@ fn admin_volumes(field: &'static str, value: &Option<String>) -> Res<Vec<AdminVo
         });
     }
     Ok(out)
+}
+
+/// The type-specific keys a volume gives.
+fn given_keys(s: &VolumeSpec) -> Vec<&'static str> {
+    // Which type-specific keys each type takes; any other is a mistake worth reporting.
+    [
+        ("path", s.path.is_some()),
+        ("host_path_type", s.host_path_type.is_some()),
+        ("claim_name", s.claim_name.is_some()),
+        ("config_map_name", s.config_map_name.is_some()),
+        ("secret_name", s.secret_name.is_some()),
+        ("items", s.items.is_some()),
+        ("medium", s.medium.is_some()),
+        ("size_limit", s.size_limit.is_some()),
+        ("driver", s.driver.is_some()),
+        ("fs_type", s.fs_type.is_some()),
+        ("volume_attributes", !s.volume_attributes.is_empty()),
+    ]
+    .into_iter()
+    .filter_map(|(k, g)| g.then_some(k))
+    .collect()
+}
+
+/// A volume's type, the type-specific keys it takes, and its source.
+type VolumeSource = (&'static str, &'static [&'static str], Volume);
+
+/// The source of a volume of the administrator's, by its type.
+fn volume_source(s: &VolumeSpec, err: &dyn Fn(String) -> SettingError) -> Res<VolumeSource> {
+    let need = |v: &Option<String>, key: &str| required(s, v, key, err);
+    let items = |m: &Option<BTreeMap<String, String>>| {
+        m.as_ref().map(|m| {
+            m.iter()
+                .map(|(k, p)| k8s_openapi::api::core::v1::KeyToPath {
+                    key: k.clone(),
+                    path: p.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        })
+    };
+    let source: VolumeSource = match s.kind.as_str() {
+        "host_path" => host_path_volume(s, err)?,
+        "pvc" => (
+            "pvc",
+            &["claim_name"],
+            Volume {
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: need(&s.claim_name, "claim_name")?,
+                    read_only: s.read_only.then_some(true),
+                }),
+                ..Default::default()
+            },
+        ),
+        "config_map" => (
+            "config_map",
+            &["config_map_name", "items"],
+            Volume {
+                config_map: Some(ConfigMapVolumeSource {
+                    name: need(&s.config_map_name, "config_map_name")?,
+                    items: items(&s.items),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        "secret" => (
+            "secret",
+            &["secret_name", "items"],
+            Volume {
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(need(&s.secret_name, "secret_name")?),
+                    items: items(&s.items),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        "empty_dir" => empty_dir_volume(s, err)?,
+        "csi" => (
+            "csi",
+            &["driver", "fs_type", "volume_attributes"],
+            Volume {
+                csi: Some(CSIVolumeSource {
+                    driver: need(&s.driver, "driver")?,
+                    fs_type: s.fs_type.clone(),
+                    read_only: s.read_only.then_some(true),
+                    volume_attributes: (!s.volume_attributes.is_empty())
+                        .then(|| s.volume_attributes.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ),
+        other => {
+            return Err(err(format!(
+                "type \"{other}\" is not one of host_path, pvc, config_map, secret, empty_dir, csi"
+            )));
+        }
+    };
+    Ok(source)
+}
+
+/// A type-specific key the volume's type needs.
+fn required(
+    s: &VolumeSpec,
+    value: &Option<String>,
+    key: &str,
+    err: &dyn Fn(String) -> SettingError,
+) -> Res<String> {
+    value
+        .clone()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| err(format!("type {} needs \"{key}\"", s.kind)))
+}
+
+/// A `host_path` volume, of a type Kubernetes knows.
+fn host_path_volume(s: &VolumeSpec, err: &dyn Fn(String) -> SettingError) -> Res<VolumeSource> {
+    if let Some(t) = &s.host_path_type {
+        const TYPES: [&str; 7] = [
+            "DirectoryOrCreate",
+            "Directory",
+            "FileOrCreate",
+            "File",
+            "Socket",
+            "CharDevice",
+            "BlockDevice",
+        ];
+        if !TYPES.contains(&t.as_str()) {
+            return Err(err(format!(
+                "host_path_type \"{t}\" is not one of {}",
+                TYPES.join(", ")
+            )));
+        }
+    }
+    Ok((
+        "host_path",
+        &["path", "host_path_type"],
+        Volume {
+            host_path: Some(HostPathVolumeSource {
+                path: required(s, &s.path, "path", err)?,
+                type_: s.host_path_type.clone(),
+            }),
+            ..Default::default()
+        },
+    ))
+}
+
+/// An `empty_dir` volume, in memory or on the node's disk.
+fn empty_dir_volume(s: &VolumeSpec, err: &dyn Fn(String) -> SettingError) -> Res<VolumeSource> {
+    let size_limit = match &s.size_limit {
+        Some(q) => Some(
+            Quantity::parse(q)
+                .map_err(|m| err(format!("size_limit: {m}")))?
+                .to_k8s(),
+        ),
+        None => None,
+    };
+    if let Some(m) = &s.medium
+        && m != "Memory"
+        && !m.is_empty()
+    {
+        return Err(err(format!("medium \"{m}\" is not Memory or empty")));
+    }
+    Ok((
+        "empty_dir",
+        &["medium", "size_limit"],
+        Volume {
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: s.medium.clone(),
+                size_limit,
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ))
 }
 
 fn pull_policies(field: &'static str, value: &Option<String>) -> Res<Vec<String>> {
@@ -1451,134 +1782,13 @@ fn dns_policy(field: &'static str, value: &Option<String>) -> Res<Option<String>
 impl KubernetesConfig {
     /// Parses and checks every setting; the first bad one is the error.
     pub fn from_settings(s: &KubernetesSettings) -> Result<KubernetesConfig, SettingError> {
-        let namespace = match with_default("namespace", &s.namespace)? {
-            (_, t) if names::is_dns_label(&t) => t,
-            (f, t) => {
-                return Err(SettingError::new(
-                    f,
-                    format!(
-                        "\"{t}\" is not a namespace name: lowercase letters, digits and '-', at most 63 characters"
-                    ),
-                ));
-            }
-        };
+        let namespace = namespace(s)?;
         let (f, t) = with_default("volume_size", &s.volume_size)?;
         let volume_size = Quantity::parse(&t).map_err(|m| SettingError::new(f, m))?;
-
-        let (f, t) = with_default("pod_security", &s.pod_security)?;
-        let pod_security = match t.to_ascii_lowercase().as_str() {
-            "baseline" => PodSecurity::Baseline,
-            "restricted" => PodSecurity::Restricted,
-            _ => {
-                return Err(SettingError::new(
-                    f,
-                    format!(
-                        "\"{t}\" is not a Pod Security Standard piculet meets; write baseline or restricted"
-                    ),
-                ));
-            }
-        };
-
-        let mut allow_from_step = BTreeSet::new();
-        for name in list(&s.allow_from_step) {
-            match StepField::parse(&name) {
-                Some(field) => {
-                    allow_from_step.insert(field);
-                }
-                None => {
-                    let known: Vec<&str> = StepField::ALL.iter().map(|f| f.name()).collect();
-                    let hint = known
-                        .iter()
-                        .map(|k| (strsim::jaro_winkler(k, &name), *k))
-                        .filter(|(score, _)| *score > 0.8)
-                        .max_by(|a, b| a.0.total_cmp(&b.0))
-                        .map(|(_, k)| format!("did you mean \"{k}\"? "))
-                        .unwrap_or_default();
-                    return Err(SettingError::new(
-                        "allow_from_step",
-                        format!(
-                            "\"{name}\" is not a step field piculet can allow; {hint}write some of {}",
-                            known.join(", ")
-                        ),
-                    ));
-                }
-            }
-        }
-
-        let tolerations: Vec<Toleration> = match text("tolerations", &s.tolerations) {
-            None => Vec::new(),
-            Some((f, t)) => {
-                let list: Vec<Toleration> = serde_json::from_str(&t).map_err(|e| {
-                    SettingError::new(f, format!("invalid tolerations ({e}); write a JSON list such as [{{\"key\":\"ci\",\"operator\":\"Exists\",\"effect\":\"NoSchedule\"}}]"))
-                })?;
-                for tol in &list {
-                    if let Some(op) = &tol.operator
-                        && op != "Exists"
-                        && op != "Equal"
-                    {
-                        return Err(SettingError::new(
-                            f,
-                            format!("operator \"{op}\" is not Exists or Equal"),
-                        ));
-                    }
-                    if let Some(e) = &tol.effect
-                        && !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&e.as_str())
-                    {
-                        return Err(SettingError::new(
-                            f,
-                            format!(
-                                "effect \"{e}\" is not NoSchedule, PreferNoSchedule or NoExecute"
-                            ),
-                        ));
-                    }
-                }
-                list
-            }
-        };
-
-        let dns_config: Option<PodDNSConfig> = match text("dns_config", &s.dns_config) {
-            None => None,
-            Some((f, t)) => {
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct DnsOption {
-                    name: String,
-                    value: Option<String>,
-                }
-                #[derive(Deserialize)]
-                #[serde(deny_unknown_fields)]
-                struct Dns {
-                    #[serde(default)]
-                    nameservers: Vec<String>,
-                    #[serde(default)]
-                    searches: Vec<String>,
-                    #[serde(default)]
-                    options: Vec<DnsOption>,
-                }
-                let d: Dns = serde_json::from_str(&t).map_err(|e| {
-                    SettingError::new(f, format!("invalid DNS config ({e}); write a JSON object such as {{\"nameservers\":[\"10.0.0.10\"],\"searches\":[\"ci.example.com\"],\"options\":[{{\"name\":\"ndots\",\"value\":\"2\"}}]}}"))
-                })?;
-                if d.nameservers.len() > 3 {
-                    return Err(SettingError::new(
-                        f,
-                        "at most 3 nameservers are allowed by Kubernetes",
-                    ));
-                }
-                Some(PodDNSConfig {
-                    nameservers: (!d.nameservers.is_empty()).then_some(d.nameservers),
-                    searches: (!d.searches.is_empty()).then_some(d.searches),
-                    options: (!d.options.is_empty()).then(|| {
-                        d.options
-                            .into_iter()
-                            .map(|o| k8s_openapi::api::core::v1::PodDNSConfigOption {
-                                name: Some(o.name),
-                                value: o.value,
-                            })
-                            .collect()
-                    }),
-                })
-            }
-        };
+        let pod_security = pod_security(s)?;
+        let allow_from_step = allow_from_step(s)?;
+        let tolerations = tolerations(s)?;
+        let dns_config = dns_config(s)?;
         let dns_policy = dns_policy("dns_policy", &s.dns_policy)?;
         if dns_policy.as_deref() == Some("None")
             && dns_config
@@ -1598,130 +1808,13 @@ impl KubernetesConfig {
 
         let privileged_images = globs("privileged_images", &s.privileged_images)?;
         let volumes = admin_volumes("volumes", &s.volumes)?;
-        if pod_security == PodSecurity::Restricted {
-            if !privileged_images.is_empty() {
-                return Err(SettingError::new(
-                    "privileged_images",
-                    "privileged containers break the restricted Pod Security Standard; leave this empty or set PICULET_K8S_POD_SECURITY=baseline",
-                ));
-            }
-            if let Some(v) = volumes.iter().find(|v| v.kind == "host_path") {
-                return Err(SettingError::new(
-                    "volumes",
-                    format!(
-                        "volume \"{}\": host_path volumes break the restricted Pod Security Standard; use another type or set PICULET_K8S_POD_SECURITY=baseline",
-                        v.mount.name
-                    ),
-                ));
-            }
-        }
+        check_restricted(pod_security, &privileged_images, &volumes)?;
 
-        let mut pull_secret_names = Vec::new();
-        for n in list(&s.pull_secret_names) {
-            let ok = n.len() <= 253 && n.split('.').all(names::is_dns_label);
-            if !ok {
-                return Err(SettingError::new(
-                    "pull_secret_names",
-                    format!("\"{n}\" is not a Secret name: lowercase letters, digits, '-' and '.'"),
-                ));
-            }
-            pull_secret_names.push(n);
-        }
-
-        let clone_image = match with_default("clone_image", &s.clone_image)? {
-            (f, t) if t.chars().any(char::is_whitespace) => {
-                return Err(SettingError::new(
-                    f,
-                    format!("\"{t}\" is not an image reference: it contains white space"),
-                ));
-            }
-            (_, t) => t,
-        };
-
-        let (f, t) = with_default("qps", &s.qps)?;
-        let qps = match t.parse::<f32>() {
-            Ok(v) if v.is_finite() && v > 0.0 => v,
-            _ => {
-                return Err(SettingError::new(
-                    f,
-                    format!("\"{t}\" is not a positive number of requests per second"),
-                ));
-            }
-        };
-        let (f, t) = with_default("burst", &s.burst)?;
-        let burst = match t.parse::<u32>() {
-            Ok(v) if v > 0 => v,
-            _ => {
-                return Err(SettingError::new(
-                    f,
-                    format!("\"{t}\" is not a positive whole number"),
-                ));
-            }
-        };
-
-        let step_resources = ResourcePolicy {
-            cpu: bounds!(s, cpu_request, cpu_request_max, cpu_limit, cpu_limit_max),
-            memory: bounds!(
-                s,
-                memory_request,
-                memory_request_max,
-                memory_limit,
-                memory_limit_max
-            ),
-            ephemeral_storage: bounds!(
-                s,
-                ephemeral_storage_request,
-                ephemeral_storage_request_max,
-                ephemeral_storage_limit,
-                ephemeral_storage_limit_max
-            ),
-        };
-        let service_resources = ResourcePolicy {
-            cpu: bounds!(
-                s,
-                service_cpu_request,
-                service_cpu_request_max,
-                service_cpu_limit,
-                service_cpu_limit_max
-            ),
-            memory: bounds!(
-                s,
-                service_memory_request,
-                service_memory_request_max,
-                service_memory_limit,
-                service_memory_limit_max
-            ),
-            ephemeral_storage: bounds!(
-                s,
-                service_ephemeral_storage_request,
-                service_ephemeral_storage_request_max,
-                service_ephemeral_storage_limit,
-                service_ephemeral_storage_limit_max
-            ),
-        };
-        let clone_resources = ResourcePolicy {
-            cpu: bounds!(
-                s,
-                clone_cpu_request,
-                clone_cpu_request_max,
-                clone_cpu_limit,
-                clone_cpu_limit_max
-            ),
-            memory: bounds!(
-                s,
-                clone_memory_request,
-                clone_memory_request_max,
-                clone_memory_limit,
-                clone_memory_limit_max
-            ),
-            ephemeral_storage: bounds!(
-                s,
-                clone_ephemeral_storage_request,
-                clone_ephemeral_storage_request_max,
-                clone_ephemeral_storage_limit,
-                clone_ephemeral_storage_limit_max
-            ),
-        };
+        let pull_secret_names = pull_secret_names(s)?;
+        let clone_image = clone_image(s)?;
+        let qps = qps(s)?;
+        let burst = burst(s)?;
+        let (step_resources, service_resources, clone_resources) = resource_policies(s)?;
 
         let config = KubernetesConfig {
             namespace,

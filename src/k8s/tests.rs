@@ -343,7 +343,7 @@ fn defaults_with_clone_service_secret_and_registry() {
     );
     assert_eq!(
         c.command.as_ref().expect("command"),
-        &pod::SHELL_COMMAND.map(String::from)
+        &crate::pipeline::script::CI_SCRIPT_COMMAND.map(String::from)
     );
     assert_eq!(
         c.security_context
@@ -363,7 +363,7 @@ fn defaults_with_clone_service_secret_and_registry() {
     .expect("base64");
     assert_eq!(
         String::from_utf8(script).expect("utf8"),
-        "unset CI_SCRIPT\necho '+ go build'\ngo build\necho '+ echo ${TOKEN}'\necho ${TOKEN}\n"
+        "unset CI_SCRIPT\nprintf '%s\\n' '+ go build'\ngo build\nprintf '%s\\n' '+ echo ${TOKEN}'\necho ${TOKEN}\n"
     );
 
     // The clone step runs the configured clone image as a plugin.

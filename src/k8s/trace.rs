@@ -58,23 +58,28 @@ fn namespace(ctx: &Ctx) -> Origin {
 
 /// The origin of a field of a step's or service's pod.
 pub(crate) fn pod_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -> Origin {
+    metadata_field(ctx, step, e)
+        .or_else(|| container_field(ctx, step, pod, e))
+        .or_else(|| pod_spec_field(ctx, step, pod, e))
+        .unwrap_or(Origin::Piculet)
+}
+
+/// The origin of a field of the pod's metadata.
+fn metadata_field(ctx: &Ctx, step: &StepSpec, e: &FieldError) -> Option<Origin> {
     let opts = &step.backend_options;
     let key = e.key.as_deref().unwrap_or_default();
     let f = e.field.as_str();
-    let spec = pod.spec.as_ref();
-    let container = spec.and_then(|s| s.containers.first());
-
     if after(f, "metadata.labels").is_some() {
-        return if opts.labels.contains_key(key) {
+        return Some(if opts.labels.contains_key(key) {
             Origin::Step(format!("{OPTIONS}.labels.{key}"))
         } else if ctx.config.pod_labels.contains_key(key) {
             setting("pod_labels")
         } else {
             Origin::Piculet
-        };
+        });
     }
     if after(f, "metadata.annotations").is_some() {
-        return match e.key.as_deref() {
+        return Some(match e.key.as_deref() {
             Some(k) if opts.annotations.contains_key(k) => {
                 Origin::Step(format!("{OPTIONS}.annotations.{k}"))
             }
@@ -86,44 +91,31 @@ pub(crate) fn pod_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -
             None if !opts.annotations.is_empty() => Origin::Step(format!("{OPTIONS}.annotations")),
             None if !ctx.config.pod_annotations.is_empty() => setting("pod_annotations"),
             None => Origin::Step("name".into()),
-        };
+        });
     }
     if after(f, "metadata.namespace").is_some() {
-        return namespace(ctx);
+        return Some(namespace(ctx));
     }
-    if after(f, "spec.nodeSelector").is_some() {
-        return if opts.node_selector.contains_key(key) {
-            Origin::Step(format!("{OPTIONS}.nodeSelector.{key}"))
-        } else if key == "kubernetes.io/arch" {
-            Origin::Workflow("labels.platform".into())
-        } else {
-            setting("node_selector")
-        };
-    }
-    if let Some((i, rest)) = after(f, "spec.tolerations").and_then(index) {
-        let admin = ctx.config.tolerations.len();
-        return if i < admin {
-            setting("tolerations")
-        } else {
-            Origin::Step(format!("{OPTIONS}.tolerations[{}]{rest}", i - admin))
-        };
-    }
-    if let Some(rest) = after(f, "spec.affinity") {
-        return Origin::Step(format!("{OPTIONS}.affinity{rest}"));
-    }
-    if let Some(rest) = after(f, "spec.securityContext") {
-        return pod_security_context(step, rest);
-    }
+    None
+}
+
+/// The origin of a field of the pod's container.
+fn container_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -> Option<Origin> {
+    let opts = &step.backend_options;
+    let key = e.key.as_deref().unwrap_or_default();
+    let f = e.field.as_str();
+    let spec = pod.spec.as_ref();
+    let container = spec.and_then(|s| s.containers.first());
     if after(f, "spec.containers[0].securityContext").is_some() {
         let own = opts
             .security_context
             .as_ref()
             .is_some_and(|s| s.privileged.is_some() || s.allow_privilege_escalation.is_some());
-        return if own {
+        return Some(if own {
             Origin::Step(format!("{OPTIONS}.securityContext"))
         } else {
             Origin::Step("privileged".into())
-        };
+        });
     }
     if let Some((i, rest)) = after(f, "spec.containers[0].env").and_then(index) {
         let name = container
@@ -131,7 +123,7 @@ pub(crate) fn pod_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -
             .and_then(|env| env.get(i))
             .map(|v| v.name.as_str())
             .unwrap_or_default();
-        return env_var(ctx, step, name, rest);
+        return Some(env_var(ctx, step, name, rest));
     }
     if let Some(rest) = after(f, "spec.containers[0].volumeMounts") {
         let mounts = container
@@ -145,15 +137,7 @@ pub(crate) fn pod_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -
                 .find(|m| m.sub_path.as_deref() == Some(e.value.as_str())),
         };
         let sub_path = rest.ends_with("subPath");
-        return mount.map_or(Origin::Piculet, |m| volume(ctx, &m.name, sub_path));
-    }
-    if let Some((i, rest)) = after(f, "spec.volumes").and_then(index) {
-        let name = spec
-            .and_then(|s| s.volumes.as_ref())
-            .and_then(|v| v.get(i))
-            .map(|v| v.name.as_str())
-            .unwrap_or_default();
-        return volume(ctx, name, rest.contains(".items"));
+        return Some(mount.map_or(Origin::Piculet, |m| volume(ctx, &m.name, sub_path)));
     }
     for which in ["requests", "limits"] {
         if after(f, &format!("spec.containers[0].resources.{which}")).is_some() {
@@ -161,63 +145,105 @@ pub(crate) fn pod_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -
                 "requests" => &opts.resources.requests,
                 _ => &opts.resources.limits,
             };
-            return if asked.contains_key(key) {
+            return Some(if asked.contains_key(key) {
                 Origin::Step(format!("{OPTIONS}.resources.{which}.{key}"))
             } else {
                 let class = super::resources::class_prefix(step.kind);
                 let kind = &which[..which.len() - 1];
                 setting(&format!("{class}{}_{kind}", key.replace('-', "_")))
-            };
+            });
         }
     }
     if after(f, "spec.containers[0].image").is_some() {
-        return if step.kind == StepKind::Clone && step.image == pipeline::DEFAULT_CLONE_IMAGE {
-            setting("clone_image")
-        } else {
-            Origin::Step("image".into())
-        };
+        return Some(
+            if step.kind == StepKind::Clone && step.image == pipeline::DEFAULT_CLONE_IMAGE {
+                setting("clone_image")
+            } else {
+                Origin::Step("image".into())
+            },
+        );
     }
     if let Some((i, _)) = after(f, "spec.containers[0].ports").and_then(index) {
-        return Origin::Step(format!("ports[{i}]"));
+        return Some(Origin::Step(format!("ports[{i}]")));
     }
     if after(f, "spec.containers[0].imagePullPolicy").is_some() {
-        return if step.pull {
+        return Some(if step.pull {
             Origin::Step("pull".into())
         } else {
             setting("pull_policy")
-        };
+        });
+    }
+    None
+}
+
+/// The origin of a field of the pod's spec outside its container.
+fn pod_spec_field(ctx: &Ctx, step: &StepSpec, pod: &Pod, e: &FieldError) -> Option<Origin> {
+    let opts = &step.backend_options;
+    let key = e.key.as_deref().unwrap_or_default();
+    let f = e.field.as_str();
+    let spec = pod.spec.as_ref();
+    if after(f, "spec.nodeSelector").is_some() {
+        return Some(if opts.node_selector.contains_key(key) {
+            Origin::Step(format!("{OPTIONS}.nodeSelector.{key}"))
+        } else if key == "kubernetes.io/arch" {
+            Origin::Workflow("labels.platform".into())
+        } else {
+            setting("node_selector")
+        });
+    }
+    if let Some((i, rest)) = after(f, "spec.tolerations").and_then(index) {
+        let admin = ctx.config.tolerations.len();
+        return Some(if i < admin {
+            setting("tolerations")
+        } else {
+            Origin::Step(format!("{OPTIONS}.tolerations[{}]{rest}", i - admin))
+        });
+    }
+    if let Some(rest) = after(f, "spec.affinity") {
+        return Some(Origin::Step(format!("{OPTIONS}.affinity{rest}")));
+    }
+    if let Some(rest) = after(f, "spec.securityContext") {
+        return Some(pod_security_context(step, rest));
+    }
+    if let Some((i, rest)) = after(f, "spec.volumes").and_then(index) {
+        let name = spec
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|v| v.get(i))
+            .map(|v| v.name.as_str())
+            .unwrap_or_default();
+        return Some(volume(ctx, name, rest.contains(".items")));
     }
     if let Some(rest) = after(f, "spec.dnsConfig") {
-        return dns(ctx, step, rest, &e.value);
+        return Some(dns(ctx, step, rest, &e.value));
     }
     if after(f, "spec.dnsPolicy").is_some() {
-        return setting("dns_policy");
+        return Some(setting("dns_policy"));
     }
     if let Some((i, _)) = after(f, "spec.hostAliases").and_then(index) {
-        return Origin::Step(format!("extra_hosts[{i}]"));
+        return Some(Origin::Step(format!("extra_hosts[{i}]")));
     }
     if after(f, "spec.hostname").is_some() {
-        return Origin::Step("name".into());
+        return Some(Origin::Step("name".into()));
     }
     if after(f, "spec.serviceAccountName").is_some() {
-        return match opts.service_account_name {
+        return Some(match opts.service_account_name {
             Some(_) => Origin::Step(format!("{OPTIONS}.serviceAccountName")),
             None => setting("service_account"),
-        };
+        });
     }
     if after(f, "spec.runtimeClassName").is_some() {
-        return match opts.runtime_class_name {
+        return Some(match opts.runtime_class_name {
             Some(_) => Origin::Step(format!("{OPTIONS}.runtimeClassName")),
             None => setting("runtime_class"),
-        };
+        });
     }
     if after(f, "spec.priorityClassName").is_some() {
-        return setting("priority_class");
+        return Some(setting("priority_class"));
     }
     if after(f, "spec.activeDeadlineSeconds").is_some() {
-        return Origin::Step("timeout".into());
+        return Some(Origin::Step("timeout".into()));
     }
-    Origin::Piculet
+    None
 }
 
 /// `spec.securityContext…`: the step's `securityContext` where it set the field, else the

@@ -17,6 +17,7 @@ pub(crate) mod paths;
 pub mod plan;
 pub mod quantity;
 pub mod schema;
+pub mod script;
 pub mod subst;
 pub mod text;
 pub(crate) mod validate;

@@ -608,14 +608,56 @@ fn resolve_workflow_dependencies(
     plan: &mut Plan,
     sinks: &mut [Sink],
 ) {
-    let declared: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     // Elements alive per workflow name (matrix elements share theirs).
     let mut alive: HashMap<String, usize> = HashMap::new();
+    for c in candidates.iter() {
+        *alive.entry(c.plan.name.clone()).or_default() += 1;
+    }
+    warn_never_runs(candidates, sinks);
+    let (order, reasons) = workflows_to_drop(sources, candidates, &mut alive, sinks);
+    remove_dropped(candidates, order, reasons, plan);
+    set_depends_on(candidates, &alive);
+    report_cycles(candidates, sinks);
+}
+
+/// Only runs after a failure of a workflow it depends on.
+fn runs_after_failure_only(c: &Candidate) -> bool {
+    !c.plan.runs_on.contains(&Conclusion::Success)
+}
+
+/// Warns of a workflow that runs only when one it depends on fails, and depends on none.
+fn warn_never_runs(candidates: &[Candidate], sinks: &mut [Sink]) {
+    for c in candidates.iter() {
+        if c.deps.is_empty()
+            && runs_after_failure_only(c)
+            && let Some((pointer, pos)) = &c.status_place
+        {
+            sinks[c.source].warn(
+                pointer,
+                *pos,
+                format!(
+                    "workflow \"{}\" runs only when a workflow it depends on fails, and it has no depends_on: it never runs",
+                    c.plan.name
+                ),
+            );
+        }
+    }
+}
+
+/// The workflows to drop, in the order they are found, with the reason of each: one that
+/// requires a workflow dropped or not in the submission, or that runs only after a failure
+/// of workflows of which none is left. `alive` is left counting the elements kept per name.
+fn workflows_to_drop(
+    sources: &[Source],
+    candidates: &[Candidate],
+    alive: &mut HashMap<String, usize>,
+    sinks: &mut [Sink],
+) -> (Vec<usize>, Vec<Option<String>>) {
+    let declared: HashSet<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     let mut required_by: HashMap<&str, Vec<usize>> = HashMap::new();
     // Every dependent of a name, required or optional, once per dependent.
     let mut depended_by: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, c) in candidates.iter().enumerate() {
-        *alive.entry(c.plan.name.clone()).or_default() += 1;
         let mut seen = HashSet::new();
         for d in &c.deps {
             if !d.optional {
@@ -639,23 +681,6 @@ fn resolve_workflow_dependencies(
             names.len()
         })
         .collect();
-    let runs_after_failure_only = |c: &Candidate| !c.plan.runs_on.contains(&Conclusion::Success);
-    for c in candidates.iter() {
-        if c.deps.is_empty()
-            && runs_after_failure_only(c)
-            && let Some((pointer, pos)) = &c.status_place
-        {
-            sinks[c.source].warn(
-                pointer,
-                *pos,
-                format!(
-                    "workflow \"{}\" runs only when a workflow it depends on fails, and it has no depends_on: it never runs",
-                    c.plan.name
-                ),
-            );
-        }
-    }
-
     let mut reasons: Vec<Option<String>> = vec![None; candidates.len()];
     let mut order: Vec<usize> = Vec::new();
     let mut queue: VecDeque<usize> = VecDeque::new();
@@ -718,7 +743,16 @@ fn resolve_workflow_dependencies(
             }
         }
     }
+    (order, reasons)
+}
 
+/// Moves the dropped workflows from `candidates` to the plan's dropped ones, in `order`.
+fn remove_dropped(
+    candidates: &mut Vec<Candidate>,
+    order: Vec<usize>,
+    mut reasons: Vec<Option<String>>,
+    plan: &mut Plan,
+) {
     let mut kept: Vec<Option<Candidate>> =
         std::mem::take(candidates).into_iter().map(Some).collect();
     for i in order {
@@ -731,7 +765,10 @@ fn resolve_workflow_dependencies(
         }
     }
     *candidates = kept.into_iter().flatten().collect();
+}
 
+/// Each kept workflow depends on the names it named that are still there, each once.
+fn set_depends_on(candidates: &mut [Candidate], alive: &HashMap<String, usize>) {
     for c in candidates.iter_mut() {
         let mut seen = HashSet::new();
         c.plan.depends_on = c
@@ -742,8 +779,10 @@ fn resolve_workflow_dependencies(
             .map(|d| d.name.clone())
             .collect();
     }
+}
 
-    // Cycles between workflows, by name in submission order.
+/// Refuses cycles between workflows, by name in submission order.
+fn report_cycles(candidates: &[Candidate], sinks: &mut [Sink]) {
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut first: Vec<&Candidate> = Vec::new();
     for c in candidates.iter() {

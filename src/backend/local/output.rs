@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rustix::process::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -390,7 +391,7 @@ impl Supervisor {
             // The wrapper is gone, and its group id stays in use while a member lives; but an
             // adopted attempt may have ended long ago, its id since given to a process that
             // leads a group of its own: that one is left alone.
-            process::signal_recorded_group(self.pgid, self.start, libc::SIGKILL);
+            process::signal_recorded_group(self.pgid, self.start, Signal::KILL);
             state.steps.get_mut(&self.step_id).and_then(|entry| {
                 entry.finished = true;
                 entry.sent
@@ -408,7 +409,7 @@ impl Supervisor {
             Ended::Gone => match record::read_exit_file(&self.exit_file).await {
                 Some(code) => process::exit_from_code(code),
                 None => match sent {
-                    Some(signal) => process::killed_by(signal),
+                    Some(signal) => process::killed_by(signal.as_raw()),
                     None => StepExit::Error {
                         reason: "the step's wrapper process ended without recording the step's exit (was it killed from outside piculet?)".to_string(),
                     },

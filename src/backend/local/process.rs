@@ -31,6 +31,8 @@ use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use procfs::process::Stat;
+use rustix::process::{Pid, Signal};
 use tokio::time::Instant;
 
 use super::super::StepExit;
@@ -178,22 +180,29 @@ pub(super) fn killed_by(signal: i32) -> StepExit {
     }
 }
 
-/// Sends `signal` to a process group. Ids that would reach piculet's own group (0, our own
-/// group id) or init's are never signalled, whatever a record says.
-pub(super) fn signal_group(pgid: i32, signal: libc::c_int) {
-    // SAFETY: getpgrp and killpg take plain integers and have no memory effects.
-    unsafe {
-        if pgid > 1 && pgid != libc::getpgrp() {
-            // ESRCH (the group is gone) is the expected outcome of a race with its end.
-            libc::killpg(pgid, signal);
-        }
+/// `pid` as an id that names one process (or group): never 0 or below, never init (1).
+fn process_id(pid: i32) -> Option<Pid> {
+    Pid::from_raw(pid).filter(|p| !p.is_init())
+}
+
+/// A group id that may be signalled: never piculet's own group or init's, whatever a record
+/// says.
+fn foreign_group(pgid: i32) -> Option<Pid> {
+    process_id(pgid).filter(|&p| p != rustix::process::getpgrp())
+}
+
+/// Sends `signal` to a process group (see [`foreign_group`] for the ids never signalled).
+pub(super) fn signal_group(pgid: i32, signal: Signal) {
+    if let Some(group) = foreign_group(pgid) {
+        // ESRCH (the group is gone) is the expected outcome of a race with its end.
+        let _ = rustix::process::kill_process_group(group, signal);
     }
 }
 
 /// Whether a process group still has a live (non-zombie) member.
 pub(super) fn group_alive(pgid: i32) -> bool {
-    // SAFETY: getpgrp and kill take plain integers and have no memory effects.
-    let exists = pgid > 1 && unsafe { pgid != libc::getpgrp() && libc::kill(-pgid, 0) == 0 };
+    let exists = foreign_group(pgid)
+        .is_some_and(|group| rustix::process::test_kill_process_group(group).is_ok());
     // A group of zombies also answers: when their parent (here, init after a restart) is slow
     // to reap them, they are still dead. /proc tells them apart; without it, trust kill.
     exists && group_has_live_member(pgid).unwrap_or(true)
@@ -212,8 +221,8 @@ pub(super) fn recorded_group_alive(pgid: i32, start: Option<u64>) -> bool {
 
 /// Whether the process `pgid`, if there is one, is the one that started at `start`.
 fn leader_matches(pgid: i32, start: Option<u64>) -> bool {
-    match proc_stat(&pgid.to_string()) {
-        Some((_, _, started)) => start.is_none_or(|s| s == started),
+    match proc_stat(pgid) {
+        Some(stat) => start.is_none_or(|s| s == stat.starttime),
         // No such process: the leader is gone (or there is no /proc to ask).
         None => true,
     }
@@ -221,79 +230,65 @@ fn leader_matches(pgid: i32, start: Option<u64>) -> bool {
 
 /// Sends `signal` to a recorded group (see [`recorded_group_alive`]) unless its id now names
 /// someone else's group.
-pub(super) fn signal_recorded_group(pgid: i32, start: Option<u64>, signal: libc::c_int) {
+pub(super) fn signal_recorded_group(pgid: i32, start: Option<u64>, signal: Signal) {
     if leader_matches(pgid, start) {
         signal_group(pgid, signal);
     }
 }
 
-/// `(state, pgrp, starttime)` of a process from `/proc/<pid>/stat`.
-fn proc_stat(pid: &str) -> Option<(String, i32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp … starttime(22nd)`; comm may hold spaces and parentheses.
-    let (_, after) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let state = fields.first()?.to_string();
-    let pgrp = fields.get(2)?.parse().ok()?;
-    let start = fields.get(19)?.parse().ok()?;
-    Some((state, pgrp, start))
+/// A process's `/proc/<pid>/stat`: its state, group and start time.
+fn proc_stat(pid: i32) -> Option<Stat> {
+    procfs::process::Process::new(pid).ok()?.stat().ok()
+}
+
+/// Dead, waiting for its parent to reap it.
+fn is_zombie(stat: &Stat) -> bool {
+    matches!(stat.state, 'Z' | 'X')
 }
 
 fn group_has_live_member(pgid: i32) -> Option<bool> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if let Some((state, pgrp, _)) = proc_stat(pid)
-            && pgrp == pgid
-            && !matches!(state.as_str(), "Z" | "X")
-        {
-            return Some(true);
-        }
-    }
-    Some(false)
+    let processes = procfs::process::all_processes().ok()?;
+    Some(processes.flatten().any(|p| {
+        p.stat()
+            .is_ok_and(|stat| stat.pgrp == pgid && !is_zombie(&stat))
+    }))
 }
 
 /// A process's start time (see [`super::record::Record::proc_start`]).
 pub(super) fn proc_start(pid: i32) -> Option<u64> {
-    proc_stat(&pid.to_string()).map(|(_, _, start)| start)
+    proc_stat(pid).map(|stat| stat.starttime)
 }
 
 /// Whether the process `pid`, started at `start` when known, is alive and not a zombie.
 pub(super) fn process_alive(pid: i32, start: Option<u64>) -> bool {
-    if pid <= 1 {
+    let Some(process) = process_id(pid) else {
         return false;
-    }
-    match proc_stat(&pid.to_string()) {
-        Some((state, _, started)) => {
-            !matches!(state.as_str(), "Z" | "X") && start.is_none_or(|s| s == started)
+    };
+    match proc_stat(pid) {
+        Some(stat) => !is_zombie(&stat) && start.is_none_or(|s| s == stat.starttime),
+        None => {
+            std::fs::metadata("/proc/self").is_err()
+                && rustix::process::test_kill_process(process).is_ok()
         }
-        // SAFETY: kill with signal 0 only checks for existence.
-        None => std::fs::metadata("/proc/self").is_err() && unsafe { libc::kill(pid, 0) == 0 },
     }
 }
 
 /// Stops a recorded group (see [`recorded_group_alive`]) this process is not the parent of:
 /// SIGTERM, then SIGKILL after `grace`. Returns the last signal sent, if any.
-pub(super) async fn stop_group(pgid: i32, start: Option<u64>, grace: Duration) -> Option<i32> {
+pub(super) async fn stop_group(pgid: i32, start: Option<u64>, grace: Duration) -> Option<Signal> {
     if !recorded_group_alive(pgid, start) {
         return None;
     }
-    signal_recorded_group(pgid, start, libc::SIGTERM);
+    signal_recorded_group(pgid, start, Signal::TERM);
     let deadline = Instant::now() + grace;
     while recorded_group_alive(pgid, start) {
         if Instant::now() >= deadline {
-            signal_recorded_group(pgid, start, libc::SIGKILL);
-            return Some(libc::SIGKILL);
+            signal_recorded_group(pgid, start, Signal::KILL);
+            return Some(Signal::KILL);
         }
         tokio::time::sleep(POLL).await;
     }
-    Some(libc::SIGTERM)
+    Some(Signal::TERM)
 }
 
 /// Waits, up to `limit`, until a recorded group has no live member.
@@ -372,9 +367,9 @@ mod tests {
             assert!(Instant::now() < deadline, "the step did not start");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        signal_group(pid, libc::SIGTERM);
+        signal_group(pid, Signal::TERM);
         let status = child.wait().await.unwrap();
-        assert_eq!(exit_of(Ok(status)), killed_by(libc::SIGTERM));
+        assert_eq!(exit_of(Ok(status)), killed_by(Signal::TERM.as_raw()));
         assert_eq!(std::fs::read_to_string(dir.join("exit")).unwrap(), "143\n");
         assert!(!group_alive(pid));
         let _ = std::fs::remove_dir_all(&dir);
