@@ -252,7 +252,7 @@ impl Planner {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = app.shutdown.clone();
-        tokio::spawn(piculet::http1::serve(listener, app.router, {
+        tokio::spawn(piculet::http::serve(listener, app.router, {
             let shutdown = shutdown.clone();
             async move { shutdown.cancelled().await }
         }));

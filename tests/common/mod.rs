@@ -177,7 +177,7 @@ impl TestApp {
         }
         let router = app.router;
         tokio::spawn(async move {
-            piculet::http1::serve(listener, router, async move { shutdown.cancelled().await })
+            piculet::http::serve(listener, router, async move { shutdown.cancelled().await })
                 .await;
         });
         TestApp {
