@@ -489,7 +489,10 @@ async fn sse_memory() {
     for (mode, name) in [
         (SseMode::Lean, "HTTP/1.1, lean writer"),
         (SseMode::Hyper, "HTTP/1.1, hyper"),
-        (SseMode::Http2, "HTTP/2, hyper, 1,000 streams per connection"),
+        (
+            SseMode::Http2,
+            "HTTP/2, hyper, 1,000 streams per connection",
+        ),
     ] {
         sse_memory_of(mode, name).await;
     }
@@ -597,7 +600,9 @@ async fn http1_followers(
     );
     let request = match mode {
         // hyper answers every request after a connection's first.
-        SseMode::Hyper => format!("GET /api/v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n{follow}"),
+        SseMode::Hyper => {
+            format!("GET /api/v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n{follow}")
+        }
         SseMode::Lean | SseMode::Http2 => follow,
     };
     let mut connections: Vec<Held> = Vec::with_capacity(clients);

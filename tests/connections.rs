@@ -247,7 +247,9 @@ async fn event_streams_are_written_lean_and_let_go() {
     // The events stream ends with the pipeline, without gap or duplicate.
     let rest: Vec<Event> = tokio::time::timeout(
         Duration::from_secs(10),
-        changes.map(|e| e.expect("a well-formed event stream")).collect(),
+        changes
+            .map(|e| e.expect("a well-formed event stream"))
+            .collect(),
     )
     .await
     .expect("the events stream ends with the pipeline");
@@ -300,10 +302,7 @@ async fn smuggling_attempts_are_refused_and_the_server_stays_up() {
             "400 Bad Request",
         ),
         // A space before the colon, which some servers read as the header and others not.
-        (
-            lint("Content-Length : 10\r\n"),
-            "400 Bad Request",
-        ),
+        (lint("Content-Length : 10\r\n"), "400 Bad Request"),
         // An event stream's head with a body: not the lean writer's, and refused alike.
         (
             events.replacen(

@@ -59,9 +59,7 @@ fn event<T: Serialize + ?Sized>(id: Option<i64>, name: Option<&str>, data: &T) -
         event
     };
     // Serializing our own types cannot fail; an empty object keeps the event whole.
-    head()
-        .json_data(data)
-        .unwrap_or_else(|_| head().data("{}"))
+    head().json_data(data).unwrap_or_else(|_| head().data("{}"))
 }
 
 /// What the live feed delivered, in the followed stream's terms.

@@ -20,7 +20,7 @@ pub enum Head {
     /// No whole head yet: read on.
     Partial,
     /// The request, for the lean writer, in the HTTP version to answer in.
-    Lean(Request<Body>, Version),
+    Lean(Box<Request<Body>>, Version),
     /// hyper's, with the bytes read put back in front of the socket.
     Hyper,
 }
@@ -35,7 +35,7 @@ pub fn classify(buf: &[u8]) -> Head {
     match parsed.parse(buf) {
         // Bytes after the head (a body or a pipelined request) are hyper's business.
         Ok(httparse::Status::Complete(len)) if len == buf.len() => match lean_request(&parsed) {
-            Some((request, version)) => Head::Lean(request, version),
+            Some((request, version)) => Head::Lean(Box::new(request), version),
             None => Head::Hyper,
         },
         Ok(httparse::Status::Complete(_)) => Head::Hyper,
@@ -111,7 +111,10 @@ mod tests {
             "GET /x HTTP/1.1\r\nAccept : text/event-stream\r\n\r\n".into(),
             format!("{get}X-Padding: {}\r\n\r\n", "p".repeat(HEAD_LIMIT)),
         ] {
-            assert!(matches!(classify(smuggled.as_bytes()), Head::Hyper), "{smuggled:?}");
+            assert!(
+                matches!(classify(smuggled.as_bytes()), Head::Hyper),
+                "{smuggled:?}"
+            );
         }
     }
 }

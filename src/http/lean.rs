@@ -11,12 +11,12 @@ use std::io;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
-use axum::http::{Response, StatusCode, Version, header};
 use axum::body::Bytes;
+use axum::http::{Response, StatusCode, Version, header};
 use bytes::{Buf, BytesMut};
 use futures::FutureExt as _;
-use hyper::body::Frame;
 use http_body_util::BodyExt as _;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;

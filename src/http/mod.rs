@@ -168,7 +168,7 @@ async fn connection(
     match lean {
         Head::Lean(request, version) => {
             drop((head, hyper));
-            let response = match router.oneshot(request).await {
+            let response = match router.oneshot(*request).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
             };

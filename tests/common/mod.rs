@@ -177,8 +177,7 @@ impl TestApp {
         }
         let router = app.router;
         tokio::spawn(async move {
-            piculet::http::serve(listener, router, async move { shutdown.cancelled().await })
-                .await;
+            piculet::http::serve(listener, router, async move { shutdown.cancelled().await }).await;
         });
         TestApp {
             shutdown: app.shutdown,
