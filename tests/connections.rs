@@ -1,10 +1,11 @@
-//! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
-//! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
-//! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
-//! Planning waits for a slot, and nothing else does; the `Host` check holds on both writers;
-//! a body announced over the limit is refused before it is sent, `Expect: 100-continue` or not.
-//! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
-//! other tests here open no stream.
+//! The server's connections, byte for byte over raw TCP: event streams answered by the lean
+//! writer (chunked or close-delimited, closed at their end, let go when the client hangs up)
+//! and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads, HTTP/2
+//! with prior knowledge, smuggling attempts refused). Planning waits for a slot, and nothing
+//! else does; the `Host` check holds on both writers; a body announced over the limit is
+//! refused before it is sent, `Expect: 100-continue` or not. The event-stream checks read the
+//! `piculet_sse_clients` gauge, so they share one test: the other tests here open no stream.
+//! Event streams are parsed by `eventsource-stream`, not by piculet's own client.
 
 mod common;
 

@@ -7,6 +7,9 @@
 //! What another replica stores arrives as a wake-up, "stored up to N", with no data: the
 //! stream reads from the database what comes after its last item, or ignores the wake-up when
 //! it has sent N already (this replica published the data itself, first).
+//!
+//! The stream is axum's [`Sse`]: an event per record, keep-alive comments when quiet. The
+//! records of a batch are produced at once, so the writer below sends them together.
 
 use std::convert::Infallible;
 use std::sync::Arc;
