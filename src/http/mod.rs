@@ -8,7 +8,7 @@
 //! is an HTTP/1 event stream (`GET` with `Accept: text/event-stream`, no body) is answered by
 //! the [`lean`] writer. A client following a log holds its connection for hours, and hyper
 //! allocates 16 KiB of HTTP/1 buffers per connection whatever it is told (its minimum: 8 KiB to
-//! read, 8 KiB for response heads), four times what everything else a follower costs (the
+//! read, 8 KiB for response heads), three times what everything else a follower costs (the
 //! README's "SSE memory" has the figures). The head is classified here ([`head`]), the
 //! request goes through the router, and the connection closes at the end of the answer
 //! (`Connection: close`; SSE clients reconnect anyway). Every other connection goes to hyper,
