@@ -9,7 +9,8 @@
 //! it has sent N already (this replica published the data itself, first).
 //!
 //! The stream is axum's [`Sse`]: an event per record, keep-alive comments when quiet. The
-//! records of a batch are produced at once, so the writer below sends them together.
+//! events of a batch of records are ready at once, so the connection's writer (the lean
+//! writer's gathering, hyper's vectored writes) sends them together.
 
 use std::convert::Infallible;
 use std::sync::Arc;

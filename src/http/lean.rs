@@ -10,8 +10,7 @@
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::http::{Response, StatusCode, Version, header};
 use bytes::{Buf, BytesMut};
 use futures::FutureExt as _;

@@ -2,9 +2,9 @@
 //! who speaks HTTP on the connection.
 //!
 //! hyper serves every connection, HTTP/1.1 or HTTP/2 with prior knowledge (h2c, for clients
-//! that multiplex many event streams over one connection), tuned for small idle connections:
-//! HTTP/1 buffers capped near hyper's minimum, body frames written from where they lie, HTTP/2
-//! windows sized for small requests. One case is not hyper's: a connection whose first request
+//! that multiplex many event streams over one connection), tuned for many small idle ones:
+//! HTTP/1 buffers bounded (a head over 64 KiB is refused), body frames written from where they
+//! lie, HTTP/2 windows sized for small requests. One case is not hyper's: a connection whose first request
 //! is an HTTP/1 event stream (`GET` with `Accept: text/event-stream`, no body) is answered by
 //! the [`lean`] writer. A client following a log holds its connection for hours, and hyper
 //! allocates 16 KiB of HTTP/1 buffers per connection whatever it is told (its minimum: 8 KiB to
