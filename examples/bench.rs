@@ -466,11 +466,39 @@ async fn replica_latency() {
     );
 }
 
-/// Resident memory a `piculet serve` process adds for 10,000 SSE clients following one step.
+/// How the SSE clients of [`sse_memory`] reach the server.
+#[derive(Clone, Copy)]
+enum SseMode {
+    /// An event stream as a connection's first request: piculet's lean HTTP/1 writer.
+    Lean,
+    /// An event stream after a first request on a kept-alive connection: hyper's HTTP/1.
+    Hyper,
+    /// HTTP/2 with prior knowledge, [`H2_STREAMS`] streams per connection: hyper's HTTP/2.
+    Http2,
+}
+
+/// Event streams per HTTP/2 connection.
+const H2_STREAMS: usize = 1000;
+
+/// Resident memory a `piculet serve` process adds for 10,000 SSE clients following one step,
+/// each way a client can follow; a fresh server process for each.
 async fn sse_memory() {
     println!(
-        "\nSSE clients (10,000 following one running step; a separate `piculet serve` process)"
+        "\nSSE clients (10,000 following one running step; a separate `piculet serve` process for each way)"
     );
+    for (mode, name) in [
+        (SseMode::Lean, "HTTP/1.1, lean writer"),
+        (SseMode::Hyper, "HTTP/1.1, hyper"),
+        (
+            SseMode::Http2,
+            "HTTP/2, hyper, 1,000 streams per connection",
+        ),
+    ] {
+        sse_memory_of(mode, name).await;
+    }
+}
+
+async fn sse_memory_of(mode: SseMode, name: &str) {
     let data_dir = std::env::temp_dir().join(format!("piculet-bench-{}", Uuid::now_v7()));
     std::fs::create_dir_all(&data_dir).unwrap();
     let database_url = fresh_database(Db::Postgres, &data_dir).await;
@@ -523,34 +551,14 @@ async fn sse_memory() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kib(server.id());
     let clients = 10_000;
-    let request = format!(
-        "GET /api/v1/steps/{step}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
-    );
-    let mut connections = Vec::with_capacity(clients);
-    for chunk in 0..(clients / 500) {
-        let opened: Vec<_> = futures::future::join_all((0..500).map(|_| {
-            let request = request.clone();
-            let addr = format!("127.0.0.1:{port}");
-            async move {
-                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-                s.write_all(request.as_bytes()).await.ok()?;
-                // Wait for the headers and the replayed lines: the stream is established.
-                let mut buf = [0u8; 2048];
-                let n = s.read(&mut buf).await.ok()?;
-                (n > 0).then_some(s)
-            }
-        }))
-        .await;
-        let ok = opened.iter().filter(|c| c.is_some()).count();
-        connections.extend(opened.into_iter().flatten());
-        if ok < 500 {
-            println!("  (batch {chunk}: only {ok} of 500 connections opened)");
-        }
-    }
+    let (held, followers) = match mode {
+        SseMode::Lean | SseMode::Hyper => http1_followers(port, &step, clients, mode).await,
+        SseMode::Http2 => http2_followers(&base, &step, clients).await,
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(server.id());
-    let followers = connections.len();
     let per = (after.saturating_sub(before)) as f64 / followers.max(1) as f64;
+    println!("  {name}:");
     row(
         "clients following",
         format!("{followers}"),
@@ -569,10 +577,104 @@ async fn sse_memory() {
         "≤ 16 KiB",
         Some(per <= 16.0),
     );
-    drop(connections);
+    drop(held);
     let _ = server.kill();
     let _ = server.wait();
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Something that holds followers' streams open until dropped.
+type Held = Box<dyn std::any::Any + Send>;
+
+/// `clients` HTTP/1.1 connections following `step`, opened 500 at a time; each is
+/// established once its event stream's head and replayed line have arrived. Returns what holds
+/// them and how many there are.
+async fn http1_followers(
+    port: u16,
+    step: &str,
+    clients: usize,
+    mode: SseMode,
+) -> (Vec<Held>, usize) {
+    let follow = format!(
+        "GET /api/v1/steps/{step}/logs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    let request = match mode {
+        // hyper answers every request after a connection's first.
+        SseMode::Hyper => {
+            format!("GET /api/v1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n{follow}")
+        }
+        SseMode::Lean | SseMode::Http2 => follow,
+    };
+    let mut connections: Vec<Held> = Vec::with_capacity(clients);
+    for chunk in 0..(clients / 500) {
+        let opened: Vec<_> = futures::future::join_all((0..500).map(|_| {
+            let request = request.clone();
+            let addr = format!("127.0.0.1:{port}");
+            async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+                s.write_all(request.as_bytes()).await.ok()?;
+                // Wait for the stream's head and the replayed line: the stream is established.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !String::from_utf8_lossy(&seen).contains("waiting") {
+                    let n = s.read(&mut buf).await.ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                Some(Box::new(s) as Held)
+            }
+        }))
+        .await;
+        let ok = opened.iter().filter(|c| c.is_some()).count();
+        connections.extend(opened.into_iter().flatten());
+        if ok < 500 {
+            println!("  (batch {chunk}: only {ok} of 500 connections opened)");
+        }
+    }
+    let followers = connections.len();
+    (connections, followers)
+}
+
+/// `clients` HTTP/2 streams following `step`, [`H2_STREAMS`] per connection; each is
+/// established once its response head has arrived. Returns what holds them (the streams and
+/// their clients) and how many streams there are.
+async fn http2_followers(base: &str, step: &str, clients: usize) -> (Vec<Held>, usize) {
+    let url = format!("{base}/api/v1/steps/{step}/logs");
+    let mut held: Vec<Held> = Vec::with_capacity(clients + clients / H2_STREAMS + 1);
+    let mut followers = 0;
+    for connection in 0..clients.div_ceil(H2_STREAMS) {
+        // A client of its own is a connection of its own.
+        let client = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap();
+        let opened: Vec<_> =
+            futures::future::join_all((0..H2_STREAMS.min(clients - followers)).map(|_| {
+                client
+                    .get(&url)
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .header("accept", "text/event-stream")
+                    .send()
+            }))
+            .await;
+        let ok: Vec<Held> = opened
+            .into_iter()
+            .filter_map(|r| r.ok().filter(|r| r.status() == 200))
+            .map(|r| Box::new(r) as Held)
+            .collect();
+        if ok.len() < H2_STREAMS {
+            println!(
+                "  (connection {connection}: only {} of {H2_STREAMS} streams opened)",
+                ok.len()
+            );
+        }
+        followers += ok.len();
+        held.extend(ok);
+        held.push(Box::new(client));
+    }
+    (held, followers)
 }
 
 /// Rendered pods per second for a 50-step workflow with every option.

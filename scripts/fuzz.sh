@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the pipeline reader and planner with cargo-fuzz (libFuzzer): arbitrary bytes as a
 # pipeline file, structured pipelines (chains, cycles, matrices, `when`, paths) as YAML text and
-# as objects, and arbitrary JSON submissions. Every target runs SECONDS (default 3600) at once,
+# as objects, and arbitrary JSON submissions; and the lean HTTP/1 writer's head check, with
+# arbitrary bytes as a connection's first bytes. Every target runs SECONDS (default 3600) at once,
 # at the lowest CPU priority; a crash leaves its input in fuzz/artifacts/TARGET/.
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); the stable toolchain is enough
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/../fuzz"
 seconds=${1:-3600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(pipeline_text pipeline_structured submission_json)
+[ ${#targets[@]} -gt 0 ] || targets=(pipeline_text pipeline_structured submission_json lean_head)
 command -v cargo-fuzz >/dev/null || { echo "fuzz.sh: cargo-fuzz is missing; cargo install cargo-fuzz" >&2; exit 2; }
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build -O

@@ -9,7 +9,7 @@ pub mod client;
 pub mod config;
 pub mod dry_run;
 pub mod engine;
-pub mod http1;
+pub mod http;
 pub mod hub;
 pub mod k8s;
 pub mod metrics_registry;

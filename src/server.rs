@@ -166,7 +166,7 @@ pub async fn serve(config: Config) -> Result<(), ServeError> {
             hand_over.cancel();
         }
     });
-    crate::http1::serve(listener, router, {
+    crate::http::serve(listener, router, {
         let shutdown = shutdown.clone();
         async move { shutdown.cancelled().await }
     })

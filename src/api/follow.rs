@@ -7,14 +7,18 @@
 //! What another replica stores arrives as a wake-up, "stored up to N", with no data: the
 //! stream reads from the database what comes after its last item, or ignores the wake-up when
 //! it has sent N already (this replica published the data itself, first).
+//!
+//! The stream is axum's [`Sse`]: an event per record, keep-alive comments when quiet. The
+//! events of a batch of records are ready at once, so the connection's writer (the lean
+//! writer's gathering, hyper's vectored writes) sends them together.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
-use axum::response::Response;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse as _, Response};
+use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -39,38 +43,27 @@ pub trait Record: Serialize + Send + Sync + 'static {
     /// Its sequence number: the event's `id`.
     fn seq(&self) -> i64;
 
-    /// Appends it as one SSE event, its data the record as JSON.
-    fn write(&self, out: &mut Vec<u8>) {
-        write_event(out, Some(self.seq()), Self::EVENT, self);
+    /// It as one SSE event, its data the record as JSON.
+    fn event(&self) -> Event {
+        event(Some(self.seq()), Self::EVENT, self)
     }
 }
 
-/// Appends one SSE event: its `id`, its name unless it is a plain message, and its data as
-/// one line of compact JSON (which never holds a raw line break).
-fn write_event<T: Serialize + ?Sized>(
-    out: &mut Vec<u8>,
-    id: Option<i64>,
-    name: Option<&str>,
-    data: &T,
-) {
-    if let Some(id) = id {
-        out.extend_from_slice(b"id: ");
-        out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
-        out.push(b'\n');
-    }
-    if let Some(name) = name {
-        out.extend_from_slice(b"event: ");
-        out.extend_from_slice(name.as_bytes());
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    // Serializing our own types into a Vec cannot fail; an empty object keeps the event whole.
-    let mark = out.len();
-    if serde_json::to_writer(&mut *out, data).is_err() {
-        out.truncate(mark);
-        out.extend_from_slice(b"{}");
-    }
-    out.extend_from_slice(b"\n\n");
+/// One SSE event: its `id`, its name unless it is a plain message, and its data as one line of
+/// compact JSON (which never holds a raw line break).
+fn event<T: Serialize + ?Sized>(id: Option<i64>, name: Option<&str>, data: &T) -> Event {
+    let head = || {
+        let mut event = Event::default();
+        if let Some(id) = id {
+            event = event.id(itoa::Buffer::new().format(id));
+        }
+        if let Some(name) = name {
+            event = event.event(name);
+        }
+        event
+    };
+    // Serializing our own types cannot fail; an empty object keeps the event whole.
+    head().json_data(data).unwrap_or_else(|_| head().data("{}"))
 }
 
 /// What the live feed delivered, in the followed stream's terms.
@@ -121,9 +114,8 @@ struct State<F: Feed> {
     rx: Subscription<F::Item>,
     last: i64,
     phase: Phase,
-    /// Events not sent yet: whatever is ready goes out as one frame, so that a batch of
-    /// lines costs one write, not one per line. Taken whole, so an idle stream holds nothing.
-    out: Vec<u8>,
+    /// Events not sent yet, taken whole once ready, so that an idle stream holds nothing.
+    out: Vec<Event>,
     shutdown: CancellationToken,
     _gauge: FollowerGauge,
 }
@@ -150,7 +142,7 @@ impl<F: Feed> State<F> {
         let records = self.feed.page(self.last).await?;
         for record in &records {
             self.last = record.seq();
-            record.write(&mut self.out);
+            self.out.push(record.event());
         }
         Ok(records.len())
     }
@@ -165,7 +157,7 @@ impl<F: Feed> State<F> {
                     return false;
                 }
                 self.last = seq;
-                record.write(&mut self.out);
+                self.out.push(record.event());
             }
         }
         true
@@ -192,7 +184,7 @@ impl<F: Feed> State<F> {
                 Phase::Ending => {
                     if self.replay_page().await? == 0 {
                         if let Some(end) = self.feed.end().await? {
-                            write_event(&mut self.out, None, Some("end"), &end);
+                            self.out.push(event(None, Some("end"), &end));
                         }
                         self.phase = Phase::Done;
                     }
@@ -202,10 +194,6 @@ impl<F: Feed> State<F> {
                         r = self.rx.recv() => r,
                         () = self.shutdown.cancelled() => {
                             self.phase = Phase::Done;
-                            continue;
-                        }
-                        () = tokio::time::sleep(KEEP_ALIVE) => {
-                            self.out.extend_from_slice(b": keep-alive\n\n");
                             continue;
                         }
                     };
@@ -278,7 +266,7 @@ pub fn sse<F: Feed>(
         shutdown,
         _gauge: FollowerGauge::new(clients),
     };
-    let stream = futures::stream::unfold(state, |mut state| async move {
+    let batches = futures::stream::unfold(state, |mut state| async move {
         if let Err(e) = state.advance().await {
             tracing::warn!(error = %e, "following a stream failed; ending it");
             return None;
@@ -286,20 +274,20 @@ pub fn sse<F: Feed>(
         if state.out.is_empty() {
             return None;
         }
-        let frame = Bytes::from(std::mem::take(&mut state.out));
-        Some((Ok::<_, Infallible>(frame), state))
+        let batch = std::mem::take(&mut state.out);
+        Some((futures::stream::iter(batch), state))
     });
-    let mut response = Response::new(Body::from_stream(stream));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    response
+    let events = batches.flatten().map(Ok::<_, Infallible>);
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
+    use axum::http::header;
     use futures::StreamExt as _;
     use uuid::Uuid;
 
@@ -350,17 +338,27 @@ mod tests {
         }
     }
 
-    fn ids(frame: &[u8]) -> Vec<i64> {
-        std::str::from_utf8(frame)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.strip_prefix("id: "))
-            .map(|n| n.parse().unwrap())
-            .collect()
+    type Frames = axum::body::BodyDataStream;
+
+    /// The ids of the next `n` frames, each one event.
+    async fn ids(body: &mut Frames, n: usize) -> Vec<i64> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let frame = body.next().await.unwrap().unwrap();
+            let frame = std::str::from_utf8(&frame).unwrap();
+            let id: Vec<i64> = frame
+                .lines()
+                .filter_map(|l| l.strip_prefix("id: "))
+                .map(|n| n.parse().unwrap())
+                .collect();
+            assert_eq!(id.len(), 1, "one event per frame: {frame:?}");
+            ids.extend(id);
+        }
+        ids
     }
 
     #[tokio::test(start_paused = true)]
-    async fn replay_live_gap_and_end_come_as_whole_frames_without_gap_or_duplicate() {
+    async fn replay_live_gap_and_end_come_without_gap_or_duplicate() {
         let hub = Hub::default();
         let step = Uuid::now_v7();
         let stored = Arc::new(Mutex::new((1..=3).map(line).collect::<Vec<_>>()));
@@ -379,23 +377,24 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], EVENT_STREAM);
         let mut body = response.into_body().into_data_stream();
 
-        // The replay after line 1 is one frame.
+        // The replay after line 1, an event per line.
         let frame = body.next().await.unwrap().unwrap();
-        assert_eq!(ids(&frame), [2, 3]);
-        assert!(std::str::from_utf8(&frame).unwrap().starts_with(
+        assert_eq!(
+            std::str::from_utf8(&frame).unwrap(),
             "id: 2\ndata: {\"number\":2,\"at\":\"2023-11-14T22:13:20Z\",\"text\":\"line 2\\n\"}\n\n"
-        ));
+        );
+        assert_eq!(ids(&mut body, 1).await, [3]);
 
-        // A live batch overlapping the replay: only the new lines, in one frame.
+        // A live batch overlapping the replay: only the new lines.
         stored.lock().unwrap().extend([line(4), line(5)]);
         hub.publish_lines(step, Arc::from(vec![line(3), line(4), line(5)]));
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [4, 5]);
+        assert_eq!(ids(&mut body, 2).await, [4, 5]);
 
         // Line 6 was stored but never reached the live feed: line 7 shows the gap, and the
         // stream reads 6 and 7 from the store.
         stored.lock().unwrap().extend([line(6), line(7)]);
         hub.publish_lines(step, Arc::from(vec![line(7)]));
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [6, 7]);
+        assert_eq!(ids(&mut body, 2).await, [6, 7]);
 
         // Quiet for the keep-alive interval: a comment.
         let frame = body.next().await.unwrap().unwrap();
@@ -415,7 +414,7 @@ mod tests {
             reason: None,
             at: chrono::Utc::now(),
         });
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [8]);
+        assert_eq!(ids(&mut body, 1).await, [8]);
         let frame = body.next().await.unwrap().unwrap();
         assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
         assert!(body.next().await.is_none());
@@ -439,12 +438,12 @@ mod tests {
             metrics::Gauge::noop(),
         );
         let mut body = response.into_body().into_data_stream();
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [1]);
+        assert_eq!(ids(&mut body, 1).await, [1]);
 
         // Another replica stored 2 and 3: the wake-up carries no line, the store has them.
         stored.lock().unwrap().extend([line(2), line(3)]);
         hub.stored_lines(step, 3);
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [2, 3]);
+        assert_eq!(ids(&mut body, 2).await, [2, 3]);
 
         // Caught up, the stream waits.
         assert_eq!(
@@ -462,14 +461,14 @@ mod tests {
             b": keep-alive\n\n"
         );
         hub.stored_lines(step, 4);
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [4]);
+        assert_eq!(ids(&mut body, 1).await, [4]);
 
         // The listener reconnected: a re-read, which finds line 5 and that the step finished
         // while nobody was told.
         stored.lock().unwrap().push(line(5));
         *finished.lock().unwrap() = true;
         hub.resync();
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [5]);
+        assert_eq!(ids(&mut body, 1).await, [5]);
         let frame = body.next().await.unwrap().unwrap();
         assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
         assert!(body.next().await.is_none());
@@ -497,7 +496,7 @@ mod tests {
         stored.lock().unwrap().extend([line(1), line(2)]);
         *finished.lock().unwrap() = true;
         hub.end_step(step);
-        assert_eq!(ids(&body.next().await.unwrap().unwrap()), [1, 2]);
+        assert_eq!(ids(&mut body, 2).await, [1, 2]);
         let frame = body.next().await.unwrap().unwrap();
         assert_eq!(&frame[..], b"event: end\ndata: \"done\"\n\n");
         assert!(body.next().await.is_none());

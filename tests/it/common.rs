@@ -177,8 +177,7 @@ impl TestApp {
         }
         let router = app.router;
         tokio::spawn(async move {
-            piculet::http1::serve(listener, router, async move { shutdown.cancelled().await })
-                .await;
+            piculet::http::serve(listener, router, async move { shutdown.cancelled().await }).await;
         });
         TestApp {
             shutdown: app.shutdown,
@@ -358,13 +357,15 @@ pub async fn log_text(app: &TestApp, step_id: &str) -> String {
 }
 
 /// Reads a step's SSE log stream: up to `max` line events (all when `None`), after
-/// `last_event_id`; returns the events read (lines and the end event).
+/// `last_event_id`; returns the events read (lines and the end event). An event's `id` is the
+/// last id seen, as an EventSource's `lastEventId`.
 pub async fn read_log_events(
     app: &TestApp,
     step_id: &str,
     last_event_id: Option<&str>,
     max: Option<usize>,
-) -> Vec<piculet::client::sse::SseEvent> {
+) -> Vec<eventsource_stream::Event> {
+    use eventsource_stream::Eventsource as _;
     use futures::StreamExt as _;
     let mut request = app
         .get(&format!("/api/v1/steps/{step_id}/logs"))
@@ -380,7 +381,8 @@ pub async fn read_log_events(
             .unwrap()
             .starts_with("text/event-stream")
     );
-    let mut events = Box::pin(piculet::client::sse::events(response));
+    // Parsed by eventsource-stream, not by piculet's own client.
+    let mut events = response.bytes_stream().eventsource();
     let mut got = Vec::new();
     let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         while let Some(event) = events.next().await {

@@ -1,17 +1,19 @@
-//! The server's HTTP/1 connections, byte for byte over raw TCP: event streams answered by the
-//! lean writer (chunked or close-delimited, closed at their end, let go when the client hangs
-//! up) and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads).
-//! Planning waits for a slot, and nothing else does; the `Host` check holds on both writers;
-//! a body announced over the limit is refused before it is sent, `Expect: 100-continue` or not.
-//! The event-stream checks read the `piculet_sse_clients` gauge, so they share one test: the
-//! other tests here open no stream.
+//! The server's connections, byte for byte over raw TCP: event streams answered by the lean
+//! writer (chunked or close-delimited, closed at their end, let go when the client hangs up)
+//! and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads, HTTP/2
+//! with prior knowledge, smuggling attempts refused). Planning waits for a slot, and nothing
+//! else does; the `Host` check holds on both writers; a body announced over the limit is
+//! refused before it is sent, `Expect: 100-continue` or not. The event-stream checks read the
+//! `piculet_sse_clients` gauge, so they share one test: the other tests here open no stream.
+//! Event streams are parsed by `eventsource-stream`, not by piculet's own client.
 
 use crate::common;
 
 use std::time::Duration;
 
 use common::{Db, TOKEN, TestApp};
-use piculet::client::sse::{SseEvent, SseParser};
+use eventsource_stream::{Event, Eventsource as _};
+use futures::StreamExt as _;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -68,8 +70,15 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
 }
 
-fn events(body: &[u8]) -> Vec<SseEvent> {
-    SseParser::default().feed(body)
+/// The events of an SSE body, parsed by `eventsource-stream` (not piculet's own client). An
+/// event's `id` is the last id seen, as an EventSource's `lastEventId`.
+async fn events(body: &[u8]) -> Vec<Event> {
+    let body = bytes::Bytes::copy_from_slice(body);
+    futures::stream::iter([Ok::<_, std::io::Error>(body)])
+        .eventsource()
+        .map(|e| e.expect("a well-formed event stream"))
+        .collect()
+        .await
 }
 
 async fn followers(app: &TestApp) -> f64 {
@@ -111,9 +120,9 @@ async fn event_streams_are_written_lean_and_let_go() {
     ] {
         assert!(head.contains(line), "{line:?} in {head}");
     }
-    let got = events(&dechunk(&body));
+    let got = events(&dechunk(&body)).await;
     let (end, lines) = got.split_last().unwrap();
-    let ids: Vec<&str> = lines.iter().filter_map(|e| e.id.as_deref()).collect();
+    let ids: Vec<&str> = lines.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["1", "2", "3", "4", "5"], "{got:?}");
     assert!(lines[4].data.contains(r#""text":"two\n""#), "{got:?}");
     assert_eq!(end.event, "end");
@@ -124,9 +133,9 @@ async fn event_streams_are_written_lean_and_let_go() {
     assert!(head.starts_with("http/1.0 200 ok\r\n"), "{head}");
     assert!(head.contains("connection: close\r\n"), "{head}");
     assert!(!head.contains("transfer-encoding"), "{head}");
-    let got = events(&body);
+    let got = events(&body).await;
     assert_eq!(got.len(), 2, "{got:?}");
-    assert_eq!(got[0].id.as_deref(), Some("5"));
+    assert_eq!(got[0].id, "5");
     assert_eq!(got[1].event, "end");
 
     // A refusal through the same writer: its length, its problem, then the close.
@@ -180,11 +189,162 @@ async fn event_streams_are_written_lean_and_let_go() {
         );
     }
 
+    // HTTP/2 with prior knowledge, as a client that multiplexes its streams speaks it: hyper's,
+    // through the same router, with the same events, every stream on one connection.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let follow = |path: &str| {
+        h2.get(app.url(path))
+            .bearer_auth(TOKEN)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+    };
+    let response = follow(&path).await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()[reqwest::header::CONTENT_TYPE],
+        "text/event-stream"
+    );
+    let got: Vec<Event> = tokio::time::timeout(
+        Duration::from_secs(10),
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|e| e.expect("a well-formed event stream"))
+            .collect(),
+    )
+    .await
+    .expect("the stream ends after its end event");
+    let (end, lines) = got.split_last().unwrap();
+    let ids: Vec<&str> = lines.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"], "{got:?}");
+    assert!(lines[4].data.contains(r#""text":"two\n""#), "{got:?}");
+    assert_eq!(end.event, "end");
+    assert!(end.data.contains(r#""status":"success""#));
+
+    // The pipeline's events, live.
+    let mut changes = follow(&format!("/api/v1/pipelines/{pipeline}/events"))
+        .await
+        .unwrap()
+        .bytes_stream()
+        .eventsource();
+    let first = changes.next().await.unwrap().unwrap();
+    assert_eq!((first.id.as_str(), first.event.as_str()), ("1", "status"));
+    // A follower that resets its stream is let go, like one that hangs up.
+    let reset = follow(&format!("/api/v1/steps/{wait}/logs")).await.unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(followers(&app).await, 2.0);
+    drop(reset);
+    wait_for_followers(&app, 1.0).await;
+
     app.post(&format!("/api/v1/pipelines/{pipeline}/cancel"))
         .send()
         .await
         .unwrap();
     common::wait_finished(&app, &pipeline, 30).await;
+    // The events stream ends with the pipeline, without gap or duplicate.
+    let rest: Vec<Event> = tokio::time::timeout(
+        Duration::from_secs(10),
+        changes
+            .map(|e| e.expect("a well-formed event stream"))
+            .collect(),
+    )
+    .await
+    .expect("the events stream ends with the pipeline");
+    let (end, rest) = rest.split_last().unwrap();
+    assert_eq!(end.event, "end", "{rest:?}");
+    assert!(end.data.contains(r#""status":"canceled""#), "{end:?}");
+    for (n, event) in rest.iter().enumerate() {
+        assert_eq!(event.id, (n + 2).to_string(), "{rest:?}");
+        assert_eq!(event.event, "status");
+    }
+    wait_for_followers(&app, 0.0).await;
+}
+
+/// Waits until the gauge shows `n` followers; fails after 10 s.
+async fn wait_for_followers(app: &TestApp, n: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while followers(app).await != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} followers, not {n}",
+            followers(app).await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn smuggling_attempts_are_refused_and_the_server_stays_up() {
+    let app = TestApp::spawn_api(Db::Sqlite).await;
+    let lint = |framing: &str| {
+        format!(
+            "POST /api/v1/lint HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/yaml\r\n{framing}\r\nsteps: []\r\n"
+        )
+    };
+    let events = get("/api/v1/pipelines", "1.1", "");
+    for (request, status) in [
+        // Two lengths: which one a proxy in front believed is anyone's guess.
+        (
+            lint("Content-Length: 5\r\nContent-Length: 10\r\n"),
+            "400 Bad Request",
+        ),
+        // A body whose end is not chunked's.
+        (
+            lint("Transfer-Encoding: chunked, identity\r\n"),
+            "400 Bad Request",
+        ),
+        // HTTP/1.0 has no chunks.
+        (
+            lint("Transfer-Encoding: chunked\r\n").replacen("HTTP/1.1", "HTTP/1.0", 1),
+            "400 Bad Request",
+        ),
+        // A space before the colon, which some servers read as the header and others not.
+        (lint("Content-Length : 10\r\n"), "400 Bad Request"),
+        // An event stream's head with a body: not the lean writer's, and refused alike.
+        (
+            events.replacen(
+                "\r\n\r\n",
+                "\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                1,
+            ),
+            "400 Bad Request",
+        ),
+        // A head larger than hyper's buffer.
+        (
+            get(
+                "/api/v1/pipelines",
+                "1.1",
+                &format!("X-Padding: {}\r\n", "p".repeat(70 * 1024)),
+            ),
+            "431 Request Header Fields Too Large",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+        // A refused request's connection is closed, and the bytes after its head never read
+        // as a request of their own.
+        let smuggled = "GET /api/v1/healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        stream
+            .write_all(format!("{request}{smuggled}").as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+            .await
+            .expect("the server closes the connection after a refusal")
+            .unwrap_or_default();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 ") && answer[9..].starts_with(&format!("{status}\r\n")),
+            "{request:.200}\n->\n{answer}"
+        );
+        assert_eq!(answer.matches("HTTP/1.").count(), 1, "{answer}");
+    }
+    let healthz = app.get("/api/v1/healthz").send().await.unwrap();
+    assert_eq!(healthz.status(), 200, "the server is still up");
 }
 
 #[tokio::test]
@@ -252,7 +412,7 @@ impl Planner {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = app.shutdown.clone();
-        tokio::spawn(piculet::http1::serve(listener, app.router, {
+        tokio::spawn(piculet::http::serve(listener, app.router, {
             let shutdown = shutdown.clone();
             async move { shutdown.cancelled().await }
         }));

@@ -397,7 +397,7 @@ steps:
     // Read part of the stream live, drop the connection, and resume where it stopped.
     let first = read_log_events(&app, &step, None, Some(120)).await;
     assert_eq!(first.len(), 120);
-    let last = first.last().unwrap().id.clone().unwrap();
+    let last = first.last().unwrap().id.clone();
     let rest = read_log_events(&app, &step, Some(&last), None).await;
     let end = rest.last().unwrap();
     assert_eq!(end.event, "end");
@@ -420,11 +420,7 @@ steps:
     let expected: Vec<i64> = (1..=numbers.len() as i64).collect();
     assert_eq!(numbers, expected, "no gap and no duplicate");
     for (event, line) in first.iter().chain(rest.iter()).zip(&lines) {
-        assert_eq!(
-            event.id.as_deref(),
-            Some(line["number"].to_string().as_str()),
-            "id = line number"
-        );
+        assert_eq!(event.id, line["number"].to_string(), "id = line number");
     }
     let text: String = lines.iter().map(|l| l["text"].as_str().unwrap()).collect();
     assert_eq!(
@@ -860,6 +856,7 @@ async fn pipeline_timeout_stops_everything(db: Db) {
 }
 
 async fn events_stream_every_change_and_ends(db: Db) {
+    use eventsource_stream::Eventsource as _;
     use futures::StreamExt as _;
     let app = TestApp::spawn(db).await;
     let p = submit_yaml(&app, "steps:\n  - name: a\n    image: alpine\n    commands: [echo a]\n  - name: b\n    image: alpine\n    commands: [exit 4]\n").await;
@@ -872,7 +869,9 @@ async fn events_stream_every_change_and_ends(db: Db) {
     assert_eq!(response.status(), 200);
     let events: Vec<_> = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        piculet::client::sse::events(response)
+        response
+            .bytes_stream()
+            .eventsource()
             .map(|e| e.unwrap())
             .collect::<Vec<_>>(),
     )
@@ -889,7 +888,7 @@ async fn events_stream_every_change_and_ends(db: Db) {
         .map(|e| {
             assert_eq!(e.event, "status");
             let v: Value = serde_json::from_str(&e.data).unwrap();
-            assert_eq!(e.id.as_deref(), Some(v["seq"].to_string().as_str()));
+            assert_eq!(e.id, v["seq"].to_string());
             (
                 v["subject"].as_str().unwrap().into(),
                 v["name"].as_str().unwrap().into(),
@@ -921,14 +920,16 @@ async fn events_stream_every_change_and_ends(db: Db) {
     assert_eq!(b["exit_code"], 4);
 
     // Resuming after the third event replays the rest only.
-    let third = changes[2].id.clone().unwrap();
+    let third = changes[2].id.clone();
     let response = app
         .get(&format!("/api/v1/pipelines/{}/events", id(&p)))
         .header("last-event-id", third)
         .send()
         .await
         .unwrap();
-    let resumed: Vec<_> = piculet::client::sse::events(response)
+    let resumed: Vec<_> = response
+        .bytes_stream()
+        .eventsource()
         .map(|e| e.unwrap())
         .collect()
         .await;

@@ -1,6 +1,7 @@
 //! The lean writer: answers one request and closes the connection. It writes the response
-//! head, then each body frame straight to the socket in one (vectored) write, chunked, with
-//! its length, or (HTTP/1.0) delimited by the close; it holds no buffer between frames.
+//! head, then the body frames straight to the socket, those ready at once together in one
+//! (vectored) write, chunked, with its length, or (HTTP/1.0) delimited by the close; it holds
+//! no buffer between writes.
 //!
 //! It watches the socket meanwhile: a client that closes its side is taken to have gone, and
 //! its stream ends at once rather than at the next keep-alive. (A client that only half-closes
@@ -9,14 +10,18 @@
 use std::io;
 use std::time::{Duration, SystemTime};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{Response, StatusCode, Version, header};
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
+use futures::FutureExt as _;
 use http_body_util::BodyExt as _;
+use hyper::body::Frame;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::net::tcp::ReadHalf;
 
+/// Ready events are gathered into one write up to about this many bytes.
+const BATCH: usize = 64 * 1024;
 /// How long what a client still sends is read after our end, so that closing with unread
 /// input does not reset the connection and destroy the end of the answer on its way.
 const LINGER: Duration = Duration::from_secs(1);
@@ -82,15 +87,30 @@ pub async fn respond(
                 frame = body.frame() => frame,
                 () = hung_up(&mut reader) => return Ok(()),
             };
-            let data = match frame {
-                None => break,
-                // The body broke: close without the last chunk, so the client sees it cut.
-                Some(Err(_)) => return Ok(()),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) if !data.is_empty() => data,
-                    _ => continue,
-                },
+            let first = match Next::of(frame) {
+                Next::Data(data) => data,
+                Next::Skip => continue,
+                Next::End => break,
+                Next::Broken => return Ok(()),
             };
+            // Events that are ready too go out in the same write: a batch of log lines costs
+            // one write, not one per line.
+            let mut batch: Option<BytesMut> = None;
+            let mut then = Next::Skip;
+            while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH {
+                match body.frame().now_or_never().map(Next::of) {
+                    None => break,
+                    Some(Next::Skip) => {}
+                    Some(Next::Data(more)) => batch
+                        .get_or_insert_with(|| BytesMut::from(&first[..]))
+                        .extend_from_slice(&more),
+                    Some(end) => {
+                        then = end;
+                        break;
+                    }
+                }
+            }
+            let data = batch.map_or(first, BytesMut::freeze);
             if chunked {
                 let mut size = [0u8; 18];
                 let size = chunk_size(data.len(), &mut size);
@@ -98,6 +118,11 @@ pub async fn respond(
                 writer.write_all_buf(&mut chunk).await?;
             } else {
                 writer.write_all(&data).await?;
+            }
+            match then {
+                Next::End => break,
+                Next::Broken => return Ok(()),
+                Next::Data(_) | Next::Skip => {}
             }
         }
         if chunked {
@@ -107,6 +132,29 @@ pub async fn respond(
     writer.shutdown().await?;
     let _ = tokio::time::timeout(LINGER, hung_up(&mut reader)).await;
     Ok(())
+}
+
+/// What a body frame means for the writer.
+enum Next {
+    Data(Bytes),
+    /// Empty, or trailers: nothing to write.
+    Skip,
+    End,
+    /// The body broke: close without the last chunk, so the client sees it cut.
+    Broken,
+}
+
+impl Next {
+    fn of(frame: Option<Result<Frame<Bytes>, axum::Error>>) -> Next {
+        match frame {
+            None => Next::End,
+            Some(Err(_)) => Next::Broken,
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => Next::Data(data),
+                _ => Next::Skip,
+            },
+        }
+    }
 }
 
 fn put_header(head: &mut Vec<u8>, name: &str, value: &[u8]) {
