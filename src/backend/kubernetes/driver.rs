@@ -305,11 +305,12 @@ impl Driver {
     }
 
     async fn follow(&mut self, cursor: Cursor, out: mpsc::Sender<OutputLine>) -> StepExit {
-        // 1. Until the container starts, or cannot.
-        let running_at_open = match self.wait_for_start().await {
+        // 1. Until the container starts, or cannot. Boxed, as the API calls it may make are: the
+        // task lives as long as the step runs, and its size is that of its largest state.
+        let running_at_open = match Box::pin(self.wait_for_start()).await {
             Ok(running) => running,
             Err(reason) => {
-                self.discard().await;
+                Box::pin(self.discard()).await;
                 return StepExit::Error { reason };
             }
         };
