@@ -79,6 +79,14 @@ impl KubernetesBackend {
     ) -> StepHandle {
         let namespace = state.rendered.namespace.clone();
         let name = pod.metadata.name.clone().unwrap_or_default();
+        // Kept only where a failed pull may create it again: with its environment, the pod is
+        // much of what a step would otherwise hold while it runs.
+        let pod = pod
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key(PULL_POLICIES_ANNOTATION))
+            .then_some(pod);
         let (out_tx, out_rx) = mpsc::channel(1024);
         let (exit_tx, exit_rx) = oneshot::channel();
         let driver = Driver {
@@ -121,8 +129,9 @@ impl KubernetesBackend {
 /// The task that follows one step's pod.
 struct Driver {
     kube: Kube,
-    /// The pod as created: created again with the next pull policy when a pull fails.
-    pod: Pod,
+    /// The pod as created, created again with the next pull policy when a pull fails: kept
+    /// only while the container has not started, and only when pull policies are listed.
+    pod: Option<Pod>,
     pods: Api<Pod>,
     watch: Arc<PodWatch>,
     namespace: String,
@@ -180,15 +189,14 @@ impl Driver {
         if !(reason.starts_with("ErrImagePull") || reason.starts_with("ImagePullBackOff")) {
             return None;
         }
-        let listed = self
-            .pod
+        let pod = self.pod.as_ref()?;
+        let listed = pod
             .metadata
             .annotations
             .as_ref()?
             .get(PULL_POLICIES_ANNOTATION)?;
         let policies: Vec<&str> = listed.split(',').collect();
-        let current = self
-            .pod
+        let current = pod
             .spec
             .as_ref()?
             .containers
@@ -213,16 +221,14 @@ impl Driver {
             }
         }
         self.seen = self.watch.subscribe(&self.namespace, &self.name);
-        if let Some(c) = self
-            .pod
-            .spec
-            .as_mut()
-            .and_then(|s| s.containers.first_mut())
-        {
+        let Some(pod) = self.pod.as_mut() else {
+            return Err("the pod as created is no longer known".into());
+        };
+        if let Some(c) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
             c.image_pull_policy = Some(policy.to_string());
         }
         let post = PostParams::default();
-        let pod = self.pod.clone();
+        let pod = pod.clone();
         self.kube
             .create_pod(|| self.pods.create(&post, &pod))
             .await
@@ -314,6 +320,8 @@ impl Driver {
                 return StepExit::Error { reason };
             }
         };
+        // Started: no pull can fail any more.
+        self.pod = None;
         // 2. The log.
         if let Some(error) = self.read_to_end(cursor, running_at_open, &out).await {
             // Visible where the user reads the log, not only in the server's own logs.
