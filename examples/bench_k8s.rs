@@ -420,5 +420,7 @@ async fn serve_fake() {
         }),
     );
     println!("http://{addr}");
-    axum::serve(listener, router).await.unwrap();
+    axum::serve(fake_k8s::no_delay(listener), router)
+        .await
+        .unwrap();
 }

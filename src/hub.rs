@@ -19,8 +19,14 @@ use uuid::Uuid;
 
 use crate::model::{Event, LogLine, Subject};
 
-/// Items a channel holds for a slow client before it lags and re-reads from the database.
-const CAPACITY: usize = 256;
+/// Items a step's channel holds for a slow client before it lags and re-reads from the
+/// database. Its items are batches of lines, as many as a step printing fast fills in a moment.
+const STEP_CAPACITY: usize = 256;
+
+/// The same for a pipeline's channel, whose items are single events: a few per step. A
+/// broadcast channel allocates all its slots up front, and every followed pipeline has one,
+/// so it holds what a burst of step ends brings rather than a step log's worth.
+const PIPELINE_CAPACITY: usize = 64;
 
 /// What a step's log stream receives.
 #[derive(Debug, Clone)]
@@ -111,7 +117,7 @@ impl Hub {
     }
 
     pub fn subscribe_step(&self, step_id: Uuid) -> Subscription<StepFeed> {
-        self.subscribe(step_id, |c| &mut c.steps)
+        self.subscribe(step_id, STEP_CAPACITY, |c| &mut c.steps)
     }
 
     /// This replica's name in notifications: 16 hex digits.
@@ -120,18 +126,20 @@ impl Hub {
     }
 
     pub fn subscribe_pipeline(&self, pipeline_id: Uuid) -> Subscription<PipelineFeed> {
-        self.subscribe(pipeline_id, |c| &mut c.pipelines)
+        self.subscribe(pipeline_id, PIPELINE_CAPACITY, |c| &mut c.pipelines)
     }
 
-    /// Joins (or opens) the channel of `id` in the map `channel` picks.
+    /// Joins (or opens, with room for `capacity` items) the channel of `id` in the map
+    /// `channel` picks.
     fn subscribe<T: Clone + Send + 'static>(
         &self,
         id: Uuid,
+        capacity: usize,
         channel: fn(&mut Channels) -> &mut HashMap<Uuid, broadcast::Sender<T>>,
     ) -> Subscription<T> {
         let rx = channel(&mut self.lock())
             .entry(id)
-            .or_insert_with(|| broadcast::channel(CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(capacity).0)
             .subscribe();
         let hub = self.clone();
         Subscription {

@@ -71,7 +71,9 @@ pub async fn pump(
     let owner: std::sync::Arc<str> = owner.into();
     let mut deadline: Option<Instant> = None;
     let mut writing: Option<tokio::task::JoinHandle<()>> = None;
-    let mut received = Vec::with_capacity(512);
+    // Grows only when lines come: a quiet step, which is most of them at any moment, holds
+    // no room for 512.
+    let mut received = Vec::new();
     loop {
         // Far enough away to never fire when no batch is waiting.
         let flush_at = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));

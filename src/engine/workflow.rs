@@ -130,14 +130,17 @@ impl StepContext {
         };
         let background = step.spec.kind == pipeline::StepKind::Service || step.spec.detach;
 
-        let (handle, first_number) = match self.open(&mut step, begin, started_at).await {
+        // The database and backend calls before and after the step run are boxed: the task's
+        // future is as large as its largest state, and it spends the step's whole run waiting
+        // on the exit, which needs little.
+        let (handle, first_number) = match Box::pin(self.open(&mut step, begin, started_at)).await {
             Ok(opened) => opened,
             Err(outcome) => return outcome,
         };
 
         // The size cap is the step's: what earlier attempts or replicas stored counts.
         let already = if first_number > 1 {
-            match self.stored(id).await {
+            match Box::pin(self.stored(id)).await {
                 Ok(stored) => stored,
                 Err(outcome) => return outcome,
             }
@@ -210,8 +213,7 @@ impl StepContext {
         let _ = pumping.await;
 
         let (status, exit_code, reason) = step_end(why, exit);
-        self.finish(id, &step.spec, status, exit_code, reason, started_at)
-            .await
+        Box::pin(self.finish(id, &step.spec, status, exit_code, reason, started_at)).await
     }
 
     /// Settles where the step stands and gets a handle on it: the start of an attempt is

@@ -190,7 +190,7 @@ impl FakeCluster {
         let addr = listener.local_addr()?;
         let router = self.router();
         tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
+            let _ = axum::serve(no_delay(listener), router).await;
         });
         *self.tcp.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
         Ok(format!("http://{addr}"))
@@ -399,4 +399,17 @@ impl Drop for FakeCluster {
         self.shared.kubelet.kill_all();
         let _ = self.shared.watch_signals.send(watch::WatchSignal::Close);
     }
+}
+
+/// A listener whose connections send each write at once, as the real API server's do (Go sets
+/// `TCP_NODELAY` on every connection). Without it, Nagle's algorithm holds a response's second
+/// small write (a log's or a watch event's next chunk, a body's end) until the client's delayed
+/// ACK, some 40 ms later.
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    })
 }

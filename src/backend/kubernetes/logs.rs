@@ -146,8 +146,9 @@ pub async fn read_log(
             .and_then(|t| jiff::Timestamp::from_second(t.timestamp()).ok()),
         ..LogParams::default()
     };
-    // One attempt: the caller retries an outage with its own, longer budget.
-    match kube.call_once(|| pods.log_stream(pod, &params)).await {
+    // One attempt: the caller retries an outage with its own, longer budget. The request is
+    // boxed, so that the driver's task does not keep room for it while it reads the stream.
+    match Box::pin(kube.call_once(|| pods.log_stream(pod, &params))).await {
         Ok(stream) => deliver(stream, follow, cursor, out, progress).await,
         Err(e) => StreamEnd::Failed(e),
     }
@@ -186,7 +187,8 @@ async fn deliver(
 ) -> StreamEnd {
     let mut replay = cursor.restart();
     let mut line: Option<OpenLine> = None;
-    let mut buf = Vec::with_capacity(SEGMENT.min(8 * 1024));
+    // Grows with the longest segment read: a quiet stream holds nothing.
+    let mut buf = Vec::new();
     loop {
         buf.clear();
         let read = (&mut stream)

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Volume};
 use kube::Api;
 use kube::runtime::WatchStreamExt as _;
 use kube::runtime::watcher::{self, Event};
@@ -118,13 +118,47 @@ impl PodWatch {
     }
 }
 
+/// Keeps of a watched pod what the steps read: its status, its node, the names of its volumes
+/// (whether it mounts the workspace), and its containers' names and images (to name an image
+/// that cannot be pulled). The watch holds every piculet pod of the namespace, each replaced
+/// at each change, so the rest (environment, commands, managed fields: most of a pod) is
+/// dropped as it arrives.
+fn trim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    let Some(spec) = pod.spec.take() else {
+        return;
+    };
+    let named = |c: Container| Container {
+        name: c.name,
+        image: c.image,
+        ..Container::default()
+    };
+    pod.spec = Some(PodSpec {
+        node_name: spec.node_name,
+        volumes: spec.volumes.map(|volumes| {
+            volumes
+                .into_iter()
+                .map(|v| Volume {
+                    name: v.name,
+                    ..Volume::default()
+                })
+                .collect()
+        }),
+        containers: spec.containers.into_iter().map(named).collect(),
+        init_containers: spec
+            .init_containers
+            .map(|c| c.into_iter().map(named).collect()),
+        ..PodSpec::default()
+    });
+}
+
 fn pod_name(pod: &Pod) -> Option<String> {
     pod.metadata.name.clone()
 }
 
 async fn run(api: Api<Pod>, ns: std::sync::Weak<NamespaceWatch>, namespace: String) {
     let config = watcher::Config::default().labels(&managed_selector());
-    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff());
+    let mut events = std::pin::pin!(watcher::watcher(api, config).default_backoff().modify(trim));
     // The names of a (re)list, while it lasts.
     let mut listed: HashSet<String> = HashSet::new();
     let mut initial = false;
