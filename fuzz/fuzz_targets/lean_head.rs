@@ -2,7 +2,8 @@
 //! only when they are exactly one bodiless `GET` head that accepts an event stream, read the
 //! same way by a strict parser; everything else (a body in any framing, a second request, an
 //! upgrade, a malformed or oversized head) must be left to hyper. This is the seam where
-//! request smuggling would live.
+//! request smuggling would live. The strict reading is httparse's with its defaults: this holds
+//! the lean writer to its rules, it does not compare it with how hyper would read the bytes.
 #![no_main]
 
 use axum::http::{Method, Version, header};

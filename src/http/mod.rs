@@ -14,6 +14,7 @@
 //! (`Connection: close`; SSE clients reconnect anyway). Every other connection goes to hyper,
 //! with the bytes already read put back in front of the socket ([`rewind`]).
 
+mod activity;
 mod head;
 mod lean;
 mod rewind;
@@ -32,9 +33,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
+use activity::{Activity, Tracked};
 pub use head::{Head, classify};
 
-/// A client that sends no complete head in this time is disconnected.
+/// A client that sends no complete head in this time is disconnected; so is a connection on
+/// which no request has been in progress for this long (an HTTP/2 client that sent its
+/// preface and nothing else, or stays silent between requests).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// At shutdown, how long answers in progress may take; a client that stopped reading must not
 /// hold the server up forever.
@@ -45,6 +49,10 @@ const MAX_BUF: usize = 64 * 1024;
 /// HTTP/2 streams one connection may carry at once: a follower each, for a multiplexing
 /// client.
 const MAX_STREAMS: u32 = 1024;
+/// What one HTTP/2 stream may have queued for a client that does not read: events wait in
+/// their feed, not in hyper's buffers (hyper's default, 400 KiB, times [`MAX_STREAMS`] would
+/// let one connection hold 400 MiB).
+const STREAM_SEND_BUF: usize = 16 * 1024;
 /// HTTP/2 flow-control windows: how much a client may send before the server reads it.
 /// Requests are small and read as they come.
 const STREAM_WINDOW: u32 = 64 * 1024;
@@ -53,7 +61,6 @@ const CONNECTION_WINDOW: u32 = 1024 * 1024;
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-type Service = TowerToHyperService<axum::Router>;
 type Builder = auto::Builder<TokioExecutor>;
 
 /// How hyper speaks on every connection, set once.
@@ -69,6 +76,9 @@ fn builder() -> Builder {
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_send_buf_size(STREAM_SEND_BUF)
+        // The same bound on a request's headers as HTTP/1's (hyper's HTTP/2 default is 16 KiB).
+        .max_header_list_size(MAX_BUF as u32)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .keep_alive_interval(PING_INTERVAL)
@@ -87,7 +97,6 @@ pub async fn serve(
 ) {
     // Every route in its final form once, not once per connection.
     let router = router.with_state(());
-    let service = TowerToHyperService::new(router.clone());
     let builder = Arc::new(builder());
     let closing = CancellationToken::new();
     let connections = TaskTracker::new();
@@ -106,10 +115,7 @@ pub async fn serve(
         connections.spawn(connection(
             stream,
             router.clone(),
-            Hyper {
-                builder: builder.clone(),
-                service: service.clone(),
-            },
+            builder.clone(),
             closing.clone(),
         ));
     }
@@ -140,16 +146,10 @@ async fn accept_failed(e: io::Error) {
     }
 }
 
-/// hyper, as every connection but a lean one is served.
-struct Hyper {
-    builder: Arc<Builder>,
-    service: Service,
-}
-
 async fn connection(
     mut stream: TcpStream,
     router: axum::Router,
-    hyper: Hyper,
+    builder: Arc<Builder>,
     closing: CancellationToken,
 ) {
     // Events are small and should leave at once.
@@ -167,7 +167,7 @@ async fn connection(
     };
     match lean {
         Head::Lean(request, version) => {
-            drop((head, hyper));
+            drop((head, builder));
             let response = match router.oneshot(*request).await {
                 Ok(response) => response,
                 Err(infallible) => match infallible {},
@@ -175,14 +175,22 @@ async fn connection(
             let _ = lean::respond(stream, response, version).await;
         }
         Head::Partial | Head::Hyper => {
-            drop(router);
+            let activity = Arc::new(Activity::default());
+            let service = TowerToHyperService::new(Tracked::new(router, activity.clone()));
             let io = TokioIo::new(rewind::Rewind::new(head, stream));
-            let served = hyper.builder.serve_connection(io, hyper.service);
+            let served = builder.serve_connection(io, service);
             // Boxed, so that a lean connection's task is not sized for hyper's state.
             let mut served = Box::pin(served);
+            let mut idle = activity.idle_checks(HEAD_TIMEOUT);
             tokio::select! {
                 _ = served.as_mut() => return,
                 () = closing.cancelled() => served.as_mut().graceful_shutdown(),
+                () = idle.idle() => {
+                    served.as_mut().graceful_shutdown();
+                    // An HTTP/2 peer that stopped answering never acknowledges the goodbye.
+                    let _ = tokio::time::timeout(DRAIN, served).await;
+                    return;
+                }
             }
             let _ = served.await;
         }

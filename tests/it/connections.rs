@@ -3,9 +3,9 @@
 //! and everything else by hyper (keep-alive, bodies that arrive in pieces, big heads, HTTP/2
 //! with prior knowledge, smuggling attempts refused). Planning waits for a slot, and nothing
 //! else does; the `Host` check holds on both writers; a body announced over the limit is
-//! refused before it is sent, `Expect: 100-continue` or not. The event-stream checks read the
-//! `piculet_sse_clients` gauge, so they share one test: the other tests here open no stream.
-//! Event streams are parsed by `eventsource-stream`, not by piculet's own client.
+//! refused before it is sent, `Expect: 100-continue` or not; a connection with nothing in
+//! progress is closed. Event streams are parsed by `eventsource-stream`, not by piculet's own
+//! client.
 
 use crate::common;
 
@@ -526,6 +526,23 @@ async fn planning_refuses_when_no_slot_frees_in_time() {
         let detail = problem["detail"].as_str().unwrap();
         assert!(detail.contains("PICULET_MAX_PLANNING"), "{detail}");
     }
+    // Each app counts in its own registry: exactly the three refusals above.
+    let metrics = planner
+        .client
+        .get(format!("{}/api/v1/metrics", planner.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "piculet_planning_refused_total 3"),
+        "{metrics}"
+    );
     let page: Value = planner
         .client
         .get(format!("{}/api/v1/pipelines", planner.base))
@@ -690,4 +707,45 @@ async fn a_body_announced_over_the_limit_is_refused_before_it_is_sent() {
     let answer = read_for_a_while(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.contains(r#""valid":true"#), "{answer}");
+}
+
+/// An HTTP/2 client that sends its preface and then nothing, answering the server's pings as
+/// every HTTP/2 library does, holds no connection for ever: with nothing in progress for the
+/// head timeout (30 s), the server says goodbye and closes.
+#[tokio::test]
+async fn a_silent_http2_connection_is_closed() {
+    let app = TestApp::spawn_api(Db::Sqlite).await;
+    let mut stream = TcpStream::connect(addr(&app)).await.unwrap();
+    // The preface, then an empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    // Only a guard against a hang: the close comes after 30 s of idleness.
+    let frames = tokio::time::timeout(Duration::from_secs(150), async {
+        let mut frames = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            if stream.read_exact(&mut head).await.is_err() {
+                return frames;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if stream.read_exact(&mut payload).await.is_err() {
+                return frames;
+            }
+            frames.push(head[3]);
+            // A PING (type 6) that is no acknowledgement gets one, with its payload.
+            if head[3] == 6 && head[4] & 1 == 0 {
+                let mut ack = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                ack.extend_from_slice(&payload);
+                let _ = stream.write_all(&ack).await;
+            }
+        }
+    })
+    .await
+    .expect("the server closes a silent HTTP/2 connection");
+    // Its own SETTINGS first (type 4), and a GOAWAY (type 7) before the close.
+    assert_eq!(frames.first(), Some(&4), "{frames:?}");
+    assert!(frames.contains(&7), "a GOAWAY before the close: {frames:?}");
 }
