@@ -365,8 +365,6 @@ fn walk_path(node: Option<&Node>, pointer: &str, path: &str) -> (String, Pos) {
                     .into_iter()
                     .flatten()
                     .filter_map(|e| {
-                        #[cfg(test)]
-                        crate::work::probe(1);
                         let n = *ends.get(&e.key.len())?;
                         text.starts_with(e.key.as_str()).then_some((n, e))
                     })

@@ -1,15 +1,13 @@
 //! Test-only counts of work, so tests can check that what once cost the square of its input
 //! stays linear by counting, which load cannot change, not by timing: the bytes the current
 //! thread allocates (a global allocator that counts them: joining a path anew for every
-//! length, placing or tracing every refusal allocated the square), and the lookups of the
-//! checks that once searched lists (each lookup [`probe`]s once per entry it compares).
+//! length, placing or tracing every refusal allocated the square).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 thread_local! {
     static BYTES: Cell<u64> = const { Cell::new(0) };
-    static PROBES: Cell<u64> = const { Cell::new(0) };
 }
 
 struct Counting;
@@ -45,23 +43,15 @@ fn count(bytes: usize) {
     let _ = BYTES.try_with(|b| b.set(b.get() + bytes as u64));
 }
 
-/// Counts `entries` compared by one lookup: 1 for a set's, the entries it went through for
-/// a list's.
-pub fn probe(entries: usize) {
-    PROBES.with(|p| p.set(p.get() + entries as u64));
-}
-
 /// How much work one call did on this thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Work {
     pub bytes: u64,
-    pub probes: u64,
 }
 
 fn now() -> Work {
     Work {
         bytes: BYTES.with(Cell::get),
-        probes: PROBES.with(Cell::get),
     }
 }
 
@@ -74,18 +64,17 @@ pub fn counted<T>(f: impl FnOnce() -> T) -> (T, Work) {
         out,
         Work {
             bytes: after.bytes - before.bytes,
-            probes: after.probes - before.probes,
         },
     )
 }
 
 /// What `work(n)` returns, after checking that it costs about twice what `work(n / 2)` does,
-/// not four times, in bytes allocated and in lookups' probes.
+/// not four times, in bytes allocated.
 pub fn linear<T>(n: usize, work: impl Fn(usize) -> T) -> T {
     let (_, half) = counted(|| work(n / 2));
     let (out, full) = counted(|| work(n));
     assert!(
-        full.bytes < 3 * half.bytes && full.probes <= 3 * half.probes,
+        full.bytes < 3 * half.bytes,
         "{half:?} for {}, {full:?} for {n}: the square of the input",
         n / 2
     );

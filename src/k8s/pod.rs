@@ -849,12 +849,8 @@ fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
                 RULE_FORMAT,
                 "is not an IP address of a nameserver",
             );
-        } else {
-            #[cfg(test)]
-            crate::work::probe(1);
-            if seen.insert(ns.clone()) {
-                nameservers.push(ns.clone());
-            }
+        } else if seen.insert(ns.clone()) {
+            nameservers.push(ns.clone());
         }
     }
     if nameservers.len() > 3 {
@@ -877,8 +873,6 @@ fn dns_config(ctx: &Ctx, step: &StepSpec, v: &mut Violations) -> PodDNSConfig {
         .into_iter()
         .chain(step.dns_search.iter().cloned())
     {
-        #[cfg(test)]
-        crate::work::probe(1);
         if seen.insert(s.clone()) {
             searches.push(s);
         }
