@@ -24,3 +24,5 @@ pub mod submission;
 pub mod telemetry;
 #[cfg(test)]
 mod woodpecker_compat;
+#[cfg(test)]
+mod work;

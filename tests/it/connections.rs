@@ -463,7 +463,9 @@ impl Planner {
             .get(format!("{}{path}", self.base))
             .bearer_auth(TOKEN)
             .send();
-        tokio::time::timeout(Duration::from_secs(5), get)
+        // The held slots free only after a minute (`hold`): a request that waited on
+        // planning would still wait at half of it, however loaded the machine.
+        tokio::time::timeout(Duration::from_secs(30), get)
             .await
             .unwrap_or_else(|_| panic!("{path} waited on planning"))
             .unwrap()
@@ -495,7 +497,9 @@ async fn planning_waits_for_a_slot_and_nothing_else_does() {
     assert!(!lint.is_finished(), "the lint still waits");
 
     drop(releases);
-    let answer = tokio::time::timeout(Duration::from_secs(10), lint)
+    // A lint left waiting would be refused (503) at the 30 s queue timeout, which the status
+    // below catches: this bound only guards against a hang.
+    let answer = tokio::time::timeout(Duration::from_secs(60), lint)
         .await
         .expect("a freed slot takes the waiting lint")
         .unwrap()
