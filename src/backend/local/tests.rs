@@ -5,7 +5,7 @@ use super::workspace::make_writable;
 use super::*;
 use crate::backend::OutputLine;
 use crate::pipeline::{
-    DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, Conclusion, StepKind, StepSpec, WorkflowPlan,
+    Conclusion, DEFAULT_CLONE_IMAGE, EnvValue, SettingValue, StepKind, StepSpec, WorkflowPlan,
     Workspace,
 };
 
