@@ -1,7 +1,7 @@
 //! The Kubernetes backend's figures of the README's Performance section, against the fake API
 //! server of `crates/fake-k8s` (its kubelet runs each container's script as a local process).
-//! The fake runs in a child process (this binary with `--fake`), so the memory figure is
-//! piculet's alone. Run through `scripts/bench.sh k8s`.
+//! The fake runs in a child process (this binary with `--fake`), and so do the watch and the SSE
+//! clients that measure watch → SSE (`--observe`), so the memory figure is piculet's alone. Run through `scripts/bench.sh k8s`.
 //!
 //! A measurement, not a test: nothing fails on a slow machine; it reports.
 
@@ -23,12 +23,20 @@ use kube::runtime::watcher;
 use piculet::config::Settings;
 use report::{percentile, row, rss_kib};
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt as _;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
 const NS: &str = "piculet";
 
 /// A step's pod name, and when our watch saw its container end.
 type Seen = (String, Option<DateTime<Utc>>);
+
+/// What the observer saw, by step id: its pod and when the watch saw its container end, and
+/// when the step's end arrived on its pipeline's event stream.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Observed {
+    seen: HashMap<String, Seen>,
+    delivered: HashMap<String, DateTime<Utc>>,
+}
 /// Workflows at once; `BENCH_K8S_WORKFLOWS` changes it.
 fn in_flight() -> usize {
     std::env::var("BENCH_K8S_WORKFLOWS")
@@ -61,8 +69,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CreateDelays {
 
 #[tokio::main]
 async fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--fake") {
-        return serve_fake().await;
+    match std::env::args().nth(1).as_deref() {
+        Some("--fake") => return serve_fake().await,
+        Some("--observe") => return observe().await,
+        _ => {}
     }
     let create_delays: Arc<Mutex<Vec<f64>>> = Arc::default();
     {
@@ -101,15 +111,6 @@ async fn main() {
     settings.kubernetes.qps = Some("5000".into());
     settings.kubernetes.burst = Some("10000".into());
     let app = TestApp::start(Db::Postgres, settings, true).await;
-    let client = kube::Client::try_from(
-        kube::Config::from_custom_kubeconfig(
-            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
-            &Default::default(),
-        )
-        .await
-        .unwrap(),
-    )
-    .unwrap();
 
     // Warm-up: connections, prepared statements, the shared watch.
     let id = submit(
@@ -122,43 +123,25 @@ async fn main() {
     create_delays.lock().unwrap().clear();
     let requests_before = fake_requests(&url).await;
 
-    // Our own watch sees what piculet's sees, at the same moment: pod creations and ends.
-    let seen: Arc<Mutex<HashMap<String, Seen>>> = Arc::default();
-    let watch_task = {
-        let seen = seen.clone();
-        let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), NS);
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
-            while let Some(Ok(e)) = events.next().await {
-                let now = Utc::now();
-                let (watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = e else {
-                    continue;
-                };
-                let Some(step) = pod
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("piculet.dev/step-id").cloned())
-                else {
-                    continue;
-                };
-                let ended = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|c| c.first())
-                    .and_then(|c| c.state.as_ref())
-                    .is_some_and(|s| s.terminated.is_some());
-                let mut seen = seen.lock().unwrap();
-                let entry = seen
-                    .entry(step)
-                    .or_insert_with(|| (pod.metadata.name.clone().unwrap_or_default(), None));
-                if ended {
-                    entry.1.get_or_insert(now);
-                }
-            }
-        })
-    };
+    // The observer (this binary with `--observe`, a process of its own so that the memory
+    // figure is piculet's alone) watches pods as piculet does and follows every pipeline's
+    // events: it stamps both ends of the watch → SSE latency with one clock.
+    let mut observer = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--observe")
+        .arg(&app.base)
+        .arg(&kubeconfig)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut to_observer = observer.stdin.take().unwrap();
+    let mut from_observer = tokio::io::BufReader::new(observer.stdout.take().unwrap()).lines();
+    assert_eq!(
+        from_observer.next_line().await.unwrap().as_deref(),
+        Some("watching"),
+        "the observer's watch"
+    );
 
     // 200 workflows in flight, each: a step that sleeps (idle, so the cores stay free for
     // piculet and the fake), then a second step.
@@ -167,34 +150,13 @@ async fn main() {
     for _ in 0..in_flight {
         ids.push(submit(&app, pipeline).await);
     }
-    // SSE followers of every pipeline's events record when each step's end arrives.
-    let delivered: Arc<Mutex<HashMap<String, DateTime<Utc>>>> = Arc::default();
     for id in &ids {
-        let delivered = delivered.clone();
-        let request = app
-            .get(&format!("/api/v1/pipelines/{id}/events"))
-            .header("accept", "text/event-stream");
-        tokio::spawn(async move {
-            let response = request.send().await.unwrap();
-            let mut events = std::pin::pin!(piculet::client::sse::events(response));
-            while let Some(Ok(e)) = events.next().await {
-                let now = Utc::now();
-                let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
-                    continue;
-                };
-                if v["subject"] == "step"
-                    && let Some(step) = v["id"].as_str()
-                    && matches!(v["status"].as_str(), Some("success" | "failure" | "error"))
-                {
-                    delivered
-                        .lock()
-                        .unwrap()
-                        .entry(step.to_string())
-                        .or_insert(now);
-                }
-            }
-        });
+        to_observer
+            .write_all(format!("{id}\n").as_bytes())
+            .await
+            .unwrap();
     }
+    to_observer.flush().await.unwrap();
     // Every workflow's first step runs: measure piculet's memory now.
     let mut running = 0;
     for _ in 0..240 {
@@ -210,14 +172,22 @@ async fn main() {
         finished.push(wait_finished(&app, id, 300).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    watch_task.abort();
+    drop(to_observer);
+    let observed: Observed = serde_json::from_str(
+        &from_observer
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the observer's stamps"),
+    )
+    .unwrap();
+    let _ = observer.wait().await;
     let requests_after = fake_requests(&url).await;
 
     // Runnable (the engine stamps started_at) → the pod create request reaching the API
     // server (the fake stamps its arrival).
     let creates: HashMap<String, DateTime<Utc>> = fake_creates(&url).await;
-    let seen = seen.lock().unwrap().clone();
-    let delivered = delivered.lock().unwrap().clone();
+    let Observed { seen, delivered } = observed;
     let mut to_create = Vec::new();
     let mut watch_to_sse = Vec::new();
     let mut steps = 0usize;
@@ -423,4 +393,105 @@ async fn serve_fake() {
     axum::serve(fake_k8s::no_delay(listener), router)
         .await
         .unwrap();
+}
+
+/// The observer child: `--observe <piculet's URL> <kubeconfig>`. It watches the namespace's
+/// pods, prints `watching` once the watch has listed them, follows the events of each pipeline
+/// whose id comes on stdin, and when stdin closes prints what it saw ([`Observed`]) as one line
+/// of JSON.
+async fn observe() {
+    let base = std::env::args().nth(2).expect("piculet's URL");
+    let kubeconfig = std::env::args().nth(3).expect("the kubeconfig");
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(&kubeconfig).unwrap(),
+            &Default::default(),
+        )
+        .await
+        .unwrap(),
+    )
+    .unwrap();
+    let observed: Arc<Mutex<Observed>> = Arc::default();
+    let (listed, is_listed) = tokio::sync::oneshot::channel();
+    let watch_task = {
+        let observed = observed.clone();
+        let api: kube::Api<Pod> = kube::Api::namespaced(client, NS);
+        let mut listed = Some(listed);
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+            while let Some(Ok(e)) = events.next().await {
+                let now = Utc::now();
+                let pod = match e {
+                    watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => pod,
+                    watcher::Event::InitDone => {
+                        if let Some(listed) = listed.take() {
+                            let _ = listed.send(());
+                        }
+                        continue;
+                    }
+                    _ => continue,
+                };
+                let Some(step) = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("piculet.dev/step-id").cloned())
+                else {
+                    continue;
+                };
+                let ended = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .and_then(|c| c.state.as_ref())
+                    .is_some_and(|s| s.terminated.is_some());
+                let mut observed = observed.lock().unwrap();
+                let entry = observed
+                    .seen
+                    .entry(step)
+                    .or_insert_with(|| (pod.metadata.name.clone().unwrap_or_default(), None));
+                if ended {
+                    entry.1.get_or_insert(now);
+                }
+            }
+        })
+    };
+    is_listed.await.expect("the watch lists the pods");
+    println!("watching");
+
+    // An SSE follower of each pipeline's events records when each step's end arrives.
+    let http = reqwest::Client::new();
+    let mut ids = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(id) = ids.next_line().await.unwrap() {
+        let observed = observed.clone();
+        let request = http
+            .get(format!("{base}/api/v1/pipelines/{id}/events"))
+            .header("authorization", format!("Bearer {}", common::TOKEN))
+            .header("accept", "text/event-stream");
+        tokio::spawn(async move {
+            let response = request.send().await.unwrap();
+            let mut events = std::pin::pin!(piculet::client::sse::events(response));
+            while let Some(Ok(e)) = events.next().await {
+                let now = Utc::now();
+                let Ok(v) = serde_json::from_str::<Value>(&e.data) else {
+                    continue;
+                };
+                if v["subject"] == "step"
+                    && let Some(step) = v["id"].as_str()
+                    && matches!(v["status"].as_str(), Some("success" | "failure" | "error"))
+                {
+                    observed
+                        .lock()
+                        .unwrap()
+                        .delivered
+                        .entry(step.to_string())
+                        .or_insert(now);
+                }
+            }
+        });
+    }
+    watch_task.abort();
+    let observed = std::mem::take(&mut *observed.lock().unwrap());
+    println!("{}", serde_json::to_string(&observed).unwrap());
 }

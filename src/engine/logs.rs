@@ -119,7 +119,8 @@ pub async fn pump(
     }
     batch.finish();
     let lines = batch.take();
-    write(store, step_id, &owner, lines).await;
+    // Boxed: the pump lives as long as the step and mostly waits for lines.
+    Box::pin(write(store, step_id, &owner, lines)).await;
     metrics
         .counter("piculet_log_lines_stored_total", &[])
         .increment(batch.done.lines);

@@ -339,29 +339,25 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
         Err(reason) => {
             tracing::error!(%reason, "cannot open the pipeline's submission");
             for s in claimed.steps.iter().filter(|s| !s.status.0.is_finished()) {
-                let _ = inner
-                    .store
-                    .step_finished(
-                        claimed.pipeline_id,
-                        s.id,
-                        &inner.owner,
-                        crate::model::Status::Error,
-                        None,
-                        Some(reason.clone()),
-                        chrono::Utc::now(),
-                    )
-                    .await;
-            }
-            let _ = inner
-                .store
-                .workflow_finished(
+                let _ = Box::pin(inner.store.step_finished(
                     claimed.pipeline_id,
-                    workflow_id,
+                    s.id,
                     &inner.owner,
                     crate::model::Status::Error,
-                    Some(reason),
-                )
+                    None,
+                    Some(reason.clone()),
+                    chrono::Utc::now(),
+                ))
                 .await;
+            }
+            let _ = Box::pin(inner.store.workflow_finished(
+                claimed.pipeline_id,
+                workflow_id,
+                &inner.owner,
+                crate::model::Status::Error,
+                Some(reason),
+            ))
+            .await;
             return;
         }
     };
@@ -393,7 +389,7 @@ async fn run_claimed(inner: Arc<Inner>, claimed: ClaimedWorkflow, abandon: Cance
     keeper_done.cancel();
     let _ = keeper.await;
     if abandon.is_cancelled()
-        && let Err(e) = inner.store.release_lease(workflow_id, &inner.owner).await
+        && let Err(e) = Box::pin(inner.store.release_lease(workflow_id, &inner.owner)).await
     {
         tracing::warn!(error = %e, "giving the lease up failed; it expires by itself");
     }
@@ -422,7 +418,9 @@ async fn keep_lease(
         let sent = tokio::time::Instant::now();
         // A renewal still unanswered when the lease runs out has failed, however long the
         // database would let it take: another replica may take the workflow over from then.
-        let renewal = inner.store.renew_lease(workflow_id, &inner.owner, lease);
+        // Boxed, as every database call of the tasks that live as long as a workflow: such a
+        // task's future is as large as its largest state, and it spends its life waiting.
+        let renewal = Box::pin(inner.store.renew_lease(workflow_id, &inner.owner, lease));
         let outcome = tokio::time::timeout_at(expires, renewal).await;
         match outcome {
             Ok(Ok(state)) if !state.held => {

@@ -615,8 +615,10 @@ pub(super) async fn run(
         None => None,
     };
     expiry.abort();
+    // The database calls of a workflow's task are boxed: its future is as large as its
+    // largest state, and it spends the workflow's whole run waiting for step tasks.
     if let Some((status, reason)) = decided {
-        record_end(&inner, &claimed, status, reason, &abandon).await;
+        Box::pin(record_end(&inner, &claimed, status, reason, &abandon)).await;
     }
 }
 
@@ -735,11 +737,11 @@ async fn perform(
     let inner = &ctx.inner;
     let store = &inner.store;
     if let Err(e) = inner.backend.setup_workflow(&ctx.run).await {
-        setup_failed(
+        Box::pin(setup_failed(
             inner,
             claimed,
             format!("could not set the workflow up: {e}"),
-        )
+        ))
         .await;
         return None;
     }
@@ -770,22 +772,21 @@ async fn perform(
                 continue;
             }
             Decision::End { id, status, reason } => {
-                let _ = store
-                    .step_finished(
-                        claimed.pipeline_id,
-                        id,
-                        &inner.owner,
-                        status,
-                        None,
-                        Some(reason),
-                        Utc::now(),
-                    )
-                    .await;
+                let _ = Box::pin(store.step_finished(
+                    claimed.pipeline_id,
+                    id,
+                    &inner.owner,
+                    status,
+                    None,
+                    Some(reason),
+                    Utc::now(),
+                ))
+                .await;
                 continue;
             }
             Decision::CancelPipeline { step } => {
                 tracing::info!(step, "failure: cancel, canceling the pipeline");
-                if let Err(e) = store.cancel_pipeline(claimed.pipeline_id).await {
+                if let Err(e) = Box::pin(store.cancel_pipeline(claimed.pipeline_id)).await {
                     tracing::warn!(error = %e, "canceling the pipeline after a failure: cancel step failed");
                 }
                 inner.control.cancel(claimed.pipeline_id);
