@@ -38,7 +38,7 @@ use crate::pipeline::{StepKind, StepSpec, WorkflowPlan};
 use crate::run::RegistryCredential;
 
 /// Everything a workflow's objects are rendered from.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RenderInput {
     pub pipeline_id: Uuid,
     pub workflow_id: Uuid,
@@ -60,6 +60,25 @@ pub struct RenderInput {
     /// Show `<redacted>` instead of secret values (dry-run). Pod specs never hold secret
     /// values either way: they reference the Secret.
     pub redact_secrets: bool,
+}
+
+/// Written out whole but for the secret values, so that no debug line or panic message can
+/// hold one: their names only.
+impl std::fmt::Debug for RenderInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenderInput")
+            .field("pipeline_id", &self.pipeline_id)
+            .field("workflow_id", &self.workflow_id)
+            .field("step_ids", &self.step_ids)
+            .field("attempt", &self.attempt)
+            .field("namespace", &self.namespace)
+            .field("workflow", &self.workflow)
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("registries", &self.registries)
+            .field("environment", &self.environment)
+            .field("redact_secrets", &self.redact_secrets)
+            .finish()
+    }
 }
 
 /// A step's or service's pod.

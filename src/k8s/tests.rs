@@ -247,6 +247,23 @@ const ALL_ALLOWED: &str = "nodeSelector,tolerations,affinity,serviceAccountName,
 // ---- defaults ------------------------------------------------------------------------------
 
 #[test]
+fn a_render_input_written_for_debugging_names_its_secrets_and_holds_no_value() {
+    let mut input = input(plan(
+        "steps:\n  - name: a\n    image: x\n    commands: [ls]\n",
+    ));
+    input.secrets.insert("token".into(), SECRET_VALUE.into());
+    input.registries.push(RegistryCredential {
+        address: "registry.example.com".into(),
+        username: "ci".into(),
+        password: "registry-password".into(),
+    });
+    let written = format!("{input:?}");
+    assert!(written.contains("\"token\""), "{written}");
+    assert!(!written.contains(SECRET_VALUE), "{written}");
+    assert!(!written.contains("registry-password"), "{written}");
+}
+
+#[test]
 fn defaults_with_clone_service_secret_and_registry() {
     let yaml = "services:\n  - name: postgres\n    image: postgres:16\n    ports: [5432]\nsteps:\n  - name: build\n    image: golang:1.22\n    commands: [go build, \"echo $${TOKEN}\"]\n    environment:\n      TOKEN: {from_secret: token}\n      PLAIN: \"$(not expanded) $$\"\n";
     let mut input = input(plan_with(yaml, &["token"], true));
