@@ -20,8 +20,12 @@ status=0
 pids=()
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
+    # Tracked seeds, where a target has them (whole heads the lean writer takes, and near
+    # misses), read beside the corpus the run grows.
+    seeds=()
+    [ -d "seeds/$t" ] && seeds=("seeds/$t")
     # -rss_limit_mb: a run that needs more memory than this is a finding, as is one over 10 s.
-    nice -n 19 cargo fuzz run -O "$t" -- -max_total_time="$seconds" -max_len=262144 \
+    nice -n 19 cargo fuzz run -O "$t" "corpus/$t" ${seeds[@]+"${seeds[@]}"} -- -max_total_time="$seconds" -max_len=262144 \
         -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"fuzz-$t.log" 2>&1 &
     pids+=($!)
 done
