@@ -245,13 +245,16 @@ async fn write(store: &Store, step_id: Uuid, owner: &str, lines: Vec<LogLine>) {
         return;
     }
     let lines: std::sync::Arc<[LogLine]> = lines.into();
-    // Twelve tries: eleven waits doubling from 100 ms up to 8 s, about a minute in all.
+    // Twelve tries: eleven waits doubling from 100 ms up to 8 s, about 45 s in all (up to twice
+    // that with the jitter, which keeps the steps of a replica from retrying in step after a
+    // database blip).
     let mut waits = {
         use backon::BackoffBuilder as _;
         backon::ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(8))
             .with_max_times(11)
+            .with_jitter()
             .build()
     };
     loop {

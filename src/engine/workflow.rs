@@ -77,7 +77,8 @@ fn retry_waits(first: Duration) -> backon::ExponentialBackoff {
 }
 
 /// Waits the next of `waits` before another try; false when the workflow was given up
-/// meanwhile (the wait ends at once then) or the waits ran out.
+/// meanwhile (the wait ends at once then), or when `waits` has an end and reached it (those
+/// of [`retry_waits`] have none).
 async fn backoff(waits: &mut backon::ExponentialBackoff, abandon: &CancellationToken) -> bool {
     let Some(delay) = waits.next() else {
         return false;
