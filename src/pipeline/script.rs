@@ -7,6 +7,12 @@
 //! shells' `echo` (dash's, the `/bin/sh` of Debian images) reads backslashes in its argument
 //! as escapes, so the trace of a command holding `\n` or `\c` would not be the command.
 //!
+//! Commands are joined as lines of one script, as Woodpecker joins them, so the shell reads them
+//! together: a command ending in a backslash continues onto the next command's trace line, and
+//! an unclosed quote takes in the rest of the script. Those are errors in the pipeline's own
+//! shell text, which `sh` reports or runs as written; the trace of every command before them
+//! is printed as written.
+//!
 //! A step with an entrypoint of its own gets the script as `CI_SCRIPT`, base64-encoded, as
 //! Woodpecker passes it: the image's shell decodes and runs it ([`CI_SCRIPT_COMMAND`]).
 
